@@ -1,0 +1,190 @@
+"""SQLAlchemy 2.x typed models: the one description of gradscope's schema.
+
+Non-finite numbers: SQLite silently turns NaN into NULL, PostgreSQL keeps it. gradscope decides
+once, here and in `db.floats`: NaN is stored as NULL on every backend and read back as NaN;
++/-inf are stored as they are (both backends keep them). A NULL statistic therefore means
+"not a number or not applicable" (e.g. `dead_frac` of a sigmoid layer).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints so Alembic migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUN_STATUSES = ("queued", "running", "completed", "failed", "diverged", "cancelled", "interrupted")
+FINISHED_STATUSES = ("completed", "failed", "diverged", "cancelled", "interrupted")
+
+# Histogram of log10|g|: fixed bins shared by every run so histograms compare across runs.
+HIST_LOG10_MIN = -12.0
+HIST_LOG10_MAX = 2.0
+HIST_BINS = 56  # a quarter decade per bin
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _status_check() -> CheckConstraint:
+    allowed = ", ".join(f"'{s}'" for s in RUN_STATUSES)
+    return CheckConstraint(f"status IN ({allowed})", name="status_valid")
+
+
+class RunModel(Base):
+    """One training run: its config, lifecycle and final metrics."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        _status_check(),
+        Index("ix_runs_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Denormalised from config so the runs table filters and sorts without parsing JSON.
+    arch: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(300))
+    depth: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    sweep_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    sweep_name: Mapped[str | None] = mapped_column(String(200))
+    group_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    group_index: Mapped[int | None] = mapped_column(Integer)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    epochs_total: Mapped[int] = mapped_column(Integer)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
+    final_train_acc: Mapped[float | None] = mapped_column(Float)
+    final_test_loss: Mapped[float | None] = mapped_column(Float)
+    final_test_acc: Mapped[float | None] = mapped_column(Float)
+    final_pred_std: Mapped[float | None] = mapped_column(Float)
+
+    torch_version: Mapped[str | None] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(64))
+    # Where an imported run came from (None for runs made here).
+    source_file: Mapped[str | None] = mapped_column(String(500))
+    imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunLayerModel(Base):
+    """Each nn.Linear of a run's model, index 0 nearest the input, the output layer last."""
+
+    __tablename__ = "run_layers"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # input | hidden | block | output
+    activation: Mapped[str] = mapped_column(String(16))  # sigmoid | relu
+    fan_in: Mapped[int] = mapped_column(Integer)
+    fan_out: Mapped[int] = mapped_column(Integer)
+    n_params: Mapped[int] = mapped_column(Integer)
+
+
+class EpochMetricModel(Base):
+    """Per-epoch loss, accuracy and prediction spread of a run. Epochs count from 1."""
+
+    __tablename__ = "epoch_metrics"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    train_acc: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    test_acc: Mapped[float | None] = mapped_column(Float)
+    pred_std: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class LayerStatModel(Base):
+    """Per-epoch, per-layer gradient, weight and activation statistics."""
+
+    __tablename__ = "layer_stats"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    grad_mean_abs: Mapped[float | None] = mapped_column(Float)
+    grad_std: Mapped[float | None] = mapped_column(Float)
+    grad_max_abs: Mapped[float | None] = mapped_column(Float)
+    weight_norm: Mapped[float | None] = mapped_column(Float)
+    update_ratio: Mapped[float | None] = mapped_column(Float)
+    act_mean: Mapped[float | None] = mapped_column(Float)
+    act_std: Mapped[float | None] = mapped_column(Float)
+    saturated_frac: Mapped[float | None] = mapped_column(Float)
+    dead_frac: Mapped[float | None] = mapped_column(Float)
+    # int32 little-endian counts: HIST_BINS bins of log10|g|, then zeros, then non-finite.
+    grad_hist: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class DecisionGridModel(Base):
+    """Predicted probability on a fixed grid, for two-feature datasets, at a few epochs."""
+
+    __tablename__ = "decision_grids"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    x_min: Mapped[float] = mapped_column(Float)
+    x_max: Mapped[float] = mapped_column(Float)
+    y_min: Mapped[float] = mapped_column(Float)
+    y_max: Mapped[float] = mapped_column(Float)
+    # float16 little-endian, row-major [size(y), size(x)].
+    probs: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunPointsModel(Base):
+    """The test split of a two-feature run (x, y, label as float32), drawn over decision maps."""
+
+    __tablename__ = "run_points"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer)
+    points: Mapped[bytes] = mapped_column(LargeBinary)
