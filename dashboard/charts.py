@@ -1,0 +1,452 @@
+"""Pure chart builders: pandas DataFrame in, Altair chart out (no Streamlit, no database).
+
+Every chart colours runs by the `run_label` column. Log-scale charts drop zero, negative and
+non-finite values in pandas before plotting (a log scale cannot show them; zero gradients are
+float32 underflow in deep sigmoid nets, inf/NaN come from diverged runs) and say how many were
+dropped in the subtitle. Single-view charts use `width="container"` so pages can stretch them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from dashboard.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+
+HEIGHT = 260
+CONCAT_WIDTH = 320  # concatenated views cannot use width="container"
+EPOCH_AXIS = alt.Axis(tickMinStep=1, format="d")
+LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")
+_RUN_LEGEND = alt.Legend(orient="bottom", columns=2, labelLimit=320)
+
+
+def _run_color() -> alt.Color:
+    return alt.Color("run_label:N", title="run", legend=_RUN_LEGEND)
+
+
+def _finite(frame: pd.DataFrame, column: str, *, positive: bool) -> tuple[pd.DataFrame, int]:
+    """Rows whose `column` is finite (and > 0 if `positive`), and how many were dropped."""
+    values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    keep = np.isfinite(values.to_numpy())
+    if positive:
+        keep &= values.to_numpy() > 0
+    return frame.loc[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def _log_note(dropped: int) -> str:
+    if dropped == 0:
+        return "log scale"
+    return f"log scale: {dropped} zero or non-finite value(s) not drawn"
+
+
+def _at_epoch(layers: pd.DataFrame, epoch: int | None) -> tuple[pd.DataFrame, str]:
+    """Rows at one epoch, or at each run's last epoch when `epoch` is None."""
+    if epoch is not None:
+        return layers[layers["epoch"] == epoch], f"epoch {epoch}"
+    last = layers.groupby("run_id")["epoch"].transform("max")
+    return layers[layers["epoch"] == last], "each run's last epoch"
+
+
+def _one_run(frame: pd.DataFrame, what: str) -> str:
+    runs = frame["run_id"].unique()
+    if len(runs) != 1:
+        raise ValueError(f"{what} shows exactly one run; got {len(runs)}")
+    return str(frame["run_label"].iloc[0])
+
+
+# --- Per-epoch curves ---------------------------------------------------------------------------
+
+
+def _curves(epochs: pd.DataFrame, stem: Literal["loss", "acc"]) -> alt.Chart:
+    long = epochs.melt(
+        id_vars=["run_id", "run_label", "epoch"],
+        value_vars=[f"train_{stem}", f"test_{stem}"],
+        var_name="split",
+        value_name="value",
+    )
+    long["split"] = long["split"].str.split("_").str[0]  # "train_loss" -> "train"
+    long, dropped = _finite(long, "value", positive=False)
+    note = f"{dropped} non-finite value(s) (diverged) not drawn" if dropped else ""
+    if stem == "loss":
+        title, y = "Loss", alt.Y("value:Q", title="binary cross-entropy (nats)")
+    else:
+        title = "Accuracy"
+        y = alt.Y("value:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1]))
+    return (
+        alt.Chart(long, title=alt.Title(f"{title}: train vs test", subtitle=note))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
+            y=y,
+            color=_run_color(),
+            strokeDash=alt.StrokeDash("split:N", title="split"),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("split:N"),
+                alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
+            ],
+        )
+        .properties(width="container", height=HEIGHT)
+    )
+
+
+def loss_curves(epochs: pd.DataFrame) -> alt.Chart:
+    """Train and test loss per epoch; colour = run, dash = split."""
+    return _curves(epochs, "loss")
+
+
+def accuracy_curves(epochs: pd.DataFrame) -> alt.Chart:
+    """Train and test accuracy per epoch on a fixed 0-1 axis; colour = run, dash = split."""
+    return _curves(epochs, "acc")
+
+
+def learning_curves(epochs: pd.DataFrame) -> alt.HConcatChart:
+    """Loss and accuracy side by side."""
+    return alt.hconcat(
+        loss_curves(epochs).properties(width=CONCAT_WIDTH),
+        accuracy_curves(epochs).properties(width=CONCAT_WIDTH),
+    )
+
+
+def prediction_spread(epochs: pd.DataFrame) -> alt.LayerChart:
+    """Std of predicted probabilities per epoch (log), with the collapse threshold as a rule."""
+    data, dropped = _finite(
+        epochs[["run_id", "run_label", "epoch", "pred_std"]], "pred_std", positive=True
+    )
+    y_scale = alt.Scale(type="log")
+    line = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
+            y=alt.Y("pred_std:Q", title="std of predicted probability (log scale)", scale=y_scale),
+            color=_run_color(),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("pred_std:Q", title="pred std", format=".2e"),
+            ],
+        )
+    )
+    rule = (
+        alt.Chart(pd.DataFrame({"threshold": [COLLAPSE_PRED_STD], "meaning": ["collapse"]}))
+        .mark_rule(strokeDash=[4, 4], color="gray")
+        .encode(
+            y=alt.Y("threshold:Q", title="std of predicted probability (log scale)", scale=y_scale),
+            tooltip=[alt.Tooltip("meaning:N"), alt.Tooltip("threshold:Q", format=".0e")],
+        )
+    )
+    subtitle = [
+        f"Below the dashed line ({COLLAPSE_PRED_STD:.0e}) the model gives ~the same output "
+        "for every input",
+        _log_note(dropped) + " (0 = exactly constant output)",
+    ]
+    return alt.layer(line, rule).properties(
+        title=alt.Title("Prediction spread", subtitle=subtitle), width="container", height=HEIGHT
+    )
+
+
+# --- Per-layer pictures -------------------------------------------------------------------------
+
+
+def gradient_flow(layers: pd.DataFrame, epoch: int | None = 1) -> alt.Chart:
+    """Gradient norm (log) against layer index at one epoch, one line per run.
+
+    `epoch=None` takes each run's last epoch. A line falling towards layer 0 is vanishing.
+    """
+    at, when = _at_epoch(layers, epoch)
+    data, dropped = _finite(
+        at[["run_id", "run_label", "epoch", "layer", "grad_norm"]], "grad_norm", positive=True
+    )
+    return (
+        alt.Chart(data, title=alt.Title("Gradient flow", subtitle=f"{when}; {_log_note(dropped)}"))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
+            y=alt.Y("grad_norm:Q", title="weight-gradient L2 norm", scale=alt.Scale(type="log")),
+            color=_run_color(),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("layer:Q"),
+                alt.Tooltip("grad_norm:Q", title="grad norm", format=".2e"),
+            ],
+        )
+        .properties(width="container", height=HEIGHT)
+    )
+
+
+def shared_log10_domain(layers: pd.DataFrame, column: str = "grad_norm") -> tuple[float, float]:
+    """Whole-decade [min, max] of log10(`column`) over all runs, ignoring zero and non-finite."""
+    values, _ = _finite(layers[[column]], column, positive=True)
+    if values.empty:
+        return (-1.0, 0.0)
+    logs = np.log10(values[column].to_numpy(dtype=float))
+    lo, hi = math.floor(logs.min()), math.ceil(logs.max())
+    return (float(lo), float(hi if hi > lo else lo + 1))
+
+
+def grad_heatmap(layers: pd.DataFrame, domain: tuple[float, float]) -> alt.Chart:
+    """Layer x epoch heatmap of log10 grad norm for one run, coloured on the given `domain`.
+
+    Pass the same `domain` (see `shared_log10_domain`) to every run shown side by side.
+    """
+    label = _one_run(layers, "grad_heatmap")
+    data, dropped = _finite(layers[["epoch", "layer", "grad_norm"]], "grad_norm", positive=True)
+    data["log10_grad_norm"] = np.log10(data["grad_norm"].to_numpy(dtype=float))
+    n_layers = int(layers["layer"].nunique())
+    blank = f"{dropped} cell(s) with zero or non-finite norm left blank" if dropped else ""
+    return (
+        alt.Chart(data, title=alt.Title(f"log10 gradient norm: {label}", subtitle=blank))
+        .mark_rect()
+        .encode(
+            x=alt.X("epoch:O", title="epoch"),
+            y=alt.Y("layer:O", title="layer (output at top)", sort="descending"),
+            color=alt.Color(
+                "log10_grad_norm:Q",
+                title="log10 norm",
+                scale=alt.Scale(domain=list(domain), scheme="viridis", clamp=True),
+            ),
+            tooltip=[
+                alt.Tooltip("epoch:O"),
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("grad_norm:Q", title="grad norm", format=".2e"),
+                alt.Tooltip("log10_grad_norm:Q", title="log10", format=".2f"),
+            ],
+        )
+        .properties(width="container", height=min(480, max(160, 18 * n_layers)))
+    )
+
+
+def grad_histograms(hist: pd.DataFrame) -> alt.Chart:
+    """Overlaid histograms of log10|g|: fraction of gradient entries per bin, one colour per run."""
+    cols = ["run_id", "run_label", "bin_left", "bin_right", "count", "fraction"]
+    data = hist[cols]
+    keep = np.isfinite(data[["bin_left", "bin_right", "fraction"]].to_numpy(dtype=float)).all(1)
+    dropped = int((~keep).sum())
+    note = f"{dropped} bin(s) with non-finite edges not drawn" if dropped else ""
+    return (
+        alt.Chart(
+            data.loc[keep].reset_index(drop=True),
+            title=alt.Title("Gradient magnitudes", subtitle=note),
+        )
+        .mark_bar(opacity=0.45, binSpacing=0)
+        .encode(
+            x=alt.X("bin_left:Q", title="log10 |gradient entry|"),
+            x2="bin_right:Q",
+            y=alt.Y("fraction:Q", title="fraction of entries", stack=None),
+            color=_run_color(),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("bin_left:Q", title="from log10", format=".2f"),
+                alt.Tooltip("bin_right:Q", title="to log10", format=".2f"),
+                alt.Tooltip("count:Q"),
+                alt.Tooltip("fraction:Q", format=".2%"),
+            ],
+        )
+        .properties(width="container", height=HEIGHT)
+    )
+
+
+def activation_spread(layers: pd.DataFrame, epoch: int | None = None) -> alt.Chart:
+    """Std of activations across inputs per layer (log): shrinking means the signal contracts."""
+    at, when = _at_epoch(layers, epoch)
+    data, dropped = _finite(
+        at[["run_id", "run_label", "epoch", "layer", "act_std"]], "act_std", positive=True
+    )
+    return (
+        alt.Chart(
+            data, title=alt.Title("Activation spread", subtitle=f"{when}; {_log_note(dropped)}")
+        )
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
+            y=alt.Y("act_std:Q", title="std of activations", scale=alt.Scale(type="log")),
+            color=_run_color(),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("layer:Q"),
+                alt.Tooltip("act_std:Q", title="act std", format=".2e"),
+            ],
+        )
+        .properties(width="container", height=HEIGHT)
+    )
+
+
+def unit_health(layers: pd.DataFrame, epoch: int | None = None) -> alt.Chart:
+    """Fraction of saturated (sigmoid) and dead (ReLU) units per layer; NaN = not applicable."""
+    at, when = _at_epoch(layers, epoch)
+    long = at.melt(
+        id_vars=["run_id", "run_label", "epoch", "layer"],
+        value_vars=["saturated_frac", "dead_frac"],
+        var_name="measure",
+        value_name="fraction",
+    )
+    long["measure"] = long["measure"].map({"saturated_frac": "saturated", "dead_frac": "dead"})
+    long, _ = _finite(long, "fraction", positive=False)  # NaN: not measured for this activation
+    return (
+        alt.Chart(long, title=alt.Title("Saturated and dead units", subtitle=when))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
+            y=alt.Y("fraction:Q", title="fraction of units", scale=alt.Scale(domain=[0, 1])),
+            color=_run_color(),
+            strokeDash=alt.StrokeDash("measure:N", title="units"),
+            tooltip=[
+                alt.Tooltip("run_label:N", title="run"),
+                alt.Tooltip("layer:Q"),
+                alt.Tooltip("measure:N"),
+                alt.Tooltip("fraction:Q", format=".1%"),
+            ],
+        )
+        .properties(width="container", height=HEIGHT)
+    )
+
+
+def activation_health(layers: pd.DataFrame, epoch: int | None = None) -> alt.HConcatChart:
+    """Activation spread and unit health side by side."""
+    return alt.hconcat(
+        activation_spread(layers, epoch).properties(width=CONCAT_WIDTH),
+        unit_health(layers, epoch).properties(width=CONCAT_WIDTH),
+    )
+
+
+# --- Decision boundary --------------------------------------------------------------------------
+
+
+def _step(values: pd.Series) -> float:
+    unique = np.unique(values.to_numpy(dtype=float))
+    return float(np.median(np.diff(unique))) if len(unique) > 1 else 1.0
+
+
+def decision_map(grid: pd.DataFrame, points: pd.DataFrame, size: int = 360) -> alt.LayerChart:
+    """P(class 1) on the grid (diverging colours on [0, 1]) with the test points on top.
+
+    Square `size` in pixels: a map distorts if stretched to the container's width.
+    """
+    label = _one_run(grid, "decision_map")
+    cells, dropped = _finite(grid[["x", "y", "prob"]], "prob", positive=False)
+    dx, dy = _step(grid["x"]), _step(grid["y"])
+    cells = cells.assign(x0=cells["x"] - dx / 2, x1=cells["x"] + dx / 2)
+    cells = cells.assign(y0=cells["y"] - dy / 2, y1=cells["y"] + dy / 2)
+    x_scale = alt.Scale(domain=[grid["x"].min() - dx / 2, grid["x"].max() + dx / 2], nice=False)
+    y_scale = alt.Scale(domain=[grid["y"].min() - dy / 2, grid["y"].max() + dy / 2], nice=False)
+    heat = (
+        alt.Chart(cells)
+        .mark_rect()
+        .encode(
+            x=alt.X("x0:Q", title="feature 1 (standardised)", scale=x_scale),
+            x2="x1:Q",
+            y=alt.Y("y0:Q", title="feature 2 (standardised)", scale=y_scale),
+            y2="y1:Q",
+            color=alt.Color(
+                "prob:Q",
+                title="P(class 1)",
+                scale=alt.Scale(domain=[0, 1], domainMid=0.5, scheme="blueorange"),
+            ),
+            tooltip=[
+                alt.Tooltip("x:Q", format=".2f"),
+                alt.Tooltip("y:Q", format=".2f"),
+                alt.Tooltip("prob:Q", title="P(class 1)", format=".3f"),
+            ],
+        )
+    )
+    dots = (
+        alt.Chart(points[["x", "y", "label"]].reset_index(drop=True))
+        .mark_point(filled=True, size=28, stroke="white", strokeWidth=0.6, opacity=0.9)
+        .encode(
+            x=alt.X("x:Q", scale=x_scale),
+            y=alt.Y("y:Q", scale=y_scale),
+            shape=alt.Shape("label:N", title="test label"),
+            fill=alt.Fill(
+                "label:N",
+                title="test label",
+                scale=alt.Scale(domain=[0, 1], range=["#08519c", "#a63603"]),
+            ),
+            tooltip=[alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("y:Q", format=".2f"), "label:N"],
+        )
+    )
+    note = f"{dropped} cell(s) with non-finite probability left blank" if dropped else ""
+    return alt.layer(heat, dots).properties(
+        title=alt.Title(f"Decision map: {label}", subtitle=note), width=size, height=size
+    )
+
+
+# --- Sweeps -------------------------------------------------------------------------------------
+
+
+def _sweep(
+    summary: pd.DataFrame,
+    field: str,
+    title: str,
+    y_title: str,
+    rule: float,
+    rule_label: str,
+    y_scale: alt.Scale | None = None,
+) -> alt.LayerChart:
+    """Median over seeds per (arch, depth) with a min-max band and a dashed reference line."""
+    y_scale = y_scale if y_scale is not None else alt.Scale(zero=False)
+    data, dropped = _finite(summary[["arch", "depth", "seed", field]], field, positive=False)
+    base = alt.Chart(data).encode(
+        x=alt.X("depth:Q", title="depth (hidden layers)", axis=alt.Axis(tickMinStep=1)),
+        color=alt.Color("arch:N", title="architecture"),
+    )
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y(f"min({field}):Q", title=y_title, scale=y_scale), y2=f"max({field}):Q"
+    )
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(f"median({field}):Q", title=y_title, scale=y_scale),
+        tooltip=[
+            alt.Tooltip("arch:N"),
+            alt.Tooltip("depth:Q"),
+            alt.Tooltip(f"median({field}):Q", title="median", format=".2f"),
+            alt.Tooltip(f"min({field}):Q", title="min", format=".2f"),
+            alt.Tooltip(f"max({field}):Q", title="max", format=".2f"),
+            alt.Tooltip("count():Q", title="seeds"),
+        ],
+    )
+    ref = (
+        alt.Chart(pd.DataFrame({"value": [rule], "meaning": [rule_label]}))
+        .mark_rule(strokeDash=[4, 4], color="gray")
+        .encode(
+            y=alt.Y("value:Q", title=y_title),
+            tooltip=["meaning:N", alt.Tooltip("value:Q", format=".2f")],
+        )
+    )
+    subtitle = ["median over seeds, band = min to max; dashed line: " + rule_label]
+    if dropped:
+        subtitle.append(f"{dropped} run(s) with a non-finite value not drawn (e.g. zero gradient)")
+    return alt.layer(band, line, ref).properties(
+        title=alt.Title(title, subtitle=subtitle), width="container", height=HEIGHT
+    )
+
+
+def sweep_grad_ratio(summary: pd.DataFrame) -> alt.LayerChart:
+    """log10(grad norm first layer / output layer) at epoch 1 against depth, one line per arch."""
+    return _sweep(
+        summary,
+        "grad_ratio_log10",
+        "Gradient ratio vs depth",
+        "log10(first-layer / output-layer grad norm)",
+        -math.log10(VANISH_FACTOR),
+        f"vanishing ({VANISH_FACTOR:.0f}x smaller)",
+    )
+
+
+def sweep_accuracy(summary: pd.DataFrame) -> alt.LayerChart:
+    """Final test accuracy against depth, one line per arch."""
+    return _sweep(
+        summary,
+        "final_test_acc",
+        "Test accuracy vs depth",
+        "final test accuracy (fraction correct)",
+        CHANCE_ACC,
+        "chance",
+        alt.Scale(domain=[0, 1]),
+    )

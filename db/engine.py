@@ -1,0 +1,124 @@
+"""Engines for SQLite files and PostgreSQL URLs, and the schema-version gate.
+
+A bare path means a SQLite file; a URL (`sqlite:///…`, `postgresql+psycopg://…`) is used as given.
+Opening a database creates it at the current schema when empty, and refuses a database whose
+schema is older (say which command upgrades it) or newer/unknown (name both versions).
+This module deliberately does not import Alembic: the training path must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.errors import SchemaVersionError, StorageError
+from db.models import Base
+
+DEFAULT_DB = "gradscope.db"
+ENV_VAR = "GRADSCOPE_DB"
+# The Alembic revision the models describe; tests check it equals Alembic's head.
+SCHEMA_REVISION = "0001_initial"
+# Every revision this version knows, oldest first.
+KNOWN_REVISIONS = ("0001_initial",)
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_db(db: str | None) -> str:
+    """`--db` if given, else $GRADSCOPE_DB, else ./gradscope.db."""
+    return db or os.environ.get(ENV_VAR) or DEFAULT_DB
+
+
+def to_url(db: str) -> str:
+    """A URL for SQLAlchemy: URLs pass through, anything else is a SQLite file path."""
+    if "://" in db:
+        return db
+    return f"sqlite:///{Path(db).expanduser().absolute()}"
+
+
+def display_url(db: str) -> str:
+    """The database for people to read: a path, or a URL with its password hidden."""
+    if "://" not in db:
+        return str(Path(db).expanduser().absolute())
+    return make_url(db).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API object)
+    # WAL lets readers (dashboards) and one writer at a time work without "database is locked";
+    # busy_timeout makes writers wait for each other instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> Engine:
+    """An engine for `db` (path or URL), with the schema created or checked."""
+    url = to_url(db)
+    try:
+        if url.startswith("sqlite"):
+            path = make_url(url).database
+            if path and path != ":memory:" and create:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        if check_schema:
+            ensure_schema(engine, create=create)
+    except SchemaVersionError:
+        raise
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot open database {display_url(db)}: {exc.orig or exc}") from exc
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision stamped in the database, or None when it has none."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        return row[0] if row else None
+
+
+def ensure_schema(engine: Engine, *, create: bool = True) -> None:
+    """Create an empty database at the current schema, or check an existing one's version."""
+    with engine.begin() as conn:
+        names = set(inspect(conn).get_table_names())
+        if not names and create:
+            Base.metadata.create_all(conn)
+            conn.execute(
+                text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+                )
+            )
+            conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": SCHEMA_REVISION})
+            return
+    revision = current_revision(engine)
+    check_revision(revision, engine.url.render_as_string(hide_password=True))
+
+
+def check_revision(revision: str | None, where: str) -> None:
+    """Raise SchemaVersionError unless `revision` is the one this version of gradscope writes."""
+    if revision == SCHEMA_REVISION:
+        return
+    if revision is None:
+        raise SchemaVersionError(
+            f"{where} is not a gradscope database (it has tables but no schema version)."
+        )
+    if revision in KNOWN_REVISIONS:
+        raise SchemaVersionError(
+            f"{where} has schema {revision}, older than this gradscope's {SCHEMA_REVISION}. "
+            f"Upgrade it with: gradscope db upgrade --db {where}"
+        )
+    raise SchemaVersionError(
+        f"{where} has schema {revision}, which this gradscope (schema {SCHEMA_REVISION}) does "
+        "not know: it was written by a newer gradscope. Upgrade gradscope to open it."
+    )

@@ -1,0 +1,88 @@
+"""Plain records the runner hands to the store: what one epoch of one run produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LAYER_STAT_FIELDS = (
+    "grad_norm",
+    "grad_mean_abs",
+    "grad_std",
+    "grad_max_abs",
+    "weight_norm",
+    "update_ratio",
+    "act_mean",
+    "act_std",
+    "saturated_frac",
+    "dead_frac",
+)
+EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std", "seconds")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One nn.Linear of a model, index 0 nearest the input."""
+
+    layer: int
+    name: str
+    kind: str
+    activation: str
+    fan_in: int
+    fan_out: int
+    n_params: int
+
+
+@dataclass(frozen=True)
+class DecisionGrid:
+    """Predicted probabilities on a size x size grid (float16 bytes, row-major [y, x])."""
+
+    size: int
+    x_min: float
+    x_max: float
+    y_min: float
+    y_max: float
+    probs: bytes
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Everything recorded at the end of one epoch."""
+
+    epoch: int
+    metrics: dict[str, float]
+    # One dict per layer: LAYER_STAT_FIELDS values plus "grad_hist" (bytes).
+    layer_stats: list[dict[str, float | bytes | None]]
+    grid: DecisionGrid | None = None
+
+
+@dataclass(frozen=True)
+class FinalMetrics:
+    train_loss: float | None = None
+    train_acc: float | None = None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    pred_std: float | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float] | None) -> FinalMetrics:
+        if not metrics:
+            return cls()
+        return cls(
+            **{
+                k: metrics.get(k)
+                for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
+            }
+        )
+
+
+@dataclass
+class RunSpec:
+    """A run to create: its validated config (as JSON-able dict) and where it belongs."""
+
+    config: dict
+    name: str | None = None
+    sweep_id: str | None = None
+    sweep_name: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    extra: dict = field(default_factory=dict)

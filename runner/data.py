@@ -1,0 +1,125 @@
+"""Datasets as standardized tensors with a seeded, stratified train/test split."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runner.config import RunConfig
+
+
+class DatasetError(ValueError):
+    """A dataset could not be loaded (missing or malformed CSV, say); the message says why."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Standardized float32 features and 0/1 float32 labels, split into train and test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    # Mean and std used to standardize (from the training split), to map grids back.
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _xor(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.uniform(-1, 1, size=(n, 2))
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
+    return x + rng.normal(0, noise * 0.5, size=x.shape), y
+
+
+def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    counts = (n // 2, n - n // 2)
+    arms = []
+    for sign, count in zip((1.0, -1.0), counts, strict=True):
+        t = np.sqrt(rng.uniform(0, 1, size=count)) * 3 * np.pi
+        arms.append(sign * np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / (3 * np.pi))
+    x = np.concatenate(arms)
+    y = np.concatenate([np.zeros(counts[0], np.int64), np.ones(counts[1], np.int64)])
+    return x + rng.normal(0, noise * 0.1, size=x.shape), y
+
+
+def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"CSV file not found: {path}")
+    with file.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 3:
+        raise DatasetError(f"{path}: needs a header row and at least two data rows")
+    header = [h.strip() for h in rows[0]]
+    if label not in header:
+        raise DatasetError(f"{path}: no label column {label!r} (columns: {', '.join(header)})")
+    try:
+        values = np.array([[float(v) for v in row] for row in rows[1:] if row], dtype=np.float64)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: every column must be numeric ({exc})") from None
+    if values.ndim != 2 or values.shape[1] != len(header):
+        raise DatasetError(f"{path}: rows have different numbers of columns")
+    if not np.isfinite(values).all():
+        raise DatasetError(f"{path}: contains NaN or infinite values")
+    col = header.index(label)
+    y = values[:, col]
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DatasetError(f"{path}: label column {label!r} must hold only 0 and 1")
+    x = np.delete(values, col, axis=1)
+    if x.shape[1] == 0:
+        raise DatasetError(f"{path}: no feature columns besides the label")
+    return x, y.astype(np.int64)
+
+
+def raw_data(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels before splitting and scaling, seeded by cfg.seed."""
+    # Imported here: scikit-learn's datasets module costs import time on every path otherwise.
+    from sklearn import datasets
+
+    if cfg.dataset == "moons":
+        return datasets.make_moons(cfg.samples, noise=cfg.noise, random_state=cfg.seed)
+    if cfg.dataset == "circles":
+        return datasets.make_circles(
+            cfg.samples, noise=cfg.noise * 0.5, factor=0.5, random_state=cfg.seed
+        )
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.dataset == "xor":
+        return _xor(cfg.samples, cfg.noise, rng)
+    if cfg.dataset == "spirals":
+        return _spirals(cfg.samples, cfg.noise, rng)
+    if cfg.dataset == "breast_cancer":
+        bunch = datasets.load_breast_cancer()
+        return bunch.data, bunch.target
+    return _read_csv(cfg.csv_path, cfg.label)
+
+
+def load_dataset(cfg: RunConfig) -> Dataset:
+    """The run's data: seeded stratified split, standardized on the training split."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = raw_data(cfg)
+    if len(np.unique(y)) < 2:
+        raise DatasetError(f"{cfg.dataset}: needs examples of both classes")
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, y, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=y
+        )
+    except ValueError as exc:
+        raise DatasetError(f"{cfg.dataset}: cannot split into train and test ({exc})") from None
+    mean = x_tr.mean(axis=0)
+    std = x_tr.std(axis=0)
+    std[std == 0] = 1.0  # a constant column carries no signal; keep it finite
+
+    def scale(a: np.ndarray) -> np.ndarray:
+        return ((a - mean) / std).astype(np.float32)
+
+    return Dataset(
+        scale(x_tr), y_tr.astype(np.float32), scale(x_te), y_te.astype(np.float32), mean, std
+    )

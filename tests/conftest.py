@@ -1,0 +1,112 @@
+"""Shared fixtures. Sections: helpers (free_port), SQLite, PostgreSQL, browser.
+
+Fixtures for external services skip (with the reason) when the service is missing here;
+`bash .ci/run` installs PostgreSQL and chromium so that nothing skips in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg_server import PostgresServer, PostgresUnavailable, free_port
+
+__all__ = ["free_port"]  # helper for tests: `from conftest import free_port`
+
+# ---------------------------------------------------------------------------------------------
+# SQLite
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Path of a SQLite file that does not exist yet (the code under test creates it)."""
+    return tmp_path / "gradscope.db"
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: one private server per session, one fresh database per test
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """SQLAlchemy URL of an empty database of its own (postgresql+psycopg://...)."""
+    # pid keeps names unique should several pytest processes ever share one server.
+    return pg_server.create_database(f"test_{os.getpid()}_{next(_db_counter)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Browser: Debian's chromium driven by Playwright (sync API, no pytest-playwright)
+# ---------------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # we run as root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # never --user-data-dir: Playwright refuses it (launch() makes a fresh profile anyway)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> Path:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} missing: apt-get install -y --no-install-recommends chromium")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: Path):
+    """One headless chromium for the session; tests open their own pages/contexts and close them."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(autouse=True)
+def _hide_playwright_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Keep the session browser from leaking into tests that do not use it.
+
+    Between calls, Playwright's sync API leaves its event loop marked as *running* in the main
+    thread, so once `browser` has started, `asyncio.run()` (and anything that checks for a
+    running loop) fails in every later test of the session. Hide the loop from other tests.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is None or "browser" in request.fixturenames:
+        yield
+        return
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(loop)
