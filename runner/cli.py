@@ -13,6 +13,7 @@ from rich.table import Table
 
 from db.engine import display_url, make_engine, resolve_db
 from db.errors import StorageError
+from runner import cli_dashboard, cli_queue, cli_share
 from runner.cli_options import DB_HELP, with_config_options
 from runner.config import ConfigError
 
@@ -187,6 +188,11 @@ def db_current(db: DbOption = None) -> None:
     console.print(
         f"database: {revision or 'none'}; this gradscope: {SCHEMA_REVISION}", highlight=False
     )
+
+
+# Feature commands live in their own modules, each registering itself here.
+for _module in (cli_queue, cli_share, cli_dashboard):
+    _module.register(app)
 
 
 def main() -> None:

@@ -110,3 +110,46 @@ def _hide_playwright_loop(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         asyncio._set_running_loop(loop)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeded databases: real training runs, made once per session and copied per test
+# ---------------------------------------------------------------------------------------------
+
+# Small but real: the sigmoid run vanishes and collapses, relu and resnet learn.
+SEED_RUNS = (
+    {"arch": "sigmoid", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
+     "name": "seed sigmoid"},
+    {"arch": "relu", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
+     "name": "seed relu"},
+    {"arch": "resnet", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
+     "name": "seed resnet"},
+)
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding three completed runs (sigmoid, relu, resnet), made once."""
+    from db.engine import make_engine
+    from runner.foreground import train_foreground
+
+    path = tmp_path_factory.mktemp("seeded") / "seeded.db"
+    engine = make_engine(str(path))
+    for values in SEED_RUNS:
+        train_foreground(engine, dict(values), progress=False)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def seeded_db(seeded_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the seeded database (tests may write to it)."""
+    import shutil
+    import sqlite3
+
+    target = tmp_path / "seeded.db"
+    # sqlite3's backup API copies a consistent snapshot, WAL contents included.
+    with sqlite3.connect(seeded_template) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    shutil.copymode(seeded_template, target)
+    return target

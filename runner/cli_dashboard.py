@@ -1,0 +1,9 @@
+"""`gradscope` commands for the dashboard feature, registered on the main app by runner.cli."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to `app`."""
