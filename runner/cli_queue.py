@@ -1,9 +1,176 @@
-"""`gradscope` commands for the queue feature, registered on the main app by runner.cli."""
+"""`gradscope` commands for the queue: submit, sweep, worker, cancel. Registered by runner.cli.
+
+Thin: each parses options and calls db.queue / runner.sweep / runner.worker. Nothing here
+imports torch; only the processes that train do.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from runner.cli_options import DB_HELP, with_config_options
+
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@with_config_options()
+def submit(config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False) -> None:
+    """Validate one run's configuration and queue it for a worker; print its id."""
+    from db.records import RunSpec
+    from db.store import RunStore
+    from runner.cli import console, fail, open_engine, print_json
+    from runner.config import ConfigError, make_config
+
+    try:
+        cfg = make_config(config_values)
+    except ConfigError as exc:
+        fail(f"invalid run configuration, nothing was queued:\n{exc}")
+    engine = open_engine(db)
+    run_id = _storage(lambda: RunStore(engine).create_run(RunSpec(cfg.model_dump())))
+    if json_out:
+        print_json({"id": run_id, "status": "queued"})
+    else:
+        console.print(run_id, highlight=False)
+
+
+@with_config_options(list_values=True)
+def sweep(
+    config_values: dict[str, str],
+    db: DbOption = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch/--no-batch",
+            help="Group runs that differ only in seed, lr, momentum or epochs, so one worker "
+            "trains each group together (as one batched ensemble where available).",
+        ),
+    ] = False,
+    group_size: Annotated[
+        int, typer.Option(min=1, max=4096, help="Most runs in one group (with --batch).")
+    ] = 32,
+    json_out: JsonOption = False,
+) -> None:
+    """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
+    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2`. `--name` names the sweep (it is not
+    split). Any invalid value anywhere in the grid: nothing is queued."""
+    from runner.cli import console, fail, open_engine, print_json
+    from runner.config import ConfigError
+    from runner.sweep import plan_sweep, queue_sweep
+
+    try:
+        plan = plan_sweep(
+            config_values, name=config_values.get("name"), batch=batch, group_size=group_size
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    engine = open_engine(db)
+    ids = _storage(lambda: queue_sweep(engine, plan))
+    groups = len({s.group_id for s in plan.specs if s.group_id is not None})
+    if json_out:
+        print_json({"sweep_id": plan.sweep_id, "name": plan.name, "runs": ids, "groups": groups})
+        return
+    grouped = f" in {groups} groups" if groups else ""
+    console.print(
+        f"queued {len(ids)} runs{grouped} as sweep {plan.name!r} ({plan.sweep_id})",
+        highlight=False,
+    )
+
+
+def worker(
+    db: DbOption = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, help="Runs trained at once, each in its own process.")
+    ] = 1,
+    exit_when_idle: Annotated[
+        bool, typer.Option("--exit-when-idle", help="Exit once no run is queued.")
+    ] = False,
+    max_runs: Annotated[
+        int | None, typer.Option(min=1, help="Exit after this many runs.", show_default=False)
+    ] = None,
+    heartbeat: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between heartbeats of a running run.")
+    ] = 2.0,
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="A running run whose heartbeat is older than this is 'worker lost'."
+        ),
+    ] = 60.0,
+    poll: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between looks at an empty queue.")
+    ] = 1.0,
+) -> None:
+    """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
+    at their next check (within about a second) and marks them interrupted, epochs kept."""
+    from db.engine import resolve_db
+    from runner.cli import err_console, fail, open_engine
+    from runner.worker import WorkerOptions, log, run_worker
+
+    open_engine(db).dispose()  # a missing or outdated database fails here, readably
+    if stale_after < 3 * heartbeat:
+        log(
+            f"warning: --stale-after {stale_after:g} is under three heartbeats "
+            f"({heartbeat:g} s each): live runs of other workers may be marked lost"
+        )
+    options = WorkerOptions(
+        db=resolve_db(db),
+        concurrency=concurrency,
+        exit_when_idle=exit_when_idle,
+        max_runs=max_runs,
+        heartbeat_s=heartbeat,
+        stale_after_s=stale_after,
+        poll_s=poll,
+    )
+    try:
+        handled = run_worker(options)
+    except RuntimeError as exc:
+        fail(str(exc), code=1)
+    err_console.print(f"worker finished after {handled} runs", highlight=False)
+
+
+def cancel(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Cancel runs: a queued run is cancelled at once; a running one stops within an epoch
+    (or about a second) and ends cancelled with its epochs kept."""
+    from db.queries import resolve_run_id
+    from db.queue import cancel_runs
+    from runner.cli import console, fail, open_engine, print_json
+
+    engine = open_engine(db, create=False)
+    # Every id must resolve before anything changes.
+    full_ids = [_storage(lambda r=r: resolve_run_id(engine, r)) for r in run_ids]
+    outcome = _storage(lambda: cancel_runs(engine, full_ids))
+    if json_out:
+        print_json(outcome)
+        return
+    notes = {
+        "cancelled": "cancelled",
+        "cancel requested": "cancel requested (stops within an epoch)",
+    }
+    for run_id, result in outcome.items():
+        text = notes.get(result, f"not cancelled: already {result}")
+        console.print(f"{run_id}  {text}", highlight=False)
+
+
+def _storage(action):  # noqa: ANN001, ANN202 - a tiny adapter: StorageError -> readable exit
+    from db.errors import StorageError
+    from runner.cli import fail
+
+    try:
+        return action()
+    except StorageError as exc:
+        fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
+    app.command()(submit)
+    app.command()(sweep)
+    app.command()(worker)
+    app.command()(cancel)

@@ -1,0 +1,122 @@
+"""What does recording cost? Issue 2's benchmark; prints ratios (targets: <= 1.10 in training,
+<= 1.15 for the whole process).
+
+1. Training: depth 20, width 64, sigmoid, 4096 moons samples, batch 64, SGD, 5 epochs, one
+   thread; full recording (statistics + a real SQLite file) against a plain loop of the same
+   model and data, alternating over several rounds in fresh processes; median paired ratio.
+2. Whole process: `gradscope train` (imports, database set-up, recording) against a bare PyTorch
+   script of the same workload (benchmarks/bare_train.py).
+
+    python benchmarks/overhead.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = {"arch": "sigmoid", "depth": 20, "width": 64, "samples": 4096, "batch_size": 64,
+            "optimizer": "sgd", "lr": 0.1, "epochs": 5}
+
+
+def child(mode: str) -> None:
+    """Runs in a fresh process: time one training of the workload, print seconds as JSON."""
+    import torch
+
+    from runner.config import make_config
+    from runner.data import load_dataset
+    from runner.models import build_model
+    from runner.train import make_optimizer
+
+    torch.set_num_threads(1)
+    cfg = make_config(WORKLOAD)
+    load_dataset(cfg)  # both sides time from warm imports; each then loads its data itself
+    if mode == "recorded":
+        from db.engine import make_engine
+        from db.records import RunSpec
+        from db.store import RunStore
+        from runner.execute import execute_run
+
+        with tempfile.TemporaryDirectory() as tmp:
+            store = RunStore(make_engine(str(Path(tmp) / "bench.db")))
+            run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
+            started = time.perf_counter()
+            execute_run(store, run_id, cfg)
+            elapsed = time.perf_counter() - started
+    else:
+        started = time.perf_counter()
+        data = load_dataset(cfg)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, data.n_features)
+        optimizer = make_optimizer(cfg, model.parameters())
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(len(x), generator=shuffle).split(cfg.batch_size):
+                optimizer.zero_grad()
+                loss_fn(model(x[idx]), y[idx]).backward()
+                optimizer.step()
+        elapsed = time.perf_counter() - started
+    print(json.dumps({"seconds": elapsed}))
+
+
+def run_child(mode: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def wall(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--child", choices=("recorded", "plain"))
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    ratios, recorded, plain = [], [], []
+    for i in range(args.rounds):
+        # Alternate which goes first so drift on the machine doesn't favour one side.
+        order = ("recorded", "plain") if i % 2 == 0 else ("plain", "recorded")
+        times = {mode: run_child(mode) for mode in order}
+        recorded.append(times["recorded"])
+        plain.append(times["plain"])
+        ratios.append(times["recorded"] / times["plain"])
+    print(f"training: recorded median {statistics.median(recorded):.3f} s, plain median "
+          f"{statistics.median(plain):.3f} s")
+    print(f"training overhead ratio (median of {args.rounds} paired rounds): "
+          f"{statistics.median(ratios):.3f}   [target <= 1.10, goal 1.05]")
+
+    gradscope = str(Path(sys.executable).with_name("gradscope"))
+    whole_ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        options = [f"--{k.replace('_', '-')}={v}" for k, v in WORKLOAD.items()]
+        for i in range(args.rounds):
+            db = str(Path(tmp) / f"w{i}.db")
+            ours = wall([gradscope, "train", "--quiet", "--db", db, *options])
+            bare = wall([sys.executable, str(HERE / "bare_train.py")])
+            whole_ratios.append(ours / bare)
+    print(f"whole process: gradscope train / bare PyTorch script, median of {args.rounds}: "
+          f"{statistics.median(whole_ratios):.3f}   [target <= 1.15]")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    main()

@@ -1,0 +1,245 @@
+"""The dashboard's only door to the database: cached reads from `db.frames` / `db.queries`, and
+the few writes the pages make (queue, cancel, delete runs).
+
+Caching: the engine is a `st.cache_resource`; reads are `st.cache_data` keyed by the database
+and a cheap fingerprint of the runs table (`version()`, read uncached on every script run), so
+they are recomputed exactly when runs change: a run is queued, starts, records an epoch,
+finishes, is cancelled or deleted. Compare-page reads are keyed by the chosen runs' own progress,
+so an epoch landing in another run does not throw them away.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+
+from dashboard import tables
+from db import frames
+from db.engine import display_url, make_engine, resolve_db
+from db.records import RunSpec
+from db.store import RunStore
+from runner.config import RunConfig
+
+WORKER_PID_ENV = "GRADSCOPE_WORKER_PID"  # set by `gradscope dashboard` for the worker it started
+
+# The picture the project exists to show: same net, three architectures (see README).
+CLASSIC_COMPARISON = {
+    "dataset": "moons",
+    "depth": 10,
+    "width": 32,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "epochs": 20,
+}
+CLASSIC_ARCHS = ("sigmoid", "relu", "resnet")
+# What the sidebar's run form starts from: RunConfig's own defaults.
+DEFAULT_CONFIG = RunConfig()
+CLASSIC_SWEEP_NAME = "classic comparison"
+
+
+def database() -> str:
+    """The database this dashboard shows: $GRADSCOPE_DB (set by `gradscope dashboard --db`)
+    or ./gradscope.db."""
+    return resolve_db(None)
+
+
+def database_for_people() -> str:
+    return display_url(database())
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(db: str) -> Engine:
+    return make_engine(db)
+
+
+def engine() -> Engine:
+    return _engine(database())
+
+
+def version() -> tuple[str, ...]:
+    """Uncached: changes whenever any run changes (see `db.frames.data_version`)."""
+    return frames.data_version(engine())
+
+
+# -- the runs list ------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _runs(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return frames.runs(_engine(db))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _runs_table(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    runs = _runs(db, data_version)
+    ends = frames.run_ends(_engine(db))
+    return tables.runs_table(runs, tables.badges(runs, ends.layers, ends.epochs))
+
+
+def runs() -> pd.DataFrame:
+    """Every run (db.frames.runs), newest first."""
+    db = database()
+    return _runs(db, version())
+
+
+def runs_table() -> pd.DataFrame:
+    """The Runs page table with diagnosis badges, indexed by run id."""
+    db = database()
+    return _runs_table(db, version())
+
+
+def queue() -> pd.DataFrame:
+    """Queued and running runs; uncached (the sidebar polls it, and it is one indexed query)."""
+    return frames.queue(engine())
+
+
+# -- the runs being compared --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen runs that exist, in the order chosen, and a key that changes with them."""
+
+    runs: pd.DataFrame  # db.frames.selected_runs plus run_label
+    labels: tuple[tuple[str, str], ...]  # (run_id, run_label)
+    key: tuple[tuple[str, int, str], ...]  # (run_id, epochs_done, status)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def selection(run_ids: Sequence[str]) -> Selection:
+    """The chosen runs, labelled. Unknown ids (deleted runs, a mistyped link) are dropped."""
+    known = runs().set_index("id")
+    ids = [i for i in dict.fromkeys(run_ids) if i in known.index]
+    chosen = known.loc[ids].reset_index()
+    labels = frames.run_labels(chosen)
+    key = tuple(
+        (i, int(d), str(s))
+        for i, d, s in zip(chosen["id"], chosen["epochs_done"], chosen["status"], strict=True)
+    )
+    meta = _selected_runs(database(), key)
+    meta.insert(1, "run_label", meta["id"].map(labels))
+    return Selection(meta, tuple(labels.items()), key)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _selected_runs(db: str, key: tuple) -> pd.DataFrame:
+    return frames.selected_runs(_engine(db), [run_id for run_id, *_ in key])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _epochs(db: str, labels: tuple, key: tuple) -> pd.DataFrame:
+    return frames.epochs(_engine(db), dict(labels))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _layer_stats(db: str, labels: tuple, key: tuple) -> pd.DataFrame:
+    return frames.layer_stats(_engine(db), dict(labels))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _histograms(db: str, labels: tuple, key: tuple, epoch: int, layer: int) -> pd.DataFrame:
+    return frames.histograms(_engine(db), dict(labels), epoch, layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _decision_maps(db: str, labels: tuple, key: tuple, epoch: int) -> frames.DecisionMaps:
+    return frames.decision_maps(_engine(db), dict(labels), epoch)
+
+
+def epochs(sel: Selection) -> pd.DataFrame:
+    return _epochs(database(), sel.labels, sel.key)
+
+
+def layer_stats(sel: Selection) -> pd.DataFrame:
+    return _layer_stats(database(), sel.labels, sel.key)
+
+
+def histograms(sel: Selection, epoch: int, layer: int) -> pd.DataFrame:
+    return _histograms(database(), sel.labels, sel.key, epoch, layer)
+
+
+def decision_maps(sel: Selection, epoch: int) -> frames.DecisionMaps:
+    return _decision_maps(database(), sel.labels, sel.key, epoch)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sweep_summary(db: str, sweep_id: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return frames.sweep_summary(_engine(db), sweep_id)
+
+
+def sweep_summary(sweep_id: str) -> pd.DataFrame:
+    return _sweep_summary(database(), sweep_id, version())
+
+
+# -- writes -------------------------------------------------------------------------------------
+
+
+def queue_run(cfg: RunConfig) -> str:
+    """Queue one validated run; returns its id."""
+    return RunStore(engine()).create_run(RunSpec(cfg.model_dump()))
+
+
+def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]:
+    """Queue a grid (each value a comma list) as one sweep, all or nothing (runner.sweep).
+
+    Raises ConfigError naming every bad value before anything is written.
+    """
+    from runner.sweep import plan_sweep
+    from runner.sweep import queue_sweep as queue_plan
+
+    return queue_plan(engine(), plan_sweep(values, name=name))
+
+
+def queue_classic_comparison() -> list[str]:
+    """Queue sigmoid, relu and resnet on moons, depth 10, width 32, Adam 1e-3, 20 epochs."""
+    grid = {k: str(v) for k, v in CLASSIC_COMPARISON.items()} | {"arch": ",".join(CLASSIC_ARCHS)}
+    return queue_sweep(grid, CLASSIC_SWEEP_NAME)
+
+
+def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
+    """Per run: "cancelled", "cancel requested" or the finished status it already had."""
+    from db.queue import cancel_runs as cancel
+
+    return cancel(engine(), run_ids)
+
+
+def delete_runs(run_ids: Sequence[str]) -> int:
+    return RunStore(engine()).delete_runs(run_ids)
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    local_pid: int | None  # the worker `gradscope dashboard` started, if it is alive
+    live_workers: tuple[str, ...]  # workers with a fresh heartbeat on a running run
+    queued: int
+    running: int
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def worker_status() -> WorkerStatus:
+    from db.queue import queue_status
+
+    status = queue_status(engine())
+    pid_text = os.environ.get(WORKER_PID_ENV, "")
+    pid = int(pid_text) if pid_text.isdigit() and _alive(int(pid_text)) else None
+    return WorkerStatus(pid, status.live_workers, status.queued, status.running)

@@ -1,0 +1,135 @@
+"""Runs: every run in a sortable, filterable table; pick runs to compare, cancel or delete them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, state, tables
+
+REFRESH_S = 2.0
+ACTIVE = ("queued", "running")
+COLUMNS = {
+    "name": st.column_config.TextColumn("name", width="medium"),
+    "progress": st.column_config.ProgressColumn(
+        "progress", min_value=0.0, max_value=1.0, format="percent", width="small"
+    ),
+    "test acc": st.column_config.NumberColumn("test acc", format="%.3f", width="small",
+                                              help="Test accuracy at the last epoch"),
+    "diagnosis": st.column_config.TextColumn(
+        "diagnosis", help="The most serious finding; open Compare for the full diagnosis"
+    ),
+    "created": st.column_config.DatetimeColumn("created", format="distance"),
+    "error": st.column_config.TextColumn("error", width="large"),
+}
+
+
+def empty_state() -> None:
+    st.info(
+        "**No runs yet.** Start with the picture gradscope exists to show: the same 10-layer "
+        "network on the two-moons data with sigmoid, ReLU and residual layers. The sigmoid net's "
+        "gradients vanish and it stays at 50% accuracy; the other two learn. All three train in "
+        "a few seconds.",
+        icon=":material/science:",
+    )
+    if st.button("Run the classic comparison", type="primary", icon=":material/play_arrow:"):
+        ids = data.queue_classic_comparison()
+        state.select_runs(ids)
+        st.rerun()
+    st.caption("Or queue your own run or sweep from the sidebar, or `gradscope submit` / "
+               "`gradscope sweep` in a terminal.")
+
+
+def filters(table: pd.DataFrame) -> pd.DataFrame:
+    top = st.columns([2, 2, 3])
+    text = top[0].text_input("Search", placeholder="name or id", key="runs_search")
+    archs = top[1].pills("Architecture", sorted(table["arch"].unique()), selection_mode="multi",
+                         key="runs_arch")
+    statuses = top[2].pills("Status", sorted(table["status"].unique()), selection_mode="multi",
+                            key="runs_status")
+    more = st.columns([2, 2, 3])
+    datasets = more[0].pills("Dataset", sorted(table["dataset"].unique()), selection_mode="multi",
+                             key="runs_dataset")
+    sweeps = sorted(s for s in table["sweep"].unique() if s)
+    sweep = more[1].selectbox("Sweep", ["", *sweeps], key="runs_sweep",
+                              format_func=lambda s: s or "any") if sweeps else None
+    lo, hi = int(table["depth"].min()), int(table["depth"].max())
+    depth = more[2].slider("Depth", lo, hi, (lo, hi), key="runs_depth") if hi > lo else None
+    return tables.filter_runs(table, text=text, archs=archs, datasets=datasets,
+                              statuses=statuses, sweep=sweep, depth=depth)
+
+
+def actions(chosen: list[str], table: pd.DataFrame) -> None:
+    n = len(chosen)
+    cols = st.columns(4)
+    if cols[0].button(f"Compare {n} run(s)", type="primary", disabled=not n,
+                      icon=":material/compare_arrows:"):
+        state.select_runs(chosen)
+        st.switch_page("pages/compare.py", query_params=state.runs_param(chosen))
+    active = [i for i in chosen if table.at[i, "status"] in ACTIVE]
+    if cols[1].button(f"Cancel {len(active)} run(s)", disabled=not active,
+                      icon=":material/cancel:", help="Queued runs stop at once, running ones "
+                      "within an epoch; recorded epochs are kept."):
+        outcome = data.cancel_runs(active)
+        st.toast(f"Cancelled {sum(v != 'not found' for v in outcome.values())} run(s)")
+    if cols[2].button(f"Delete {n} run(s)", disabled=not n, icon=":material/delete:"):
+        st.session_state["confirm_delete"] = chosen
+    pending = [i for i in st.session_state.get("confirm_delete", []) if i in table.index]
+    if pending:
+        confirm_delete(pending, table)
+
+
+def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
+    running = [i for i in pending if table.at[i, "status"] == "running"]
+    deletable = [i for i in pending if i not in running]
+    if running:
+        st.warning(f"{len(running)} running run(s) will be kept: cancel them first.")
+    st.warning(f"Delete {len(deletable)} run(s) and everything recorded for them? "
+               "This cannot be undone.", icon=":material/warning:")
+    yes, no = st.columns([1, 5])
+    if yes.button("Delete", type="primary", disabled=not deletable, key="delete_yes"):
+        deleted = data.delete_runs(deletable)
+        st.session_state.pop("confirm_delete", None)
+        state.select_runs([i for i in state.selected_runs() if i not in deletable])
+        st.toast(f"Deleted {deleted} run(s)")
+        st.rerun()
+    if no.button("Keep them", key="delete_no"):
+        st.session_state.pop("confirm_delete", None)
+        st.rerun(scope="fragment")
+
+
+def runs_view() -> None:
+    table = data.runs_table()
+    view = filters(table)
+    if view.empty:
+        st.info("No runs match these filters.")
+        return
+    shown = [c for c in view.columns if c != "error" or view["error"].any()]
+    selected = set(state.selected_runs())
+    default = [pos for pos, run_id in enumerate(view.index) if run_id in selected]
+    event = st.dataframe(
+        view[shown],
+        # A new key whenever the rows change: the selection is kept by run id (state), so it
+        # follows its runs when rows are added, deleted or filtered, instead of positions.
+        key=f"runs_table_{hash(tuple(view.index))}",
+        on_select="rerun",
+        selection_mode="multi-row",
+        selection_default={"selection": {"rows": default}},
+        hide_index=True,
+        column_config=COLUMNS,
+        height=min(38 + 35 * len(view), 560),
+    )
+    chosen = [view.index[pos] for pos in event.selection.rows]
+    if set(chosen) != selected:
+        state.select_runs(chosen)
+    st.caption(f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
+               "click a column header to sort.")
+    actions(chosen, table)
+
+
+st.title("Runs")
+if data.runs().empty:
+    empty_state()
+else:
+    active = data.runs()["status"].isin(ACTIVE).any()
+    st.fragment(runs_view, run_every=REFRESH_S if active else None)()

@@ -1,0 +1,342 @@
+"""Reads for the dashboard: pandas DataFrames from a handful of set-based queries.
+
+Every function reads all the runs it is given in one or two statements (no per-run loops),
+selects only the columns the dashboard draws, and returns plain DataFrames: NULL reads back as
+NaN in numeric columns (see `db.floats`), blobs are decoded with numpy (gradient histograms are
+int32, decision grids float16, test points float32, all little-endian), and every per-run frame
+carries `run_id` and a readable, unique `run_label` for chart legends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, Select, and_, case, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.errors import StorageError
+from db.models import (
+    HIST_BINS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    DecisionGridModel,
+    EpochMetricModel,
+    LayerStatModel,
+    RunModel,
+    RunPointsModel,
+)
+from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
+
+# run_id -> run_label, in the order the runs were chosen.
+Labels = Mapping[str, str]
+
+HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
+HIST_SLOTS = HIST_BINS + 2  # the bins, then exact zeros, then non-finite values
+
+_R, _E, _L = RunModel, EpochMetricModel, LayerStatModel
+
+RUN_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "arch",
+    "dataset",
+    "depth",
+    "width",
+    "seed",
+    "sweep_id",
+    "sweep_name",
+    "epochs_done",
+    "epochs_total",
+    "final_test_acc",
+    "cancel_requested",
+    "created_at",
+    "finished_at",
+)
+ERROR_PREVIEW_CHARS = 300
+
+
+def _read(stmt: Select, engine: Engine, params: Mapping[str, Any] | None = None) -> list[Any]:
+    """All rows of one statement; driver errors become StorageError with a readable message."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(stmt, dict(params or {})).all()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database read failed: {getattr(exc, 'orig', None) or exc}") from exc
+
+
+def _frame(rows: list[Any], columns: Sequence[str], floats: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows to a DataFrame column by column; `floats` become float64 with NULL as NaN."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    data: dict[str, Any] = {}
+    for name, values in zip(columns, cols, strict=True):
+        # np.array(..., dtype=float) turns None into NaN in one C loop.
+        data[name] = np.array(values, dtype=float) if name in floats else list(values)
+    return pd.DataFrame(data, columns=list(columns))
+
+
+def _utc(frame: pd.DataFrame, *columns: str) -> None:
+    # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: make both aware UTC.
+    for col in columns:
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+
+
+def _label_runs(frame: pd.DataFrame, labels: Labels) -> pd.DataFrame:
+    """Insert `run_label` after `run_id`, ordered like `labels` (the user's choice of runs)."""
+    order = {run_id: i for i, run_id in enumerate(labels)}
+    frame.insert(1, "run_label", frame["run_id"].map(labels))
+    key = frame["run_id"].map(order)
+    sort_cols = [c for c in ("epoch", "layer") if c in frame.columns]
+    frame = frame.assign(_order=key).sort_values(["_order", *sort_cols], kind="stable")
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+# -- the runs list --------------------------------------------------------------------------------
+
+
+def runs(engine: Engine) -> pd.DataFrame:
+    """Every run, newest first: the columns of the runs table plus a short error preview."""
+    cols = [getattr(_R, c) for c in RUN_COLUMNS]
+    error = func.substr(_R.error, 1, ERROR_PREVIEW_CHARS).label("error")
+    rows = _read(select(*cols, error).order_by(_R.created_at.desc(), _R.id), engine)
+    frame = _frame(rows, (*RUN_COLUMNS, "error"), floats=("final_test_acc",))
+    frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
+    for col in ("depth", "width", "seed", "epochs_done", "epochs_total"):
+        frame[col] = frame[col].astype("int64")
+    _utc(frame, "created_at", "finished_at")
+    return frame
+
+
+def data_version(engine: Engine) -> tuple[Any, ...]:
+    """A cheap fingerprint of the runs table that changes whenever a run is added, deleted,
+    started, finished, cancelled or records an epoch: the dashboard's cache key."""
+    cancels = func.sum(case((_R.cancel_requested, 1), else_=0))
+    stmt = select(
+        func.count(),
+        func.coalesce(func.sum(_R.epochs_done), 0),
+        func.max(_R.created_at),
+        func.max(_R.started_at),
+        func.max(_R.finished_at),
+        func.coalesce(cancels, 0),
+    )
+    return tuple(str(v) for v in _read(stmt, engine)[0])
+
+
+def queue(engine: Engine) -> pd.DataFrame:
+    """Queued and running runs, oldest first, with their progress (uses the status index)."""
+    names = ("id", "name", "status", "arch", "depth", "dataset", "epochs_done", "epochs_total")
+    names = (*names, "cancel_requested")
+    stmt = (
+        select(*[getattr(_R, c) for c in names])
+        .where(_R.status.in_(("queued", "running")))
+        .order_by(_R.status.desc(), _R.created_at, _R.id)  # running before queued
+    )
+    frame = _frame(_read(stmt, engine), names)
+    frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
+    return frame
+
+
+@dataclass(frozen=True)
+class RunEnds:
+    """What a runs-table diagnosis badge needs, for every run at once: layer statistics at the
+    first and last recorded epoch, and the last epoch's metrics."""
+
+    layers: pd.DataFrame  # run_id, epoch, layer, grad_norm, grad_max_abs, saturated_frac, ...
+    epochs: pd.DataFrame  # run_id, epoch, train_loss, test_loss, test_acc, pred_std
+
+
+END_LAYER_COLUMNS = ("grad_norm", "grad_max_abs", "act_std", "saturated_frac", "dead_frac")
+END_EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "pred_std")
+
+
+def run_ends(engine: Engine) -> RunEnds:
+    """First- and last-epoch rows of every run: two primary-key lookups per run, no scans of
+    the middle epochs (a run's last recorded epoch is its `epochs_done`)."""
+    layer_cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in END_LAYER_COLUMNS]]
+    layer_stmt = select(*layer_cols).join(
+        _R, and_(_R.id == _L.run_id, or_(_L.epoch == 1, _L.epoch == _R.epochs_done))
+    )
+    epoch_cols = [_E.run_id, _E.epoch, *[getattr(_E, c) for c in END_EPOCH_COLUMNS]]
+    epoch_stmt = select(*epoch_cols).join(_R, and_(_R.id == _E.run_id, _E.epoch == _R.epochs_done))
+    layers = _frame(
+        _read(layer_stmt, engine),
+        ("run_id", "epoch", "layer", *END_LAYER_COLUMNS),
+        floats=END_LAYER_COLUMNS,
+    )
+    epochs = _frame(
+        _read(epoch_stmt, engine),
+        ("run_id", "epoch", *END_EPOCH_COLUMNS),
+        floats=END_EPOCH_COLUMNS,
+    )
+    return RunEnds(layers, epochs)
+
+
+# -- the runs being compared ----------------------------------------------------------------------
+
+
+def run_labels(frame: pd.DataFrame) -> dict[str, str]:
+    """Readable, unique legend labels: the run's name (else arch, depth, seed) and a short id,
+    longer where two would collide. `frame` has id, name, arch, depth, seed."""
+    base = [
+        (name if isinstance(name, str) and name else f"{arch} d{depth} s{seed}")
+        for name, arch, depth, seed in zip(
+            frame["name"], frame["arch"], frame["depth"], frame["seed"], strict=True
+        )
+    ]
+    ids = list(frame["id"])
+    for width in (4, 8, 36):
+        labels = [f"{b} · {i[:width]}" for b, i in zip(base, ids, strict=True)]
+        if len(set(labels)) == len(labels):
+            break
+    return dict(zip(ids, labels, strict=True))
+
+
+def selected_runs(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
+    """The given runs (those that exist), in the order given, with their full config."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return _frame([], (*RUN_COLUMNS, "config"))
+    cols = [getattr(_R, c) for c in RUN_COLUMNS]
+    rows = _read(select(*cols, _R.config).where(_R.id.in_(ids)), engine)
+    frame = _frame(rows, (*RUN_COLUMNS, "config"), floats=("final_test_acc",))
+    frame["_order"] = frame["id"].map({run_id: i for i, run_id in enumerate(ids)})
+    frame = frame.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    _utc(frame, "created_at", "finished_at")
+    return frame
+
+
+def epochs(engine: Engine, labels: Labels) -> pd.DataFrame:
+    """Per-epoch metrics of the labelled runs: run_id, run_label, epoch, EPOCH_FIELDS."""
+    stmt = select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in EPOCH_FIELDS]).where(
+        _E.run_id.in_(list(labels))
+    )
+    frame = _frame(_read(stmt, engine), ("run_id", "epoch", *EPOCH_FIELDS), EPOCH_FIELDS)
+    return _label_runs(frame, labels)
+
+
+def layer_stats(engine: Engine, labels: Labels) -> pd.DataFrame:
+    """Per-epoch, per-layer statistics (no histograms): run_id, run_label, epoch, layer, ..."""
+    cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in LAYER_STAT_FIELDS]]
+    stmt = select(*cols).where(_L.run_id.in_(list(labels)))
+    names = ("run_id", "epoch", "layer", *LAYER_STAT_FIELDS)
+    return _label_runs(_frame(_read(stmt, engine), names, LAYER_STAT_FIELDS), labels)
+
+
+def histograms(engine: Engine, labels: Labels, epoch: int, layer: int) -> pd.DataFrame:
+    """Gradient histograms (log10|g|) of one layer at one epoch, one row per run and bin:
+    run_id, run_label, bin_left, bin_right, count, fraction, plus zero_fraction and
+    nonfinite_fraction (entries that no log bin can show). Fractions are of all entries."""
+    stmt = select(_L.run_id, _L.grad_hist).where(
+        _L.run_id.in_(list(labels)), _L.epoch == epoch, _L.layer == layer, _L.grad_hist.is_not(None)
+    )
+    rows = _read(stmt, engine)
+    names = ("run_id", "bin_left", "bin_right", "count", "fraction")
+    names = (*names, "zero_fraction", "nonfinite_fraction")
+    if not rows:
+        return _label_runs(_frame([], names), labels)
+    counts = np.stack([np.frombuffer(blob, dtype="<i4", count=HIST_SLOTS) for _, blob in rows])
+    totals = counts.sum(axis=1, keepdims=True).astype(float)
+    fractions = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    left = HIST_LOG10_MIN + HIST_WIDTH * np.arange(HIST_BINS)
+    n = len(rows)
+    frame = pd.DataFrame(
+        {
+            "run_id": np.repeat([run_id for run_id, _ in rows], HIST_BINS),
+            "bin_left": np.tile(left, n),
+            "bin_right": np.tile(left + HIST_WIDTH, n),
+            "count": counts[:, :HIST_BINS].ravel().astype("int64"),
+            "fraction": fractions[:, :HIST_BINS].ravel(),
+            "zero_fraction": np.repeat(fractions[:, HIST_BINS], HIST_BINS),
+            "nonfinite_fraction": np.repeat(fractions[:, HIST_BINS + 1], HIST_BINS),
+        }
+    )
+    return _label_runs(frame, labels)
+
+
+@dataclass(frozen=True)
+class DecisionMaps:
+    """Decision-boundary data of the labelled runs that have it (two-feature datasets)."""
+
+    grid: pd.DataFrame  # run_id, run_label, epoch, x, y, prob
+    points: pd.DataFrame  # run_id, run_label, x, y, label
+
+
+def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
+    """Each run's probability grid at the latest recorded grid epoch at or before `epoch`
+    (grids are kept at a few epochs only), and its test points."""
+    ids = list(labels)
+    latest = (
+        select(DecisionGridModel.run_id, func.max(DecisionGridModel.epoch).label("epoch"))
+        .where(DecisionGridModel.run_id.in_(ids), DecisionGridModel.epoch <= epoch)
+        .group_by(DecisionGridModel.run_id)
+        .subquery()
+    )
+    g = DecisionGridModel
+    grid_rows = _read(
+        select(g.run_id, g.epoch, g.size, g.x_min, g.x_max, g.y_min, g.y_max, g.probs).join(
+            latest, and_(latest.c.run_id == g.run_id, latest.c.epoch == g.epoch)
+        ),
+        engine,
+    )
+    grids = []
+    for run_id, grid_epoch, size, x_min, x_max, y_min, y_max, blob in grid_rows:
+        probs = np.frombuffer(blob, dtype="<f2", count=size * size).astype(float)
+        gx, gy = np.meshgrid(np.linspace(x_min, x_max, size), np.linspace(y_min, y_max, size))
+        grids.append(
+            pd.DataFrame(
+                {"run_id": run_id, "epoch": grid_epoch, "x": gx.ravel(), "y": gy.ravel()}
+                | {"prob": probs}  # row-major [y, x], like the meshgrid
+            )
+        )
+    p = RunPointsModel
+    point_rows = _read(select(p.run_id, p.n, p.points).where(p.run_id.in_(ids)), engine)
+    points = []
+    for run_id, n, blob in point_rows:
+        xyl = np.frombuffer(blob, dtype="<f4", count=3 * n).reshape(n, 3).astype(float)
+        points.append(
+            pd.DataFrame(
+                {"run_id": run_id, "x": xyl[:, 0], "y": xyl[:, 1], "label": xyl[:, 2].astype(int)}
+            )
+        )
+    grid = (
+        pd.concat(grids, ignore_index=True)
+        if grids
+        else _frame([], ("run_id", "epoch", "x", "y", "prob"))
+    )
+    pts = (
+        pd.concat(points, ignore_index=True)
+        if points
+        else _frame([], ("run_id", "x", "y", "label"))
+    )
+    return DecisionMaps(_label_runs(grid, labels), _label_runs(pts, labels))
+
+
+def sweep_summary(engine: Engine, sweep_id: str) -> pd.DataFrame:
+    """One row per run of a sweep: arch, depth, seed, grad_ratio_log10 (first-layer over
+    output-layer grad norm at epoch 1; -inf when the first layer's gradient underflowed to 0)
+    and final_test_acc (NaN until the run finishes)."""
+    rows = _read(
+        select(_R.id, _R.arch, _R.depth, _R.seed, _R.final_test_acc, _L.layer, _L.grad_norm)
+        .outerjoin(_L, and_(_L.run_id == _R.id, _L.epoch == 1))
+        .where(_R.sweep_id == sweep_id),
+        engine,
+    )
+    names = ("run_id", "arch", "depth", "seed", "final_test_acc", "layer", "grad_norm")
+    frame = _frame(rows, names, floats=("final_test_acc", "layer", "grad_norm"))
+    out = frame.drop_duplicates("run_id").set_index("run_id")
+    out = out[["arch", "depth", "seed", "final_test_acc"]].astype(
+        {"depth": "int64", "seed": "int64"}
+    )
+    layered = frame.dropna(subset=["layer"])
+    by_run = layered.groupby("run_id")["layer"]
+    # Not groupby().first(): that would skip a NaN norm and take the next layer's.
+    first = layered.loc[by_run.idxmin()].set_index("run_id")["grad_norm"]
+    last = layered.loc[by_run.idxmax()].set_index("run_id")["grad_norm"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log10(first / last)
+    out.insert(3, "grad_ratio_log10", ratio.reindex(out.index).astype(float))
+    return out.reset_index()

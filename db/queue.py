@@ -1,0 +1,336 @@
+"""The run queue: claim, heartbeat, release, stale recovery and cancel. All of its SQL lives here.
+
+Every state change is guarded by the status it expects (`... WHERE status = 'queued'`) and checks
+what it changed, so many workers on one database never train a run twice (Optuna's
+WAITING -> RUNNING). Times come from the database's clock (`db.clock.now_expr`), so workers on
+machines whose clocks disagree still agree on which heartbeat is stale.
+
+SQLite: WAL and a busy timeout (db.engine) make writers wait for each other; on top of that every
+write here retries a few times on "database is locked" (and PostgreSQL deadlocks), which the busy
+handler cannot always absorb. PostgreSQL: candidates are locked `FOR UPDATE SKIP LOCKED`, so
+concurrent claimers pass each other instead of queueing behind one row.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.exc import OperationalError
+
+from db.clock import as_utc, now_expr
+from db.errors import StorageError
+from db.models import RunModel
+from db.session import session_scope
+
+WORKER_LOST = "worker lost"
+LOCK_RETRIES = 8
+# Losing a claim race just means another worker took that run; try the next one.
+CLAIM_ATTEMPTS = 50
+# PostgreSQL: deadlock_detected, serialization_failure. Both are safe to retry from scratch.
+_RETRY_SQLSTATES = {"40P01", "40001"}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Runs one worker now owns (status `running`): one run, or every queued member of a group
+    (batched ensembles), in group order. `configs` are the stored config dicts."""
+
+    run_ids: tuple[str, ...]
+    group_id: str | None
+    configs: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learned about one run."""
+
+    cancel_requested: bool
+    # False when the run is no longer ours to train (another worker marked it lost).
+    owned: bool
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    queued: int
+    running: int
+    # Workers holding a running run whose heartbeat is fresh: the ones known to be alive.
+    live_workers: tuple[str, ...]
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for transient lock conflicts: SQLite "database is locked", PostgreSQL deadlocks."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+    if not isinstance(cause, OperationalError):
+        return False
+    if getattr(cause.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(cause.orig) or "database table is locked" in str(cause.orig)
+
+
+def with_retry(action: Callable[[], T], attempts: int = LOCK_RETRIES) -> T:
+    """Run one whole transaction, again (with jittered backoff) when it hit a lock conflict."""
+    delay = 0.02
+    for attempt in range(attempts):
+        try:
+            return action()
+        except StorageError as exc:
+            if attempt == attempts - 1 or not is_retryable(exc):
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+# -- time -------------------------------------------------------------------------------------
+
+
+def db_now(engine: Engine) -> datetime:
+    """The database's current time (aware, UTC)."""
+    with session_scope(engine) as s:
+        value = s.execute(select(now_expr(engine.dialect.name))).scalar_one()
+    if isinstance(value, str):  # SQLite hands back text in SQLAlchemy's DATETIME format
+        value = datetime.fromisoformat(value)
+    result = as_utc(value)
+    assert result is not None
+    return result
+
+
+def _running_values(engine: Engine, worker: str) -> dict[str, Any]:
+    now = now_expr(engine.dialect.name)
+    return {
+        "status": "running",
+        "worker": worker,
+        "started_at": now,
+        "heartbeat_at": now,
+    }
+
+
+# -- claiming ---------------------------------------------------------------------------------
+
+
+def claim_next(engine: Engine, worker: str) -> Claim | None:
+    """Claim the oldest queued run (by created_at, then id) for `worker`, or None when the queue
+    is empty. When that run belongs to a group, every queued member of the group is claimed in
+    the same transaction and returned together."""
+    for _ in range(CLAIM_ATTEMPTS):
+        outcome = with_retry(lambda: _try_claim(engine, worker))
+        if outcome is None:
+            return None
+        if outcome.run_ids:
+            return outcome
+        # Another worker claimed that run between our read and our guarded update.
+    return None
+
+
+def _try_claim(engine: Engine, worker: str) -> Claim | None:
+    """One attempt: None = queue empty; a Claim with no runs = lost the race, try again."""
+    candidate = (
+        select(RunModel.id, RunModel.group_id)
+        .where(RunModel.status == "queued")
+        .order_by(RunModel.created_at, RunModel.id)
+        .limit(1)
+        # PostgreSQL locks the row and skips rows other claimers hold; SQLite ignores this
+        # (its writers are serialised, and the guarded update below decides).
+        .with_for_update(skip_locked=True)
+    )
+    values = _running_values(engine, worker)
+    with session_scope(engine) as s:
+        row = s.execute(candidate).first()
+        if row is None:
+            return None
+        run_id, group_id = row
+        if group_id is None:
+            target = and_(RunModel.id == run_id, RunModel.status == "queued")
+        else:
+            members = (
+                select(RunModel.id)
+                .where(RunModel.group_id == group_id, RunModel.status == "queued")
+                .with_for_update(skip_locked=True)
+            )
+            target = and_(RunModel.id.in_(members), RunModel.status == "queued")
+        claimed = s.execute(
+            update(RunModel)
+            .where(target)
+            .values(**values)
+            .returning(RunModel.id, RunModel.config, RunModel.group_index)
+        ).all()
+    claimed.sort(key=lambda r: (r.group_index if r.group_index is not None else 0, r.id))
+    return Claim(
+        tuple(r.id for r in claimed),
+        group_id,
+        tuple(dict(r.config) for r in claimed),
+    )
+
+
+def release(engine: Engine, run_ids: Sequence[str], worker: str) -> list[str]:
+    """Put claimed runs that never started training back in the queue (e.g. the rest of a
+    group when the worker is asked to stop). Runs with recorded epochs are left alone."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+
+    def action() -> list[str]:
+        with session_scope(engine) as s:
+            return list(
+                s.scalars(
+                    update(RunModel)
+                    .where(
+                        RunModel.id.in_(ids),
+                        RunModel.status == "running",
+                        RunModel.worker == worker,
+                        RunModel.epochs_done == 0,
+                    )
+                    .values(status="queued", worker=None, started_at=None, heartbeat_at=None)
+                    .returning(RunModel.id)
+                )
+            )
+
+    return with_retry(action)
+
+
+# -- heartbeats and staleness -----------------------------------------------------------------
+
+
+def heartbeat(engine: Engine, run_ids: Sequence[str], worker: str) -> dict[str, Beat]:
+    """Touch the heartbeat of `worker`'s running runs; say, per run, whether cancellation was
+    requested and whether the run is still this worker's (it is not once marked lost)."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+
+    def action() -> dict[str, bool]:
+        with session_scope(engine) as s:
+            rows = s.execute(
+                update(RunModel)
+                .where(
+                    RunModel.id.in_(ids),
+                    RunModel.status == "running",
+                    RunModel.worker == worker,
+                )
+                .values(heartbeat_at=now_expr(engine.dialect.name))
+                .returning(RunModel.id, RunModel.cancel_requested)
+            ).all()
+        return {r.id: bool(r.cancel_requested) for r in rows}
+
+    touched = with_retry(action)
+    return {
+        run_id: Beat(cancel_requested=touched.get(run_id, False), owned=run_id in touched)
+        for run_id in ids
+    }
+
+
+def recover_stale(
+    engine: Engine,
+    stale_after_s: float,
+    now: datetime | None = None,
+    *,
+    spare_worker: str | None = None,
+) -> list[str]:
+    """Mark running runs whose heartbeat is older than `stale_after_s` seconds `failed` with the
+    error "worker lost"; their recorded epochs stay. `now` defaults to the database's clock
+    (tests pass a later time instead of sleeping). A worker passes its own name as
+    `spare_worker`: it knows its own runs are alive. Returns the ids marked."""
+    current = as_utc(now) if now is not None else db_now(engine)
+    assert current is not None
+    threshold = current - timedelta(seconds=stale_after_s)
+    stale = and_(RunModel.status == "running", RunModel.heartbeat_at < threshold)
+    if spare_worker is not None:
+        stale = and_(stale, RunModel.worker.is_distinct_from(spare_worker))
+
+    def action() -> list[str]:
+        with session_scope(engine) as s:
+            return list(
+                s.scalars(
+                    update(RunModel)
+                    .where(stale)
+                    .values(
+                        status="failed",
+                        error=WORKER_LOST,
+                        finished_at=now_expr(engine.dialect.name),
+                    )
+                    .returning(RunModel.id)
+                )
+            )
+
+    return with_retry(action)
+
+
+# -- cancelling -------------------------------------------------------------------------------
+
+
+def cancel_runs(engine: Engine, run_ids: Sequence[str]) -> dict[str, str]:
+    """Cancel runs: queued ones become `cancelled` at once; running ones get `cancel_requested`
+    and their worker stops them. Returns, per id, "cancelled", "cancel requested" or the
+    finished status it already had ("completed", ...), or "not found"."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return {}
+
+    def action() -> dict[str, str]:
+        with session_scope(engine) as s:
+            # Queued first, in one transaction: a run claimed in between is then running and
+            # gets the request instead, so no run slips through.
+            outcome = {
+                run_id: "cancelled"
+                for run_id in s.scalars(
+                    update(RunModel)
+                    .where(RunModel.id.in_(ids), RunModel.status == "queued")
+                    .values(status="cancelled", finished_at=now_expr(engine.dialect.name))
+                    .returning(RunModel.id)
+                )
+            }
+            for run_id in s.scalars(
+                update(RunModel)
+                .where(RunModel.id.in_(ids), RunModel.status == "running")
+                .values(cancel_requested=True)
+                .returning(RunModel.id)
+            ):
+                outcome[run_id] = "cancel requested"
+            rest = [i for i in ids if i not in outcome]
+            if rest:
+                for run_id, status in s.execute(
+                    select(RunModel.id, RunModel.status).where(RunModel.id.in_(rest))
+                ):
+                    outcome[run_id] = status
+        return {run_id: outcome.get(run_id, "not found") for run_id in ids}
+
+    return with_retry(action)
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def queue_status(engine: Engine, fresh_within_s: float = 30.0) -> QueueStatus:
+    """How many runs wait and run, and which workers show a fresh heartbeat. (An idle worker
+    holds no run, so it is only visible to whoever started it, e.g. as a live process.)"""
+    threshold = db_now(engine) - timedelta(seconds=fresh_within_s)
+    with session_scope(engine) as s:
+        counts = dict(
+            s.execute(
+                select(RunModel.status, func.count())
+                .where(RunModel.status.in_(("queued", "running")))
+                .group_by(RunModel.status)
+            ).all()
+        )
+        workers = s.scalars(
+            select(RunModel.worker)
+            .where(
+                RunModel.status == "running",
+                RunModel.heartbeat_at >= threshold,
+                RunModel.worker.is_not(None),
+            )
+            .distinct()
+            .order_by(RunModel.worker)
+        ).all()
+    return QueueStatus(counts.get("queued", 0), counts.get("running", 0), tuple(workers))

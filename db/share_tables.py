@@ -1,0 +1,181 @@
+"""The chosen runs' tables as CSV or Parquet files, for people who analyse runs in pandas.
+
+Three tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch) and
+`layers` (per run, epoch and layer, with the layer's kind and activation joined in). Gradient
+histograms, decision grids and test points stay in the `.db` export. NaN is NaN (an empty cell in
+CSV), infinities are `inf`/`-inf`; Parquet keeps every float exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from db.clock import as_utc
+from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
+from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
+from db.session import session_scope
+from db.share import CHUNK, ShareError
+
+TableFormat = Literal["csv", "parquet"]
+TABLE_NAMES = ("runs", "epochs", "layers")
+RUN_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "arch",
+    "depth",
+    "width",
+    "dataset",
+    "seed",
+    "sweep_id",
+    "sweep_name",
+    "epochs_total",
+    "epochs_done",
+    "final_train_loss",
+    "final_train_acc",
+    "final_test_loss",
+    "final_test_acc",
+    "final_pred_std",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "source_file",
+    "imported_at",
+)
+RUN_FLOATS = tuple(c for c in RUN_COLUMNS if c.startswith("final_"))
+RUN_TIMES = ("created_at", "started_at", "finished_at", "imported_at")
+
+
+def _floats(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """NULL becomes NaN even in a column with no numbers at all (pandas would keep None)."""
+    for column in columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    return frame
+
+
+def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """DataFrames `runs`, `epochs`, `layers` for the given runs (full ids), sorted."""
+    ids = list(dict.fromkeys(run_ids))
+    runs, epochs, layers = [], [], []
+    run_cols = [getattr(RunModel, c) for c in RUN_COLUMNS]
+    stat_cols = [getattr(LayerStatModel, c) for c in ("epoch", "layer", *LAYER_STAT_FIELDS)]
+    with session_scope(engine) as s:
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            for row in s.execute(
+                select(*run_cols, RunModel.config).where(RunModel.id.in_(chunk))
+            ).all():
+                record = dict(zip(RUN_COLUMNS, row[:-1], strict=True))
+                record["config"] = json.dumps(row[-1], sort_keys=True)
+                runs.append(record)
+            epochs += s.execute(
+                select(
+                    EpochMetricModel.run_id,
+                    EpochMetricModel.epoch,
+                    *[getattr(EpochMetricModel, c) for c in EPOCH_FIELDS],
+                ).where(EpochMetricModel.run_id.in_(chunk))
+            ).all()
+            layers += s.execute(
+                select(
+                    LayerStatModel.run_id,
+                    *stat_cols,
+                    RunLayerModel.kind,
+                    RunLayerModel.activation,
+                )
+                .outerjoin(
+                    RunLayerModel,
+                    (RunLayerModel.run_id == LayerStatModel.run_id)
+                    & (RunLayerModel.layer == LayerStatModel.layer),
+                )
+                .where(LayerStatModel.run_id.in_(chunk))
+            ).all()
+    run_frame = pd.DataFrame(runs, columns=[*RUN_COLUMNS, "config"])
+    for column in RUN_TIMES:
+        run_frame[column] = pd.to_datetime(
+            [as_utc(v) for v in run_frame[column]], utc=True, errors="coerce"
+        )
+    run_frame = _floats(run_frame, RUN_FLOATS).sort_values(["created_at", "id"])
+    names = dict(zip(run_frame["id"], run_frame["name"], strict=True))
+    epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_FIELDS])
+    epoch_frame = _floats(epoch_frame, EPOCH_FIELDS).sort_values(["run_id", "epoch"])
+    layer_frame = pd.DataFrame(
+        layers, columns=["run_id", "epoch", "layer", *LAYER_STAT_FIELDS, "kind", "activation"]
+    )
+    layer_frame = _floats(layer_frame, LAYER_STAT_FIELDS).sort_values(["run_id", "epoch", "layer"])
+    for frame in (epoch_frame, layer_frame):
+        frame.insert(1, "run_name", frame["run_id"].map(names))
+    return {
+        "runs": run_frame.reset_index(drop=True),
+        "epochs": epoch_frame.reset_index(drop=True),
+        "layers": layer_frame.reset_index(drop=True),
+    }
+
+
+def _table_bytes(frame: pd.DataFrame, fmt: TableFormat) -> bytes:
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("csv", "parquet"):
+        raise ShareError(f"unknown format {fmt!r}; use csv or parquet")
+
+
+def export_tables(
+    engine: Engine,
+    run_ids: Sequence[str],
+    out_dir: str | Path,
+    fmt: TableFormat = "csv",
+    *,
+    force: bool = False,
+) -> list[Path]:
+    """Write runs/epochs/layers.{csv|parquet} into `out_dir` (made if missing); returns the
+    paths. Refuses to replace existing files unless `force`; each file appears whole or not
+    at all (written under a temporary name, then renamed)."""
+    _check_format(fmt)
+    if not run_ids:
+        raise ShareError("no runs to export")
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ShareError(f"{out} is a file; give a folder")
+    paths = [out / f"{name}.{fmt}" for name in TABLE_NAMES]
+    existing = [p.name for p in paths if p.exists()]
+    if existing and not force:
+        raise ShareError(f"{out} already has {', '.join(existing)}; pass --force to replace")
+    tables = run_tables(engine, run_ids)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, path in zip(TABLE_NAMES, paths, strict=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_table_bytes(tables[name], fmt))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return paths
+
+
+def export_tables_zip(engine: Engine, run_ids: Sequence[str], fmt: TableFormat = "csv") -> bytes:
+    """A zip (in memory) holding runs/epochs/layers.{csv|parquet}, for a download button."""
+    _check_format(fmt)
+    if not run_ids:
+        raise ShareError("no runs to export")
+    tables = run_tables(engine, run_ids)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in TABLE_NAMES:
+            archive.writestr(f"{name}.{fmt}", _table_bytes(tables[name], fmt))
+    return buffer.getvalue()

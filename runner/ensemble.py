@@ -1,0 +1,432 @@
+"""Fast sweeps: a sweep's same-shape runs trained together as one batched ensemble.
+
+`train_group()` is `runner.train.train()` for K members at once: each member is built by the
+ordinary constructor under its own seed, gets its own data (loaded with its own seed, as a solo
+run would), its own shuffle order and its own learning rate, and is recorded through its own
+recorder exactly as a solo run would be. Nothing is computed across members (no global norm or
+clipping), so a diverging or cancelled member cannot change the others' numbers; members that
+finish (completed, diverged, cancelled, failed) leave the stack at the end of the epoch.
+
+`execute_group()` is `runner.execute.execute_run()` for a claimed group, and `plan_groups()`
+splits a sweep into groups by `group_key()`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from db.records import EpochRecord, FinalMetrics
+from db.store import RunStore
+from runner.config import SYNTHETIC_DATASETS, RunConfig
+from runner.data import Dataset, load_dataset
+from runner.ensemble_model import StackedMLP, StackedOptimizer
+from runner.execute import DbRecorder
+from runner.models import build_model
+from runner.probes import EpochGradStats, activation_stats
+from runner.train import (
+    STOP_CHECK_SECONDS,
+    Recorder,
+    TrainResult,
+    _Grid,
+    grid_epochs,
+    resolve_device,
+    test_points,
+)
+
+DEFAULT_MAX_GROUP = 32  # on a CPU the gain per model stopped growing at K of about 16-64
+
+# -- grouping --------------------------------------------------------------------------------
+
+
+def group_key(cfg: RunConfig) -> tuple:
+    """What members of one group must share: everything that shapes the stacked tensors.
+
+    Members may differ in seed (init, data sampling and split, shuffle order), init scheme,
+    learning rate, momentum, epochs, noise and name: each member loads its own data with its
+    own seed, exactly as its solo run would, and the data are stacked as [K, N, features], so
+    only the sizes must agree (samples and test fraction fix N; dataset fixes the features).
+    Fields a dataset ignores are left out so they do not split groups needlessly.
+    """
+    return (
+        cfg.arch,
+        cfg.depth,
+        cfg.width,
+        cfg.block_activation if cfg.arch == "resnet" else None,
+        cfg.dataset,
+        cfg.samples if cfg.dataset in SYNTHETIC_DATASETS else None,
+        cfg.test_fraction,
+        cfg.label if cfg.is_csv else None,
+        cfg.batch_size,
+        cfg.optimizer,
+        cfg.device,
+    )
+
+
+def plan_groups(cfgs: Sequence[RunConfig], max_size: int = DEFAULT_MAX_GROUP) -> list[list[int]]:
+    """Indices into `cfgs`, grouped by `group_key` in order of first appearance and split into
+    chunks of at most `max_size` whose sizes differ by at most one (40 -> 20 + 20, not 32 + 8,
+    since a small group gains less). Groups of one are plain solo runs."""
+    if max_size < 1:
+        raise ValueError(f"max group size must be at least 1 (got {max_size})")
+    by_key: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        by_key.setdefault(group_key(cfg), []).append(i)
+    groups: list[list[int]] = []
+    for members in by_key.values():
+        chunks = math.ceil(len(members) / max_size)
+        groups.extend(list(part) for part in np.array_split(np.array(members), chunks))
+    return [[int(i) for i in g] for g in groups]
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    """One member's own things: config, data, recorder, shuffle generator, grid."""
+
+    cfg: RunConfig
+    data: Dataset
+    recorder: Recorder
+    shuffle: torch.Generator
+    grid: _Grid | None
+    grid_at: set[int]
+    last: dict[str, float]
+    result: TrainResult | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def train_group(
+    cfgs: Sequence[RunConfig],
+    recorders: Sequence[Recorder],
+    should_stop: Callable[[], str | None] = lambda: None,
+    on_done: Callable[[int, TrainResult], None] | None = None,
+) -> list[TrainResult]:
+    """Train same-shape runs as one batched model; returns each member's TrainResult.
+
+    Like `train()`: one recorder call per member per epoch; `should_stop` (for the whole group,
+    e.g. a worker shutting down) is checked at every epoch end and about once a second. A
+    recorder may also have `poll() -> bool`, called about once a second mid-epoch: True
+    cancels that member (as `should_stop` returning "cancelled" would for a solo run).
+    A member's recorder raising ends that member `failed` (as `execute_run` would) and the
+    others go on; anything else raises. `on_done(k, result)` is called as each member ends.
+    """
+    if len(cfgs) != len(recorders) or not cfgs:
+        raise ValueError("train_group needs one recorder per config, and at least one config")
+    keys = {group_key(c) for c in cfgs}
+    if len(keys) > 1:
+        raise ValueError("configs of one group must share their group_key (shape, data, optimizer)")
+    device = resolve_device(cfgs[0].device)
+    with torch.no_grad():
+        return _GroupTraining(cfgs, recorders, should_stop, on_done, device).run()
+
+
+class _GroupTraining:
+    """The state of one group's training; `run()` reads top to bottom like `train()`."""
+
+    def __init__(
+        self,
+        cfgs: Sequence[RunConfig],
+        recorders: Sequence[Recorder],
+        should_stop: Callable[[], str | None],
+        on_done: Callable[[int, TrainResult], None] | None,
+        device: torch.device,
+    ) -> None:
+        self.device = device
+        self.should_stop = should_stop
+        self.on_done = on_done
+        self.members: list[_Member] = []
+        models = []
+        for cfg, recorder in zip(cfgs, recorders, strict=True):
+            data = load_dataset(cfg)
+            torch.manual_seed(cfg.seed)  # as train() does: the member is its solo run's model
+            models.append(build_model(cfg, data.n_features))
+            two_d = data.n_features == 2
+            self.members.append(
+                _Member(
+                    cfg,
+                    data,
+                    recorder,
+                    torch.Generator().manual_seed(cfg.seed),
+                    _Grid(data, device) if two_d else None,
+                    grid_epochs(cfg.epochs),
+                    {},
+                )
+            )
+        shapes = {(m.data.x_train.shape, m.data.x_test.shape) for m in self.members}
+        if len(shapes) > 1:
+            raise ValueError(f"members' datasets differ in shape: {sorted(shapes)}")
+        self.layers = models[0].layer_infos()
+        self.kinds = [info.activation for info in self.layers]
+        self.stack = StackedMLP(models, device)
+        self.optimizer = StackedOptimizer(
+            self.stack,
+            cfgs[0].optimizer,
+            [c.lr for c in cfgs],
+            [c.momentum for c in cfgs],
+        )
+        self.active = list(range(len(cfgs)))  # member index of each stack position
+        self.batch_size = cfgs[0].batch_size
+        self._stack_data()
+
+    # -- member bookkeeping ------------------------------------------------------------------
+    def _end(self, k: int, result: TrainResult) -> None:
+        member = self.members[k]
+        if member.result is not None:
+            return
+        member.result = result
+        if self.on_done is not None:
+            self.on_done(k, result)
+
+    def _call_recorder(self, k: int, call: Callable[[], bool | None]) -> bool:
+        """Run one member's recorder call; a failure ends only that member. True: stop it."""
+        try:
+            return bool(call())
+        except Exception as exc:  # noqa: BLE001 - one member's storage failing is its own
+            self._end(k, TrainResult("failed", -1, {}, _error_text(exc)))
+            return True
+
+    def _stack_data(self) -> None:
+        """The active members' data as [K, N, ...] tensors on the device."""
+
+        def stacked(name: str) -> Tensor:
+            arrays = [getattr(self.members[k].data, name) for k in self.active]
+            return torch.from_numpy(np.stack(arrays)).to(self.device)
+
+        self.x_train, self.y_train = stacked("x_train"), stacked("y_train")
+        self.x_test, self.y_test = stacked("x_test"), stacked("y_test")
+        grids = [self.members[k].grid for k in self.active]
+        self.grid_inputs = torch.stack([g.inputs for g in grids]) if grids[0] is not None else None
+        n_train = self.x_train.shape[1]
+        self.offsets = torch.arange(len(self.active), device=self.device).unsqueeze(1) * n_train
+        k = len(self.active)
+        self.loss_sum = torch.zeros(k, device=self.device)
+        self.correct = torch.zeros(k, device=self.device)
+        self.probe = EpochGradStats(self.stack.weight_sizes, k, self.device)
+
+    def _compact(self) -> None:
+        """Drop members that have ended from the stack (at an epoch boundary)."""
+        keep = [p for p, k in enumerate(self.active) if self.members[k].result is None]
+        if len(keep) == len(self.active):
+            return
+        self.active = [self.active[p] for p in keep]
+        if not keep:
+            return
+        old = self.stack.members
+        index = torch.tensor(keep, device=self.device)
+        self.stack.select(index)
+        self.optimizer.select(index, old)
+        self._stack_data()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> list[TrainResult]:
+        for k, member in enumerate(self.members):
+            points = test_points(member.data) if member.grid else None
+            layers, device = self.layers, str(self.device)
+            self._call_recorder(k, lambda r=member.recorder, p=points: r.start(layers, p, device))
+        self._compact()
+        epochs = max(m.cfg.epochs for m in self.members)
+        for epoch in range(1, epochs + 1):
+            if not self.active:
+                break
+            started = time.perf_counter()
+            if self._train_epoch(epoch):
+                break
+            records = self._measure(epoch, started)
+            self._record(epoch, records)
+            self._compact()
+        results = [m.result for m in self.members]
+        assert all(r is not None for r in results), "every member ends by its last epoch"
+        return results  # type: ignore[return-value]
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """One pass over every member's shuffled training data. True: the group was stopped."""
+        n_train = self.x_train.shape[1]
+        # Each member's own permutation from its own generator, exactly as train() draws it.
+        perms = torch.stack(
+            [torch.randperm(n_train, generator=self.members[k].shuffle) for k in self.active]
+        ).to(self.device)
+        rows = (perms + self.offsets).reshape(-1)
+        x_epoch = self.x_train.reshape(-1, self.x_train.shape[2])[rows].view(*perms.shape, -1)
+        y_epoch = self.y_train.reshape(-1)[rows].view(perms.shape)
+        labels = y_epoch > 0.5
+        self.probe.begin(self.stack.flat_weights)
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        next_check = time.monotonic() + STOP_CHECK_SECONDS
+        for start in range(0, n_train, self.batch_size):
+            end = min(start + self.batch_size, n_train)
+            xb, yb = x_epoch[:, start:end], y_epoch[:, start:end]
+            logits = self.stack.forward(xb, for_backward=True)
+            # BCE-with-logits summed over the batch, divided by its length, per member: the
+            # gradient autograd computes for train()'s loss, and no mixing across members.
+            self.stack.backward(torch.sigmoid(logits).sub_(yb).mul_(1.0 / (end - start)))
+            # Gradients are read after backward and before the step, as in train().
+            self.probe.step(self.stack.flat_weight_grads)
+            self.optimizer.step()
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, yb, reduction="none"
+            )
+            self.loss_sum.add_(losses.sum(dim=1))
+            self.correct.add_(((logits > 0) == labels[:, start:end]).sum(dim=1))
+            if time.monotonic() > next_check:
+                next_check = time.monotonic() + STOP_CHECK_SECONDS
+                if self._check_mid_epoch(epoch):
+                    return True
+        return False
+
+    def _check_mid_epoch(self, epoch: int) -> bool:
+        reason = self.should_stop()
+        if reason:
+            for k in self.active:
+                self._end(k, TrainResult(reason, epoch - 1, self.members[k].last))
+            return True
+        for k in self.active:
+            member = self.members[k]
+            poll = getattr(member.recorder, "poll", None)
+            if member.result is None and poll is not None and self._call_recorder(k, poll):
+                # It stays in the stack until the epoch ends, unrecorded, then leaves.
+                self._end(k, TrainResult("cancelled", epoch - 1, member.last))
+        return False
+
+    def _measure(self, epoch: int, started: float) -> list[tuple[EpochRecord, dict[str, float]]]:
+        """The end-of-epoch test pass for every member and one device-to-host copy, as in
+        train()'s `_measure_epoch`; returns a record per stack position."""
+        acts: list[Tensor] = []
+        logits = self.stack.forward(self.x_test, acts)
+        probs = torch.sigmoid(logits)
+        test_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, self.y_test, reduction="none"
+        ).mean(dim=1)
+        test_acc = ((logits > 0) == (self.y_test > 0.5)).float().mean(dim=1)
+        grads = self.probe.finish(self.stack.flat_weight_grads, self.stack.flat_weights)
+        health = activation_stats(acts, self.kinds)
+        n_train = self.x_train.shape[1]
+        hist = grads.pop("grad_hist").to(torch.int32).cpu().numpy()  # [L, K, slots]
+        per_layer = torch.stack([*grads.values(), *health.values()], dim=2)  # [L, K, stats]
+        epoch_values = torch.stack(
+            [
+                self.loss_sum / n_train,
+                self.correct / n_train,
+                test_loss,
+                test_acc,
+                probs.std(dim=1, unbiased=False),
+            ]
+        )
+        # The one sync of the epoch (plus the grid at the few epochs that record it).
+        table = per_layer.cpu().numpy()
+        values = epoch_values.cpu().numpy()
+        wants_grid = [epoch in self.members[k].grid_at for k in self.active]
+        grid_probs = None
+        if self.grid_inputs is not None and any(wants_grid):
+            grid_probs = torch.sigmoid(self.stack.forward(self.grid_inputs)).cpu()
+        seconds = time.perf_counter() - started
+        names = (*grads.keys(), *health.keys())
+        out = []
+        for pos, k in enumerate(self.active):
+            stats: list[dict[str, float | bytes | None]] = []
+            for layer in range(len(self.layers)):
+                row: dict[str, float | bytes | None] = dict(
+                    zip(names, table[layer, pos].tolist(), strict=True)
+                )
+                row["grad_hist"] = hist[layer, pos].astype("<i4").tobytes()
+                stats.append(row)
+            train_l, train_a, test_l, test_a, pred_std = values[:, pos].tolist()
+            metrics = {
+                "train_loss": train_l,
+                "train_acc": train_a,
+                "test_loss": test_l,
+                "test_acc": test_a,
+                "pred_std": pred_std,
+            }
+            grid = self.members[k].grid
+            grid_record = None
+            if grid is not None and grid_probs is not None and wants_grid[pos]:
+                grid_record = grid.record(grid_probs[pos])
+            # The group's epoch took this long: every member's epoch shared that wall time.
+            metrics["seconds"] = seconds
+            out.append((EpochRecord(epoch, metrics, stats, grid_record), metrics))
+        return out
+
+    def _record(self, epoch: int, records: list[tuple[EpochRecord, dict[str, float]]]) -> None:
+        """Each member's epoch to its recorder, then its health and end, as train() decides."""
+        for k, (record, metrics) in zip(list(self.active), records, strict=True):
+            member = self.members[k]
+            if member.result is not None:
+                continue  # cancelled mid-epoch: its unfinished epoch is not recorded
+            cancelled = self._call_recorder(k, lambda r=member.recorder, rec=record: r.epoch(rec))
+            if member.result is not None:
+                continue  # its recorder failed
+            member.last = metrics
+            if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
+                error = f"loss became non-finite in epoch {epoch}"
+                self._end(k, TrainResult("diverged", epoch, metrics, error))
+            elif cancelled:
+                self._end(k, TrainResult("cancelled", epoch, metrics))
+        reason = self.should_stop()
+        for k in self.active:
+            member = self.members[k]
+            if member.result is not None:
+                continue
+            if reason:
+                self._end(k, TrainResult(reason, epoch, member.last))
+            elif epoch == member.cfg.epochs:
+                self._end(k, TrainResult("completed", epoch, member.last))
+
+
+# -- with the database -----------------------------------------------------------------------
+
+
+class GroupMemberRecorder(DbRecorder):
+    """A member's DbRecorder that also heartbeats mid-epoch and reports its cancellation."""
+
+    def poll(self) -> bool:
+        return self.store.heartbeat(self.run_id)
+
+
+def execute_group(
+    store: RunStore,
+    run_ids: Sequence[str],
+    cfgs: Sequence[RunConfig],
+    should_stop: Callable[[], str | None] = lambda: None,
+) -> list[TrainResult]:
+    """Train a claimed group (every member already `running`) as one batched model and give
+    each member its own final status, as `execute_run` does for a solo run.
+
+    Each member is finished as soon as it ends (others may still be training). An exception
+    outside one member's recording ends every member not yet finished `failed` with its text.
+    """
+    if len(run_ids) != len(cfgs):
+        raise ValueError("execute_group needs one config per run id")
+    # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
+    torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
+    results: list[TrainResult | None] = [None] * len(run_ids)
+
+    def finish(k: int, result: TrainResult) -> None:
+        results[k] = result
+        store.finish_run(
+            run_ids[k], result.status, final=FinalMetrics.from_metrics(result.final),
+            error=result.error,
+        )
+
+    recorders = [GroupMemberRecorder(store, run_id) for run_id in run_ids]
+    try:
+        train_group(cfgs, recorders, should_stop, on_done=finish)
+    except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
+        detail = _error_text(exc)
+        for k, result in enumerate(results):
+            if result is None:
+                finish(k, TrainResult("failed", -1, {}, detail))
+    return [r for r in results if r is not None]

@@ -1,0 +1,163 @@
+"""Sweeps: a grid of run configurations, validated as a whole and queued as one sweep.
+
+Every RunConfig option may be a comma list; the sweep is the cartesian product of the lists.
+Validation is all or nothing: every combination is checked before anything is written, and
+one bad value anywhere means nothing is queued.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from db.records import RunSpec
+from db.store import RunStore
+from runner.config import ConfigError, RunConfig, make_config
+
+MAX_SWEEP_RUNS = 10_000
+DEFAULT_GROUP_SIZE = 32
+# Fields that may differ between members of one batched ensemble (issue 6): everything else
+# (architecture, shape, data, optimizer kind, device, ...) must match for runs to share a batch.
+PER_MEMBER_FIELDS = frozenset({"seed", "lr", "momentum", "epochs", "name"})
+# Shown at most this many distinct combination errors, then a count of the rest.
+MAX_ERROR_LINES = 10
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep, ready to queue: nothing has been written yet."""
+
+    sweep_id: str
+    name: str
+    specs: tuple[RunSpec, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.specs)
+
+
+def parse_grid(values: Mapping[str, str]) -> dict[str, list[str]]:
+    """Split each option's comma list, in RunConfig field order (duplicates dropped). The run
+    name is not a grid axis: it names the sweep."""
+    grid: dict[str, list[str]] = {}
+    problems = []
+    for field in RunConfig.model_fields:
+        if field == "name" or field not in values:
+            continue
+        items = [item.strip() for item in str(values[field]).split(",")]
+        if any(not item for item in items):
+            problems.append(f"{field}: empty value in the list {values[field]!r}")
+            continue
+        grid[field] = list(dict.fromkeys(items))
+    unknown = sorted(set(values) - set(RunConfig.model_fields))
+    problems += [f"{name}: not a run option" for name in unknown]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return grid
+
+
+def expand_grid(grid: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    """Every combination, the last option varying fastest (like nested loops)."""
+    size = 1
+    for items in grid.values():
+        size *= len(items)
+    if size > MAX_SWEEP_RUNS:
+        raise ConfigError(f"the grid has {size} runs; a sweep holds at most {MAX_SWEEP_RUNS}")
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def describe(combo: Mapping[str, str], varying: list[str]) -> str:
+    return " ".join(f"{k}={combo[k]}" for k in varying)
+
+
+def validate_grid(combos: list[dict[str, str]], varying: list[str]) -> list[RunConfig]:
+    """Every combination as a RunConfig, or ConfigError naming each distinct problem."""
+    configs: list[RunConfig] = []
+    problems: list[str] = []
+    for combo in combos:
+        try:
+            configs.append(make_config(combo))
+        except ConfigError as exc:
+            for line in str(exc).splitlines():
+                # A field's own bad value reads the same in every combination; a conflict
+                # between fields (config-level) says which combination has it.
+                where = describe(combo, varying)
+                problems.append(f"{where}: {line}" if line.startswith("config:") else line)
+    if problems:
+        distinct = list(dict.fromkeys(problems))
+        shown = distinct[:MAX_ERROR_LINES]
+        if len(distinct) > len(shown):
+            shown.append(f"... and {len(distinct) - len(shown)} more")
+        raise ConfigError("invalid sweep, nothing was queued:\n" + "\n".join(shown))
+    return configs
+
+
+def structural_key(cfg: RunConfig) -> tuple:
+    """What must be equal for runs to train together as one batched ensemble."""
+    return tuple(
+        (k, v) for k, v in cfg.model_dump().items() if k not in PER_MEMBER_FIELDS
+    )
+
+
+def plan_sweep(
+    values: Mapping[str, str],
+    *,
+    name: str | None = None,
+    batch: bool = False,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> SweepPlan:
+    """Expand and validate a grid into run specs sharing one sweep id and name.
+
+    With `batch`, runs that differ only in per-member fields (seed, lr, momentum, epochs) get a
+    shared group id, in chunks of at most `group_size`, so a worker claims and trains them
+    together. Raises ConfigError (nothing is written) on any invalid value.
+    """
+    if group_size < 1:
+        raise ConfigError(f"group size must be at least 1 (got {group_size})")
+    grid = parse_grid(values)
+    varying = [k for k, items in grid.items() if len(items) > 1]
+    combos = expand_grid(grid)
+    configs = validate_grid(combos, varying)
+    sweep_name = (name or "").strip() or (
+        "sweep of " + ", ".join(varying) if varying else "sweep"
+    )
+    specs = [
+        RunSpec(
+            cfg.model_dump(),
+            name=f"{sweep_name}: {describe(combo, varying)}" if varying else sweep_name,
+            sweep_id=None,
+            sweep_name=sweep_name,
+        )
+        for cfg, combo in zip(configs, combos, strict=True)
+    ]
+    sweep_id = str(uuid.uuid4())
+    for spec in specs:
+        spec.sweep_id = sweep_id
+    if batch:
+        _assign_groups(specs, configs, group_size)
+    return SweepPlan(sweep_id, sweep_name, tuple(specs))
+
+
+def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: int) -> None:
+    by_shape: dict[tuple, list[int]] = {}
+    for index, cfg in enumerate(configs):
+        by_shape.setdefault(structural_key(cfg), []).append(index)
+    for members in by_shape.values():
+        for start in range(0, len(members), group_size):
+            chunk = members[start : start + group_size]
+            if len(chunk) < 2:
+                continue  # a group of one is just a run
+            group_id = str(uuid.uuid4())
+            for position, index in enumerate(chunk):
+                specs[index].group_id = group_id
+                specs[index].group_index = position
+
+
+def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
+    """Queue every run of the plan in one transaction; returns their ids in grid order."""
+    return RunStore(engine).create_runs(list(plan.specs))

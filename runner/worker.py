@@ -1,0 +1,398 @@
+"""The background runner: claim queued runs, train them, heartbeat, honour cancel, recover
+stale runs, and stop cleanly on SIGTERM/SIGINT.
+
+Process model: `run_worker` with concurrency 1 trains in this process; with N > 1 it starts N
+child processes (spawn) that each claim and train, and forwards SIGTERM/SIGINT to them. Each
+training process has one housekeeping thread that heartbeats its claimed runs every
+`heartbeat_s` (learning of cancel requests and of runs taken away from it) and now and then
+marks other workers' stale runs "worker lost". Training itself polls `should_stop`, which only
+reads flags in memory, about once a second and at every epoch end.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from db.engine import display_url, make_engine
+from db.errors import StorageError
+from db.queue import Claim, claim_next, heartbeat, recover_stale, release
+from db.store import RunStore
+from runner.config import ConfigError, RunConfig, make_config
+
+DEFAULT_HEARTBEAT_S = 2.0
+DEFAULT_STALE_AFTER_S = 60.0
+DEFAULT_POLL_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    db: str
+    concurrency: int = 1
+    exit_when_idle: bool = False
+    max_runs: int | None = None  # runs across all of this worker's processes
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    stale_after_s: float = DEFAULT_STALE_AFTER_S
+    poll_s: float = DEFAULT_POLL_S  # how often an idle worker looks for queued runs
+
+
+def log(message: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"{stamp} {message}", file=sys.stderr, flush=True)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RunBudget:
+    """`--max-runs` shared by every process of one worker (a counter in shared memory)."""
+
+    def __init__(self, limit: int | None, counter: Any) -> None:
+        self.limit = limit
+        self.counter = counter  # multiprocessing.Value("i")
+
+    def take(self) -> bool:
+        with self.counter.get_lock():
+            if self.limit is not None and self.counter.value >= self.limit:
+                return False
+            self.counter.value += 1
+            return True
+
+    def adjust(self, delta: int) -> None:
+        # A group claim counts every member, so --max-runs may be overshot by one group.
+        with self.counter.get_lock():
+            self.counter.value += delta
+
+
+def _load_execute_group() -> Callable[..., Any] | None:
+    """runner.ensemble.execute_group when that module provides it (batched ensembles)."""
+    try:
+        from runner.ensemble import execute_group
+    except ImportError:
+        return None
+    return execute_group
+
+
+def warm_up() -> None:
+    """Import what the first training run would import lazily."""
+    import sklearn.datasets  # noqa: F401 - runner.data's generators
+    import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimizer
+
+    import runner.execute  # noqa: F401
+
+
+class Slot:
+    """One training process's loop: claim, train, repeat; plus its housekeeping thread."""
+
+    def __init__(self, opts: WorkerOptions, budget: RunBudget, parent_pid: int | None) -> None:
+        self.opts = opts
+        self.budget = budget
+        self.parent_pid = parent_pid
+        self.name = worker_name()
+        self.engine = make_engine(opts.db)
+        self.store = RunStore(self.engine)
+        self.stop_reason: str | None = None
+        self.runs_done = 0
+        self._wake = threading.Event()
+        self._finished = threading.Event()
+        self._lock = threading.Lock()
+        self._current: tuple[str, ...] = ()
+        self._cancelled: set[str] = set()
+        self._lost: set[str] = set()
+
+    # -- stopping ---------------------------------------------------------------------------
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Called from a signal handler or the housekeeping thread: runs stop at their next
+        check and end with `reason`; no new run is claimed."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._wake.set()
+
+    def should_stop(self, run_ids: Sequence[str]) -> str | None:
+        """For train(): the status to stop with, or None. Reads memory only (cheap)."""
+        if self.stop_reason is not None:
+            return self.stop_reason
+        with self._lock:
+            if all(i in self._lost for i in run_ids):
+                # Another worker marked it lost; its final status is already written and the
+                # guarded finish will not overwrite it.
+                return "interrupted"
+            if all(i in self._cancelled or i in self._lost for i in run_ids):
+                return "cancelled"
+        return None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        self._recover()
+        if not self.opts.exit_when_idle:
+            # A long-lived worker pays the first run's imports (torch, its compiler stack via
+            # the optimizer, scikit-learn: several seconds) now, not while a run waits. A
+            # worker that may find the queue empty and exit pays them only if it trains.
+            warm_up()
+        log(f"worker {self.name} ready, waiting for runs in {display_url(self.opts.db)}")
+        housekeeping = threading.Thread(
+            target=self._housekeeping, name="gradscope-heartbeat", daemon=True
+        )
+        housekeeping.start()
+        try:
+            while self.stop_reason is None:
+                if not self.budget.take():
+                    break
+                try:
+                    claim = claim_next(self.engine, self.name)
+                except StorageError as exc:
+                    self.budget.adjust(-1)
+                    log(f"worker {self.name} cannot claim a run: {exc}")
+                    self._wake.wait(self.opts.poll_s)
+                    continue
+                if claim is None:
+                    self.budget.adjust(-1)
+                    if self.opts.exit_when_idle:
+                        break
+                    self._wake.wait(self.opts.poll_s)
+                    continue
+                self.budget.adjust(len(claim.run_ids) - 1)
+                try:
+                    self._train_claim(claim)
+                except StorageError as exc:
+                    # The database went away mid-run; the run stays `running` until its
+                    # heartbeat goes stale and some worker marks it lost.
+                    log(f"worker {self.name}: database error while training: {exc}")
+        finally:
+            self._finished.set()
+            housekeeping.join(timeout=10)
+            self.engine.dispose()
+        return self.runs_done
+
+    def _train_claim(self, claim: Claim) -> None:
+        with self._lock:
+            self._current = claim.run_ids
+            self._cancelled = set()
+            self._lost = set()
+        try:
+            configs: dict[str, RunConfig] = {}
+            for run_id, raw in zip(claim.run_ids, claim.configs, strict=True):
+                try:
+                    configs[run_id] = make_config(raw)
+                except ConfigError as exc:
+                    self.store.finish_run(run_id, "failed", error=f"invalid config: {exc}")
+                    self.runs_done += 1
+            ids = [i for i in claim.run_ids if i in configs]
+            if len(ids) == 1:
+                self._train_one(ids[0], configs[ids[0]])
+            elif ids:
+                self._train_group(ids, [configs[i] for i in ids])
+        finally:
+            with self._lock:
+                self._current = ()
+
+    def _train_one(self, run_id: str, cfg: RunConfig) -> None:
+        from runner.execute import execute_run  # imports torch: only training processes pay
+
+        log(f"worker {self.name} training {run_id} ({cfg.arch}, depth {cfg.depth})")
+        result = execute_run(self.store, run_id, cfg, lambda: self.should_stop((run_id,)))
+        self.runs_done += 1
+        detail = f": {result.error}" if result.error else ""
+        log(f"worker {self.name} run {run_id} {result.status}{detail}")
+
+    def _train_group(self, run_ids: list[str], cfgs: list[RunConfig]) -> None:
+        execute_group = _load_execute_group()
+        if execute_group is not None:
+            log(f"worker {self.name} training {len(run_ids)} runs as one batched ensemble")
+            try:
+                results = execute_group(self.store, run_ids, cfgs, lambda: self.should_stop(run_ids))
+            except Exception as exc:  # noqa: BLE001 - a failed group fails its runs, not the worker
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                for run_id in run_ids:
+                    self.store.finish_run(run_id, "failed", error=detail)
+                log(f"worker {self.name} group failed: {detail}")
+            else:
+                statuses = ", ".join(sorted({r.status for r in results}))
+                log(f"worker {self.name} group of {len(run_ids)} done ({statuses})")
+            self.runs_done += len(run_ids)
+            return
+        # No batched trainer here: the members are trained one after another, exactly as solo
+        # runs would be; the heartbeat keeps the waiting members fresh meanwhile.
+        for index, (run_id, cfg) in enumerate(zip(run_ids, cfgs, strict=True)):
+            if self.stop_reason is not None:
+                back = release(self.engine, run_ids[index:], self.name)
+                if back:
+                    log(f"worker {self.name} put {len(back)} unstarted runs back in the queue")
+                return
+            with self._lock:
+                cancelled = run_id in self._cancelled
+            if cancelled or self.store.cancel_requested(run_id):
+                self.store.finish_run(run_id, "cancelled")
+                self.runs_done += 1
+                continue
+            self._train_one(run_id, cfg)
+
+    # -- housekeeping -----------------------------------------------------------------------
+    def _recover(self) -> None:
+        for run_id in recover_stale(
+            self.engine, self.opts.stale_after_s, spare_worker=self.name
+        ):
+            log(f"worker {self.name} marked run {run_id} failed: worker lost")
+
+    def _housekeeping(self) -> None:
+        recover_every = max(self.opts.heartbeat_s, self.opts.stale_after_s / 4)
+        next_recovery = time.monotonic() + recover_every
+        while not self._finished.wait(self.opts.heartbeat_s):
+            try:
+                self._beat()
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + recover_every
+                    self._recover()
+            except StorageError as exc:
+                log(f"worker {self.name} heartbeat failed: {exc}")
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log(f"worker {self.name}: parent process is gone, stopping")
+                self.request_stop("interrupted")
+
+    def _beat(self) -> None:
+        with self._lock:
+            ids = self._current
+        if not ids:
+            return
+        beats = heartbeat(self.engine, ids, self.name)
+        with self._lock:
+            if self._current != ids:
+                return
+            for run_id, beat in beats.items():
+                if beat.cancel_requested:
+                    self._cancelled.add(run_id)
+                if not beat.owned:
+                    self._lost.add(run_id)
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def _install_stop_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def run_slot(opts: WorkerOptions, budget: RunBudget, parent_pid: int | None = None) -> int:
+    """Run one training loop in this process until stopped or idle; returns runs handled."""
+    slot = Slot(opts, budget, parent_pid)
+    previous = _install_stop_handlers(lambda _sig, _frame: slot.request_stop("interrupted"))
+    try:
+        return slot.run()
+    finally:
+        _restore_handlers(previous)
+
+
+def _slot_process(opts: WorkerOptions, counter: Any, done: Any, parent_pid: int) -> None:
+    """Entry point of a child training process."""
+    runs = run_slot(opts, RunBudget(opts.max_runs, counter), parent_pid)
+    with done.get_lock():
+        done.value += runs
+
+
+def run_worker(opts: WorkerOptions) -> int:
+    """The `gradscope worker` process: returns how many runs its processes handled."""
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    if opts.concurrency <= 1:
+        return run_slot(opts, RunBudget(opts.max_runs, counter))
+
+    done = ctx.Value("i", 0)
+    children = [
+        ctx.Process(
+            target=_slot_process,
+            args=(opts, counter, done, os.getpid()),
+            name=f"gradscope-worker-{i}",
+        )
+        for i in range(opts.concurrency)
+    ]
+    stopping = threading.Event()
+
+    def forward(_sig: int, _frame: Any) -> None:
+        stopping.set()
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    previous = _install_stop_handlers(forward)
+    try:
+        for child in children:
+            child.start()
+            if stopping.is_set():  # a signal came while we were starting children
+                os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        for child in children:
+            child.join()
+    finally:
+        _restore_handlers(previous)
+    failed = [c.name for c in children if c.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")
+    return done.value
+
+
+# -- for the dashboard: one background worker per database --------------------------------
+
+
+def spawn_worker_process(
+    db: str,
+    *,
+    concurrency: int = 1,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    log_path: str | os.PathLike[str] | None = None,
+) -> subprocess.Popen:
+    """Start `gradscope worker` for `db` in the background; its output goes to `log_path`
+    (or nowhere). Stop it with `stop_worker_process`: its runs end `interrupted`."""
+    command = [
+        sys.executable,
+        "-c",
+        "from runner.cli import main; main()",
+        "worker",
+        "--db",
+        db,
+        "--concurrency",
+        str(concurrency),
+        "--heartbeat",
+        str(heartbeat_s),
+        "--stale-after",
+        str(stale_after_s),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    output = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env
+        )
+    finally:
+        if log_path is not None:
+            output.close()  # type: ignore[union-attr] - the child holds its own copy
+
+
+def stop_worker_process(process: subprocess.Popen, timeout_s: float = 15.0) -> int:
+    """SIGTERM a worker started by `spawn_worker_process` and wait; SIGKILL if it hangs
+    (its runs are then marked "worker lost" by the next worker). Returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -1,0 +1,133 @@
+"""The recorded statistics equal a direct PyTorch computation on a tiny seeded model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from runner.config import make_config
+from runner.data import load_dataset
+from runner.models import build_model
+from runner.probes import activation_stats
+from runner.train import make_optimizer, train
+
+
+class ListRecorder:
+    def __init__(self) -> None:
+        self.records = []
+        self.layers = []
+
+    def start(self, layers, points, device) -> None:  # noqa: ANN001
+        self.layers = layers
+
+    def epoch(self, record) -> bool:  # noqa: ANN001
+        self.records.append(record)
+        return False
+
+
+def reference_run(cfg):  # noqa: ANN001, ANN201
+    """The same training written plainly, with statistics computed per layer in float64."""
+    data = load_dataset(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.n_features)
+    optimizer = make_optimizer(cfg, model.parameters())
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_test = torch.from_numpy(data.x_test)
+    epochs = []
+    for _ in range(cfg.epochs):
+        start = [lin.weight.detach().clone() for lin in model.linears]
+        per_step: list[list[torch.Tensor]] = []
+        for idx in torch.randperm(len(x), generator=shuffle).split(cfg.batch_size):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(x[idx]), y[idx], reduction="sum"
+            ) / len(idx)
+            loss.backward()
+            per_step.append([lin.weight.grad.detach().double().clone() for lin in model.linears])
+            optimizer.step()
+        layers = []
+        for i, lin in enumerate(model.linears):
+            grads = torch.stack([step[i] for step in per_step])
+            w = lin.weight.detach().double()
+            layers.append(
+                {
+                    "grad_norm": float(torch.stack([g.norm() for g in grads]).mean()),
+                    "grad_mean_abs": float(grads.abs().mean()),
+                    "grad_std": float(grads.std(unbiased=False)),
+                    "grad_max_abs": float(grads.abs().max()),
+                    "weight_norm": float(w.norm()),
+                    "update_ratio": float((w - start[i].double()).norm() / w.norm()),
+                    "last_grad": per_step[-1][i],
+                }
+            )
+        acts: list[torch.Tensor] = []
+        with torch.no_grad():
+            model.forward_collect(x_test, acts)
+        epochs.append((layers, acts))
+    return epochs
+
+
+@pytest.mark.parametrize("arch", ["sigmoid", "relu", "resnet"])
+def test_statistics_match_direct_computation(arch: str) -> None:
+    cfg = make_config(
+        {
+            "arch": arch,
+            "depth": 3,
+            "width": 8,
+            "samples": 200,
+            "epochs": 2,
+            "batch_size": 32,
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "momentum": 0.5,
+        }
+    )
+    rec = ListRecorder()
+    assert train(cfg, rec).status == "completed"
+    reference = reference_run(cfg)
+    assert len(rec.records) == cfg.epochs
+    for record, (ref_layers, ref_acts) in zip(rec.records, reference, strict=True):
+        assert len(record.layer_stats) == cfg.depth + 1
+        for got, want, act in zip(record.layer_stats, ref_layers, ref_acts, strict=True):
+            for key in (
+                "grad_norm",
+                "grad_mean_abs",
+                "grad_std",
+                "grad_max_abs",
+                "weight_norm",
+                "update_ratio",
+            ):
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-12), key
+            a = act.double()
+            assert got["act_mean"] == pytest.approx(float(a.mean()), rel=1e-4, abs=1e-9)
+            assert got["act_std"] == pytest.approx(
+                float(a.std(dim=0, unbiased=False).mean()), rel=1e-4, abs=1e-12
+            )
+            # The histogram is of the epoch's last step's gradient.
+            g = want["last_grad"].abs().flatten().numpy()
+            hist = np.frombuffer(got["grad_hist"], dtype="<i4")
+            assert hist.sum() == g.size
+            assert hist[HIST_BINS] == int((g == 0).sum())
+            logs = np.log10(g[g > 0])
+            edges = np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
+            want_counts, _ = np.histogram(
+                np.clip(logs, HIST_LOG10_MIN, HIST_LOG10_MAX - 1e-9), bins=edges
+            )
+            # float32 vs float64 log10 can move a value sitting on a bin edge by one bin.
+            assert np.abs(hist[:HIST_BINS] - want_counts).sum() <= 2
+
+
+def test_activation_health_counts_saturated_and_dead_units_not_nan() -> None:
+    sig = torch.tensor([[[0.001, 0.5, 0.999], [0.002, 0.6, 0.5]]])  # [K=1, N=2, units=3]
+    relu = torch.tensor([[[0.0, 1.0, float("nan")], [0.0, 0.0, float("nan")]]])
+    stats = activation_stats([sig, relu], ["sigmoid", "relu"])
+    assert stats["saturated_frac"][0, 0] == pytest.approx(3 / 6)
+    assert math.isnan(float(stats["dead_frac"][0, 0]))
+    # Unit 0 is zero for every input: dead. Unit 2 is NaN: not dead. Unit 1 is alive.
+    assert stats["dead_frac"][1, 0] == pytest.approx(1 / 3)
+    assert math.isnan(float(stats["saturated_frac"][1, 0]))
