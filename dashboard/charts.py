@@ -21,7 +21,8 @@ HEIGHT = 260
 CONCAT_WIDTH = 320  # concatenated views cannot use width="container"
 EPOCH_AXIS = alt.Axis(tickMinStep=1, format="d")
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")
-_RUN_LEGEND = alt.Legend(orient="bottom", columns=2, labelLimit=320)
+# One column: two columns of long run names overflow the half-width charts on Compare.
+_RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
 
 
 def _run_color() -> alt.Color:
@@ -202,7 +203,7 @@ def grad_heatmap(layers: pd.DataFrame, domain: tuple[float, float]) -> alt.Chart
     n_layers = int(layers["layer"].nunique())
     blank = f"{dropped} cell(s) with zero or non-finite norm left blank" if dropped else ""
     return (
-        alt.Chart(data, title=alt.Title(f"log10 gradient norm: {label}", subtitle=blank))
+        alt.Chart(data, title=alt.Title(label, subtitle=blank))  # the section names the measure
         .mark_rect()
         .encode(
             x=alt.X("epoch:O", title="epoch"),
@@ -240,6 +241,8 @@ def grad_histograms(hist: pd.DataFrame) -> alt.Chart:
             x=alt.X("bin_left:Q", title="log10 |gradient entry|"),
             x2="bin_right:Q",
             y=alt.Y("fraction:Q", title="fraction of entries", stack=None),
+            # With x2 set and no y2, Vega-Lite draws thin horizontal bars at each fraction.
+            y2=alt.datum(0),
             color=_run_color(),
             tooltip=[
                 alt.Tooltip("run_label:N", title="run"),
@@ -374,7 +377,7 @@ def decision_map(grid: pd.DataFrame, points: pd.DataFrame, size: int = 360) -> a
     )
     note = f"{dropped} cell(s) with non-finite probability left blank" if dropped else ""
     return alt.layer(heat, dots).properties(
-        title=alt.Title(f"Decision map: {label}", subtitle=note), width=size, height=size
+        title=alt.Title(label, subtitle=note), width=size, height=size
     )
 
 

@@ -1,5 +1,5 @@
-"""The dashboard's only door to the database: cached reads from `db.frames` / `db.queries`, and
-the few writes the pages make (queue, cancel, delete runs).
+"""The dashboard's only door to the database: cached reads from `db.frames`, and the few
+writes the pages make (queue runs and sweeps, cancel, delete, import and export runs).
 
 Caching: the engine is a `st.cache_resource`; reads are `st.cache_data` keyed by the database
 and a cheap fingerprint of the runs table (`version()`, read uncached on every script run), so
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
@@ -24,6 +25,9 @@ from db.engine import display_url, make_engine, resolve_db
 from db.records import RunSpec
 from db.store import RunStore
 from runner.config import RunConfig
+
+if TYPE_CHECKING:
+    from db.share import ImportReport
 
 WORKER_PID_ENV = "GRADSCOPE_WORKER_PID"  # set by `gradscope dashboard` for the worker it started
 
@@ -37,8 +41,6 @@ CLASSIC_COMPARISON = {
     "epochs": 20,
 }
 CLASSIC_ARCHS = ("sigmoid", "relu", "resnet")
-# What the sidebar's run form starts from: RunConfig's own defaults.
-DEFAULT_CONFIG = RunConfig()
 CLASSIC_SWEEP_NAME = "classic comparison"
 
 
@@ -114,19 +116,30 @@ class Selection:
         return dict(self.labels)
 
 
-def selection(run_ids: Sequence[str]) -> Selection:
-    """The chosen runs, labelled. Unknown ids (deleted runs, a mistyped link) are dropped."""
+def _known(run_ids: Sequence[str]) -> pd.DataFrame:
+    """Rows of the runs frame for these ids, in order; unknown ids (deleted runs, a mistyped
+    link) are dropped."""
     known = runs().set_index("id")
     ids = [i for i in dict.fromkeys(run_ids) if i in known.index]
-    chosen = known.loc[ids].reset_index()
-    labels = frames.run_labels(chosen)
+    return known.loc[ids].reset_index()
+
+
+def labels(run_ids: Sequence[str]) -> dict[str, str]:
+    """Legend labels of these runs (unknown ids dropped), from the cached runs list."""
+    return frames.run_labels(_known(run_ids))
+
+
+def selection(run_ids: Sequence[str]) -> Selection:
+    """The chosen runs, labelled, with their configs. Unknown ids are dropped."""
+    chosen = _known(run_ids)
+    names = frames.run_labels(chosen)
     key = tuple(
         (i, int(d), str(s))
         for i, d, s in zip(chosen["id"], chosen["epochs_done"], chosen["status"], strict=True)
     )
     meta = _selected_runs(database(), key)
-    meta.insert(1, "run_label", meta["id"].map(labels))
-    return Selection(meta, tuple(labels.items()), key)
+    meta.insert(1, "run_label", meta["id"].map(names))
+    return Selection(meta, tuple(names.items()), key)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -243,3 +256,30 @@ def worker_status() -> WorkerStatus:
     pid_text = os.environ.get(WORKER_PID_ENV, "")
     pid = int(pid_text) if pid_text.isdigit() and _alive(int(pid_text)) else None
     return WorkerStatus(pid, status.live_workers, status.queued, status.running)
+
+
+# -- sharing (db.share) -------------------------------------------------------------------------
+
+MAX_UPLOAD_MB = 500  # under db.share_validate's own limit of 512 MiB
+UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
+
+
+def export_db_bytes(run_ids: Sequence[str]) -> bytes:
+    """A standalone gradscope database holding these runs."""
+    from db.share import export_runs_bytes
+
+    return export_runs_bytes(engine(), run_ids)
+
+
+def export_tables_zip(run_ids: Sequence[str]) -> bytes:
+    """runs/epochs/layers as CSV files in a zip."""
+    from db.share_tables import export_tables_zip as tables_zip
+
+    return tables_zip(engine(), run_ids, "csv")
+
+
+def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> ImportReport:
+    """Merge an uploaded run database (checked as untrusted); returns db.share.ImportReport."""
+    from db.share import import_bytes
+
+    return import_bytes(engine(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections import defaultdict
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import data, view
 from dashboard.tables import escape_markdown
+from db.errors import StorageError
 from runner.config import BUILTIN_DATASETS, ConfigError, RunConfig, make_config
 
 QUEUE_REFRESH_S = 2.0
@@ -16,6 +18,8 @@ QUEUE_SHOWN = 8
 CSV_CHOICE = "csv file"
 FORM_KEY = "new_run"  # widget keys are f"{FORM_KEY}_{field}"
 SWEEP_KEY = "new_sweep"
+NOTES_KEY = "new_run_outcome"  # what the last submit did, shown once by the form
+SWEEP_NOTES_KEY = "new_sweep_outcome"
 
 
 def render() -> None:
@@ -38,6 +42,7 @@ def _cancel(run_id: str) -> None:
 
 
 @st.fragment(run_every=QUEUE_REFRESH_S)
+@functools.partial(view.guarded, brief=True)
 def _live_queue() -> None:
     """Refreshes itself every few seconds without rerunning the page."""
     status = data.worker_status()
@@ -55,7 +60,7 @@ def _live_queue() -> None:
     for run in queue.head(QUEUE_SHOWN).itertuples():
         title = run.name or f"{run.arch} d{run.depth} {run.dataset}"
         st.text(f"{title} ({run.id[:8]})")  # st.text: a user's run name stays plain text
-        done = run.epochs_done / max(run.epochs_total, 1)
+        done = min(1.0, run.epochs_done / max(run.epochs_total, 1))
         note = "cancelling" if run.cancel_requested else run.status
         left, right = st.columns([3, 1], vertical_alignment="center")
         left.progress(done, text=f"{run.epochs_done}/{run.epochs_total} epochs, {note}")
@@ -79,35 +84,55 @@ def _label(field: str) -> str:
     return field.replace("_", " ")
 
 
-def _field_widget(field: str) -> object:
+def _field_widget(field: str) -> None:
     """One RunConfig field as a widget, generated from the model so the form never drifts:
     choices -> selectbox, whole numbers -> number input, the rest -> text (pydantic parses it,
     so "1e-3" works for the learning rate and bad input gets pydantic's message)."""
     info = RunConfig.model_fields[field]
     key = f"{FORM_KEY}_{field}"
     help_text = info.description
-    choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is (
-        typing.Literal
-    ) else ()
+    is_choice = typing.get_origin(info.annotation) is typing.Literal
+    choices = typing.get_args(info.annotation) if is_choice else ()
     if choices:
-        return st.selectbox(_label(field), choices, index=choices.index(info.default), key=key)
+        st.selectbox(_label(field), choices, index=choices.index(info.default), key=key)
+        return
     if info.annotation is int:
-        return st.number_input(_label(field), value=info.default, step=1, key=key, help=help_text)
-    default = "" if info.default is None else f"{info.default:g}" if info.annotation is float else (
-        str(info.default)
-    )
-    return st.text_input(_label(field), value=default, key=key, help=help_text)
+        st.number_input(_label(field), value=info.default, step=1, key=key, help=help_text)
+        return
+    if info.default is None:
+        default = ""
+    elif info.annotation is float:
+        default = f"{info.default:g}"
+    else:
+        default = str(info.default)
+    st.text_input(_label(field), value=default, key=key, help=help_text)
 
 
-def _dataset_widgets() -> str:
+def _dataset_widgets() -> None:
     """Built-in datasets by name, or a CSV file path (stored as csv:PATH)."""
-    key = f"{FORM_KEY}_dataset"
-    choice = st.selectbox("dataset", (*BUILTIN_DATASETS, CSV_CHOICE), key=key)
-    path = st.text_input(
-        "CSV path (when dataset is a csv file)", key=f"{FORM_KEY}_csv_path", help="A file on "
-        "the machine the worker runs on, with numeric feature columns and a 0/1 label column."
+    st.selectbox("dataset", (*BUILTIN_DATASETS, CSV_CHOICE), key=f"{FORM_KEY}_dataset")
+    st.text_input(
+        "CSV path (when dataset is a csv file)",
+        key=f"{FORM_KEY}_csv_path",
+        help="A file on the machine the worker runs on, with numeric feature columns and a 0/1 "
+        "label column.",
     )
-    return f"csv:{path.strip()}" if choice == CSV_CHOICE else choice
+
+
+def _form_values() -> dict[str, object]:
+    """The New run form's values, from its widgets' session state."""
+    state = st.session_state
+    values: dict[str, object] = {}
+    for field in RunConfig.model_fields:
+        if field == "dataset":
+            choice = state[f"{FORM_KEY}_dataset"]
+            path = str(state.get(f"{FORM_KEY}_csv_path") or "").strip()
+            values[field] = f"csv:{path}" if choice == CSV_CHOICE else choice
+        else:
+            values[field] = state[f"{FORM_KEY}_{field}"]
+    if not str(values["name"] or "").strip():
+        del values["name"]
+    return values
 
 
 def _errors_by_field(message: str) -> dict[str, list[str]]:
@@ -119,73 +144,88 @@ def _errors_by_field(message: str) -> dict[str, list[str]]:
             found[field].append(text)
         else:
             found["config"].append(line)
-    return found
+    return dict(found)
+
+
+def _queue_new_run() -> None:
+    """The form's submit callback. Callbacks run before the script, so the queue drawn in this
+    run already lists the new run; the outcome is left in session state for the form to show."""
+    try:
+        run_id = data.queue_run(make_config(_form_values()))
+    except ConfigError as exc:
+        st.session_state[NOTES_KEY] = {"errors": _errors_by_field(str(exc))}
+    except StorageError as exc:
+        st.session_state[NOTES_KEY] = {"errors": {"config": [str(exc)]}}
+    else:
+        st.session_state[NOTES_KEY] = {"done": f"Queued run {run_id[:8]}; the worker picks it up."}
+
+
+def _error(lines: list[str]) -> None:
+    # The messages quote what was typed: escaped, so it shows as typed.
+    st.error(escape_markdown("\n\n".join(lines)), icon=":material/error:")
 
 
 def new_run_form() -> None:
     """Every RunConfig field, RunConfig's defaults; messages appear under the bad fields."""
+    notes = st.session_state.pop(NOTES_KEY, {})
+    errors = notes.get("errors", {})
     with st.form(FORM_KEY, border=False):
-        values: dict[str, object] = {}
-        slots = {}
         for field in RunConfig.model_fields:
-            values[field] = _dataset_widgets() if field == "dataset" else _field_widget(field)
-            slots[field] = st.empty()
-        submitted = st.form_submit_button("Queue run", type="primary", width="stretch")
-        result = st.empty()
-    if not submitted:
+            if field == "dataset":
+                _dataset_widgets()
+            else:
+                _field_widget(field)
+            if field in errors:
+                _error(errors[field])
+        st.form_submit_button("Queue run", type="primary", width="stretch", on_click=_queue_new_run)
+    if "config" in errors:
+        _error(errors["config"])
+    elif errors:
+        st.error("Fix the fields marked above; nothing was queued.")
+    if "done" in notes:
+        st.success(notes["done"])
+
+
+def _queue_new_sweep() -> None:
+    """The sweep form's submit callback (see `_queue_new_run`)."""
+    state = st.session_state
+    archs = state[f"{SWEEP_KEY}_arch"] or []
+    if not archs:
+        state[SWEEP_NOTES_KEY] = {"error": "Pick at least one architecture; nothing was queued."}
         return
-    values = {k: v for k, v in values.items() if not (k == "name" and not str(v).strip())}
+    grid = {
+        "arch": ",".join(archs),
+        "depth": state[f"{SWEEP_KEY}_depth"],
+        "seed": state[f"{SWEEP_KEY}_seed"],
+        "epochs": str(state[f"{SWEEP_KEY}_epochs"]),
+        "dataset": state[f"{SWEEP_KEY}_dataset"],
+    }
     try:
-        cfg = make_config(values)
-    except ConfigError as exc:
-        errors = _errors_by_field(str(exc))
-        for field, lines in errors.items():
-            target = slots.get(field, result)
-            # The messages quote what was typed: escaped so it shows as typed.
-            target.error(escape_markdown("\n\n".join(lines)), icon=":material/error:")
-        if "config" not in errors:
-            result.error("Fix the fields marked above; nothing was queued.")
-        return
-    run_id = data.queue_run(cfg)
-    result.success(f"Queued run {run_id[:8]}. The worker picks it up next.")
-
-
-def _comma_list(values: list[str]) -> str:
-    return ",".join(values)
+        ids = data.queue_sweep(grid, name=state[f"{SWEEP_KEY}_name"])
+    except (ConfigError, StorageError) as exc:
+        state[SWEEP_NOTES_KEY] = {"error": str(exc)}
+    else:
+        state[SWEEP_NOTES_KEY] = {"done": f"Queued {len(ids)} runs as one sweep."}
 
 
 def sweep_form() -> None:
     """A small grid: architectures x depths x seeds, the other settings at their defaults."""
+    notes = st.session_state.pop(SWEEP_NOTES_KEY, {})
     with st.form(SWEEP_KEY, border=False):
-        name = st.text_input("sweep name", value="depth sweep", key=f"{SWEEP_KEY}_name")
-        archs = st.pills(
+        st.text_input("sweep name", value="depth sweep", key=f"{SWEEP_KEY}_name")
+        st.pills(
             "architectures",
             ("sigmoid", "relu", "resnet"),
             selection_mode="multi",
             default=["sigmoid", "relu", "resnet"],
             key=f"{SWEEP_KEY}_arch",
         )
-        depths = st.text_input("depths (comma list)", value="2,5,10,20", key=f"{SWEEP_KEY}_depth")
-        seeds = st.text_input("seeds (comma list)", value="0,1,2", key=f"{SWEEP_KEY}_seed")
-        epochs = st.number_input("epochs", value=20, step=1, key=f"{SWEEP_KEY}_epochs")
-        dataset = st.selectbox("dataset", BUILTIN_DATASETS, key=f"{SWEEP_KEY}_dataset")
-        submitted = st.form_submit_button("Queue sweep", width="stretch")
-        result = st.empty()
-    if not submitted:
-        return
-    if not archs:
-        result.error("Pick at least one architecture; nothing was queued.")
-        return
-    grid = {
-        "arch": _comma_list(archs),
-        "depth": depths,
-        "seed": seeds,
-        "epochs": str(epochs),
-        "dataset": dataset,
-    }
-    try:
-        ids = data.queue_sweep(grid, name=name)
-    except ConfigError as exc:
-        result.error(escape_markdown(str(exc)).replace("\n", "\n\n"), icon=":material/error:")
-        return
-    result.success(f"Queued {len(ids)} runs as one sweep.")
+        st.text_input("depths (comma list)", value="2,5,10,20", key=f"{SWEEP_KEY}_depth")
+        st.text_input("seeds (comma list)", value="0,1,2", key=f"{SWEEP_KEY}_seed")
+        st.number_input("epochs", value=20, step=1, key=f"{SWEEP_KEY}_epochs")
+        st.selectbox("dataset", BUILTIN_DATASETS, key=f"{SWEEP_KEY}_dataset")
+        st.form_submit_button("Queue sweep", width="stretch", on_click=_queue_new_sweep)
+    if "error" in notes:
+        _error(notes["error"].splitlines())
+    if "done" in notes:
+        st.success(notes["done"])

@@ -2,7 +2,8 @@
 
 - `runs`: the chosen run ids, comma-separated, in order;
 - `epoch`, `layer`: the Compare page's chosen epoch and layer (histograms);
-- `scale`: `log` or `linear` for the loss axis.
+- `scale`: `log` or `linear` for the loss axis;
+- `sweep`: the Sweeps page's sweep id.
 
 The chosen runs are also kept in session state, so moving between pages through the navigation
 menu (which starts each page with a clean URL) keeps them.
@@ -18,6 +19,7 @@ RUNS = "runs"
 EPOCH = "epoch"
 LAYER = "layer"
 SCALE = "scale"
+SWEEP = "sweep"
 SCALES = ("linear", "log")
 _SELECTED = "selected_runs"  # session-state copy of the chosen runs
 

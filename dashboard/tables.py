@@ -18,8 +18,6 @@ import numpy as np
 import pandas as pd
 
 from dashboard.diagnosis import (
-    CHANCE_ACC,
-    CHANCE_MARGIN,
     COLLAPSE_PRED_STD,
     DEAD_FRAC,
     EXPLODE_FACTOR,
@@ -28,11 +26,10 @@ from dashboard.diagnosis import (
     VANISH_FACTOR,
 )
 
-# Most serious first, as `diagnosis.badge` orders findings.
+# Most serious first, as `diagnosis.badge` orders findings; colours for the runs table.
 BADGE_ORDER = ("diverged", "exploding", "vanishing", "collapsed", "saturated", "dead")
-BAD_KINDS = ("diverged", "exploding", "vanishing")
-WARN_KINDS = ("saturated", "dead")
-BADGE_ICONS = {"bad": "🔴", "warn": "🟡", "ok": "🟢"}
+BADGES = (*BADGE_ORDER, "healthy")
+BADGE_COLORS = ("red", "red", "red", "red", "orange", "orange", "green")
 
 
 def _any_by_run(flags: pd.Series, run_ids: pd.Series, index: pd.Index) -> pd.Series:
@@ -40,8 +37,8 @@ def _any_by_run(flags: pd.Series, run_ids: pd.Series, index: pd.Index) -> pd.Ser
     return flags.groupby(run_ids.to_numpy()).any().reindex(index, fill_value=False).astype(bool)
 
 
-def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """Badge and severity for every run in `runs` (columns id, status), indexed by run id.
+def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd.Series:
+    """The badge of every run in `runs` (columns id, status), indexed by run id.
 
     `layers`: run_id, epoch, layer, grad_norm, grad_max_abs, saturated_frac, dead_frac rows of
     some epochs per run (the first and last); `epochs`: each run's last-epoch row (run_id,
@@ -73,50 +70,34 @@ def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd
         flags["saturated"] = _any_by_run(sat, hidden["run_id"], index)
         flags["dead"] = _any_by_run(hidden["dead_frac"] > DEAD_FRAC, hidden["run_id"], index)
 
-    collapsed_at_chance = pd.Series(False, index=index)
     if not epochs.empty:
         e = epochs.set_index("run_id")
         losses_ok = np.isfinite(e["train_loss"]) & np.isfinite(e["test_loss"])
         flags["diverged"] = (~losses_ok).reindex(index, fill_value=False)
         collapsed = np.isfinite(e["pred_std"]) & (e["pred_std"] < COLLAPSE_PRED_STD)
         flags["collapsed"] = collapsed.reindex(index, fill_value=False)
-        at_chance = (e["test_acc"] - CHANCE_ACC).abs() <= CHANCE_MARGIN
-        collapsed_at_chance = (collapsed & at_chance).reindex(index, fill_value=False)
 
     status = runs.set_index("id")["status"].reindex(index)
     flags["diverged"] |= status.eq("diverged")
 
-    has_data = pd.Series(False, index=index)
-    for frame in (layers, epochs):
-        if not frame.empty:
-            has_data |= index.isin(frame["run_id"])
+    # A set, not Index.isin: isin on pandas' Arrow strings loops in Python over its argument.
+    recorded = set(layers["run_id"].unique()) | set(epochs["run_id"].unique())
+    has_data = pd.Series([run_id in recorded for run_id in index], index=index, dtype=bool)
     badge = pd.Series("healthy", index=index, dtype=object)
     for kind in reversed(BADGE_ORDER):  # the most serious kind is written last and wins
         badge[flags[kind]] = kind
     badge[~has_data & ~flags["diverged"]] = "empty"
 
-    severity = pd.Series("ok", index=index, dtype=object)
-    severity[badge.isin(WARN_KINDS) | badge.eq("empty")] = "warn"
-    severity[badge.eq("collapsed") & ~collapsed_at_chance] = "warn"
-    severity[badge.isin(BAD_KINDS) | (badge.eq("collapsed") & collapsed_at_chance)] = "bad"
-    return pd.DataFrame({"badge": badge, "severity": severity})
+    return badge
 
 
-def badge_text(badge: str, severity: str) -> str:
-    """A badge for a table cell: a coloured dot and the word."""
-    return f"{BADGE_ICONS.get(severity, '')} {badge}".strip()
-
-
-def runs_table(runs: pd.DataFrame, run_badges: pd.DataFrame) -> pd.DataFrame:
+def runs_table(runs: pd.DataFrame, run_badges: pd.Series) -> pd.DataFrame:
     """The Runs page table: one row per run, columns in reading order, indexed by run id.
 
-    Runs without recorded epochs (queued, or just started) get no badge rather than "empty".
+    The diagnosis is a one-item list (shown as a coloured label); runs without recorded epochs
+    (queued, or just started) get an empty one.
     """
-    b = run_badges.reindex(runs["id"])
-    diagnosis = [
-        "" if badge == "empty" else badge_text(badge, severity)
-        for badge, severity in zip(b["badge"], b["severity"], strict=True)
-    ]
+    diagnosis = [[] if b == "empty" else [b] for b in run_badges.reindex(runs["id"])]
     total = runs["epochs_total"].where(runs["epochs_total"] > 0, 1)
     table = pd.DataFrame(
         {
@@ -150,6 +131,7 @@ def filter_runs(
     archs: list[str] | None = None,
     datasets: list[str] | None = None,
     statuses: list[str] | None = None,
+    diagnoses: list[str] | None = None,
     sweep: str | None = None,
     depth: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
@@ -164,6 +146,9 @@ def filter_runs(
     for column, chosen in (("arch", archs), ("dataset", datasets), ("status", statuses)):
         if chosen:
             keep &= table[column].isin(chosen)
+    if diagnoses:
+        wanted = set(diagnoses)
+        keep &= table["diagnosis"].map(lambda found: bool(wanted.intersection(found)))
     if sweep:
         keep &= table["sweep"].eq(sweep)
     if depth is not None:
@@ -178,8 +163,9 @@ def _cell(value: object) -> str:
 
 
 def config_diff(configs: dict[str, dict]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The config fields whose values differ between runs (rows: field, columns: run label),
-    and the fields every run shares (field -> value), both as display text."""
+    """The config fields whose values differ between runs (one row per run, indexed by its
+    label; one column per differing field), and the fields every run shares (field -> value),
+    both as display text. Runs as rows: many runs read down, not across."""
     fields = list(dict.fromkeys(k for cfg in configs.values() for k in cfg))
     differing: dict[str, list[str]] = {}
     shared: dict[str, str] = {}
@@ -189,8 +175,7 @@ def config_diff(configs: dict[str, dict]) -> tuple[pd.DataFrame, dict[str, str]]
             differing[field] = values
         else:
             shared[field] = values[0]
-    table = pd.DataFrame.from_dict(differing, orient="index", columns=list(configs))
-    table.index.name = "field"
+    table = pd.DataFrame(differing, index=pd.Index(list(configs), name="run"))
     return table, shared
 
 

@@ -1,21 +1,20 @@
 """Reads for the dashboard: pandas DataFrames from a handful of set-based queries.
 
 Every function reads all the runs it is given in one or two statements (no per-run loops),
-selects only the columns the dashboard draws, and returns plain DataFrames: NULL reads back as
-NaN in numeric columns (see `db.floats`), blobs are decoded with numpy (gradient histograms are
-int32, decision grids float16, test points float32, all little-endian), and every per-run frame
-carries `run_id` and a readable, unique `run_label` for chart legends.
+names the columns it returns (blobs only where it decodes them), and returns plain DataFrames:
+NULL reads back as NaN in numeric columns (see `db.floats`), blobs are decoded with numpy
+(gradient histograms are int32, decision grids float16, test points float32, all little-endian),
+and every per-run frame carries `run_id` and a readable, unique `run_label` for chart legends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, Select, and_, case, func, or_, select
+from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import StorageError
@@ -31,7 +30,7 @@ from db.models import (
 )
 from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
 
-# run_id -> run_label, in the order the runs were chosen.
+# run_id -> run_label of the runs to read.
 Labels = Mapping[str, str]
 
 HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
@@ -60,23 +59,30 @@ RUN_COLUMNS = (
 ERROR_PREVIEW_CHARS = 300
 
 
-def _read(stmt: Select, engine: Engine, params: Mapping[str, Any] | None = None) -> list[Any]:
-    """All rows of one statement; driver errors become StorageError with a readable message."""
+def _read(stmt: Select, engine: Engine, *, plain: bool = False) -> list[tuple]:
+    """All rows of one statement as tuples; driver errors become StorageError.
+
+    `plain`: take the rows straight from the driver's cursor, skipping SQLAlchemy's Row objects
+    and result processing (about half the cost of a big read). Only for statements whose
+    columns need no conversion: numbers, text, blobs; not dates or JSON (text in SQLite).
+    """
     try:
         with engine.connect() as conn:
-            return conn.execute(stmt, dict(params or {})).all()
+            result = conn.execute(stmt)
+            rows = result.cursor.fetchall() if plain else [tuple(r) for r in result]
+            result.close()
+            return rows
     except SQLAlchemyError as exc:
         raise StorageError(f"database read failed: {getattr(exc, 'orig', None) or exc}") from exc
 
 
-def _frame(rows: list[Any], columns: Sequence[str], floats: Sequence[str] = ()) -> pd.DataFrame:
-    """Rows to a DataFrame column by column; `floats` become float64 with NULL as NaN."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
-    data: dict[str, Any] = {}
-    for name, values in zip(columns, cols, strict=True):
-        # np.array(..., dtype=float) turns None into NaN in one C loop.
-        data[name] = np.array(values, dtype=float) if name in floats else list(values)
-    return pd.DataFrame(data, columns=list(columns))
+def _frame(rows: list[tuple], columns: Sequence[str], floats: Sequence[str] = ()) -> pd.DataFrame:
+    """Tuples to a DataFrame; `floats` become float64 with NULL as NaN."""
+    frame = pd.DataFrame(rows, columns=list(columns))
+    for name in floats:
+        if frame[name].dtype != np.float64:  # all NULL (object) or empty
+            frame[name] = frame[name].astype(np.float64)
+    return frame
 
 
 def _utc(frame: pd.DataFrame, *columns: str) -> None:
@@ -86,13 +92,11 @@ def _utc(frame: pd.DataFrame, *columns: str) -> None:
 
 
 def _label_runs(frame: pd.DataFrame, labels: Labels) -> pd.DataFrame:
-    """Insert `run_label` after `run_id`, ordered like `labels` (the user's choice of runs)."""
-    order = {run_id: i for i, run_id in enumerate(labels)}
-    frame.insert(1, "run_label", frame["run_id"].map(labels))
-    key = frame["run_id"].map(order)
-    sort_cols = [c for c in ("epoch", "layer") if c in frame.columns]
-    frame = frame.assign(_order=key).sort_values(["_order", *sort_cols], kind="stable")
-    return frame.drop(columns="_order").reset_index(drop=True)
+    """Insert `run_label` after `run_id` (through the few distinct ids: cheap on big frames)."""
+    codes, ids = pd.factorize(frame["run_id"])
+    names = np.array([labels[i] for i in ids] + [""], dtype=object)
+    frame.insert(1, "run_label", pd.array(names[codes], dtype="str"))
+    return frame
 
 
 # -- the runs list --------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ def runs(engine: Engine) -> pd.DataFrame:
     return frame
 
 
-def data_version(engine: Engine) -> tuple[Any, ...]:
+def data_version(engine: Engine) -> tuple[str, ...]:
     """A cheap fingerprint of the runs table that changes whenever a run is added, deleted,
     started, finished, cancelled or records an epoch: the dashboard's cache key."""
     cancels = func.sum(case((_R.cancel_requested, 1), else_=0))
@@ -135,7 +139,7 @@ def queue(engine: Engine) -> pd.DataFrame:
         .where(_R.status.in_(("queued", "running")))
         .order_by(_R.status.desc(), _R.created_at, _R.id)  # running before queued
     )
-    frame = _frame(_read(stmt, engine), names)
+    frame = _frame(_read(stmt, engine, plain=True), names)
     frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
     return frame
 
@@ -153,26 +157,46 @@ END_LAYER_COLUMNS = ("grad_norm", "grad_max_abs", "act_std", "saturated_frac", "
 END_EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "pred_std")
 
 
+def _end_epochs() -> Subquery:
+    """(run_id, epoch) of every run's first and last recorded epoch (its `epochs_done`).
+
+    Joined to the per-epoch tables, this drives primary-key lookups, so the cost follows the
+    number of runs, not the size of the tables. (Written as a join on `epoch = 1 OR epoch =
+    epochs_done`, SQLite's planner scans all of layer_stats instead.)
+    """
+    first = select(_R.id.label("run_id"), literal(1).label("epoch"))
+    last = select(_R.id, _R.epochs_done).where(_R.epochs_done > 1)
+    return union_all(first, last).subquery("ends")
+
+
 def run_ends(engine: Engine) -> RunEnds:
-    """First- and last-epoch rows of every run: two primary-key lookups per run, no scans of
-    the middle epochs (a run's last recorded epoch is its `epochs_done`)."""
+    """First- and last-epoch rows of every run, read by primary key (no scan of the epochs in
+    between); `epochs` keeps each run's last epoch only."""
+    ends = _end_epochs()
     layer_cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in END_LAYER_COLUMNS]]
-    layer_stmt = select(*layer_cols).join(
-        _R, and_(_R.id == _L.run_id, or_(_L.epoch == 1, _L.epoch == _R.epochs_done))
+    layer_stmt = (
+        select(*layer_cols)
+        .select_from(ends)
+        .join(_L, and_(_L.run_id == ends.c.run_id, _L.epoch == ends.c.epoch))
     )
     epoch_cols = [_E.run_id, _E.epoch, *[getattr(_E, c) for c in END_EPOCH_COLUMNS]]
-    epoch_stmt = select(*epoch_cols).join(_R, and_(_R.id == _E.run_id, _E.epoch == _R.epochs_done))
+    epoch_stmt = (
+        select(*epoch_cols)
+        .select_from(ends)
+        .join(_E, and_(_E.run_id == ends.c.run_id, _E.epoch == ends.c.epoch))
+    )
     layers = _frame(
-        _read(layer_stmt, engine),
+        _read(layer_stmt, engine, plain=True),
         ("run_id", "epoch", "layer", *END_LAYER_COLUMNS),
         floats=END_LAYER_COLUMNS,
     )
     epochs = _frame(
-        _read(epoch_stmt, engine),
+        _read(epoch_stmt, engine, plain=True),
         ("run_id", "epoch", *END_EPOCH_COLUMNS),
         floats=END_EPOCH_COLUMNS,
     )
-    return RunEnds(layers, epochs)
+    last = epochs["epoch"].eq(epochs.groupby("run_id")["epoch"].transform("max"))
+    return RunEnds(layers, epochs[last].reset_index(drop=True))
 
 
 # -- the runs being compared ----------------------------------------------------------------------
@@ -211,19 +235,27 @@ def selected_runs(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
 
 def epochs(engine: Engine, labels: Labels) -> pd.DataFrame:
     """Per-epoch metrics of the labelled runs: run_id, run_label, epoch, EPOCH_FIELDS."""
-    stmt = select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in EPOCH_FIELDS]).where(
-        _E.run_id.in_(list(labels))
+    stmt = (
+        select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in EPOCH_FIELDS])
+        .where(_E.run_id.in_(list(labels)))
+        .order_by(_E.run_id, _E.epoch)  # the primary key's order: free
     )
-    frame = _frame(_read(stmt, engine), ("run_id", "epoch", *EPOCH_FIELDS), EPOCH_FIELDS)
+    frame = _frame(
+        _read(stmt, engine, plain=True), ("run_id", "epoch", *EPOCH_FIELDS), EPOCH_FIELDS
+    )
     return _label_runs(frame, labels)
 
 
 def layer_stats(engine: Engine, labels: Labels) -> pd.DataFrame:
     """Per-epoch, per-layer statistics (no histograms): run_id, run_label, epoch, layer, ..."""
     cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in LAYER_STAT_FIELDS]]
-    stmt = select(*cols).where(_L.run_id.in_(list(labels)))
+    stmt = (
+        select(*cols)
+        .where(_L.run_id.in_(list(labels)))
+        .order_by(_L.run_id, _L.epoch, _L.layer)  # the primary key's order: free
+    )
     names = ("run_id", "epoch", "layer", *LAYER_STAT_FIELDS)
-    return _label_runs(_frame(_read(stmt, engine), names, LAYER_STAT_FIELDS), labels)
+    return _label_runs(_frame(_read(stmt, engine, plain=True), names, LAYER_STAT_FIELDS), labels)
 
 
 def histograms(engine: Engine, labels: Labels, epoch: int, layer: int) -> pd.DataFrame:
@@ -233,7 +265,7 @@ def histograms(engine: Engine, labels: Labels, epoch: int, layer: int) -> pd.Dat
     stmt = select(_L.run_id, _L.grad_hist).where(
         _L.run_id.in_(list(labels)), _L.epoch == epoch, _L.layer == layer, _L.grad_hist.is_not(None)
     )
-    rows = _read(stmt, engine)
+    rows = _read(stmt, engine, plain=True)
     names = ("run_id", "bin_left", "bin_right", "count", "fraction")
     names = (*names, "zero_fraction", "nonfinite_fraction")
     if not rows:
@@ -293,7 +325,7 @@ def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
             )
         )
     p = RunPointsModel
-    point_rows = _read(select(p.run_id, p.n, p.points).where(p.run_id.in_(ids)), engine)
+    point_rows = _read(select(p.run_id, p.n, p.points).where(p.run_id.in_(ids)), engine, plain=True)
     points = []
     for run_id, n, blob in point_rows:
         xyl = np.frombuffer(blob, dtype="<f4", count=3 * n).reshape(n, 3).astype(float)

@@ -52,15 +52,8 @@ from db.errors import StorageError
 from db.models import FINISHED_STATUSES, RUN_STATUSES, RunModel
 from db.queries import resolve_run_id
 from db.session import session_scope
-from db.share_validate import (
-    CHILD_TABLES,
-    DEFAULT_MAX_IMPORT_BYTES,
-    TABLE_ORDER,
-    TABLES,
-    ImportRefused,
-    SourceRun,
-    read_source,
-)
+from db.share_source import DEFAULT_MAX_IMPORT_BYTES, read_source
+from db.share_validate import CHILD_TABLES, TABLE_ORDER, TABLES, ImportRefused, SourceRun
 
 __all__ = [
     "DEFAULT_MAX_IMPORT_BYTES",
@@ -154,7 +147,8 @@ def read_runs(conn: Connection, run_ids: Sequence[str]) -> dict[str, SourceRun]:
         for name in CHILD_TABLES:
             table = TABLES[name]
             for row in conn.execute(select(table).where(table.c.run_id.in_(chunk))).mappings():
-                found[row["run_id"]].children[name].append(_plain(dict(row)))
+                if row["run_id"] in found:  # rows whose run is gone are nobody's content
+                    found[row["run_id"]].children[name].append(_plain(dict(row)))
     return found
 
 
@@ -243,8 +237,9 @@ def _write_export(engine: Engine, run_ids: Sequence[str], path: Path) -> int:
                     raise ShareError(f"run {missing[0]} vanished while it was being exported")
                 runs = [found[r] for r in chunk]
                 for name in TABLE_ORDER:
-                    batch = [r.run for r in runs] if name == "runs" else []
-                    if name != "runs":
+                    if name == "runs":
+                        batch = [r.run for r in runs]
+                    else:
                         batch = [row for r in runs for row in r.children[name]]
                     if batch:
                         dst.execute(insert(TABLES[name]), batch)

@@ -1,13 +1,12 @@
-"""Reading a run database someone else sent: nothing in it is trusted until checked.
+"""Checking every row and value of a run database someone else sent, before any is trusted.
 
-The file is copied into a private temporary folder first (so it can't change under us and is
-never modified in place), its 16-byte SQLite header and page geometry are checked before SQLite
-sees it, and it is opened read-only with `trusted_schema=OFF` and `query_only=ON`. Then:
-`quick_check`; no triggers, views or virtual tables; a known Alembic revision (an older one is
-upgraded in the private copy); every table and column gradscope needs; row counts; and every
-value's type and range. Anything wrong refuses the whole file with `ImportRefused`, whose message
-says which table, row and column and why. Rows are read with plain `sqlite3`; this module never
-writes to any database but its own temporary copy.
+Types come from the models' column types (an integer column holds integers, a float column
+numbers, text columns text of at most their length, valid UTF-8 without NUL); meaning comes
+from gradscope's rules (run ids are UUIDs, statuses known, configs valid RunConfigs agreeing
+with the run's columns, epochs within 1..epochs, layers within 0..depth, blobs exactly as long
+as their shape says, no duplicate keys, no rows without their run). Any problem refuses the
+whole file with `ImportRefused`, whose message names the table, the run or row, the column and
+why. `db.share_source` opens the file and checks its structure first.
 """
 
 from __future__ import annotations
@@ -15,34 +14,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBinary, String, Table
 
 from db.clock import as_utc
-from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
 from db.errors import StorageError
 from db.models import HIST_BINS, RUN_STATUSES, Base
 from runner.config import ConfigError, make_config
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-DEFAULT_MAX_IMPORT_BYTES = 512 * 2**20
-MAX_RUNS = 10_000
-MAX_ROWS_PER_TABLE = 2_000_000
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
 MAX_GRID_SIZE = 512
 MAX_POINTS = 1_000_000
-# SQLite refuses to hand back any string or blob longer than this (the largest legitimate value
-# is a run's test points: at most MAX_POINTS * 12 bytes).
-MAX_VALUE_BYTES = 16 * 2**20
 MAX_PROBLEMS = 20
 GRAD_HIST_BYTES = (HIST_BINS + 2) * 4
 LAYER_KINDS = ("input", "hidden", "block", "output")
@@ -69,6 +56,11 @@ CONFIG_COLUMNS = {
     "seed": "seed",
     "epochs_total": "epochs",
 }
+
+
+# sqlite3 decodes SQLite's own error messages strictly: one quoting a damaged schema's bytes
+# raises UnicodeDecodeError instead of sqlite3.Error.
+SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 class ImportRefused(StorageError):
@@ -102,7 +94,7 @@ class SourceFile:
     runs: list[SourceRun]
 
 
-class _Problems:
+class Problems:
     """Collects reasons for refusal; gives up early once there are enough to act on."""
 
     def __init__(self, source: str) -> None:
@@ -124,154 +116,13 @@ class _Problems:
             raise ImportRefused(self.source, self.items)
 
 
-# ---------------------------------------------------------------------------------------------
-# The file: copy, header, opening, structure
-# ---------------------------------------------------------------------------------------------
+def printable(text: str) -> str:
+    """Text from the file, safe to show: invalid UTF-8 and control characters escaped."""
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped)
 
 
-@contextmanager
-def private_copy(path: Path, max_bytes: int, source: str) -> Iterator[Path]:
-    """A copy of `path` in a private temporary folder, read at most `max_bytes` (+1) bytes."""
-    problems = _Problems(source)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        problems.refuse(f"cannot read the file: {exc.strerror or exc}")
-    if size > max_bytes:
-        problems.refuse(f"the file is {size:,} bytes; the limit is {max_bytes:,} bytes")
-    with tempfile.TemporaryDirectory(prefix="gradscope-import-") as tmp:
-        copy = Path(tmp) / "source.db"
-        copied = 0
-        try:
-            with path.open("rb") as src, copy.open("wb") as dst:
-                while chunk := src.read(2**20):
-                    copied += len(chunk)
-                    if copied > max_bytes:  # it grew while we read it
-                        problems.refuse(f"the file is over the limit of {max_bytes:,} bytes")
-                    dst.write(chunk)
-        except OSError as exc:
-            problems.refuse(f"cannot read the file: {exc.strerror or exc}")
-        yield copy
-
-
-def check_header(copy: Path, source: str) -> None:
-    """Refuse anything that is not a whole SQLite 3 file, before SQLite parses it. Marks the
-    private copy as rollback-journal mode, so opening it never involves -wal/-shm files."""
-    problems = _Problems(source)
-    size = copy.stat().st_size
-    with copy.open("rb") as f:
-        head = f.read(100)
-    if size == 0:
-        problems.refuse("the file is empty; it is not a SQLite database")
-    if len(head) < 100 or head[:16] != SQLITE_MAGIC:
-        problems.refuse(
-            f"not a SQLite database: it starts with {head[:16]!r}, "
-            f"a SQLite 3 file starts with {SQLITE_MAGIC!r}"
-        )
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    if page_size < 512 or page_size & (page_size - 1):
-        problems.refuse(f"damaged SQLite header: page size {page_size} is impossible")
-    if head[18] not in (1, 2) or head[19] not in (1, 2):
-        problems.refuse("the SQLite file format version is not one this SQLite reads")
-    if size % page_size:
-        problems.refuse(
-            f"the file is truncated or damaged: {size:,} bytes is not a whole number of "
-            f"{page_size}-byte pages"
-        )
-    pages = int.from_bytes(head[28:32], "big")
-    header_size_valid = head[92:96] == head[24:28]  # "version-valid-for" == change counter
-    if header_size_valid and pages * page_size > size:
-        problems.refuse(
-            f"the file is truncated: its header says {pages * page_size:,} bytes, it has {size:,}"
-        )
-    with copy.open("r+b") as f:
-        f.seek(18)
-        f.write(b"\x01\x01")
-
-
-def open_readonly(copy: Path, source: str) -> sqlite3.Connection:
-    """Open the private copy read-only, with SQLite's defences for untrusted files on."""
-    try:
-        conn = sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-        for pragma in (
-            "trusted_schema=OFF",  # no functions with side effects from the file's schema
-            "query_only=ON",
-            "cell_size_check=ON",  # detect damaged b-tree cells instead of reading past them
-            "mmap_size=0",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
-        result = [r[0] for r in conn.execute("PRAGMA quick_check(10)")]
-    except sqlite3.Error as exc:
-        raise ImportRefused(source, [f"SQLite cannot read it: {exc}"]) from None
-    if result != ["ok"]:
-        conn.close()
-        detail = "; ".join(str(r)[:200] for r in result[:3])
-        raise ImportRefused(source, [f"the database is damaged (SQLite's quick_check: {detail})"])
-    return conn
-
-
-def check_structure(conn: sqlite3.Connection, source: str) -> str:
-    """No triggers, views or virtual tables; a gradscope schema revision. Returns it."""
-    problems = _Problems(source)
-    try:
-        objects = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
-        for kind, name, sql in objects:
-            if kind in ("trigger", "view"):
-                problems.add(
-                    f"it contains a {kind} ({name!r}); gradscope files never have {kind}s, "
-                    "and one could act on the database it is read into"
-                )
-            elif kind == "table" and str(sql or "").lstrip().upper().startswith("CREATE VIRTUAL"):
-                problems.add(f"it contains a virtual table ({name!r}); gradscope files have none")
-        problems.raise_any()
-        tables = {name for kind, name, _ in objects if kind == "table"}
-        if "alembic_version" not in tables:
-            shown = ", ".join(sorted(tables)[:8]) or "none"
-            problems.refuse(
-                "not a gradscope database: it has no schema version (alembic_version) table; "
-                f"its tables: {shown}"
-            )
-        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.Error as exc:
-        raise ImportRefused(source, [f"SQLite cannot read its schema: {exc}"]) from None
-    if len(versions) != 1 or not isinstance(versions[0][0], str):
-        problems.refuse(f"its schema version table is damaged ({len(versions)} rows)")
-    revision = versions[0][0]
-    if revision != SCHEMA_REVISION and revision not in KNOWN_REVISIONS:
-        problems.refuse(
-            f"it has schema version {revision[:64]!r}, which this gradscope (schema "
-            f"{SCHEMA_REVISION}) does not know: it was written by a newer gradscope. "
-            "Upgrade gradscope to import it."
-        )
-    return revision
-
-
-def check_columns(conn: sqlite3.Connection, source: str) -> None:
-    """Every table and column gradscope reads must exist; row counts within the limits."""
-    problems = _Problems(source)
-    try:
-        for name, table in TABLES.items():
-            have = {row[1] for row in conn.execute(f"PRAGMA table_info({_q(name)})")}
-            if not have:
-                problems.add(f"table {name!r} is missing")
-                continue
-            missing = [c.name for c in table.columns if c.name not in have]
-            if missing:
-                problems.add(f"table {name!r} lacks column(s): {', '.join(missing)}")
-        problems.raise_any()
-        for name in TABLES:
-            count = conn.execute(f"SELECT count(*) FROM {_q(name)}").fetchone()[0]
-            limit = MAX_RUNS if name == "runs" else MAX_ROWS_PER_TABLE
-            if count > limit:
-                problems.add(f"table {name!r} has {count:,} rows; the limit is {limit:,}")
-    except sqlite3.Error as exc:
-        raise ImportRefused(source, [f"SQLite cannot read its tables: {exc}"]) from None
-    problems.raise_any()
-
-
-def _q(identifier: str) -> str:
+def quote(identifier: str) -> str:
     """Quote one of gradscope's own (trusted) identifiers."""
     return '"' + identifier.replace('"', '""') + '"'
 
@@ -330,12 +181,16 @@ def convert(column: Column, value: object) -> Any:
         return value
     if type(value) is not str:
         raise _Bad(f"{column.name} must be text, got {_kind(value)} {_shown(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Bad(f"{column.name} is not valid UTF-8 text: {_shown(value)}") from None
     if isinstance(kind, DateTime):
         try:
             if len(value) > 40:
                 raise ValueError
             return as_utc(datetime.fromisoformat(value))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise _Bad(f"{column.name} is not a date and time: {_shown(value)}") from None
     if isinstance(kind, JSON):
         if len(value) > MAX_CONFIG_CHARS:
@@ -436,13 +291,13 @@ def _label(table: str, row: dict[str, Any], index: int) -> str:
     """Where a bad value is, for people: the run (short id) and the row's key."""
     run_id = row.get("id" if table == "runs" else "run_id")
     where = f"run {run_id[:8]}" if _is_uuid(run_id) else f"row {index + 1}"
-    keys = [f"{k} {row[k]}" for k in ("epoch", "layer") if isinstance(row.get(k), int)]
-    return f"{table} {', '.join([where, *keys])}"
+    keys = [f"{k} {row[k]}" for k in ("epoch", "layer") if type(row.get(k)) is int]
+    return f"{table} ({', '.join([where, *keys])})"
 
 
 def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
     """Every row of every table, checked. Child rows must belong to a run of the file."""
-    problems = _Problems(source)
+    problems = Problems(source)
     runs: dict[str, SourceRun] = {}
     bad_runs: set[object] = set()  # their rows are not checked again: one message per run
     try:
@@ -451,80 +306,33 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
             columns = list(table.columns)
             keys = _key_columns(table)
             seen: set[tuple] = set()
-            select = f"SELECT {', '.join(_q(c.name) for c in columns)} FROM {_q(name)}"
+            select = f"SELECT {', '.join(quote(c.name) for c in columns)} FROM {quote(name)}"
             for index, raw in enumerate(conn.execute(select)):
                 raw_row = dict(zip((c.name for c in columns), raw, strict=True))
+                if name != "runs" and raw_row["run_id"] in bad_runs:
+                    continue
                 label = _label(name, raw_row, index)
                 try:
+                    if name == "runs":
+                        bad_runs.add(raw_row["id"])  # until its row passes every check
                     row = {c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)}
                     key = tuple(row[k] for k in keys)
                     if key in seen:
                         raise _Bad("appears twice (duplicate key)")
                     seen.add(key)
                     if name == "runs":
-                        bad_runs.add(raw_row["id"])
                         _check_run(row)
                         bad_runs.discard(raw_row["id"])
                         runs[row["id"]] = SourceRun(row, {t: [] for t in CHILD_TABLES})
                         continue
                     parent = runs.get(row["run_id"])
-                    if parent is None and raw_row["run_id"] in bad_runs:
-                        continue
                     if parent is None:
                         raise _Bad(f"belongs to no run of the file ({_shown(row['run_id'])})")
                     _check_child(name, row, parent.run)
                     parent.children[name].append(row)
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")
-    except sqlite3.Error as exc:
-        problems.refuse(f"SQLite failed while reading rows: {exc}")
+    except SQLITE_ERRORS as exc:
+        problems.refuse(f"SQLite failed while reading rows: {printable(str(exc))}")
     problems.raise_any()
     return list(runs.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole check
-# ---------------------------------------------------------------------------------------------
-
-
-def upgrade_copy(copy: Path, revision: str, source: str) -> None:
-    """Bring the private copy (never the original) up to this gradscope's schema."""
-    from db.engine import make_engine
-    from db.migrate import upgrade
-
-    try:
-        engine = make_engine(str(copy), check_schema=False)
-        try:
-            upgrade(engine)
-        finally:
-            engine.dispose()
-        with sqlite3.connect(copy) as conn:  # back to one self-contained file, no -wal
-            conn.execute("PRAGMA journal_mode=DELETE")
-        conn.close()
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes Alembic raise
-        raise ImportRefused(
-            source, [f"its schema {revision} could not be upgraded to {SCHEMA_REVISION}: {exc}"]
-        ) from None
-
-
-def read_source(path: Path, source: str, max_bytes: int = DEFAULT_MAX_IMPORT_BYTES) -> SourceFile:
-    """Every check, in order; the file's runs with checked values, or ImportRefused."""
-    with private_copy(path, max_bytes, source) as copy:
-        check_header(copy, source)
-        conn = open_readonly(copy, source)
-        try:
-            revision = check_structure(conn, source)
-            upgraded_from = None
-            if revision != SCHEMA_REVISION:  # older but known: upgrade the copy, check again
-                conn.close()
-                upgrade_copy(copy, revision, source)
-                upgraded_from = revision
-                conn = open_readonly(copy, source)
-                revision = check_structure(conn, source)
-                if revision != SCHEMA_REVISION:
-                    raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
-            check_columns(conn, source)
-            runs = read_rows(conn, source)
-        finally:
-            conn.close()
-    return SourceFile(revision, upgraded_from, runs)

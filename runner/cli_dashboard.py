@@ -1,9 +1,141 @@
-"""`gradscope` commands for the dashboard feature, registered on the main app by runner.cli."""
+"""`gradscope dashboard`: Streamlit on a run database, plus one background worker for it.
+
+The dashboard is `streamlit run dashboard/app.py` in a child process, told which database to
+show through $GRADSCOPE_DB (and the worker's pid through $GRADSCOPE_WORKER_PID, for the
+sidebar's worker status). Both children stop when the dashboard stops: Ctrl-C, SIGTERM, or
+Streamlit exiting on its own.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from runner.cli_options import DB_HELP
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+STOP_TIMEOUT_S = 10.0
+POLL_S = 0.5
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (as Streamlit's, with SO_REUSEADDR, so
+    connections of a server that just stopped do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def streamlit_command(host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        # The app's files do not change under a user: no file watcher polling the tree.
+        "--server.fileWatcherType",
+        "none",
+        # No "Deploy" button or developer menu for people using the tool.
+        "--client.toolbarMode",
+        "minimal",
+    ]
+
+
+def _stop(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def dashboard(
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8501,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="Do not start a background worker for queued runs."),
+    ] = False,
+) -> None:
+    """Open the dashboard on a database (and start one worker that trains queued runs)."""
+    from db.engine import display_url, resolve_db
+    from runner.cli import console, fail, open_engine
+
+    target = resolve_db(db)
+    if "://" not in target:
+        target = str(Path(target).expanduser().absolute())  # the children's cwd may differ
+    open_engine(target).dispose()  # fail here, readably, on a bad path/URL or old schema
+    if not port_free(host, port):
+        fail(f"port {port} on {host} is already in use; choose another with --port")
+
+    worker = None
+    env = {**os.environ, "GRADSCOPE_DB": target}
+    if not no_worker:
+        from runner.worker import spawn_worker_process
+
+        worker = spawn_worker_process(target)
+        env["GRADSCOPE_WORKER_PID"] = str(worker.pid)
+    app = subprocess.Popen(streamlit_command(host, port), env=env, stdin=subprocess.DEVNULL)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # one clean-up path for Ctrl-C and SIGTERM
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    console.print(
+        f"gradscope dashboard: http://{shown}:{port}  database: {display_url(target)}"
+        + ("" if worker else "  (no worker)"),
+        highlight=False,
+    )
+    code = 0
+    try:
+        while (code := app.poll()) is None:
+            if worker is not None and worker.poll() is not None:
+                console.print(
+                    f"the background worker exited (code {worker.returncode}); queued runs "
+                    "wait until you start one: gradscope worker",
+                    highlight=False,
+                )
+                worker = None
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(app)
+        if worker is not None:
+            from runner.worker import stop_worker_process
+
+            stop_worker_process(worker)
+    raise typer.Exit(code or 0)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
+    app.command()(dashboard)

@@ -6,7 +6,8 @@ imports torch; only the processes that train do.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -14,10 +15,13 @@ from runner.cli_options import DB_HELP, with_config_options
 
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+T = TypeVar("T")
 
 
 @with_config_options()
-def submit(config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False) -> None:
+def submit(
+    config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False
+) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
     from db.records import RunSpec
     from db.store import RunStore
@@ -44,10 +48,11 @@ def sweep(
         bool,
         typer.Option(
             "--batch/--no-batch",
-            help="Group runs that differ only in seed, lr, momentum or epochs, so one worker "
-            "trains each group together (as one batched ensemble where available).",
+            help="Group same-shape runs (they may differ in seed, lr, momentum, epochs, init "
+            "and noise) so one worker trains each group together as one batched ensemble; "
+            "--no-batch trains them one at a time.",
         ),
-    ] = False,
+    ] = True,
     group_size: Annotated[
         int, typer.Option(min=1, max=4096, help="Most runs in one group (with --batch).")
     ] = 32,
@@ -128,11 +133,14 @@ def worker(
         handled = run_worker(options)
     except RuntimeError as exc:
         fail(str(exc), code=1)
-    err_console.print(f"worker finished after {handled} runs", highlight=False)
+    plural = "" if handled == 1 else "s"
+    err_console.print(f"worker finished after {handled} run{plural}", highlight=False)
 
 
 def cancel(
-    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+    run_ids: Annotated[
+        list[str], typer.Argument(help="Run ids (or unique prefixes).", metavar="RUN_ID")
+    ],
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -140,7 +148,7 @@ def cancel(
     (or about a second) and ends cancelled with its epochs kept."""
     from db.queries import resolve_run_id
     from db.queue import cancel_runs
-    from runner.cli import console, fail, open_engine, print_json
+    from runner.cli import console, open_engine, print_json
 
     engine = open_engine(db, create=False)
     # Every id must resolve before anything changes.
@@ -158,7 +166,8 @@ def cancel(
         console.print(f"{run_id}  {text}", highlight=False)
 
 
-def _storage(action):  # noqa: ANN001, ANN202 - a tiny adapter: StorageError -> readable exit
+def _storage(action: Callable[[], T]) -> T:
+    """Run a database action; a StorageError becomes a readable error and a non-zero exit."""
     from db.errors import StorageError
     from runner.cli import fail
 

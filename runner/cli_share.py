@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from runner.cli_options import DB_HELP
 
@@ -34,12 +35,12 @@ def _chosen(db: str | None, run: list[str] | None, sweep: str | None, status: li
 
     where = resolve_db(db)
     if "://" not in where and not Path(where).expanduser().is_file():
-        fail(f"no database at {display_url(where)}")
+        fail(escape(f"no database at {display_url(where)}"))
     engine = open_engine(where, create=False)
     try:
         ids = select_run_ids(engine, run or (), sweep, status or ())
     except StorageError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     if not ids:
         fail("no runs match; nothing to export")
     return engine, ids
@@ -65,7 +66,7 @@ def export_cmd(
         result = export_runs(engine, ids, out, force=force)
         unfinished = [r for r in ids if get_run(engine, r).status in ("queued", "running")]
     except StorageError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     if json_out:
         print_json(
             {
@@ -80,6 +81,7 @@ def export_cmd(
         f"exported {len(result.run_ids)} run(s), {result.rows:,} rows, {result.bytes:,} bytes "
         f"to {result.path}\nopen it with: gradscope runs --db {result.path}",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
     if unfinished:
@@ -87,6 +89,7 @@ def export_cmd(
             f"note: {len(unfinished)} run(s) were still queued or running; importing the file "
             "will refuse them (export again once they finish).",
             highlight=False,
+            markup=False,
         )
 
 
@@ -110,12 +113,12 @@ def import_cmd(
 
     where = resolve_db(db)
     if dry_run and "://" not in where and not Path(where).expanduser().exists():
-        fail(f"no database at {display_url(where)} (a dry run creates nothing)")
+        fail(escape(f"no database at {display_url(where)} (a dry run creates nothing)"))
     engine = open_engine(where)
     try:
         report = import_file(engine, file, dry_run, max_bytes=max_size_mb * 2**20)
     except StorageError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     if json_out:
         print_json(report.to_json())
     else:
@@ -142,10 +145,11 @@ def export_csv_cmd(
     try:
         paths = export_tables(engine, ids, out_dir, fmt.lower(), force=force)  # type: ignore[arg-type]
     except StorageError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     console.print(
         f"wrote {len(ids)} run(s): " + ", ".join(str(p) for p in paths),
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 

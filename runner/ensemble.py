@@ -43,6 +43,7 @@ from runner.train import (
 )
 
 DEFAULT_MAX_GROUP = 32  # on a CPU the gain per model stopped growing at K of about 16-64
+EVAL_CHUNK_ELEMENTS = 1 << 17  # floats per activation tensor in the end-of-epoch passes
 
 # -- grouping --------------------------------------------------------------------------------
 
@@ -232,9 +233,9 @@ class _GroupTraining:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> list[TrainResult]:
+        layers, device = self.layers, str(self.device)
         for k, member in enumerate(self.members):
-            points = test_points(member.data) if member.grid else None
-            layers, device = self.layers, str(self.device)
+            points = test_points(member.data) if member.grid is not None else None
             self._call_recorder(k, lambda r=member.recorder, p=points: r.start(layers, p, device))
         self._compact()
         epochs = max(m.cfg.epochs for m in self.members)
@@ -301,18 +302,48 @@ class _GroupTraining:
                 self._end(k, TrainResult("cancelled", epoch - 1, member.last))
         return False
 
+    def _chunks(self, points: int) -> list[slice]:
+        """Stack positions in slices whose activations stay small on a CPU: big [K, N, width]
+        tensors make the allocator hand memory back to the system and fault it in again every
+        epoch (measured at K=16: the end-of-epoch passes took twice as long, in page faults)."""
+        k = len(self.active)
+        if self.device.type != "cpu":
+            return [slice(0, k)]
+        widest = max(max(shape) for shape in self.stack.shapes)
+        per = max(1, EVAL_CHUNK_ELEMENTS // (points * widest))
+        return [slice(s, min(s + per, k)) for s in range(0, k, per)]
+
+    def _test_pass(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits [K, N_test] and activation health ([L, K] each) on the test split."""
+        logits, health = [], []
+        for members in self._chunks(self.x_test.shape[1]):
+            layers: list[dict[str, Tensor]] = []
+
+            def measure(a: Tensor, layers: list[dict[str, Tensor]] = layers) -> None:
+                layers.append(activation_stats([a], [self.kinds[len(layers)]]))
+
+            logits.append(self.stack.forward(self.x_test[members], measure, members=members))
+            health.append({k: torch.cat([s[k] for s in layers]) for k in layers[0]})
+        return torch.cat(logits), {k: torch.cat([h[k] for h in health], dim=1) for k in health[0]}
+
+    def _grid_probs(self) -> Tensor:
+        assert self.grid_inputs is not None
+        parts = [
+            torch.sigmoid(self.stack.forward(self.grid_inputs[members], members=members))
+            for members in self._chunks(self.grid_inputs.shape[1])
+        ]
+        return torch.cat(parts).cpu()
+
     def _measure(self, epoch: int, started: float) -> list[tuple[EpochRecord, dict[str, float]]]:
         """The end-of-epoch test pass for every member and one device-to-host copy, as in
         train()'s `_measure_epoch`; returns a record per stack position."""
-        acts: list[Tensor] = []
-        logits = self.stack.forward(self.x_test, acts)
+        logits, health = self._test_pass()
         probs = torch.sigmoid(logits)
         test_loss = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, self.y_test, reduction="none"
         ).mean(dim=1)
         test_acc = ((logits > 0) == (self.y_test > 0.5)).float().mean(dim=1)
         grads = self.probe.finish(self.stack.flat_weight_grads, self.stack.flat_weights)
-        health = activation_stats(acts, self.kinds)
         n_train = self.x_train.shape[1]
         hist = grads.pop("grad_hist").to(torch.int32).cpu().numpy()  # [L, K, slots]
         per_layer = torch.stack([*grads.values(), *health.values()], dim=2)  # [L, K, stats]
@@ -331,7 +362,8 @@ class _GroupTraining:
         wants_grid = [epoch in self.members[k].grid_at for k in self.active]
         grid_probs = None
         if self.grid_inputs is not None and any(wants_grid):
-            grid_probs = torch.sigmoid(self.stack.forward(self.grid_inputs)).cpu()
+            grid_probs = self._grid_probs()
+        # The group's epoch took this long: every member's epoch shared that wall time.
         seconds = time.perf_counter() - started
         names = (*grads.keys(), *health.keys())
         out = []
@@ -350,13 +382,12 @@ class _GroupTraining:
                 "test_loss": test_l,
                 "test_acc": test_a,
                 "pred_std": pred_std,
+                "seconds": seconds,
             }
             grid = self.members[k].grid
             grid_record = None
             if grid is not None and grid_probs is not None and wants_grid[pos]:
                 grid_record = grid.record(grid_probs[pos])
-            # The group's epoch took this long: every member's epoch shared that wall time.
-            metrics["seconds"] = seconds
             out.append((EpochRecord(epoch, metrics, stats, grid_record), metrics))
         return out
 
@@ -390,10 +421,11 @@ class _GroupTraining:
 
 
 class GroupMemberRecorder(DbRecorder):
-    """A member's DbRecorder that also heartbeats mid-epoch and reports its cancellation."""
+    """A member's DbRecorder that also reports its cancellation mid-epoch (a read only: the
+    worker's own heartbeat thread keeps every claimed member's heartbeat fresh)."""
 
     def poll(self) -> bool:
-        return self.store.heartbeat(self.run_id)
+        return self.store.cancel_requested(self.run_id)
 
 
 def execute_group(
@@ -417,7 +449,9 @@ def execute_group(
     def finish(k: int, result: TrainResult) -> None:
         results[k] = result
         store.finish_run(
-            run_ids[k], result.status, final=FinalMetrics.from_metrics(result.final),
+            run_ids[k],
+            result.status,
+            final=FinalMetrics.from_metrics(result.final),
             error=result.error,
         )
 

@@ -3,9 +3,9 @@
 Why by hand: a solo step of a tiny MLP is ~90% fixed per-op cost on a CPU. Stacking K members
 makes every op K times bigger for about the same fixed cost, and writing the backward pass out
 (two `bmm` per layer, straight into the gradient buffer) removes autograd's own per-op cost and
-the zeroing of gradients. Each formula is the one autograd and `torch.optim` use for a solo run
-(`sigmoid_backward`, `threshold_backward`, BCE-with-logits' `sigmoid(x) - y`, Adam with bias
-correction), so a member's numbers equal its solo run's within float32 rounding.
+the zeroing of gradients. Each formula is the one autograd uses for a solo run
+(`sigmoid_backward`, `threshold_backward`, BCE-with-logits' `sigmoid(x) - y`), and the optimizers
+are torch.optim's formulas, so a member's numbers equal its solo run's within float32 rounding.
 
 Layout (the one `runner.probes` expects): the flat parameter tensor is a sequence of blocks,
 every layer's weight first (layer-major), then every layer's bias; block b is a contiguous
@@ -24,7 +24,8 @@ from torch import Tensor
 
 from runner.models import MLP
 
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which the solo runner uses
+# torch.optim.Adam's defaults, which the solo runner uses.
+ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 _ACTIVATE: dict[str, Callable[[Tensor], Tensor]] = {
@@ -115,28 +116,39 @@ class StackedMLP:
         self._bind(data)
 
     def forward(
-        self, x: Tensor, activations: list[Tensor] | None = None, *, for_backward: bool = False
+        self,
+        x: Tensor,
+        on_activation: Callable[[Tensor], None] | None = None,
+        *,
+        members: slice | None = None,
+        for_backward: bool = False,
     ) -> Tensor:
-        """Logits [K, N] for inputs [K, N, features]; like `MLP.forward_collect`, each hidden
-        layer's activation output is appended to `activations`, then the output probability."""
+        """Logits [K, N] for inputs [K, N, features]. Like `MLP.forward_collect`, each hidden
+        layer's activation output [K, N, units], then the output probability, is handed to
+        `on_activation` as soon as it is computed (measured while still in cache).
+        `members` computes only those stack positions (x then holds only theirs)."""
         h = x
         inputs: list[Tensor] = []
         outputs: list[Tensor] = []
+        weights_t, biases = self.weights_t, self.biases
+        if members is not None:
+            weights_t = [w[members] for w in weights_t]
+            biases = [b[members] for b in biases]
         last = len(self.shapes) - 1
         for i in range(last):
-            a = self._act(torch.baddbmm(self.biases[i], h, self.weights_t[i]))
+            a = self._act(torch.baddbmm(biases[i], h, weights_t[i]))
             if for_backward:
                 inputs.append(h)
                 outputs.append(a)
-            if activations is not None:
-                activations.append(a)
+            if on_activation is not None:
+                on_activation(a)
             h = h + a if (self.residual and i > 0) else a
-        logits = torch.baddbmm(self.biases[last], h, self.weights_t[last]).squeeze(-1)
+        logits = torch.baddbmm(biases[last], h, weights_t[last]).squeeze(-1)
         if for_backward:
             inputs.append(h)
             self._saved = (inputs, outputs)
-        if activations is not None:
-            activations.append(torch.sigmoid(logits).unsqueeze(-1))
+        if on_activation is not None:
+            on_activation(torch.sigmoid(logits).unsqueeze(-1))
         return logits
 
     def backward(self, grad_logits: Tensor) -> None:
@@ -165,7 +177,15 @@ class StackedMLP:
 
 class StackedOptimizer:
     """SGD (with momentum) or Adam over the flat parameters, with per-member learning rates
-    and momenta as per-element tensors; formulas as in torch.optim's single-tensor code."""
+    and momenta; torch.optim's formulas, so members match solo runs within float32 rounding.
+
+    Adam is torch's own fused kernel (what `torch.optim.Adam(fused=True)` runs: one pass over
+    the flat buffers instead of eight), called directly because the optimizer object's Python
+    bookkeeping cost ~5% of a batched step. With one learning rate for every member it updates
+    the parameters; otherwise it runs at lr=1 on a zeroed scratch tensor, which then holds
+    -m_hat / (sqrt(v_hat) + eps), and each member's lr scales that (Adam's update is linear in
+    lr; m and v do not depend on it). SGD is written out: `p -= lr * buf`, `buf = mu * buf + g`.
+    """
 
     def __init__(
         self,
@@ -176,22 +196,27 @@ class StackedOptimizer:
     ) -> None:
         self.model = model
         self.kind = kind
-        self.steps = 0  # members start together and step together: one count serves all
         self._lrs = list(lrs)
         self._momenta = list(momenta)
-        self._state: list[Tensor] = []
-        self._reset_rates()
         data = model.data
+        # Per-element state in the block layout; Adam's step count is shared (members start
+        # together and step together).
+        self._state: list[Tensor] = []
         if kind == "adam":
             self._state = [torch.zeros_like(data), torch.zeros_like(data)]
+            self._steps = torch.zeros((), dtype=torch.float32, device=data.device)
         elif any(self._momenta):
             self._state = [torch.zeros_like(data)]
-        self._tmp = torch.empty_like(data)
+        self._rebuild()
 
-    def _reset_rates(self) -> None:
+    def _rebuild(self) -> None:
+        """Per-element rates for the model's current members (at start and after `select`)."""
         device, sizes = self.model.data.device, self.model.block_sizes
         self.lr = per_member(self._lrs, sizes, device)
-        self.momentum = per_member(self._momenta, sizes, device) if any(self._momenta) else None
+        if self.kind == "sgd" and self._state:
+            self.momentum = per_member(self._momenta, sizes, device)
+        self._uniform_lr = len(set(self._lrs)) == 1
+        self._scratch = None if self._uniform_lr else torch.empty_like(self.model.data)
 
     def select(self, keep: Tensor, old_members: int) -> None:
         """Follow `StackedMLP.select` (call it with the stack's size before that call)."""
@@ -200,29 +225,38 @@ class StackedOptimizer:
         positions = keep.tolist()
         self._lrs = [self._lrs[p] for p in positions]
         self._momenta = [self._momenta[p] for p in positions]
-        self._reset_rates()
-        self._tmp = torch.empty_like(self.model.data)
+        self._rebuild()
 
     def step(self) -> None:
         param, grad = self.model.data, self.model.grad
-        self.steps += 1
         if self.kind == "adam":
             self._adam(param, grad)
-        elif self.momentum is not None:
+        elif self._state:
+            # torch starts the buffer as a copy of the first gradient: 0 * mu + g is the same.
             buf = self._state[0]
-            # torch starts the buffer as a copy of the first gradient: 0 * m + g is the same.
             buf.mul_(self.momentum).add_(grad)
             param.addcmul_(buf, self.lr, value=-1.0)
         else:
             param.addcmul_(grad, self.lr, value=-1.0)
 
     def _adam(self, param: Tensor, grad: Tensor) -> None:
-        beta1, beta2 = ADAM_BETAS
+        target = param if self._scratch is None else self._scratch.zero_()
         exp_avg, exp_avg_sq = self._state
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**self.steps
-        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        denom = torch.sqrt(exp_avg_sq, out=self._tmp).div_(bias_correction2_sqrt).add_(ADAM_EPS)
-        # param -= lr / bias_correction1 * exp_avg / denom, with lr per element.
-        param.addcdiv_(exp_avg * self.lr, denom, value=-1.0 / bias_correction1)
+        self._steps.add_(1)  # torch.optim counts the step before calling the kernel
+        torch._fused_adam_(
+            [target],
+            [grad],
+            [exp_avg],
+            [exp_avg_sq],
+            [],
+            [self._steps],
+            amsgrad=False,
+            lr=self._lrs[0] if self._uniform_lr else 1.0,
+            beta1=ADAM_BETAS[0],
+            beta2=ADAM_BETAS[1],
+            weight_decay=0.0,
+            eps=ADAM_EPS,
+            maximize=False,
+        )
+        if self._scratch is not None:
+            param.addcmul_(self._scratch, self.lr)

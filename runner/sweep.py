@@ -20,9 +20,6 @@ from runner.config import ConfigError, RunConfig, make_config
 
 MAX_SWEEP_RUNS = 10_000
 DEFAULT_GROUP_SIZE = 32
-# Fields that may differ between members of one batched ensemble (issue 6): everything else
-# (architecture, shape, data, optimizer kind, device, ...) must match for runs to share a batch.
-PER_MEMBER_FIELDS = frozenset({"seed", "lr", "momentum", "epochs", "name"})
 # Shown at most this many distinct combination errors, then a count of the rest.
 MAX_ERROR_LINES = 10
 
@@ -97,25 +94,20 @@ def validate_grid(combos: list[dict[str, str]], varying: list[str]) -> list[RunC
     return configs
 
 
-def structural_key(cfg: RunConfig) -> tuple:
-    """What must be equal for runs to train together as one batched ensemble."""
-    return tuple(
-        (k, v) for k, v in cfg.model_dump().items() if k not in PER_MEMBER_FIELDS
-    )
-
-
 def plan_sweep(
     values: Mapping[str, str],
     *,
     name: str | None = None,
-    batch: bool = False,
+    batch: bool = True,
     group_size: int = DEFAULT_GROUP_SIZE,
 ) -> SweepPlan:
     """Expand and validate a grid into run specs sharing one sweep id and name.
 
-    With `batch`, runs that differ only in per-member fields (seed, lr, momentum, epochs) get a
-    shared group id, in chunks of at most `group_size`, so a worker claims and trains them
-    together. Raises ConfigError (nothing is written) on any invalid value.
+    With `batch` (the default), runs that share the ensemble's structural key
+    (`runner.ensemble.group_key`: same shape, data, batch size, optimizer kind and device;
+    seeds, learning rates and epochs may differ) get a shared group id, in chunks of at most
+    `group_size`, so a worker claims them together and trains them as one batched model.
+    Raises ConfigError (nothing is written) on any invalid value.
     """
     if group_size < 1:
         raise ConfigError(f"group size must be at least 1 (got {group_size})")
@@ -123,9 +115,7 @@ def plan_sweep(
     varying = [k for k, items in grid.items() if len(items) > 1]
     combos = expand_grid(grid)
     configs = validate_grid(combos, varying)
-    sweep_name = (name or "").strip() or (
-        "sweep of " + ", ".join(varying) if varying else "sweep"
-    )
+    sweep_name = (name or "").strip() or ("sweep of " + ", ".join(varying) if varying else "sweep")
     specs = [
         RunSpec(
             cfg.model_dump(),
@@ -144,18 +134,16 @@ def plan_sweep(
 
 
 def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: int) -> None:
-    by_shape: dict[tuple, list[int]] = {}
-    for index, cfg in enumerate(configs):
-        by_shape.setdefault(structural_key(cfg), []).append(index)
-    for members in by_shape.values():
-        for start in range(0, len(members), group_size):
-            chunk = members[start : start + group_size]
-            if len(chunk) < 2:
-                continue  # a group of one is just a run
-            group_id = str(uuid.uuid4())
-            for position, index in enumerate(chunk):
-                specs[index].group_id = group_id
-                specs[index].group_index = position
+    # Imported here: the ensemble module imports torch, which queueing a sweep doesn't need.
+    from runner.ensemble import plan_groups
+
+    for members in plan_groups(configs, group_size):
+        if len(members) < 2:
+            continue  # a group of one is just a run
+        group_id = str(uuid.uuid4())
+        for position, index in enumerate(members):
+            specs[index].group_id = group_id
+            specs[index].group_index = position
 
 
 def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:

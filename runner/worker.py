@@ -1,8 +1,9 @@
 """The background runner: claim queued runs, train them, heartbeat, honour cancel, recover
 stale runs, and stop cleanly on SIGTERM/SIGINT.
 
-Process model: `run_worker` with concurrency 1 trains in this process; with N > 1 it starts N
-child processes (spawn) that each claim and train, and forwards SIGTERM/SIGINT to them. Each
+Process model: `run_worker` with concurrency 1 trains in this process; with N > 1 it loads
+torch and the rest once, then forks N child processes (spawn where fork is unsafe) that each
+claim and train, and forwards SIGTERM/SIGINT to them. Each
 training process has one housekeeping thread that heartbeats its claimed runs every
 `heartbeat_s` (learning of cancel requests and of runs taken away from it) and now and then
 marks other workers' stale runs "worker lost". Training itself polls `should_stop`, which only
@@ -35,6 +36,8 @@ DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_STALE_AFTER_S = 60.0
 DEFAULT_POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# fork shares the parent's imports; macOS and Windows only spawn safely.
+CHILD_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,10 @@ class WorkerOptions:
 
 def log(message: str) -> None:
     stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"{stamp} {message}", file=sys.stderr, flush=True)
+    # One write per line: several processes share this stream, and a pipe keeps writes
+    # under 4 KiB whole.
+    sys.stderr.write(f"{stamp} {message}\n")
+    sys.stderr.flush()
 
 
 def worker_name() -> str:
@@ -136,7 +142,10 @@ class Slot:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        self._recover()
+        try:
+            self._recover()
+        except StorageError as exc:  # transient; the housekeeping thread tries again
+            log(f"worker {self.name} could not check for lost runs: {exc}")
         if not self.opts.exit_when_idle:
             # A long-lived worker pays the first run's imports (torch, its compiler stack via
             # the optimizer, scikit-learn: several seconds) now, not while a run waits. A
@@ -213,7 +222,9 @@ class Slot:
         if execute_group is not None:
             log(f"worker {self.name} training {len(run_ids)} runs as one batched ensemble")
             try:
-                results = execute_group(self.store, run_ids, cfgs, lambda: self.should_stop(run_ids))
+                results = execute_group(
+                    self.store, run_ids, cfgs, lambda: self.should_stop(run_ids)
+                )
             except Exception as exc:  # noqa: BLE001 - a failed group fails its runs, not the worker
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 for run_id in run_ids:
@@ -242,9 +253,7 @@ class Slot:
 
     # -- housekeeping -----------------------------------------------------------------------
     def _recover(self) -> None:
-        for run_id in recover_stale(
-            self.engine, self.opts.stale_after_s, spare_worker=self.name
-        ):
+        for run_id in recover_stale(self.engine, self.opts.stale_after_s, spare_worker=self.name):
             log(f"worker {self.name} marked run {run_id} failed: worker lost")
 
     def _housekeeping(self) -> None:
@@ -309,10 +318,14 @@ def _slot_process(opts: WorkerOptions, counter: Any, done: Any, parent_pid: int)
 
 def run_worker(opts: WorkerOptions) -> int:
     """The `gradscope worker` process: returns how many runs its processes handled."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(CHILD_START_METHOD)
     counter = ctx.Value("i", 0)
     if opts.concurrency <= 1:
         return run_slot(opts, RunBudget(opts.max_runs, counter))
+    if CHILD_START_METHOD == "fork":
+        # Children inherit the loaded modules: seconds of imports paid once, not N times.
+        # Safe: no threads run here yet and nothing has touched CUDA.
+        warm_up()
 
     done = ctx.Value("i", 0)
     children = [

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text, update
 from typer.testing import CliRunner
 
 from db.engine import SCHEMA_REVISION, make_engine
+from db.errors import StorageError
 from db.models import EpochMetricModel, RunModel
 from db.records import RunSpec
 from db.session import session_scope
@@ -282,6 +283,27 @@ def test_unfinished_runs_are_refused_the_rest_imported(
     assert "still queued" in report.summary and "still running" in report.summary
     assert len(report.added) == 4
     assert run_status_counts(target) == {"completed": 3, "diverged": 1}
+
+
+def test_a_failure_while_writing_rolls_back_everything(
+    source: Engine, tmp_path: Path, db_path: Path
+) -> None:
+    ids = all_ids(source)
+    shared = export_all(source, tmp_path / "shared.db")
+    target = make_engine(str(db_path))
+    add_nonfinite_run(target, name="mine")
+    # A stray row in the target (as a crashed tool might leave) that collides with the last
+    # run's rows: that run's insert fails after the earlier runs' rows were written.
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("INSERT INTO epoch_metrics (run_id, epoch) VALUES (?, 1)", (ids[-1],))
+    conn.commit()
+    conn.close()
+    before = full_dump(target)
+    with pytest.raises(StorageError, match="nothing was imported") as caught:
+        import_file(target, shared)
+    assert not isinstance(caught.value, ImportRefused)
+    assert full_dump(target) == before
 
 
 def test_import_bytes_and_export_bytes(source: Engine, db_path: Path) -> None:

@@ -4,6 +4,7 @@ conditions with a deadline (never sleep as synchronisation)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,9 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, func, select
 
+from db.engine import make_engine
 from db.models import EpochMetricModel
+from db.queries import list_runs
 from db.records import RunSpec
 from db.session import session_scope
 from db.store import RunStore
@@ -109,7 +112,9 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
             self._reader.join(5)
-            raise AssertionError(f"worker did not exit within {timeout} s:\n{self.output}") from None
+            raise AssertionError(
+                f"worker did not exit within {timeout} s:\n{self.output}"
+            ) from None
         self._reader.join(5)
         return code
 
@@ -117,3 +122,65 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def drain_concurrently(
+    db: str, engine: Engine, workers: list[WorkerProcess], *, processes: int, runs: int
+) -> None:
+    """Once all `processes` training processes are ready (so they contend for every claim),
+    queue `runs` small runs, let the workers drain them while a reader polls the database the
+    way a dashboard does, stop the workers with SIGTERM, and check that every run was trained
+    exactly once, with no errors anywhere."""
+    wait_for(
+        lambda: sum(w.count(" ready, ") for w in workers) == processes,
+        timeout=120,
+        what=f"{processes} training processes ready",
+    )
+    ids = queue_runs(engine, runs)
+    reader = make_engine(db)
+    errors: list[BaseException] = []
+    reads = 0
+    stop_reading = threading.Event()
+
+    def poll() -> None:
+        nonlocal reads
+        while not stop_reading.is_set():
+            try:
+                list_runs(reader)
+                epoch_counts(reader)
+                reads += 1
+            except Exception as exc:  # noqa: BLE001 - any error is a failure, collected
+                errors.append(exc)
+            stop_reading.wait(0.02)  # a dashboard's pace, not a busy loop
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        wait_for(
+            lambda: {r.status for r in list_runs(engine) if r.id in ids} == {"completed"},
+            timeout=120,
+            what=f"{runs} runs completed",
+        )
+    finally:
+        stop_reading.set()
+        thread.join()
+        reader.dispose()
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        codes = [w.wait(timeout=30) for w in workers]
+    output = "\n".join(w.output for w in workers)
+    assert codes == [0] * len(workers), output
+    assert errors == []
+    assert reads > 0
+
+    by_id = {r.id: r for r in list_runs(engine)}
+    counts = epoch_counts(engine)
+    for run_id in ids:
+        # Each epoch row once, and exactly one process ever started the run.
+        assert epoch_rows(engine, run_id) == [1, 2]
+        assert counts[run_id] == 2
+        assert sum(w.count(f"training {run_id}") for w in workers) == 1
+    assert "locked" not in output
+    assert "Traceback" not in output
+    assert len({by_id[i].worker for i in ids}) >= 2, "the runs were not shared out"

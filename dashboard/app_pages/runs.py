@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import data, state, tables
+from dashboard import data, state, tables, view
 
 REFRESH_S = 2.0
 ACTIVE = ("queued", "running")
 COLUMNS = {
-    "name": st.column_config.TextColumn("name", width="medium"),
+    "status": st.column_config.TextColumn("status", width=90),
     "progress": st.column_config.ProgressColumn(
         "progress", min_value=0.0, max_value=1.0, format="percent", width="small"
     ),
-    "test acc": st.column_config.NumberColumn("test acc", format="%.3f", width="small",
-                                              help="Test accuracy at the last epoch"),
-    "diagnosis": st.column_config.TextColumn(
-        "diagnosis", help="The most serious finding; open Compare for the full diagnosis"
+    "test acc": st.column_config.NumberColumn(
+        "test acc", format="%.3f", width="small", help="Test accuracy at the last epoch"
+    ),
+    "diagnosis": st.column_config.MultiselectColumn(
+        "diagnosis",
+        help="The most serious finding; open Compare for the full diagnosis",
+        options=tables.BADGES,
+        color=tables.BADGE_COLORS,
     ),
     "created": st.column_config.DatetimeColumn("created", format="distance"),
     "error": st.column_config.TextColumn("error", width="large"),
@@ -36,40 +41,61 @@ def empty_state() -> None:
         ids = data.queue_classic_comparison()
         state.select_runs(ids)
         st.rerun()
-    st.caption("Or queue your own run or sweep from the sidebar, or `gradscope submit` / "
-               "`gradscope sweep` in a terminal.")
+    st.caption(
+        "Or queue your own run or sweep from the sidebar, or `gradscope submit` / "
+        "`gradscope sweep` in a terminal."
+    )
 
 
 def filters(table: pd.DataFrame) -> pd.DataFrame:
+    """Filter widgets (UI choices, kept in session state) and the rows that pass them."""
+
+    def pills(where: DeltaGenerator, label: str, options: list[str], key: str) -> list[str]:
+        return where.pills(label, options, selection_mode="multi", key=key)
+
     top = st.columns([2, 2, 3])
     text = top[0].text_input("Search", placeholder="name or id", key="runs_search")
-    archs = top[1].pills("Architecture", sorted(table["arch"].unique()), selection_mode="multi",
-                         key="runs_arch")
-    statuses = top[2].pills("Status", sorted(table["status"].unique()), selection_mode="multi",
-                            key="runs_status")
-    more = st.columns([2, 2, 3])
-    datasets = more[0].pills("Dataset", sorted(table["dataset"].unique()), selection_mode="multi",
-                             key="runs_dataset")
+    archs = pills(top[1], "Architecture", sorted(table["arch"].unique()), "runs_arch")
+    statuses = pills(top[2], "Status", sorted(table["status"].unique()), "runs_status")
+    more = st.columns([3, 2, 2, 2])
+    found = {b for badges in table["diagnosis"] for b in badges}
+    diagnoses = pills(more[0], "Diagnosis", [b for b in tables.BADGES if b in found], "runs_diag")
+    datasets = pills(more[1], "Dataset", sorted(table["dataset"].unique()), "runs_dataset")
     sweeps = sorted(s for s in table["sweep"].unique() if s)
-    sweep = more[1].selectbox("Sweep", ["", *sweeps], key="runs_sweep",
-                              format_func=lambda s: s or "any") if sweeps else None
+    sweep = None
+    if sweeps:
+        sweep = more[2].selectbox(
+            "Sweep", ["", *sweeps], key="runs_sweep", format_func=lambda s: s or "any"
+        )
     lo, hi = int(table["depth"].min()), int(table["depth"].max())
-    depth = more[2].slider("Depth", lo, hi, (lo, hi), key="runs_depth") if hi > lo else None
-    return tables.filter_runs(table, text=text, archs=archs, datasets=datasets,
-                              statuses=statuses, sweep=sweep, depth=depth)
+    depth = more[3].slider("Depth", lo, hi, (lo, hi), key="runs_depth") if hi > lo else None
+    return tables.filter_runs(
+        table,
+        text=text,
+        archs=archs,
+        datasets=datasets,
+        statuses=statuses,
+        diagnoses=diagnoses,
+        sweep=sweep,
+        depth=depth,
+    )
 
 
 def actions(chosen: list[str], table: pd.DataFrame) -> None:
     n = len(chosen)
     cols = st.columns(4)
-    if cols[0].button(f"Compare {n} run(s)", type="primary", disabled=not n,
-                      icon=":material/compare_arrows:"):
+    if cols[0].button(
+        f"Compare {n} run(s)", type="primary", disabled=not n, icon=":material/compare_arrows:"
+    ):
         state.select_runs(chosen)
-        st.switch_page("pages/compare.py", query_params=state.runs_param(chosen))
+        st.switch_page("app_pages/compare.py", query_params=state.runs_param(chosen))
     active = [i for i in chosen if table.at[i, "status"] in ACTIVE]
-    if cols[1].button(f"Cancel {len(active)} run(s)", disabled=not active,
-                      icon=":material/cancel:", help="Queued runs stop at once, running ones "
-                      "within an epoch; recorded epochs are kept."):
+    if cols[1].button(
+        f"Cancel {len(active)} run(s)",
+        disabled=not active,
+        icon=":material/cancel:",
+        help="Queued runs stop at once, running ones within an epoch; recorded epochs are kept.",
+    ):
         outcome = data.cancel_runs(active)
         st.toast(f"Cancelled {sum(v != 'not found' for v in outcome.values())} run(s)")
     if cols[2].button(f"Delete {n} run(s)", disabled=not n, icon=":material/delete:"):
@@ -84,8 +110,10 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
     deletable = [i for i in pending if i not in running]
     if running:
         st.warning(f"{len(running)} running run(s) will be kept: cancel them first.")
-    st.warning(f"Delete {len(deletable)} run(s) and everything recorded for them? "
-               "This cannot be undone.", icon=":material/warning:")
+    st.warning(
+        f"Delete {len(deletable)} run(s) and everything recorded for them? This cannot be undone.",
+        icon=":material/warning:",
+    )
     yes, no = st.columns([1, 5])
     if yes.button("Delete", type="primary", disabled=not deletable, key="delete_yes"):
         deleted = data.delete_runs(deletable)
@@ -122,8 +150,10 @@ def runs_view() -> None:
     chosen = [view.index[pos] for pos in event.selection.rows]
     if set(chosen) != selected:
         state.select_runs(chosen)
-    st.caption(f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
-               "click a column header to sort.")
+    st.caption(
+        f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
+        "click a column header to sort."
+    )
     actions(chosen, table)
 
 
@@ -132,4 +162,4 @@ if data.runs().empty:
     empty_state()
 else:
     active = data.runs()["status"].isin(ACTIVE).any()
-    st.fragment(runs_view, run_every=REFRESH_S if active else None)()
+    st.fragment(view.guarded(runs_view), run_every=REFRESH_S if active else None)()

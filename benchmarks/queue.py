@@ -1,0 +1,177 @@
+"""How much does the queue cost? N worker processes draining tiny runs, against the same runs
+trained back-to-back in one process, on SQLite and on PostgreSQL; and the per-run scheduling
+overhead (claim + heartbeat + final status write) measured directly.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/queue.py [--runs 100] [--workers N]
+
+Target: scheduling overhead under 5% of a one-second run (i.e. under 50 ms per run).
+PostgreSQL is started privately with tests/pg_server.py; without its binaries it is skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named queue.py, and Python puts its folder first on sys.path, where it would
+# shadow the standard library's `queue` (torch imports it). Take the folder off the path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from sqlalchemy import Engine, func, select  # noqa: E402
+
+from db.engine import make_engine  # noqa: E402
+from db.models import RunModel  # noqa: E402
+from db.queries import list_runs  # noqa: E402
+from db.queue import claim_next, heartbeat  # noqa: E402
+from db.records import RunSpec  # noqa: E402
+from db.session import session_scope  # noqa: E402
+from db.store import RunStore  # noqa: E402
+from runner.config import make_config  # noqa: E402
+
+TINY = {"depth": "2", "width": "8", "samples": "256", "epochs": "1", "device": "cpu"}
+
+
+def queue_tiny(db: str, runs: int) -> None:
+    engine = make_engine(db)
+    specs = [RunSpec(make_config({**TINY, "seed": str(i)}).model_dump()) for i in range(runs)]
+    RunStore(engine).create_runs(specs)
+    engine.dispose()
+
+
+def back_to_back(db: str, runs: int) -> float:
+    """Seconds for `runs` tiny runs trained one after another in this (warm) process."""
+    from runner.foreground import train_foreground
+
+    engine = make_engine(db)
+    train_foreground(engine, dict(TINY), progress=False)  # warm-up: imports, first-run costs
+    started = time.perf_counter()
+    for i in range(runs):
+        train_foreground(engine, {**TINY, "seed": str(i)}, progress=False)
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return elapsed
+
+
+def unfinished(engine: Engine) -> int:
+    with session_scope(engine) as s:
+        return s.scalar(
+            select(func.count()).select_from(RunModel).where(RunModel.status != "completed")
+        )
+
+
+def drain(db: str, runs: int, workers: int) -> tuple[float, float]:
+    """(seconds from process start to exit, seconds from the first claim to the last finish by
+    the database's clock) for one `gradscope worker --concurrency N` draining `runs` queued
+    runs. The worker is long-lived (it loads torch before claiming, as in real use) and is
+    stopped with SIGTERM once the queue is drained."""
+    queue_tiny(db, runs)
+    engine = make_engine(db)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from runner.cli import main; main()", "worker", "--db", db,
+         "--concurrency", str(workers), "--poll", "0.05"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        while unfinished(engine):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited early with code {proc.returncode}")
+            time.sleep(0.2)  # a benchmark's light polling, not synchronisation in a test
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    ended = time.perf_counter()
+    finished = list_runs(engine)
+    engine.dispose()
+    first_claim = min(r.started_at for r in finished if r.started_at)
+    last_finish = max(r.finished_at for r in finished if r.finished_at)
+    return ended - started, (last_finish - first_claim).total_seconds()
+
+
+def scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
+    """Median milliseconds per run of the queue's own writes, without training."""
+    queue_tiny(db, runs)
+    engine = make_engine(db)
+    store = RunStore(engine)
+    timings: dict[str, list[float]] = {"claim": [], "heartbeat": [], "finish": []}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        claim = claim_next(engine, "bench")
+        t1 = time.perf_counter()
+        assert claim is not None
+        heartbeat(engine, claim.run_ids, "bench")
+        t2 = time.perf_counter()
+        store.finish_run(claim.run_ids[0], "completed")
+        t3 = time.perf_counter()
+        timings["claim"].append(t1 - t0)
+        timings["heartbeat"].append(t2 - t1)
+        timings["finish"].append(t3 - t2)
+    engine.dispose()
+    out = {k: statistics.median(v) * 1000 for k, v in timings.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def report(label: str, db_for: Callable[[str], str], runs: int, worker_counts: list[int]) -> None:
+    base = back_to_back(db_for("base"), runs)
+    print(f"\n== {label}: {runs} tiny runs (depth 2, width 8, 256 samples, 1 epoch)")
+    print(f"back-to-back in one warm process: {base:6.2f} s ({base / runs * 1000:5.1f} ms/run)")
+    for workers in worker_counts:
+        total, draining = drain(db_for(f"drain{workers}"), runs, workers)
+        print(
+            f"{workers} worker process(es), first claim to last finish: {draining:6.2f} s "
+            f"({draining / runs * 1000:5.1f} ms/run); time ratio queue / back-to-back "
+            f"{draining / base:4.2f}  [worker command start to exit: {total:5.2f} s]"
+        )
+    over = scheduling_overhead_ms(db_for("overhead"), runs)
+    print(
+        f"scheduling overhead per run (median): claim {over['claim']:.2f} ms + heartbeat "
+        f"{over['heartbeat']:.2f} ms + final status {over['finish']:.2f} ms = "
+        f"{over['total']:.2f} ms = {over['total'] / 10:.2f}% of a one-second run (target < 5%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 2}))
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+
+    with tempfile.TemporaryDirectory(prefix="gradscope-bench-") as tmp:
+        report("SQLite", lambda name: str(Path(tmp) / f"{name}.db"), args.runs, args.workers)
+
+    if args.skip_postgres:
+        return
+    from pg_server import PostgresServer, PostgresUnavailable
+
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        print(f"\n== PostgreSQL skipped: {exc}")
+        return
+    try:
+        report("PostgreSQL", server.create_database, args.runs, args.workers)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

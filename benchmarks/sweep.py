@@ -1,0 +1,203 @@
+"""Fast sweeps: a sweep trained as batched ensembles against the same runs one at a time.
+
+The sweep of issue 6: arch {sigmoid, relu, resnet} x 16 seeds, depth 10, width 32, moons (2048
+samples), 20 epochs, the default optimizer (Adam, lr 1e-3, batch 64), one thread. Prints the
+whole sweep's wall time both ways, the ratio and models per second, then the gain by group size
+(K = 4, 16, 64 seeds of one architecture against the one-at-a-time time per model).
+
+Both sides record every epoch of every run. By default into memory: recorders keep each
+EpochRecord, so measuring and building the records is paid on both sides but no database is
+involved. With --sqlite both go through a real SQLite RunStore (execute_run against
+execute_group), as a worker would. The machine may be shared: the CPU-time ratio (this process
+only) is printed as well, with the load average.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py [--sqlite] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# As a script, Python puts benchmarks/ first on the path, where benchmarks/queue.py shadows the
+# standard library's queue module (torch imports it): the repository root goes there instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import torch  # noqa: E402
+
+from db.engine import make_engine  # noqa: E402
+from db.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402
+from db.store import RunStore  # noqa: E402
+from runner.config import RunConfig, make_config  # noqa: E402
+from runner.ensemble import execute_group, plan_groups, train_group  # noqa: E402
+from runner.execute import execute_run  # noqa: E402
+from runner.train import train  # noqa: E402
+
+ARCHS = ("sigmoid", "relu", "resnet")
+
+
+class MemoryRecorder:
+    """Keeps what a run records, as a list would in a test; no database."""
+
+    def __init__(self) -> None:
+        self.records: list[EpochRecord] = []
+
+    def start(self, layers: list[LayerInfo], points: tuple[int, bytes] | None, device: str) -> None:
+        self.layers, self.points = layers, points
+
+    def epoch(self, record: EpochRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+class Timer:
+    """Wall and this process's CPU time of a block."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+class Runner:
+    """Trains configs one at a time or as groups, recording to memory or to SQLite."""
+
+    def __init__(self, sqlite_dir: Path | None) -> None:
+        self.store = RunStore(make_engine(str(sqlite_dir / "bench.db"))) if sqlite_dir else None
+
+    def solo(self, cfg: RunConfig) -> str:
+        if self.store is None:
+            return train(cfg, MemoryRecorder()).status
+        run_id = self.store.create_run(RunSpec(cfg.model_dump()), status="running")
+        return execute_run(self.store, run_id, cfg).status
+
+    def group(self, cfgs: list[RunConfig]) -> list[str]:
+        if self.store is None:
+            return [r.status for r in train_group(cfgs, [MemoryRecorder() for _ in cfgs])]
+        specs = [
+            RunSpec(c.model_dump(), group_id="bench", group_index=i) for i, c in enumerate(cfgs)
+        ]
+        ids = self.store.create_runs(specs, status="running")
+        return [r.status for r in execute_group(self.store, ids, cfgs)]
+
+
+def sweep_configs(
+    args: argparse.Namespace, archs: tuple[str, ...], seeds: range
+) -> list[RunConfig]:
+    return [
+        make_config(
+            {
+                "arch": arch,
+                "depth": args.depth,
+                "width": args.width,
+                "samples": args.samples,
+                "epochs": args.epochs,
+                "seed": seed,
+                "device": args.device,
+            }
+        )
+        for arch in archs
+        for seed in seeds
+    ]
+
+
+def timed(work: Callable[[], object]) -> Timer:
+    with Timer() as t:
+        work()
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--group-size", type=int, default=32)
+    parser.add_argument("--sizes", default="4,16,64", help="group sizes for the K table")
+    parser.add_argument("--sqlite", action="store_true", help="record through SQLite")
+    parser.add_argument("--quick", action="store_true", help="5 epochs, sizes 4,16")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.sizes = 5, "4,16"
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Runner(Path(tmp) if args.sqlite else None))
+
+
+def run(args: argparse.Namespace, runner: Runner) -> None:
+    # Warm-up: imports (scikit-learn, the optimizer's) are paid once, outside the timings.
+    warm = sweep_configs(argparse.Namespace(**{**vars(args), "epochs": 1}), ARCHS[:1], range(2))
+    runner.solo(warm[0])
+    runner.group(warm)
+
+    cfgs = sweep_configs(args, ARCHS, range(args.seeds))
+    groups = plan_groups(cfgs, args.group_size)
+    recording = "SQLite" if runner.store is not None else "memory"
+    print(
+        f"sweep: {len(cfgs)} runs ({len(ARCHS)} archs x {args.seeds} seeds), depth {args.depth}, "
+        f"width {args.width}, moons {args.samples} samples, {args.epochs} epochs, "
+        f"device {args.device}, {torch.get_num_threads()} thread, recording to {recording}"
+    )
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    # Interleaved by architecture, so a change in the machine's load hits both sides alike.
+    solo_t = {"wall": 0.0, "cpu": 0.0}
+    group_t = {"wall": 0.0, "cpu": 0.0}
+    solo_per_model: dict[str, float] = {}
+    for arch in ARCHS:
+        mine = [c for c in cfgs if c.arch == arch]
+        t = timed(lambda mine=mine: [runner.solo(c) for c in mine])
+        solo_t["wall"] += t.wall
+        solo_t["cpu"] += t.cpu
+        solo_per_model[arch] = t.wall / len(mine)
+        for g in groups:
+            if cfgs[g[0]].arch == arch:
+                t = timed(lambda g=g: runner.group([cfgs[i] for i in g]))
+                group_t["wall"] += t.wall
+                group_t["cpu"] += t.cpu
+    n = len(cfgs)
+    sizes = ", ".join(str(len(g)) for g in groups)
+    print(f"one at a time: {solo_t['wall']:7.2f} s  {n / solo_t['wall']:6.2f} models/s")
+    print(
+        f"batched:       {group_t['wall']:7.2f} s  {n / group_t['wall']:6.2f} models/s  "
+        f"({len(groups)} groups: {sizes})"
+    )
+    print(
+        f"ratio: {solo_t['wall'] / group_t['wall']:.2f}x wall "
+        f"({solo_t['cpu'] / group_t['cpu']:.2f}x CPU time); target >= 5x, goal 8x"
+    )
+
+    print("\nby group size (K seeds of one arch batched, against one at a time per model):")
+    print(f"{'K':>4}  " + "  ".join(f"{a:>14}" for a in ARCHS) + f"  {'all models/s':>12}  ratio")
+    for k in [int(s) for s in args.sizes.split(",")]:
+        cells, models, wall, solo_wall = [], 0, 0.0, 0.0
+        for arch in ARCHS:
+            members = sweep_configs(args, (arch,), range(100, 100 + k))
+            t = timed(lambda members=members: runner.group(members))
+            ratio = solo_per_model[arch] * k / t.wall
+            cells.append(f"{t.wall / k * 1e3:6.1f} ms {ratio:4.1f}x")
+            models += k
+            wall += t.wall
+            solo_wall += solo_per_model[arch] * k
+        print(
+            f"{k:>4}  "
+            + "  ".join(f"{c:>14}" for c in cells)
+            + f"  {models / wall:12.2f}  {solo_wall / wall:.2f}x"
+        )
+    print(
+        f"(cells: batched time per model and ratio); load average after: {os.getloadavg()[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

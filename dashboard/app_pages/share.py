@@ -1,0 +1,75 @@
+"""Share: download runs as a database file (or CSV tables), and import a teammate's file."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data, state
+from dashboard.tables import escape_markdown
+from db.errors import StorageError
+
+st.title("Share")
+runs = data.runs()
+
+st.subheader("Download runs")
+chosen = [i for i in state.selected_runs() if i in set(runs["id"])]
+sweeps = runs.dropna(subset=["sweep_id"]).drop_duplicates("sweep_id")
+scopes = {"selected": f"The runs selected on the Runs page ({len(chosen)})"}
+scopes |= {
+    f"sweep:{s}": f"Sweep: {n}"
+    for s, n in zip(sweeps["sweep_id"], sweeps["sweep_name"], strict=True)
+}
+scopes["all"] = f"All runs ({len(runs)})"
+scope = st.radio(
+    "Which runs", list(scopes), format_func=scopes.get, index=0 if chosen else len(scopes) - 1
+)
+if scope == "selected":
+    ids = chosen
+elif scope == "all":
+    ids = list(runs["id"])
+else:
+    ids = list(runs.loc[runs["sweep_id"] == scope.removeprefix("sweep:"), "id"])
+left, right = st.columns(2)
+# Callables: the files are built only when someone clicks, not on every rerun.
+left.download_button(
+    f"Database file (.db) of {len(ids)} run(s)",
+    data=lambda: data.export_db_bytes(ids),
+    file_name="gradscope-runs.db",
+    mime="application/octet-stream",
+    disabled=not ids,
+    icon=":material/download:",
+    on_click="ignore",
+)
+right.download_button(
+    f"CSV tables (.zip) of {len(ids)} run(s)",
+    data=lambda: data.export_tables_zip(ids),
+    file_name="gradscope-runs-csv.zip",
+    mime="application/zip",
+    disabled=not ids,
+    icon=":material/table:",
+    on_click="ignore",
+)
+st.caption(
+    "A teammate opens the .db file with `gradscope dashboard --db FILE` or imports it "
+    "below; run ids are kept, so importing twice adds nothing."
+)
+
+st.subheader("Import runs")
+upload = st.file_uploader(
+    "A gradscope database file",
+    type=data.UPLOAD_SUFFIXES,
+    max_upload_size=data.MAX_UPLOAD_MB,
+)
+dry_run = st.checkbox("Dry run: only report what would be added")
+if upload is not None and st.button("Import", type="primary", icon=":material/upload:"):
+    try:
+        report = data.import_db_bytes(upload.getvalue(), upload.name, dry_run)
+    except StorageError as exc:
+        st.error(f"Nothing was imported.\n\n{escape_markdown(str(exc))}", icon=":material/block:")
+    else:
+        st.success(
+            f"{'Would add' if dry_run else 'Added'} {len(report.added)} run(s); "
+            f"{len(report.already_present)} already present, {len(report.conflicting)} "
+            f"conflicting, {len(report.refused)} refused."
+        )
+        st.text(report.summary)  # run names and file names stay plain text

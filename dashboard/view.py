@@ -1,0 +1,66 @@
+"""Rendering helpers shared by the pages: charts sized to their column, and database failures
+shown as a message that says what to do (never a traceback)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec
+
+import altair as alt
+import streamlit as st
+
+from dashboard import data
+from dashboard.tables import escape_markdown
+from db.errors import SchemaVersionError, StorageError
+
+P = ParamSpec("P")
+
+# Width fits the column, height stays the chart's plot height. Streamlit's default ("fit" in
+# both directions) takes titles and bottom legends out of the fixed height, which squashed the
+# plots to a line and clipped their titles.
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+# Fixed-size charts (decision maps) keep their plot size; legends and axes are added around it.
+OWN_SIZE = alt.AutoSizeParams(type="pad")
+
+
+def chart(figure: alt.TopLevelMixin, *, stretch: bool = True) -> None:
+    """Show an Altair chart stretched to its column (or at its own size)."""
+    if stretch:
+        st.altair_chart(figure.properties(autosize=FIT_WIDTH), width="stretch")
+    else:
+        # A title no wider than the plot, so charts side by side do not run into each other.
+        limit = figure.width + 60 if isinstance(figure.width, int) else 0
+        st.altair_chart(
+            figure.properties(autosize=OWN_SIZE).configure_title(limit=limit), width="content"
+        )
+
+
+def storage_failure(exc: StorageError, *, brief: bool = False) -> None:
+    """The database could not be read or written: say so, and what to do."""
+    if brief:
+        st.error("The database could not be read; see the page.", icon=":material/database:")
+        return
+    st.error(
+        f"**The database could not be read.**\n\n{escape_markdown(str(exc))}",
+        icon=":material/database:",
+    )
+    if not isinstance(exc, SchemaVersionError):  # that message names its own fix
+        st.info(
+            f"Check that the database is reachable (now: `{data.database_for_people()}`), then "
+            "reload the page. Open another database with `gradscope dashboard --db PATH_OR_URL`."
+        )
+
+
+def guarded(body: Callable[P, None], *, brief: bool = False) -> Callable[P, None]:
+    """`body` with database failures shown by `storage_failure`. Fragments need this: an
+    exception inside one stops at the fragment and never reaches the app's own handler."""
+
+    @functools.wraps(body)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            body(*args, **kwargs)
+        except StorageError as exc:
+            storage_failure(exc, brief=brief)
+
+    return run

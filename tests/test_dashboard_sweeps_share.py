@@ -1,0 +1,109 @@
+"""The Sweeps and Share pages (AppTest on real databases)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_helpers import add_run, chart_titled, open_app, shown_text
+from sqlalchemy import Engine
+
+from db import frames
+from db.engine import make_engine
+from db.share import export_runs_bytes
+
+
+@pytest.fixture
+def engine(db_path: Path) -> Iterator[Engine]:
+    engine = make_engine(str(db_path))
+    yield engine
+    engine.dispose()
+
+
+def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    sweep = (str(uuid.uuid4()), "my sweep")
+    for seed, spread in enumerate((1.0, 3.0)):
+        add_run(
+            engine,
+            arch="sigmoid",
+            depth=1,
+            grad_norms=(1e-2 * spread, 1.0),
+            seed=seed,
+            sweep=sweep,
+            test_acc=0.8,
+        )
+        add_run(
+            engine,
+            arch="sigmoid",
+            depth=2,
+            grad_norms=(1e-5 * spread, 1e-2, 1.0),
+            seed=seed,
+            sweep=sweep,
+            test_acc=0.5,
+        )
+        add_run(
+            engine,
+            arch="resnet",
+            depth=2,
+            grad_norms=(0.5 * spread, 1.0, 1.0),
+            seed=seed,
+            sweep=sweep,
+            test_acc=0.95,
+        )
+    add_run(engine, name="not in a sweep")
+    at = open_app(monkeypatch, db_path, "sweeps")
+    assert "6 of 6 runs finished" in shown_text(at)
+    (ratio,) = chart_titled(at, "Gradient ratio vs depth")
+    (acc,) = chart_titled(at, "Test accuracy vs depth")
+    assert len(ratio.data) == len(acc.data) == 6
+    deep_sigmoid = ratio.data[(ratio.data["arch"] == "sigmoid") & (ratio.data["depth"] == 2)]
+    assert sorted(deep_sigmoid["grad_ratio_log10"]) == pytest.approx([-5.0, math.log10(3e-5)])
+    layers = ratio.spec["layer"]
+    assert any(layer["encoding"]["y"].get("aggregate") == "median" for layer in layers)
+    assert set(acc.data["final_test_acc"]) == {0.8, 0.5, 0.95}
+    assert at.query_params["sweep"] == sweep[0]
+
+
+def test_sweeps_page_without_sweeps_says_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path
+) -> None:
+    at = open_app(monkeypatch, seeded_db, "sweeps")
+    assert "No sweeps yet" in shown_text(at)
+    assert "gradscope sweep" in shown_text(at)
+
+
+def test_share_page_offers_downloads_of_the_chosen_runs(
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path
+) -> None:
+    seeded = make_engine(str(seeded_db))
+    one = frames.runs(seeded)["id"].iloc[0]
+    seeded.dispose()
+    at = open_app(monkeypatch, seeded_db, "share", {"runs": one})
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Database file (.db) of 1 run(s)", "CSV tables (.zip) of 1 run(s)"]
+    at.radio[0].set_value("all").run()
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Database file (.db) of 3 run(s)", "CSV tables (.zip) of 3 run(s)"]
+
+
+def test_share_page_imports_an_uploaded_database(
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, engine: Engine, db_path: Path
+) -> None:
+    seeded = make_engine(str(seeded_db))
+    content = export_runs_bytes(seeded, list(frames.runs(seeded)["id"]))
+    seeded.dispose()
+    at = open_app(monkeypatch, db_path, "share")
+    at.file_uploader[0].set_value(("teammate.db", content, "application/octet-stream")).run()
+    at.button[0].click().run()
+    assert "Added 3 run(s)" in at.success[0].value
+    assert set(frames.runs(engine)["name"]) == {"seed sigmoid", "seed relu", "seed resnet"}
+
+    at.file_uploader[0].set_value(("notes.db", b"not a database" * 100, "text/plain")).run()
+    at.button[0].click().run()
+    assert "Nothing was imported" in at.error[0].value
+    assert len(frames.runs(engine)) == 3

@@ -1,0 +1,171 @@
+"""End to end in a real browser: `gradscope dashboard` (Streamlit plus its background worker) on
+a new database, chromium driven by Playwright. Click "Run the classic comparison", wait for the
+worker to train the three runs, open Compare: the charts render and the sigmoid run is
+diagnosed with vanishing gradients. Screenshots go to test-artifacts/ (and, with
+GRADSCOPE_DOCS_SCREENSHOTS=1, to docs/ for the README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from db import frames
+from db.engine import make_engine
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("GRADSCOPE_ARTIFACTS", ROOT / "test-artifacts"))
+TRAIN_DEADLINE_S = 240  # three 20-epoch runs, one after another, on a busy 2-core machine
+CHART = '[data-testid="stVegaLiteChart"]'
+
+
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.25):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)  # polling a condition with a deadline, not synchronising by sleep
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def descendants(pid: int) -> set[int]:
+    """Process ids below `pid`, from /proc (no psutil here)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+    """`gradscope dashboard` with its worker on a new database; stopped with SIGTERM after."""
+    db = tmp_path / "e2e.db"
+    port = free_port()
+    gradscope = Path(sys.executable).with_name("gradscope")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "dashboard.log").open("wb")
+    process = subprocess.Popen(
+        [str(gradscope), "dashboard", "--db", str(db), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
+        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+        yield url, db, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        log.close()
+
+
+def save(page, name: str) -> Path:  # noqa: ANN001 - a Playwright page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def completed_runs(db: Path) -> int:
+    engine = make_engine(str(db))
+    try:
+        return int((frames.runs(engine)["status"] == "completed").sum())
+    finally:
+        engine.dispose()
+
+
+def test_classic_comparison_end_to_end(browser, dashboard) -> None:  # noqa: ANN001
+    url, db, process = dashboard
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    try:
+        page.goto(url)
+        page.get_by_text("No runs yet").wait_for(timeout=60_000)
+        page.get_by_text("Worker alive").wait_for(timeout=30_000)
+        save(page, "01-empty")
+        page.get_by_role("button", name="Run the classic comparison").click()
+        page.locator('[data-testid="stDataFrame"]').wait_for(timeout=30_000)
+
+        started = time.monotonic()
+        wait_until(lambda: completed_runs(db) == 3, TRAIN_DEADLINE_S, "three completed runs", 1)
+        trained_s = time.monotonic() - started
+        # The page follows by itself (fragments refresh every 2 s): the sidebar's queue
+        # empties and the table's statuses change, so nothing is left to cancel.
+        page.get_by_text("Queue: 0 running, 0 queued").wait_for(timeout=30_000)
+        bars = page.locator('[data-testid="stSidebar"] [data-testid="stProgress"]')
+        wait_until(lambda: bars.count() == 0, 30, "the queue's progress bars to go")
+        page.get_by_role("button", name="Cancel 0 run(s)").wait_for(timeout=30_000)
+        save(page, "02-runs")
+
+        page.get_by_role("link", name="Compare").click()
+        page.get_by_text("Gradient flow").first.wait_for(timeout=60_000)
+        drawn = page.locator(f"{CHART} canvas, {CHART} svg")
+        wait_until(lambda: drawn.count() >= 13, 60, "every chart to draw")
+        assert page.locator(CHART).count() >= 13  # curves, flow, 3 heatmaps, ..., 3 maps
+
+        # The diagnosis: one column per run (chart titles are drawn, not text, so only the
+        # diagnosis cards' columns hold the run names as text).
+        cards = page.locator('[data-testid="stColumn"]')
+        assert "Vanishing gradients" in cards.filter(has_text="arch=sigmoid").first.inner_text()
+        for arch in ("relu", "resnet"):
+            card = cards.filter(has_text=f"arch={arch}").first.inner_text()
+            assert "Vanishing gradients" not in card
+        assert "runs=" in page.url  # the view is a link
+
+        # Streamlit scrolls inside its main area: make the window as tall as the whole page.
+        tall = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": 1500, "height": int(tall) + 40})
+        wait_until(lambda: drawn.count() >= 13, 30, "charts after resizing")
+        shot = save(page, "03-compare")
+        if os.environ.get("GRADSCOPE_DOCS_SCREENSHOTS"):
+            shutil.copy(shot, ROOT / "docs" / "compare.png")
+        print(f"trained the classic comparison in {trained_s:.1f} s")
+    finally:
+        page.close()
+
+    children = descendants(process.pid)
+    assert len(children) >= 2  # streamlit and the worker
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    wait_until(lambda: not any(alive(pid) for pid in children), 30, "children to stop")
