@@ -26,7 +26,11 @@ _RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
 
 
 def _run_color() -> alt.Color:
-    return alt.Color("run_label:N", title="run", legend=_RUN_LEGEND)
+    # tableau10: ten clearly different hues (the theme's default put relu and resnet in two
+    # similar blues).
+    return alt.Color(
+        "run_label:N", title="run", legend=_RUN_LEGEND, scale=alt.Scale(scheme="tableau10")
+    )
 
 
 def _finite(frame: pd.DataFrame, column: str, *, positive: bool) -> tuple[pd.DataFrame, int]:

@@ -62,16 +62,6 @@ def streamlit_command(host: str, port: int) -> list[str]:
     ]
 
 
-def _stop(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def dashboard(
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)] = None,
     host: Annotated[
@@ -128,10 +118,11 @@ def dashboard(
         code = 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop(app)
-        if worker is not None:
-            from runner.worker import stop_worker_process
+        # The same SIGTERM, wait, SIGKILL-if-it-hangs as for the worker.
+        from runner.worker import stop_worker_process
 
+        stop_worker_process(app, STOP_TIMEOUT_S)
+        if worker is not None:
             stop_worker_process(worker)
     raise typer.Exit(code or 0)
 

@@ -19,8 +19,9 @@ from torch import Tensor
 from db.records import DecisionGrid, EpochRecord, LayerInfo
 from runner.config import RunConfig
 from runner.data import Dataset, load_dataset
+from runner.measure import EpochMeasurer, Measured
 from runner.models import MLP, build_model
-from runner.probes import EpochGradStats, FlatParameters, activation_stats
+from runner.probes import EpochGradStats, FlatParameters
 
 GRID_SIZE = 48
 STOP_CHECK_SECONDS = 1.0
@@ -118,7 +119,6 @@ def train(
     y_train = torch.from_numpy(data.y_train).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
     y_test = torch.from_numpy(data.y_test).to(device)
-    n_train = len(x_train)
     grid = _Grid(data, device) if data.n_features == 2 else None
     grid_at = grid_epochs(cfg.epochs)
     layers = model.layer_infos()
@@ -128,11 +128,72 @@ def train(
 
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+    measurer = EpochMeasurer(model, kinds, x_test, y_test, grid, recorder)
+    try:
+        return _epochs(
+            cfg,
+            model,
+            flat,
+            optimizer,
+            loss_fn,
+            shuffle,
+            x_train,
+            y_train,
+            probe,
+            measurer,
+            grid_at,
+            loss_sum,
+            correct,
+            should_stop,
+        )
+    finally:
+        measurer.close()
+
+
+def _epochs(
+    cfg: RunConfig,
+    model: MLP,
+    flat: FlatParameters,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    shuffle: torch.Generator,
+    x_train: Tensor,
+    y_train: Tensor,
+    probe: EpochGradStats,
+    measurer: EpochMeasurer,
+    grid_at: set[int],
+    loss_sum: Tensor,
+    correct: Tensor,
+    should_stop: Callable[[], str | None],
+) -> TrainResult:
+    """The epoch loop. Epoch e is measured and stored while epoch e+1 trains; its outcome
+    (non-finite test loss, cancellation) is acted on at the end of epoch e+1, before that epoch
+    is recorded, so a run stops with exactly the epochs it stored."""
+    n_train = len(x_train)
     last: dict[str, float] = {}
+    last_epoch = 0  # the newest epoch stored
+
+    def settle(done: list[Measured]) -> TrainResult | None:
+        nonlocal last, last_epoch
+        for outcome in done:
+            last, last_epoch = outcome.metrics, outcome.epoch
+            if not (math.isfinite(last["train_loss"]) and math.isfinite(last["test_loss"])):
+                return TrainResult(
+                    "diverged",
+                    outcome.epoch,
+                    last,
+                    f"loss became non-finite in epoch {outcome.epoch}",
+                )
+            if outcome.cancelled:
+                return TrainResult("cancelled", outcome.epoch, last)
+        return None
+
+    def stop(reason: str) -> TrainResult:
+        return settle(measurer.wait()) or TrainResult(reason, last_epoch, last)
+
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         next_check = time.monotonic() + STOP_CHECK_SECONDS
-        model.train()
         probe.begin(flat.weights)
         loss_sum.zero_()
         correct.zero_()
@@ -151,75 +212,21 @@ def train(
                 next_check = time.monotonic() + STOP_CHECK_SECONDS
                 reason = should_stop()
                 if reason:
-                    return TrainResult(reason, epoch - 1, last)
-
-        record, metrics = _measure_epoch(
-            epoch,
-            model,
-            flat,
-            probe,
-            kinds,
-            x_test,
-            y_test,
-            loss_sum / n_train,
-            correct / n_train,
-            grid if epoch in grid_at else None,
+                    return stop(reason)
+        seconds = time.perf_counter() - started
+        # The previous epoch was measured while this one trained: act on its outcome before
+        # recording this one.
+        outcome = settle(measurer.wait())
+        if outcome:
+            return outcome
+        grads = probe.finish(flat.weight_grads, flat.weights)
+        train_loss = loss_sum / n_train
+        measurer.submit(
+            epoch, flat.data, grads, train_loss, correct / n_train, seconds, epoch in grid_at
         )
-        metrics["seconds"] = time.perf_counter() - started
-        cancelled = recorder.epoch(record)
-        last = metrics
-        if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
-            return TrainResult("diverged", epoch, last, f"loss became non-finite in epoch {epoch}")
-        if cancelled:
-            return TrainResult("cancelled", epoch, last)
+        if not math.isfinite(float(train_loss)):  # one sync per epoch; the rest is deferred
+            return settle(measurer.wait()) or TrainResult("diverged", epoch, last)
         reason = should_stop()
         if reason:
-            return TrainResult(reason, epoch, last)
-    return TrainResult("completed", cfg.epochs, last)
-
-
-@torch.inference_mode()
-def _measure_epoch(
-    epoch: int,
-    model: MLP,
-    flat: FlatParameters,
-    probe: EpochGradStats,
-    kinds: list[str],
-    x_test: Tensor,
-    y_test: Tensor,
-    train_loss: Tensor,
-    train_acc: Tensor,
-    grid: _Grid | None,
-) -> tuple[EpochRecord, dict[str, float]]:
-    """The end-of-epoch pass over the test split and the one device-to-host copy."""
-    model.eval()
-    acts: list[Tensor] = []
-    logits = model.forward_collect(x_test, acts)
-    probs = torch.sigmoid(logits)
-    test_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_test)
-    test_acc = ((logits > 0) == (y_test > 0.5)).float().mean()
-    grads = probe.finish(flat.weight_grads, flat.weights)
-    health = activation_stats([a.unsqueeze(0) for a in acts], kinds)
-    hist = grads.pop("grad_hist")[:, 0].to(torch.int32).cpu().numpy()
-    per_layer = torch.stack([v[:, 0] for v in (*grads.values(), *health.values())], dim=1)
-    epoch_values = torch.stack(
-        [train_loss, train_acc.float(), test_loss, test_acc, probs.std(unbiased=False)]
-    )
-    # The one sync of the epoch.
-    table = per_layer.cpu().tolist()
-    train_l, train_a, test_l, test_a, pred_std = epoch_values.cpu().tolist()
-    names = (*grads.keys(), *health.keys())
-    stats: list[dict[str, float | bytes | None]] = []
-    for layer, row in enumerate(table):
-        values: dict[str, float | bytes | None] = dict(zip(names, row, strict=True))
-        values["grad_hist"] = hist[layer].astype("<i4").tobytes()
-        stats.append(values)
-    metrics = {
-        "train_loss": train_l,
-        "train_acc": train_a,
-        "test_loss": test_l,
-        "test_acc": test_a,
-        "pred_std": pred_std,
-    }
-    grid_record = grid.record(torch.sigmoid(model(grid.inputs))) if grid is not None else None
-    return EpochRecord(epoch, metrics, stats, grid_record), metrics
+            return stop(reason)
+    return settle(measurer.wait()) or TrainResult("completed", cfg.epochs, last)

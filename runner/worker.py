@@ -399,8 +399,9 @@ def spawn_worker_process(
 
 
 def stop_worker_process(process: subprocess.Popen, timeout_s: float = 15.0) -> int:
-    """SIGTERM a worker started by `spawn_worker_process` and wait; SIGKILL if it hangs
-    (its runs are then marked "worker lost" by the next worker). Returns the exit code."""
+    """SIGTERM a worker started by `spawn_worker_process` (or any child process) and wait;
+    SIGKILL if it hangs (a worker's runs are then marked "worker lost" by the next worker).
+    Returns the exit code."""
     if process.poll() is None:
         process.terminate()
         try:

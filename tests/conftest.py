@@ -118,12 +118,30 @@ def _hide_playwright_loop(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # Small but real: the sigmoid run vanishes and collapses, relu and resnet learn.
 SEED_RUNS = (
-    {"arch": "sigmoid", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
-     "name": "seed sigmoid"},
-    {"arch": "relu", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
-     "name": "seed relu"},
-    {"arch": "resnet", "depth": "6", "width": "16", "samples": "512", "epochs": "4",
-     "name": "seed resnet"},
+    {
+        "arch": "sigmoid",
+        "depth": "6",
+        "width": "16",
+        "samples": "512",
+        "epochs": "4",
+        "name": "seed sigmoid",
+    },
+    {
+        "arch": "relu",
+        "depth": "6",
+        "width": "16",
+        "samples": "512",
+        "epochs": "4",
+        "name": "seed relu",
+    },
+    {
+        "arch": "resnet",
+        "depth": "6",
+        "width": "16",
+        "samples": "512",
+        "epochs": "4",
+        "name": "seed resnet",
+    },
 )
 
 
