@@ -35,8 +35,15 @@ class EpochMeasurer:
     """Measures and records epochs on one background thread, in order."""
 
     def __init__(
-        self, model: MLP, kinds: list[str], x_test: Tensor, y_test: Tensor, grid, recorder
-    ) -> None:  # noqa: ANN001 (train's _Grid and Recorder)
+        self,
+        model: MLP,
+        kinds: list[str],
+        x_test: Tensor,
+        y_test: Tensor,
+        grid,  # noqa: ANN001 (runner.train._Grid; typed there, imported from here)
+        recorder,  # noqa: ANN001 (runner.train.Recorder)
+        threaded: bool = True,
+    ) -> None:
         # A copy of the model whose weights are overwritten with each epoch's snapshot.
         self._model = copy.deepcopy(model).eval()
         self._flat = FlatParameters(list(self._model.linears))
@@ -44,7 +51,11 @@ class EpochMeasurer:
         self._x_test, self._y_test = x_test, y_test
         self._grid = grid
         self._recorder = recorder
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradscope-measure")
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradscope-measure")
+            if threaded
+            else None
+        )
         self._pending: list[Future[Measured]] = []
 
     def submit(
@@ -59,26 +70,24 @@ class EpochMeasurer:
     ) -> None:
         """Queue the measurement of an epoch that just ended. Copies what the next epoch will
         change (the weights), so the caller may train on at once."""
-        snapshot = weights.detach().clone()
-        self._pending.append(
-            self._pool.submit(
-                self._measure,
-                epoch,
-                snapshot,
-                grads,
-                train_loss.clone(),
-                train_acc.clone(),
-                seconds,
-                with_grid,
-            )
+        args = (
+            epoch,
+            weights.detach().clone(),
+            grads,
+            train_loss.clone(),
+            train_acc.clone(),
+            seconds,
+            with_grid,
         )
-
-    def finished(self) -> list[Measured]:
-        """Epochs measured and stored since the last call, in order; re-raises their errors."""
-        done = []
-        while self._pending and self._pending[0].done():
-            done.append(self._pending.pop(0).result())
-        return done
+        if self._pool is not None:
+            self._pending.append(self._pool.submit(self._measure, *args))
+            return
+        done: Future[Measured] = Future()  # in line: the same path, already finished
+        try:
+            done.set_result(self._measure(*args))
+        except Exception as exc:  # noqa: BLE001 - re-raised by wait(), as when threaded
+            done.set_exception(exc)
+        self._pending.append(done)
 
     def wait(self) -> list[Measured]:
         """Wait for every queued epoch to be stored; re-raises the first error."""
@@ -88,7 +97,8 @@ class EpochMeasurer:
         return done
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     @torch.inference_mode()
     def _measure(

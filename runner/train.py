@@ -7,6 +7,7 @@ it goes (the database, a list in a test). One CPU-device sync per epoch, none pe
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ def train(
 
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    measurer = EpochMeasurer(model, kinds, x_test, y_test, grid, recorder)
+    threaded = os.environ.get("GRADSCOPE_MEASURE_THREAD", "1") != "0"
+    measurer = EpochMeasurer(model, kinds, x_test, y_test, grid, recorder, threaded)
     try:
         return _epochs(
             cfg,

@@ -115,3 +115,20 @@ def test_two_feature_runs_record_decision_grids_at_a_few_epochs() -> None:
     rec30 = ListRecorder()
     train(make_config({"dataset": "breast_cancer", "depth": 2, "width": 8, "epochs": 1}), rec30)
     assert rec30.records[0].grid is None  # 30 features: no map
+
+
+def test_threaded_and_in_line_measurement_record_the_same(monkeypatch) -> None:  # noqa: ANN001
+    cfg = make_config({"arch": "sigmoid", "depth": 4, "width": 8, "samples": 256, "epochs": 3})
+    runs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("GRADSCOPE_MEASURE_THREAD", mode)
+        rec = ListRecorder()
+        assert train(cfg, rec).status == "completed"
+        runs[mode] = rec.records
+    for a, b in zip(runs["1"], runs["0"], strict=True):
+        assert a.epoch == b.epoch
+        assert nan_equal(a.layer_stats, b.layer_stats)
+        assert a.grid == b.grid
+        assert {k: v for k, v in a.metrics.items() if k != "seconds"} == {
+            k: v for k, v in b.metrics.items() if k != "seconds"
+        }
