@@ -153,12 +153,14 @@ def _try_claim(engine: Engine, worker: str) -> Claim | None:
         if group_id is None:
             target = and_(RunModel.id == run_id, RunModel.status == "queued")
         else:
-            members = (
-                select(RunModel.id)
-                .where(RunModel.group_id == group_id, RunModel.status == "queued")
-                .with_for_update(skip_locked=True)
-            )
-            target = and_(RunModel.id.in_(members), RunModel.status == "queued")
+            if engine.dialect.name == "postgresql" and not s.scalar(
+                # Row locks alone would let two claimers each lock a different member of one
+                # group (SKIP LOCKED) and split it; one lock per group keeps a group whole.
+                # The other claimer backs off and retries.
+                select(func.pg_try_advisory_xact_lock(func.hashtextextended(group_id, 0)))
+            ):
+                return Claim((), group_id, ())
+            target = and_(RunModel.group_id == group_id, RunModel.status == "queued")
         claimed = s.execute(
             update(RunModel)
             .where(target)

@@ -16,6 +16,7 @@ from db.models import RunModel
 from db.queries import get_run
 from db.queue import (
     WORKER_LOST,
+    Claim,
     cancel_runs,
     claim_next,
     db_now,
@@ -110,6 +111,39 @@ def test_concurrent_claimers_never_share_a_run(engine: Engine) -> None:
     assert sorted(every) == sorted(ids)  # all claimed, none twice
     for name, runs in claimed.items():
         assert {get_run(engine, i).worker for i in runs} <= {name}
+
+
+def test_concurrent_claimers_take_each_group_whole(engine: Engine) -> None:
+    """Groups of a batched sweep, queued in one transaction (one created_at, so the claim
+    order interleaves their members), with solo runs among them: under six racing claimers
+    every run is claimed once and every group by one claimer, in one claim."""
+    groups = {f"g{g}": [spec(g * 10 + i, f"g{g}", i) for i in range(4)] for g in range(8)}
+    solos = [spec(100 + i) for i in range(8)]
+    ids = RunStore(engine).create_runs([*solos, *(m for ms in groups.values() for m in ms)])
+    claims: list[Claim] = []
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            while (claim := claim_next(engine, name)) is not None:
+                claims.append(claim)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    every = [run_id for c in claims for run_id in c.run_ids]
+    assert sorted(every) == sorted(ids)  # all claimed, none twice
+    grouped = {c.group_id: c for c in claims if c.group_id is not None}
+    assert len(grouped) == len(groups) == len([c for c in claims if c.group_id])
+    for claim in grouped.values():
+        assert len(claim.run_ids) == 4  # the whole group in one claim
+        assert [c["seed"] % 10 for c in claim.configs] == [0, 1, 2, 3]  # member order
+    assert len([c for c in claims if c.group_id is None]) == len(solos)
 
 
 def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> None:
