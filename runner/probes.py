@@ -95,7 +95,7 @@ class EpochGradStats:
         self._max = torch.zeros(total, **zeros)
         self._sum = torch.zeros(total, **zeros)
         self._tmp = torch.zeros(total, **zeros)
-        self._steps = torch.zeros((), **zeros)
+        self._steps = 0  # a Python count: no tensor op per step
         # For the once-per-epoch histogram: each element's (layer, member) slot.
         slot = torch.cat(
             [
@@ -118,8 +118,9 @@ class EpochGradStats:
 
     def begin(self, weights: Tensor) -> None:
         """Start an epoch: clear accumulators and remember the weights (for update ratios)."""
-        for t in (self._norm, self._sq, self._abs, self._max, self._sum, self._steps):
+        for t in (self._norm, self._sq, self._abs, self._max, self._sum):
             t.zero_()
+        self._steps = 0
         self._start_weights = weights.detach().clone()
 
     def step(self, grads: Tensor) -> None:
@@ -131,7 +132,7 @@ class EpochGradStats:
         self._abs.add_(self._tmp)
         torch.maximum(self._max, self._tmp, out=self._max)
         self._sum.add_(grads)
-        self._steps.add_(1)
+        self._steps += 1
 
     def finish(self, grads: Tensor, weights: Tensor) -> dict[str, Tensor]:
         """Per-layer, per-member statistics as [L, K] tensors, plus "grad_hist" [L, K, slots].
@@ -139,7 +140,7 @@ class EpochGradStats:
         The histogram is of the epoch's last step's gradient (a snapshot; binning every step
         would cost more than the step itself).
         """
-        steps = self._steps.clamp(min=1)
+        steps = max(self._steps, 1)
         counts = torch.cat(
             [torch.full((g.count, 1), float(g.numel), device=grads.device) for g in self.groups]
         )
