@@ -23,6 +23,7 @@ from dashboard import tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db
 from db.records import RunSpec
+from db.share_source import MAX_IMPORT_MB
 from db.store import RunStore
 from runner.config import RunConfig
 
@@ -260,7 +261,8 @@ def worker_status() -> WorkerStatus:
 
 # -- sharing (db.share) -------------------------------------------------------------------------
 
-MAX_UPLOAD_MB = 500  # under db.share_validate's own limit of 512 MiB
+# db.share_source's import limit; `gradscope dashboard` gives the server the same one.
+MAX_UPLOAD_MB = MAX_IMPORT_MB
 UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
 
 

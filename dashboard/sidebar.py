@@ -11,7 +11,13 @@ import streamlit as st
 from dashboard import data, view
 from dashboard.tables import escape_markdown
 from db.errors import StorageError
-from runner.config import BUILTIN_DATASETS, ConfigError, RunConfig, make_config
+from runner.config import (
+    BUILTIN_DATASETS,
+    ConfigError,
+    RunConfig,
+    make_config,
+    with_absolute_csv,
+)
 
 QUEUE_REFRESH_S = 2.0
 QUEUE_SHOWN = 8
@@ -151,7 +157,7 @@ def _queue_new_run() -> None:
     """The form's submit callback. Callbacks run before the script, so the queue drawn in this
     run already lists the new run; the outcome is left in session state for the form to show."""
     try:
-        run_id = data.queue_run(make_config(_form_values()))
+        run_id = data.queue_run(with_absolute_csv(make_config(_form_values())))
     except ConfigError as exc:
         st.session_state[NOTES_KEY] = {"errors": _errors_by_field(str(exc))}
     except StorageError as exc:

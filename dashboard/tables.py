@@ -179,9 +179,12 @@ def config_diff(configs: dict[str, dict]) -> tuple[pd.DataFrame, dict[str, str]]
     return table, shared
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~<:$])")
+# Markdown's specials, Streamlit's directives (`:red[...]`, `:material/...:`, `$math$`) and `&`
+# (an entity such as `&lt;` would show as "<").
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~<:$&])")
 
 
 def escape_markdown(text: str) -> str:
-    """User text made inert inside Streamlit markdown (labels of expanders, captions)."""
+    """User text made inert inside Streamlit Markdown: captions, alerts, and the labels and
+    options of widgets that render Markdown (radio, pills, expanders)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)

@@ -47,8 +47,10 @@ def storage_failure(exc: StorageError, *, brief: bool = False) -> None:
     )
     if not isinstance(exc, SchemaVersionError):  # that message names its own fix
         st.info(
-            f"Check that the database is reachable (now: `{data.database_for_people()}`), then "
-            "reload the page. Open another database with `gradscope dashboard --db PATH_OR_URL`."
+            # The path or URL is typed text: escaped, not a code span (a backtick would end it).
+            f"Check that the database is reachable (now: "
+            f"{escape_markdown(data.database_for_people())}), then reload the page. "
+            "Open another database with `gradscope dashboard --db PATH_OR_URL`."
         )
 
 

@@ -63,15 +63,19 @@ def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> E
     try:
         if url.startswith("sqlite"):
             path = make_url(url).database
-            if path and path != ":memory:" and create:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:":
+                if create:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                elif not Path(path).is_file():
+                    # Connecting would create an empty file; say what is missing instead.
+                    raise StorageError(f"no gradscope database at {display_url(db)}")
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if check_schema:
             ensure_schema(engine, create=create)
-    except SchemaVersionError:
+    except StorageError:
         raise
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot open database {display_url(db)}: {exc.orig or exc}") from exc
@@ -101,6 +105,12 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
             )
             conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": SCHEMA_REVISION})
             return
+        if not names:
+            raise StorageError(
+                f"{engine.url.render_as_string(hide_password=True)} is empty: no gradscope "
+                "database yet (any gradscope command that writes, or `gradscope db upgrade`, "
+                "creates one)"
+            )
     revision = current_revision(engine)
     check_revision(revision, engine.url.render_as_string(hide_password=True))
 

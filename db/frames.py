@@ -22,6 +22,7 @@ from db.models import (
     HIST_BINS,
     HIST_LOG10_MAX,
     HIST_LOG10_MIN,
+    HIST_SLOTS,
     DecisionGridModel,
     EpochMetricModel,
     LayerStatModel,
@@ -34,7 +35,6 @@ from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
 Labels = Mapping[str, str]
 
 HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
-HIST_SLOTS = HIST_BINS + 2  # the bins, then exact zeros, then non-finite values
 
 _R, _E, _L = RunModel, EpochMetricModel, LayerStatModel
 

@@ -43,6 +43,7 @@ FINISHED_STATUSES = ("completed", "failed", "diverged", "cancelled", "interrupte
 HIST_LOG10_MIN = -12.0
 HIST_LOG10_MAX = 2.0
 HIST_BINS = 56  # a quarter decade per bin
+HIST_SLOTS = HIST_BINS + 2  # stored counts: the bins, then exact zeros, then non-finite values
 
 
 class Base(DeclarativeBase):

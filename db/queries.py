@@ -109,7 +109,7 @@ def resolve_run_id(engine: Engine, run_id: str) -> str:
         if len(run_id) < 4:
             raise NotFoundError(f"no run {run_id!r} (give at least 4 characters of its id)")
         matches = s.scalars(
-            select(RunModel.id).where(RunModel.id.like(f"{run_id}%")).limit(2)
+            select(RunModel.id).where(RunModel.id.startswith(run_id, autoescape=True)).limit(2)
         ).all()
     if not matches:
         raise NotFoundError(f"no run with id {run_id!r}")

@@ -7,18 +7,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from db.errors import StorageError
-
-_factories: dict[int, sessionmaker[Session]] = {}
-
-
-def _factory(engine: Engine) -> sessionmaker[Session]:
-    key = id(engine)
-    if key not in _factories:
-        _factories[key] = sessionmaker(engine, expire_on_commit=False)
-    return _factories[key]
 
 
 @contextmanager
@@ -27,7 +18,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
     Driver errors become StorageError with a readable message; other errors pass through.
     """
-    session = _factory(engine)()
+    session = Session(engine, expire_on_commit=False)
     try:
         yield session
         session.commit()

@@ -3,8 +3,11 @@
 Export writes a file at the current schema (Alembic-stamped, made by `make_engine`) through a
 temporary file in the same folder that is renamed into place, so a failure leaves nothing
 half-written. Import treats the file as hostile (see `db.share_validate`), keeps run ids, adds
-only runs the target lacks, and writes every added run in ONE transaction on the target: on any
-refusal or error the target is exactly as before.
+only runs the target lacks, and reads and writes the target in ONE transaction: on any refusal
+or error the target is exactly as before. On SQLite that transaction takes the write lock
+before its first read (`BEGIN IMMEDIATE`), so what it found is what it writes against, and a
+worker committing meanwhile waits for it (busy_timeout) rather than failing it; a lock
+conflict that still happens retries the whole transaction (`db.queue.with_retry`).
 
 Policy for runs that were still queued or running in the file: they are refused (reported with
 the reason) and the file's finished runs are imported. Their rows are a snapshot of work in
@@ -51,6 +54,7 @@ from db.engine import make_engine
 from db.errors import StorageError
 from db.models import FINISHED_STATUSES, RUN_STATUSES, RunModel
 from db.queries import resolve_run_id
+from db.queue import with_retry
 from db.session import session_scope
 from db.share_source import DEFAULT_MAX_IMPORT_BYTES, read_source
 from db.share_validate import CHILD_TABLES, TABLE_ORDER, TABLES, ImportRefused, SourceRun
@@ -209,6 +213,8 @@ class ExportResult:
     run_ids: tuple[str, ...]
     rows: int  # rows written, all tables together
     bytes: int
+    # Runs written while still queued or running: an import refuses them.
+    unfinished: tuple[str, ...] = ()
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -224,10 +230,12 @@ def _sqlite_path(engine: Engine) -> Path | None:
     return Path(engine.url.database)
 
 
-def _write_export(engine: Engine, run_ids: Sequence[str], path: Path) -> int:
-    """Copy the runs into a new database at `path`; returns the number of rows written."""
+def _write_export(engine: Engine, run_ids: Sequence[str], path: Path) -> tuple[int, list[str]]:
+    """Copy the runs into a new database at `path`; returns the number of rows written and
+    the ids of runs written while still queued or running."""
     out = make_engine(str(path))  # creates the current schema, stamped with its revision
     rows = 0
+    unfinished: list[str] = []
     try:
         with engine.connect() as src, out.begin() as dst:
             for chunk in _chunks(run_ids):
@@ -236,6 +244,7 @@ def _write_export(engine: Engine, run_ids: Sequence[str], path: Path) -> int:
                 if missing:
                     raise ShareError(f"run {missing[0]} vanished while it was being exported")
                 runs = [found[r] for r in chunk]
+                unfinished += [r.id for r in runs if r.run["status"] not in FINISHED_STATUSES]
                 for name in TABLE_ORDER:
                     if name == "runs":
                         batch = [r.run for r in runs]
@@ -250,7 +259,7 @@ def _write_export(engine: Engine, run_ids: Sequence[str], path: Path) -> int:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")
     conn.close()
-    return rows
+    return rows, unfinished
 
 
 def export_runs(
@@ -277,14 +286,14 @@ def export_runs(
     # A fresh name (not mkstemp's pre-made 0600 file): SQLite creates it with the usual mode.
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        rows = _write_export(engine, ids, tmp)
+        rows, unfinished = _write_export(engine, ids, tmp)
         _move_into_place(tmp, out, force)
     except SQLAlchemyError as exc:
         raise StorageError(f"export failed: {getattr(exc, 'orig', None) or exc}") from exc
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
             leftover.unlink(missing_ok=True)
-    return ExportResult(out, tuple(ids), rows, out.stat().st_size)
+    return ExportResult(out, tuple(ids), rows, out.stat().st_size, tuple(unfinished))
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
@@ -368,9 +377,11 @@ class ImportReport:
         }
 
 
-def _classify(
-    conn: Connection, runs: list[SourceRun]
-) -> tuple[list[SourceRun], list[ImportedRun], list[ImportedRun], list[ImportedRun]]:
+# (to add, already present, conflicting, refused)
+Classified = tuple[list[SourceRun], list[ImportedRun], list[ImportedRun], list[ImportedRun]]
+
+
+def _classify(conn: Connection, runs: list[SourceRun]) -> Classified:
     """(to add, already present, conflicting, refused) against the target's current rows."""
     existing = read_runs(conn, [r.id for r in runs])
     add: list[SourceRun] = []
@@ -420,6 +431,18 @@ def _insert_runs(conn: Connection, runs: list[SourceRun], source_file: str) -> N
             conn.execute(insert(TABLES[name]), batch[start : start + 5_000])
 
 
+def _begin_on_sqlite(conn: Connection, *, write: bool) -> None:
+    """SQLite: open the transaction now, before the first read (Python's sqlite3 module would
+    open it only at the first INSERT, after the reads). For writing, `BEGIN IMMEDIATE` takes
+    the write lock at once, waiting for other writers (busy_timeout): no worker or other
+    import can commit between what the import read and what it writes. A dry run only reads,
+    in one snapshot, and blocks nobody."""
+    if conn.dialect.name != "sqlite":
+        return
+    if not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
 def import_file(
     engine: Engine,
     path: str | Path,
@@ -436,15 +459,24 @@ def import_file(
     path = Path(path)
     source = source_name or path.name
     checked = read_source(path, source, max_bytes)
-    try:
-        with engine.begin() as conn:
-            add, present, conflicting, refused = _classify(conn, checked.runs)
-            if add and not dry_run:
-                _insert_runs(conn, add, source[:500])
-    except SQLAlchemyError as exc:
-        raise StorageError(
-            f"importing {source} failed, nothing was imported: {getattr(exc, 'orig', None) or exc}"
-        ) from exc
+
+    def transaction() -> Classified:
+        try:
+            with engine.begin() as conn:
+                _begin_on_sqlite(conn, write=not dry_run)
+                add, present, conflicting, refused = _classify(conn, checked.runs)
+                if add and not dry_run:
+                    _insert_runs(conn, add, source[:500])
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"importing {source} failed, nothing was imported: "
+                f"{getattr(exc, 'orig', None) or exc}"
+            ) from exc
+        return add, present, conflicting, refused
+
+    # Each attempt is the whole transaction, rolled back when it fails: a retry classifies
+    # the runs again against the target as it is then.
+    add, present, conflicting, refused = with_retry(transaction)
     return ImportReport(
         source=source,
         dry_run=dry_run,

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import Engine, event
+
 from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
 from db.share_validate import (
     SQLITE_ERRORS,
@@ -31,7 +33,10 @@ from db.share_validate import (
 )
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-DEFAULT_MAX_IMPORT_BYTES = 512 * 2**20
+# The largest file an import accepts unless told otherwise, in MiB: also the dashboard's upload
+# limit, for its uploader and for Streamlit's server (`server.maxUploadSize`, MiB as well).
+MAX_IMPORT_MB = 512
+DEFAULT_MAX_IMPORT_BYTES = MAX_IMPORT_MB * 2**20
 MAX_RUNS = 10_000
 MAX_ROWS_PER_TABLE = 2_000_000
 # SQLite refuses to hand back any string or blob longer than this (the largest legitimate value
@@ -200,13 +205,27 @@ def check_columns(conn: sqlite3.Connection, source: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _trusted_schema_off(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    dbapi_connection.execute("PRAGMA trusted_schema=OFF")
+
+
+def upgrade_engine(copy: Path) -> Engine:
+    """An engine on the private copy for Alembic, with SQLite's defence for untrusted files
+    on every connection: the file's schema (its triggers, views, defaults, indexes) may not
+    call functions with side effects while the migration reads and rewrites it."""
+    from db.engine import make_engine
+
+    engine = make_engine(str(copy), check_schema=False)  # no connection made yet
+    event.listen(engine, "connect", _trusted_schema_off)
+    return engine
+
+
 def upgrade_copy(copy: Path, revision: str, source: str) -> None:
     """Bring the private copy (never the original) up to this gradscope's schema."""
-    from db.engine import make_engine
     from db.migrate import upgrade
 
     try:
-        engine = make_engine(str(copy), check_schema=False)
+        engine = upgrade_engine(copy)
         try:
             upgrade(engine)
         finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,13 +158,15 @@ def export_tables(
     tables = run_tables(engine, run_ids)
     out.mkdir(parents=True, exist_ok=True)
     for name, path in zip(TABLE_NAMES, paths, strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out)
+        # A fresh name opened exclusively, not mkstemp's file: that one is 0600, and these are
+        # files to hand on, so they get the usual mode (0666 less the umask), as export_runs's.
+        tmp = out / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
         try:
-            with os.fdopen(fd, "wb") as f:
+            with tmp.open("xb") as f:
                 f.write(_table_bytes(tables[name], fmt))
             os.replace(tmp, path)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
     return paths
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBin
 
 from db.clock import as_utc
 from db.errors import StorageError
-from db.models import HIST_BINS, RUN_STATUSES, Base
+from db.models import HIST_SLOTS, RUN_STATUSES, Base
 from runner.config import ConfigError, make_config
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
@@ -31,7 +31,7 @@ MAX_CONFIG_CHARS = 20_000
 MAX_GRID_SIZE = 512
 MAX_POINTS = 1_000_000
 MAX_PROBLEMS = 20
-GRAD_HIST_BYTES = (HIST_BINS + 2) * 4
+GRAD_HIST_BYTES = HIST_SLOTS * 4
 LAYER_KINDS = ("input", "hidden", "block", "output")
 LAYER_ACTIVATIONS = ("sigmoid", "relu")
 INT32_MAX = 2**31 - 1
@@ -265,7 +265,7 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
         if hist is not None:
             if len(hist) != GRAD_HIST_BYTES:
                 raise _Bad(f"grad_hist is {len(hist)} bytes; it must be {GRAD_HIST_BYTES}")
-            if min(struct.unpack(f"<{HIST_BINS + 2}i", hist)) < 0:
+            if min(struct.unpack(f"<{HIST_SLOTS}i", hist)) < 0:
                 raise _Bad("grad_hist holds a negative count")
     elif table == "decision_grids":
         size = row["size"]

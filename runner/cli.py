@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from db.engine import display_url, make_engine, resolve_db
 from db.errors import StorageError
@@ -26,8 +27,10 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-console = Console()
-err_console = Console(stderr=True)
+# markup=False: run names, paths and error texts are shown as typed; "[/x]" in a name must
+# neither restyle the output nor crash it.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -35,7 +38,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def fail(message: str, code: int = 2) -> None:
     """Print a readable error (never a traceback) and exit non-zero."""
-    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -52,8 +55,21 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _strict_json(value: object) -> object:
+    """JSON has no NaN or infinity: NaN is null (as stored), infinities the strings "inf" and
+    "-inf", so the output parses everywhere (jq, JSON.parse), not only in Python."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(_strict_json(data), indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
 
 
 @app.command()
@@ -139,9 +155,8 @@ def show(
         print_json(doc)
         return
     console.print(
-        f"[bold]{doc['id']}[/bold] {doc['name'] or ''}  status: {doc['status']}",
+        Text(doc["id"], style="bold") + Text(f" {doc['name'] or ''}  status: {doc['status']}"),
         highlight=False,
-        markup=True,
     )
     if doc["error"]:
         console.print(f"error: {doc['error']}", highlight=False, markup=False)

@@ -39,6 +39,8 @@ def port_free(host: str, port: int) -> bool:
 
 
 def streamlit_command(host: str, port: int) -> list[str]:
+    from db.share_source import MAX_IMPORT_MB
+
     return [
         sys.executable,
         "-m",
@@ -59,6 +61,10 @@ def streamlit_command(host: str, port: int) -> list[str]:
         # No "Deploy" button or developer menu for people using the tool.
         "--client.toolbarMode",
         "minimal",
+        # The server refuses larger uploads whatever the uploader says (default 200 MB): allow
+        # the size the Share page's uploader offers and an import accepts.
+        "--server.maxUploadSize",
+        str(MAX_IMPORT_MB),
     ]
 
 

@@ -26,10 +26,10 @@ def submit(
     from db.records import RunSpec
     from db.store import RunStore
     from runner.cli import console, fail, open_engine, print_json
-    from runner.config import ConfigError, make_config
+    from runner.config import ConfigError, make_config, with_absolute_csv
 
     try:
-        cfg = make_config(config_values)
+        cfg = with_absolute_csv(make_config(config_values))
     except ConfigError as exc:
         fail(f"invalid run configuration, nothing was queued:\n{exc}")
     engine = open_engine(db)

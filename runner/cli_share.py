@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
+from db.share_source import MAX_IMPORT_MB
 from runner.cli_options import DB_HELP
 
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
@@ -35,12 +35,12 @@ def _chosen(db: str | None, run: list[str] | None, sweep: str | None, status: li
 
     where = resolve_db(db)
     if "://" not in where and not Path(where).expanduser().is_file():
-        fail(escape(f"no database at {display_url(where)}"))
+        fail(f"no database at {display_url(where)}")
     engine = open_engine(where, create=False)
     try:
         ids = select_run_ids(engine, run or (), sweep, status or ())
     except StorageError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if not ids:
         fail("no runs match; nothing to export")
     return engine, ids
@@ -57,16 +57,15 @@ def export_cmd(
 ) -> None:
     """Write runs (all, or those chosen) with everything recorded to a standalone .db file."""
     from db.errors import StorageError
-    from db.queries import get_run
     from db.share import export_runs
     from runner.cli import console, fail, print_json
 
     engine, ids = _chosen(db, run, sweep, status)
     try:
+        # The export says which runs it wrote unfinished: no query per run afterwards.
         result = export_runs(engine, ids, out, force=force)
-        unfinished = [r for r in ids if get_run(engine, r).status in ("queued", "running")]
     except StorageError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if json_out:
         print_json(
             {
@@ -74,6 +73,7 @@ def export_cmd(
                 "runs": list(result.run_ids),
                 "rows": result.rows,
                 "bytes": result.bytes,
+                "unfinished": list(result.unfinished),
             }
         )
         return
@@ -84,10 +84,10 @@ def export_cmd(
         markup=False,
         soft_wrap=True,
     )
-    if unfinished:
+    if result.unfinished:
         console.print(
-            f"note: {len(unfinished)} run(s) were still queued or running; importing the file "
-            "will refuse them (export again once they finish).",
+            f"note: {len(result.unfinished)} run(s) were still queued or running; importing "
+            "the file will refuse them (export again once they finish).",
             highlight=False,
             markup=False,
         )
@@ -100,7 +100,7 @@ def import_cmd(
     ] = False,
     max_size_mb: Annotated[
         int, typer.Option("--max-size-mb", help="Refuse files larger than this.", min=1)
-    ] = 512,
+    ] = MAX_IMPORT_MB,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -113,12 +113,12 @@ def import_cmd(
 
     where = resolve_db(db)
     if dry_run and "://" not in where and not Path(where).expanduser().exists():
-        fail(escape(f"no database at {display_url(where)} (a dry run creates nothing)"))
+        fail(f"no database at {display_url(where)} (a dry run creates nothing)")
     engine = open_engine(where)
     try:
         report = import_file(engine, file, dry_run, max_bytes=max_size_mb * 2**20)
     except StorageError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if json_out:
         print_json(report.to_json())
     else:
@@ -145,7 +145,7 @@ def export_csv_cmd(
     try:
         paths = export_tables(engine, ids, out_dir, fmt.lower(), force=force)  # type: ignore[arg-type]
     except StorageError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     console.print(
         f"wrote {len(ids)} run(s): " + ", ".join(str(p) for p in paths),
         highlight=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -102,3 +103,14 @@ def make_config(values: dict[str, Any]) -> RunConfig:
         return RunConfig(**values)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+def with_absolute_csv(cfg: RunConfig) -> RunConfig:
+    """The config with a relative `csv:` path made absolute (against this process's folder),
+    so a worker started elsewhere trains on the same file. Applied where runs are created
+    (train, submit, sweep, the dashboard's form), not in validation: stored configs, imported
+    ones included, keep their paths."""
+    if not cfg.is_csv or Path(cfg.csv_path).expanduser().is_absolute():
+        return cfg
+    absolute = Path(cfg.csv_path).expanduser().absolute()
+    return make_config({**cfg.model_dump(), "dataset": f"csv:{absolute}"})

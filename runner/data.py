@@ -49,6 +49,14 @@ def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray
     return x + rng.normal(0, noise * 0.1, size=x.shape), y
 
 
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(v) for v in row]
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     file = Path(path)
     if not file.is_file():
@@ -58,14 +66,19 @@ def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     if len(rows) < 3:
         raise DatasetError(f"{path}: needs a header row and at least two data rows")
     header = [h.strip() for h in rows[0]]
+    # Messages name rows and columns by number, never by content: they are shown in the
+    # dashboard, and the file may be one the reader should not see.
     if label not in header:
-        raise DatasetError(f"{path}: no label column {label!r} (columns: {', '.join(header)})")
+        raise DatasetError(f"{path}: the header row has no column named {label!r}")
+    data_rows = [row for row in rows[1:] if row]
+    ragged = next((i for i, row in enumerate(data_rows, start=2) if len(row) != len(header)), None)
+    if ragged is not None:
+        raise DatasetError(f"{path}: line {ragged} has a different number of columns")
     try:
-        values = np.array([[float(v) for v in row] for row in rows[1:] if row], dtype=np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: every column must be numeric ({exc})") from None
-    if values.ndim != 2 or values.shape[1] != len(header):
-        raise DatasetError(f"{path}: rows have different numbers of columns")
+        values = np.array([[float(v) for v in row] for row in data_rows], dtype=np.float64)
+    except ValueError:
+        line = next(i for i, row in enumerate(data_rows, start=2) if not _numeric(row))
+        raise DatasetError(f"{path}: every column must be numeric (line {line} is not)") from None
     if not np.isfinite(values).all():
         raise DatasetError(f"{path}: contains NaN or infinite values")
     col = header.index(label)

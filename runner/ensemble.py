@@ -404,17 +404,18 @@ class _GroupTraining:
             if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
                 error = f"loss became non-finite in epoch {epoch}"
                 self._end(k, TrainResult("diverged", epoch, metrics, error))
-            elif cancelled:
+            elif cancelled and epoch < member.cfg.epochs:
                 self._end(k, TrainResult("cancelled", epoch, metrics))
         reason = self.should_stop()
         for k in self.active:
             member = self.members[k]
             if member.result is not None:
                 continue
-            if reason:
-                self._end(k, TrainResult(reason, epoch, member.last))
-            elif epoch == member.cfg.epochs:
+            # A member that stored all its epochs has completed, whatever was asked meanwhile.
+            if epoch == member.cfg.epochs:
                 self._end(k, TrainResult("completed", epoch, member.last))
+            elif reason:
+                self._end(k, TrainResult(reason, epoch, member.last))
 
 
 # -- with the database -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from db.queries import get_run
 from db.records import EpochRecord, FinalMetrics, LayerInfo
 from db.store import RunStore
 from runner.config import RunConfig
@@ -47,16 +48,22 @@ def execute_run(
 ) -> TrainResult:
     """Train a run that is already `running`, then set its final status.
 
-    Any exception ends the run `failed` with the error text; epochs recorded before stay.
+    Any exception ends the run `failed` with the error text; epochs recorded before stay. A
+    KeyboardInterrupt ends it `interrupted` and goes on up. If the run stopped being ours
+    meanwhile (another worker marked it lost), its stored status is returned, not overwritten.
     """
     # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
     torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
     try:
         result = train(cfg, DbRecorder(store, run_id, on_epoch), should_stop)
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted", error="interrupted (Ctrl-C)")
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         result = TrainResult("failed", -1, {}, detail)
-    store.finish_run(
-        run_id, result.status, final=FinalMetrics.from_metrics(result.final), error=result.error
-    )
+    final = FinalMetrics.from_metrics(result.final)
+    if not store.finish_run(run_id, result.status, final=final, error=result.error):
+        stored = get_run(store.engine, run_id)
+        return TrainResult(stored.status, stored.epochs_done, result.final, stored.error)
     return result

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, HIST_SLOTS
 
-HIST_SLOTS = HIST_BINS + 2  # the bins, then exact zeros, then non-finite values
 SATURATED_LOW, SATURATED_HIGH = 0.01, 0.99
 
 

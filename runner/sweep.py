@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from db.models import RunModel
 from db.records import RunSpec
 from db.store import RunStore
-from runner.config import ConfigError, RunConfig, make_config
+from runner.config import ConfigError, RunConfig, make_config, with_absolute_csv
 
 MAX_SWEEP_RUNS = 10_000
+# The runs.name column's width: a generated run name longer than this is shortened.
+MAX_RUN_NAME = RunModel.__table__.c.name.type.length
+ELLIPSIS = "…"
 DEFAULT_GROUP_SIZE = 32
 # Shown at most this many distinct combination errors, then a count of the rest.
 MAX_ERROR_LINES = 10
@@ -72,13 +76,33 @@ def describe(combo: Mapping[str, str], varying: list[str]) -> str:
     return " ".join(f"{k}={combo[k]}" for k in varying)
 
 
+def sweep_name_of(name: str | None) -> str | None:
+    """The sweep's name checked as a run's name is (RunConfig.name: at most 200 characters, no
+    control characters, stripped), or None when blank. Raises ConfigError naming `name`."""
+    if name is None:
+        return None
+    return make_config({"name": name}).name
+
+
+def run_name(sweep_name: str, description: str) -> str:
+    """`sweep name: arch=... depth=...`, at most MAX_RUN_NAME characters. The sweep's name is
+    shortened first, so the part that tells its runs apart survives."""
+    full = f"{sweep_name}: {description}" if description else sweep_name
+    if len(full) <= MAX_RUN_NAME:
+        return full
+    room = MAX_RUN_NAME - len(f"{ELLIPSIS}: {description}")
+    if description and room >= 20:  # enough of the sweep's name left to recognise it
+        return f"{sweep_name[:room].rstrip()}{ELLIPSIS}: {description}"
+    return full[: MAX_RUN_NAME - 1] + ELLIPSIS
+
+
 def validate_grid(combos: list[dict[str, str]], varying: list[str]) -> list[RunConfig]:
     """Every combination as a RunConfig, or ConfigError naming each distinct problem."""
     configs: list[RunConfig] = []
     problems: list[str] = []
     for combo in combos:
         try:
-            configs.append(make_config(combo))
+            configs.append(with_absolute_csv(make_config(combo)))
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 # A field's own bad value reads the same in every combination; a conflict
@@ -111,15 +135,16 @@ def plan_sweep(
     """
     if group_size < 1:
         raise ConfigError(f"group size must be at least 1 (got {group_size})")
+    checked_name = sweep_name_of(name)  # first: a bad name is reported whatever the grid
     grid = parse_grid(values)
     varying = [k for k, items in grid.items() if len(items) > 1]
     combos = expand_grid(grid)
     configs = validate_grid(combos, varying)
-    sweep_name = (name or "").strip() or ("sweep of " + ", ".join(varying) if varying else "sweep")
+    sweep_name = checked_name or ("sweep of " + ", ".join(varying) if varying else "sweep")
     specs = [
         RunSpec(
             cfg.model_dump(),
-            name=f"{sweep_name}: {describe(combo, varying)}" if varying else sweep_name,
+            name=run_name(sweep_name, describe(combo, varying)),
             sweep_id=None,
             sweep_name=sweep_name,
         )

@@ -186,7 +186,8 @@ def _epochs(
                     last,
                     f"loss became non-finite in epoch {outcome.epoch}",
                 )
-            if outcome.cancelled:
+            # A run that stored all its epochs has completed, whatever was asked meanwhile.
+            if outcome.cancelled and outcome.epoch < cfg.epochs:
                 return TrainResult("cancelled", outcome.epoch, last)
         return None
 
@@ -228,7 +229,7 @@ def _epochs(
         )
         if not math.isfinite(float(train_loss)):  # one sync per epoch; the rest is deferred
             return settle(measurer.wait()) or TrainResult("diverged", epoch, last)
-        reason = should_stop()
+        reason = should_stop() if epoch < cfg.epochs else None
         if reason:
             return stop(reason)
     return settle(measurer.wait()) or TrainResult("completed", cfg.epochs, last)

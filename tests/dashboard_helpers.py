@@ -4,8 +4,10 @@ numbers through RunStore (the same writes the trainer makes)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from markdown_it import MarkdownIt
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
@@ -73,6 +76,24 @@ def shown_text(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+# Streamlit renders Markdown with GitHub's dialect: CommonMark plus tables and strikethrough.
+_MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+
+
+def rendered_text(markdown: str) -> str:
+    """What a person reads when `markdown` is rendered: the HTML's text, tags dropped. Any
+    element the text produced (emphasis, a link) shows as its tag name in angle brackets, so
+    a test can tell "*x*" rendered as emphasis from "*x*" shown as typed."""
+    page = _MARKDOWN.renderInline(markdown)
+    page = re.sub(r"<(\w+)[^>]*>", r"<\1>", page)  # keep which element, drop attributes
+    return html.unescape(page)
+
+
+def shows_literally(markdown: str, text: str) -> bool:
+    """Whether rendering `markdown` shows `text` exactly as typed (no element made of it)."""
+    return text in rendered_text(markdown)
+
+
 @dataclass
 class Chart:
     spec: dict[str, Any]
@@ -119,12 +140,21 @@ def add_run(
     seed: int = 0,
     name: str | None = None,
     recorded: int | None = None,
+    dataset: str = "moons",
 ) -> str:
     """A run of `depth` hidden layers (depth + 1 Linear layers) whose gradient norms per layer
     are `grad_norms` at every epoch, recorded epoch by epoch and finished with `status`
     ("queued" leaves it queued, "running" leaves it running after `recorded` epochs)."""
     cfg = make_config(
-        {"arch": arch, "depth": depth, "width": 4, "epochs": epochs, "seed": seed, "name": name}
+        {
+            "arch": arch,
+            "depth": depth,
+            "width": 4,
+            "epochs": epochs,
+            "seed": seed,
+            "name": name,
+            "dataset": dataset,
+        }
     )
     spec = RunSpec(
         cfg.model_dump(),

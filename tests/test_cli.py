@@ -128,3 +128,126 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
         check=True,
     )
     assert json.loads(listed.stdout) == []
+
+
+def test_user_text_is_printed_as_typed_not_as_markup(db_path) -> None:  # noqa: ANN001
+    name = "[/x] [bold]b[/bold] *c*"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--db",
+            str(db_path),
+            "--depth",
+            "1",
+            "--width",
+            "4",
+            "--samples",
+            "64",
+            "--epochs",
+            "1",
+            "--name",
+            name,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = runner.invoke(app, ["runs", "--db", str(db_path)], env={"COLUMNS": "250"})
+    assert table.exit_code == 0 and name in table.output
+    bad = runner.invoke(app, ["train", "--db", str(db_path), "--depth", "[/x]"])
+    assert bad.exit_code == 2 and "[/x]" in bad.output and "Traceback" not in bad.output
+
+
+def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) -> None:  # noqa: ANN001
+    runner.invoke(
+        app,
+        [
+            "train",
+            "--db",
+            str(db_path),
+            "--depth",
+            "1",
+            "--width",
+            "4",
+            "--samples",
+            "64",
+            "--epochs",
+            "1",
+        ],
+    )
+    for pattern in ("____", "%%%%"):
+        result = runner.invoke(app, ["show", pattern, "--db", str(db_path)])
+        assert result.exit_code == 2 and "no run" in result.output
+    missing = db_path.parent / "nothere.db"
+    result = runner.invoke(app, ["cancel", "abcd", "--db", str(missing)])
+    assert result.exit_code != 0 and "no gradscope database" in result.output
+    assert not missing.exists()
+
+
+def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: ANN001
+    from db.engine import make_engine
+    from db.records import EpochRecord, RunSpec
+    from db.store import RunStore
+    from runner.config import make_config
+
+    store = RunStore(make_engine(str(db_path)))
+    run_id = store.create_run(RunSpec(make_config({"depth": 1}).model_dump()), status="running")
+    store.record_epoch(
+        run_id, EpochRecord(1, {"train_loss": float("inf")}, [{"grad_norm": float("-inf")}])
+    )
+    result = runner.invoke(app, ["show", run_id, "--db", str(db_path), "--json"])
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    doc = json.loads(result.stdout, parse_constant=refuse)
+    assert doc["epochs"][0]["train_loss"] == "inf"
+    assert doc["layer_stats"][0]["grad_norm"] == "-inf"
+
+
+def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
+    import signal
+    import time
+
+    from db.engine import make_engine
+    from db.queries import list_runs
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner.cli",
+            "train",
+            "--db",
+            str(db_path),
+            "--quiet",
+            "--depth",
+            "2",
+            "--width",
+            "8",
+            "--samples",
+            "512",
+            "--epochs",
+            "100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        runs = []
+        while time.monotonic() < deadline:  # poll until an epoch is stored
+            if db_path.exists():
+                runs = list_runs(make_engine(str(db_path)))
+                if runs and runs[0].epochs_done >= 1:
+                    break
+            time.sleep(0.1)
+        assert runs and runs[0].epochs_done >= 1, proc.stderr.read() if proc.poll() else ""
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (run,) = list_runs(make_engine(str(db_path)))
+    assert run.status == "interrupted" and run.epochs_done >= 1
+    assert f"{run.id}  interrupted" in out

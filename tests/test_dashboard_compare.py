@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dashboard_helpers import Chart, add_run, assert_ok, chart_titled, charts, open_app, shown_text
+from dashboard_helpers import (
+    Chart,
+    add_run,
+    assert_ok,
+    chart_titled,
+    charts,
+    open_app,
+    shown_text,
+    shows_literally,
+)
 
 from db import frames
 from db.engine import make_engine
@@ -217,3 +226,13 @@ def test_run_names_are_shown_as_typed_never_as_markup(
     # Every markdown character escaped: Streamlit shows the name exactly as typed.
     assert "\\<img" in card and "\\*\\*loud\\*\\*" in card and "\\[link\\]" in card
     assert all(not el.proto.allow_html for el in at.markdown)
+
+
+def test_shared_settings_are_shown_as_typed(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
+    engine = make_engine(str(db_path))
+    dataset = "csv:*bold* [x](http://example.com)"
+    run_id = add_run(engine, dataset=dataset)
+    engine.dispose()
+    at = open_compare(monkeypatch, db_path, [run_id])
+    (shared,) = [c.value for c in at.caption if c.value.startswith("Shared")]
+    assert shows_literally(shared, f"dataset = {dataset}"), shared

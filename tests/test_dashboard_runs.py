@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import APP, add_run, open_app, shown_text
-from sqlalchemy import Engine
+from dashboard_helpers import APP, add_run, open_app, shown_text, shows_literally
+from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
 
 from db import frames
@@ -122,3 +122,34 @@ def test_compare_button_opens_compare_on_the_selected_runs(
     assert at.title[0].value == "Compare"
     assert at.query_params["runs"] == ",".join(ids)
     assert len(at.multiselect(key="compare_runs").value) == 2
+
+
+def test_dataset_paths_are_shown_as_typed_in_the_filter(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    dataset = "csv:*bold* [x](http://example.com)"
+    add_run(engine, dataset=dataset, status="queued")
+    at = open_app(monkeypatch, db_path)
+    (option,) = at.pills(key="runs_dataset").options  # pill labels are Markdown
+    assert shows_literally(option, dataset), option
+    at.pills(key="runs_dataset").select(dataset).run()
+    assert list(runs_table(at)["dataset"]) == [dataset]
+
+
+def test_cancel_counts_only_the_runs_it_cancelled(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    waiting = add_run(engine, status="queued", name="waiting")
+    finishing = add_run(engine, status="queued", name="finishing")
+    at = open_app(monkeypatch, db_path, params={"runs": f"{waiting},{finishing}"})
+    # It finishes after the page was drawn, in a way the page's cache key does not notice
+    # (no time stamps change), so the button still offers to cancel both.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET status = 'completed' WHERE id = :i"), {"i": finishing})
+    (button,) = [b for b in at.button if b.label == "Cancel 2 run(s)"]
+    button.click().run()
+    status = frames.runs(engine).set_index("id")["status"]
+    assert status[waiting] == "cancelled" and status[finishing] == "completed"
+    assert [t.value for t in at.toast] == [
+        "Cancelled 1 run(s); 1 had already finished or were deleted"
+    ]

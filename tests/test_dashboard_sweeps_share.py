@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import add_run, chart_titled, open_app, shown_text
+from dashboard_helpers import add_run, chart_titled, open_app, shown_text, shows_literally
 from sqlalchemy import Engine
 
 from db import frames
 from db.engine import make_engine
 from db.share import export_runs_bytes
+from runner.cli_dashboard import streamlit_command
 
 
 @pytest.fixture
@@ -107,3 +108,29 @@ def test_share_page_imports_an_uploaded_database(
     at.button[0].click().run()
     assert "Nothing was imported" in at.error[0].value
     assert len(frames.runs(engine)) == 3
+
+
+def test_sweep_names_are_shown_as_typed_in_the_choice_of_runs(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    sweep = (str(uuid.uuid4()), "*bold* [x](http://example.com)")
+    add_run(engine, sweep=sweep)
+    at = open_app(monkeypatch, db_path, "share")
+    # Radio labels are Markdown: the sweep's option must read as the name was typed.
+    assert any(shows_literally(option, f"Sweep: {sweep[1]}") for option in at.radio[0].options)
+    at.radio[0].set_value(f"sweep:{sweep[0]}").run()
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[0] == "Database file (.db) of 1 run(s)"
+
+
+def test_the_server_accepts_uploads_as_large_as_the_uploader_offers(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    at = open_app(monkeypatch, db_path, "share")
+    offered = at.file_uploader[0].proto.max_upload_size_mb
+    command = streamlit_command("127.0.0.1", 8501)
+    pairs = dict(zip(command[5::2], command[6::2], strict=True))
+    # Streamlit's server refuses bodies over server.maxUploadSize (default 200 MB) whatever
+    # the widget says: both must allow the same size.
+    assert pairs["--server.maxUploadSize"] == str(offered)
+    assert offered * 2**20 >= 500 * 10**6

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
+import stat
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from share_helpers import add_nonfinite_run, content, full_dump
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, event, text, update
 from typer.testing import CliRunner
 
 from db.engine import SCHEMA_REVISION, make_engine
@@ -285,6 +287,94 @@ def test_unfinished_runs_are_refused_the_rest_imported(
     assert run_status_counts(target) == {"completed": 3, "diverged": 1}
 
 
+def test_an_export_names_the_runs_it_wrote_unfinished(source: Engine, tmp_path: Path) -> None:
+    store = RunStore(source)
+    cfg = make_config({"depth": 2, "width": 4, "epochs": 2}).model_dump()
+    queued = store.create_run(RunSpec(cfg, name="waiting"))
+    running = store.create_run(RunSpec(cfg, name="busy"), status="running")
+    result = export_runs(source, all_ids(source), tmp_path / "api.db")
+    assert result.unfinished == (queued, running)
+    out = cli.invoke(app, ["export", str(tmp_path / "cli.db"), "--db", str(source.url.database)])
+    assert out.exit_code == 0, out.output
+    assert "note: 2 run(s) were still queued or running" in out.output
+    finished = select_run_ids(source, statuses=["completed", "diverged"])
+    only_done = ["export", str(tmp_path / "done.db"), "--db", str(source.url.database), "--json"]
+    out = cli.invoke(app, [*only_done, *(arg for i in finished for arg in ("--run", i))])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["unfinished"] == []
+
+
+def sqlite_write_lock_is_free(path: Path) -> bool:
+    """Whether another connection could start writing to the SQLite file at once now."""
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.rollback()
+        return True
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return False
+    finally:
+        other.close()
+
+
+def test_an_import_holds_the_write_lock_from_its_first_read(
+    source: Engine, tmp_path: Path, db_path: Path
+) -> None:
+    shared = export_all(source, tmp_path / "shared.db")
+    target = make_engine(str(db_path))
+    free_while_reading: list[bool] = []
+
+    def on_execute(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
+        # At the import's first read of the target (what it has), before any INSERT.
+        if statement.lstrip().upper().startswith("SELECT") and not free_while_reading:
+            free_while_reading.append(sqlite_write_lock_is_free(db_path))
+
+    event.listen(target, "before_cursor_execute", on_execute)
+    report = import_file(target, shared)
+    event.remove(target, "before_cursor_execute", on_execute)
+    # Nobody (a worker, another import) can commit between what it read and what it writes.
+    assert free_while_reading == [False]
+    assert len(report.added) == 4
+    assert sqlite_write_lock_is_free(db_path)
+    # A dry run reads without blocking writers.
+    free_while_reading.clear()
+    event.listen(target, "before_cursor_execute", on_execute)
+    assert len(import_file(target, shared, dry_run=True).already_present) == 4
+    event.remove(target, "before_cursor_execute", on_execute)
+    assert free_while_reading == [True]
+    target.dispose()
+
+
+def test_an_import_that_meets_a_lock_retries_the_whole_transaction(
+    source: Engine, tmp_path: Path, db_path: Path
+) -> None:
+    shared = export_all(source, tmp_path / "shared.db")
+    target = make_engine(str(db_path))
+    # No waiting on this engine: a writer holding the lock fails the import's BEGIN at once.
+    event.listen(target, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=0"))
+    target.dispose()
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a worker in the middle of recording an epoch
+    begins: list[str] = []
+
+    def on_execute(conn, cursor, statement, *_):  # noqa: ANN001, ANN202
+        if statement.startswith("BEGIN"):
+            begins.append(statement)
+            if len(begins) == 2:  # the retry: the worker has committed meanwhile
+                writer.execute("COMMIT")
+
+    event.listen(target, "before_cursor_execute", on_execute)
+    try:
+        report = import_file(target, shared)
+    finally:
+        writer.close()
+    assert begins == ["BEGIN IMMEDIATE", "BEGIN IMMEDIATE"]
+    assert len(report.added) == 4
+    assert content(target) == content(source)
+    target.dispose()
+
+
 def test_a_failure_while_writing_rolls_back_everything(
     source: Engine, tmp_path: Path, db_path: Path
 ) -> None:
@@ -405,6 +495,17 @@ def test_csv_and_parquet_tables(source: Engine, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(tmp_path / "cli" / "runs.parquet")) == 4
+
+
+def test_table_files_get_the_usual_permissions(source: Engine, tmp_path: Path) -> None:
+    # Files to hand on: readable by others as any file the user makes, not private (0600).
+    previous = os.umask(0o022)
+    try:
+        paths = export_tables(source, all_ids(source), tmp_path / "csv")
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o644}
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted(p.name for p in paths)
 
 
 def test_share_commands_have_help() -> None:

@@ -103,6 +103,22 @@ def assert_refused(target: Engine, path: Path, *phrases: str) -> ImportRefused:
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_upgrade_engine_does_not_trust_the_files_schema(
+    valid_file: Path, tmp_path: Path
+) -> None:
+    # Alembic reads and rewrites a stranger's schema: its functions must stay harmless there.
+    copy = tmp_path / "copy.db"
+    shutil.copy(valid_file, copy)
+    engine = share_source.upgrade_engine(copy)
+    try:
+        for _ in range(2):  # every connection, not only the first
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA trusted_schema").scalar() == 0
+            engine.dispose()
+    finally:
+        engine.dispose()
+
+
 def test_text_file_renamed_db(target: Engine, tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are my runs, honest\n" * 20)

@@ -13,7 +13,7 @@ from db.queries import list_runs
 from runner.cli import app
 from runner.config import ConfigError, make_config
 from runner.ensemble import group_key
-from runner.sweep import expand_grid, parse_grid, plan_sweep
+from runner.sweep import expand_grid, parse_grid, plan_sweep, queue_sweep
 
 
 def test_grid_is_the_cartesian_product_in_option_order() -> None:
@@ -130,3 +130,54 @@ def test_submit_validates_and_queues_one_run(tmp_path: Path) -> None:
     [run] = list_runs(engine)
     assert (run.id, run.status, run.arch, run.depth) == (ok.output.strip(), "queued", "relu", 4)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bell\x07", "name: must not contain control characters"),
+        ("two\nlines", "name: must not contain control characters"),
+        ("x" * 201, "name: String should have at most 200 characters"),
+    ],
+)
+def test_sweep_name_is_checked_like_a_run_name(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_sweep({"arch": "sigmoid,relu"}, name=name)
+
+
+def test_sweep_name_is_stripped_and_a_blank_one_gets_a_default() -> None:
+    assert plan_sweep({"arch": "sigmoid,relu"}, name="  depths  ").name == "depths"
+    assert plan_sweep({"arch": "sigmoid,relu"}, name="   ").name == "sweep of arch"
+
+
+def long_name_plan():  # noqa: ANN201
+    """A 200-character sweep name: every generated run name would be over 200 characters."""
+    return plan_sweep({"arch": "sigmoid,relu", "depth": "2,3", "seed": "0,1"}, name="n" * 200)
+
+
+def test_generated_run_names_fit_the_name_column() -> None:
+    plan = long_name_plan()
+    names = [s.name for s in plan.specs]
+    assert all(len(n) <= 200 for n in names)
+    # The sweep's name is shortened, so what tells the runs apart is kept whole.
+    assert names[0].endswith("…: arch=sigmoid depth=2 seed=0")
+    assert names[-1].endswith("…: arch=relu depth=3 seed=1")
+    assert len(set(names)) == len(names)
+    assert {s.sweep_name for s in plan.specs} == {"n" * 200}
+    # A description too long to leave room for the sweep's name is cut at the end instead.
+    paths = [f"csv:/{letter * 190}.csv" for letter in "ab"]
+    huge = plan_sweep({"dataset": ",".join(paths)}, name="long paths")
+    assert [s.name for s in huge.specs] == [f"long paths: dataset={p}"[:199] + "…" for p in paths]
+
+
+@pytest.mark.postgres
+def test_a_sweep_with_a_long_name_is_queued_on_postgresql(pg_url: str) -> None:
+    # PostgreSQL refuses a name over the column's 200 characters (and with it the whole sweep).
+    plan = long_name_plan()
+    engine = make_engine(pg_url)
+    try:
+        ids = queue_sweep(engine, plan)
+        assert sorted(r.name for r in list_runs(engine)) == sorted(s.name for s in plan.specs)
+        assert len(ids) == 8
+    finally:
+        engine.dispose()

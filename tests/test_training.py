@@ -132,3 +132,59 @@ def test_threaded_and_in_line_measurement_record_the_same(monkeypatch) -> None: 
         assert {k: v for k, v in a.metrics.items() if k != "seconds"} == {
             k: v for k, v in b.metrics.items() if k != "seconds"
         }
+
+
+def test_a_run_that_stored_every_epoch_has_completed_whatever_was_asked() -> None:
+    rec = ListRecorder()
+    cfg = make_config({"depth": 2, "width": 4, "samples": 64, "epochs": 1})
+    assert train(cfg, rec, lambda: "interrupted").status == "completed"
+    assert len(rec.records) == 1
+
+
+def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noqa: ANN001
+    import time
+
+    from db.queries import get_run
+    from db.queue import cancel_runs
+    from db.records import RunSpec
+    from db.store import RunStore
+    from runner.foreground import RunWatch
+
+    engine = make_engine(str(db_path))
+    store = RunStore(engine)
+    run_id = store.create_run(RunSpec(make_config({}).model_dump()), status="running")
+    store.mark_running(run_id, worker="test", device="cpu", torch_version="")
+    first = get_run(engine, run_id).heartbeat_at
+    with RunWatch(store, run_id, every_s=0.02) as watch:
+        assert watch.should_stop() is None
+        assert cancel_runs(engine, [run_id]) == {run_id: "cancel requested"}
+        deadline = time.monotonic() + 10
+        while watch.should_stop() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling a condition with a deadline
+        assert watch.should_stop() == "cancelled"
+    assert get_run(engine, run_id).heartbeat_at > first
+
+
+def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from db.queries import get_run
+    from db.queue import WORKER_LOST, db_now, recover_stale
+    from db.records import RunSpec
+    from db.store import RunStore
+    from runner.execute import execute_run
+
+    engine = make_engine(str(db_path))
+    store = RunStore(engine)
+    cfg = make_config({"depth": 2, "width": 4, "samples": 64, "epochs": 2})
+    run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
+    store.mark_running(run_id, worker="slow", device="cpu", torch_version="")
+
+    def another_worker_gives_up() -> None:
+        recover_stale(engine, 60, now=db_now(engine) + timedelta(seconds=3600))
+        return None
+
+    result = execute_run(store, run_id, cfg, another_worker_gives_up)
+    stored = get_run(engine, run_id)
+    assert (stored.status, stored.error) == ("failed", WORKER_LOST)
+    assert (result.status, result.error) == ("failed", WORKER_LOST)

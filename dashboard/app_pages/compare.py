@@ -90,7 +90,8 @@ def config_section(sel: data.Selection) -> None:
         st.caption("All chosen runs have the same configuration.")
     else:
         st.dataframe(diff, width="stretch")
-    st.caption("Shared: " + ", ".join(f"{k} = {v}" for k, v in shared.items()))
+    # Values are typed text (a CSV dataset's path, a label column): shown as typed.
+    st.caption(escape_markdown("Shared: " + ", ".join(f"{k} = {v}" for k, v in shared.items())))
 
 
 def curves_section(epochs: pd.DataFrame) -> None:

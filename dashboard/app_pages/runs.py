@@ -51,7 +51,10 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
     """Filter widgets (UI choices, kept in session state) and the rows that pass them."""
 
     def pills(where: DeltaGenerator, label: str, options: list[str], key: str) -> list[str]:
-        return where.pills(label, options, selection_mode="multi", key=key)
+        # Pill labels are Markdown; dataset values are typed paths (csv:PATH): show them as is.
+        return where.pills(
+            label, options, selection_mode="multi", key=key, format_func=tables.escape_markdown
+        )
 
     top = st.columns([2, 2, 3])
     text = top[0].text_input("Search", placeholder="name or id", key="runs_search")
@@ -97,7 +100,11 @@ def actions(chosen: list[str], table: pd.DataFrame) -> None:
         help="Queued runs stop at once, running ones within an epoch; recorded epochs are kept.",
     ):
         outcome = data.cancel_runs(active)
-        st.toast(f"Cancelled {sum(v != 'not found' for v in outcome.values())} run(s)")
+        # Runs that finished since the page was drawn report their status instead: not counted.
+        cancelled = sum(v in ("cancelled", "cancel requested") for v in outcome.values())
+        missed = len(active) - cancelled
+        note = f"; {missed} had already finished or were deleted" if missed else ""
+        st.toast(f"Cancelled {cancelled} run(s){note}")
     if cols[2].button(f"Delete {n} run(s)", disabled=not n, icon=":material/delete:"):
         st.session_state["confirm_delete"] = chosen
     pending = [i for i in st.session_state.get("confirm_delete", []) if i in table.index]

@@ -21,7 +21,11 @@ scopes |= {
 }
 scopes["all"] = f"All runs ({len(runs)})"
 scope = st.radio(
-    "Which runs", list(scopes), format_func=scopes.get, index=0 if chosen else len(scopes) - 1
+    "Which runs",
+    list(scopes),
+    # Radio labels are Markdown: a sweep's name must show as typed.
+    format_func=lambda key: escape_markdown(scopes[key]),
+    index=0 if chosen else len(scopes) - 1,
 )
 if scope == "selected":
     ids = chosen
