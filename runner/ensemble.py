@@ -31,7 +31,7 @@ from runner.data import Dataset, load_dataset
 from runner.ensemble_model import StackedMLP, StackedOptimizer
 from runner.execute import DbRecorder
 from runner.models import build_model
-from runner.probes import EpochGradStats, activation_stats
+from runner.probes import EpochGradStats, activation_stats, divergence
 from runner.train import (
     STOP_CHECK_SECONDS,
     Recorder,
@@ -401,9 +401,9 @@ class _GroupTraining:
             if member.result is not None:
                 continue  # its recorder failed
             member.last = metrics
-            if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])):
-                error = f"loss became non-finite in epoch {epoch}"
-                self._end(k, TrainResult("diverged", epoch, metrics, error))
+            diverged = divergence(epoch, metrics, record.layer_stats)
+            if diverged:
+                self._end(k, TrainResult("diverged", epoch, metrics, diverged))
             elif cancelled and epoch < member.cfg.epochs:
                 self._end(k, TrainResult("cancelled", epoch, metrics))
         reason = self.should_stop()

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from db.records import EpochRecord
 from runner.models import MLP
-from runner.probes import FlatParameters, activation_stats
+from runner.probes import FlatParameters, activation_stats, divergence
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Measured:
     epoch: int
     metrics: dict[str, float]
     cancelled: bool
+    diverged: str | None  # why the epoch counts as diverged (runner.probes.divergence)
 
 
 class EpochMeasurer:
@@ -145,4 +146,4 @@ class EpochMeasurer:
         if with_grid and self._grid is not None:
             grid_record = self._grid.record(torch.sigmoid(self._model(self._grid.inputs)))
         cancelled = self._recorder.epoch(EpochRecord(epoch, metrics, stats, grid_record))
-        return Measured(epoch, metrics, bool(cancelled))
+        return Measured(epoch, metrics, bool(cancelled), divergence(epoch, metrics, stats))

@@ -12,6 +12,7 @@ layer-major: layer l occupies `[offset_l, offset_l + K * n_l)` as a contiguous [
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -212,3 +213,24 @@ def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:
             out["saturated_frac"].append(nan.expand(a.shape[0]))
             out["dead_frac"].append(dead)
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+# Statistics that are finite for any trainable model: a non-finite one means the run diverged.
+# (update_ratio is left out: 0/0 for an all-zero weight is not divergence.)
+DIVERGENCE_FIELDS = ("grad_norm", "grad_mean_abs", "grad_std", "grad_max_abs", "weight_norm")
+
+
+def divergence(
+    epoch: int, metrics: dict[str, float], layer_stats: list[dict[str, float | bytes | None]]
+) -> str | None:
+    """Why an epoch counts as diverged, or None: a non-finite train or test loss, or a
+    non-finite gradient or weight statistic. Solo runs and ensemble members use this one rule."""
+    for key in ("train_loss", "test_loss"):
+        if not math.isfinite(metrics[key]):
+            return f"loss became non-finite in epoch {epoch}"
+    for layer, stats in enumerate(layer_stats):
+        for key in DIVERGENCE_FIELDS:
+            value = stats.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{key} of layer {layer} became non-finite in epoch {epoch}"
+    return None

@@ -179,13 +179,8 @@ def _epochs(
         nonlocal last, last_epoch
         for outcome in done:
             last, last_epoch = outcome.metrics, outcome.epoch
-            if not (math.isfinite(last["train_loss"]) and math.isfinite(last["test_loss"])):
-                return TrainResult(
-                    "diverged",
-                    outcome.epoch,
-                    last,
-                    f"loss became non-finite in epoch {outcome.epoch}",
-                )
+            if outcome.diverged:
+                return TrainResult("diverged", outcome.epoch, last, outcome.diverged)
             # A run that stored all its epochs has completed, whatever was asked meanwhile.
             if outcome.cancelled and outcome.epoch < cfg.epochs:
                 return TrainResult("cancelled", outcome.epoch, last)

@@ -131,3 +131,16 @@ def test_activation_health_counts_saturated_and_dead_units_not_nan() -> None:
     # Unit 0 is zero for every input: dead. Unit 2 is NaN: not dead. Unit 1 is alive.
     assert stats["dead_frac"][1, 0] == pytest.approx(1 / 3)
     assert math.isnan(float(stats["saturated_frac"][1, 0]))
+
+
+def test_divergence_is_a_non_finite_loss_or_gradient_statistic() -> None:
+    from runner.probes import divergence
+
+    fine = {"train_loss": 0.5, "test_loss": 0.6}
+    healthy = [{"grad_norm": 1.0, "saturated_frac": math.nan, "update_ratio": math.nan}]
+    assert divergence(3, fine, healthy) is None  # not-applicable NaNs are not divergence
+    assert divergence(3, {**fine, "test_loss": math.inf}, healthy) == (
+        "loss became non-finite in epoch 3"
+    )
+    exploded = [*healthy, {"grad_norm": 2.0, "grad_max_abs": math.inf}]
+    assert divergence(4, fine, exploded) == "grad_max_abs of layer 1 became non-finite in epoch 4"
