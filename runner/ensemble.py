@@ -31,7 +31,7 @@ from runner.data import Dataset, load_dataset
 from runner.ensemble_model import StackedMLP, StackedOptimizer
 from runner.execute import DbRecorder
 from runner.models import build_model
-from runner.probes import EpochGradStats, activation_stats, divergence
+from runner.probes import EpochGradStats, activation_stats, divergence, epoch_rows
 from runner.train import (
     STOP_CHECK_SECONDS,
     Recorder,
@@ -368,22 +368,14 @@ class _GroupTraining:
         names = (*grads.keys(), *health.keys())
         out = []
         for pos, k in enumerate(self.active):
-            stats: list[dict[str, float | bytes | None]] = []
-            for layer in range(len(self.layers)):
-                row: dict[str, float | bytes | None] = dict(
-                    zip(names, table[layer, pos].tolist(), strict=True)
-                )
-                row["grad_hist"] = hist[layer, pos].astype("<i4").tobytes()
-                stats.append(row)
-            train_l, train_a, test_l, test_a, pred_std = values[:, pos].tolist()
-            metrics = {
-                "train_loss": train_l,
-                "train_acc": train_a,
-                "test_loss": test_l,
-                "test_acc": test_a,
-                "pred_std": pred_std,
-                "seconds": seconds,
-            }
+            layers = range(len(self.layers))
+            stats, metrics = epoch_rows(
+                names,
+                (table[layer, pos].tolist() for layer in layers),
+                (hist[layer, pos] for layer in layers),
+                values[:, pos].tolist(),
+                seconds,
+            )
             grid = self.members[k].grid
             grid_record = None
             if grid is not None and grid_probs is not None and wants_grid[pos]:

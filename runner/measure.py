@@ -19,7 +19,7 @@ from torch import Tensor
 
 from db.records import EpochRecord
 from runner.models import MLP
-from runner.probes import FlatParameters, activation_stats, divergence
+from runner.probes import FlatParameters, activation_stats, divergence, epoch_rows
 
 
 @dataclass(frozen=True)
@@ -126,22 +126,13 @@ class EpochMeasurer:
             [train_loss, train_acc.float(), test_loss, test_acc, probs.std(unbiased=False)]
         )
         # The one device-to-host copy of the epoch.
-        table = per_layer.cpu().tolist()
-        train_l, train_a, test_l, test_a, pred_std = epoch_values.cpu().tolist()
-        names = (*grads.keys(), *health.keys())
-        stats: list[dict[str, float | bytes | None]] = []
-        for layer, row in enumerate(table):
-            values: dict[str, float | bytes | None] = dict(zip(names, row, strict=True))
-            values["grad_hist"] = hist[layer].astype("<i4").tobytes()
-            stats.append(values)
-        metrics = {
-            "train_loss": train_l,
-            "train_acc": train_a,
-            "test_loss": test_l,
-            "test_acc": test_a,
-            "pred_std": pred_std,
-            "seconds": seconds,
-        }
+        stats, metrics = epoch_rows(
+            (*grads.keys(), *health.keys()),
+            per_layer.cpu().tolist(),
+            hist,
+            epoch_values.cpu().tolist(),
+            seconds,
+        )
         grid_record = None
         if with_grid and self._grid is not None:
             grid_record = self._grid.record(torch.sigmoid(self._model(self._grid.inputs)))

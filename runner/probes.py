@@ -13,8 +13,10 @@ layer-major: layer l occupies `[offset_l, offset_l + K * n_l)` as a contiguous [
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -234,3 +236,26 @@ def divergence(
             if isinstance(value, float) and not math.isfinite(value):
                 return f"{key} of layer {layer} became non-finite in epoch {epoch}"
     return None
+
+
+EPOCH_VALUE_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
+
+
+def epoch_rows(
+    names: tuple[str, ...],
+    layer_values: Iterable[Sequence[float]],
+    layer_hists: Iterable[np.ndarray],
+    epoch_values: Sequence[float],
+    seconds: float,
+) -> tuple[list[dict[str, float | bytes | None]], dict[str, float]]:
+    """One epoch's numbers, read back from the device, as the store's rows: a dict per layer
+    (the named statistics and the histogram as int32 bytes) and the epoch's metrics
+    (EPOCH_VALUE_FIELDS in that order, then seconds). Solo runs and ensemble members share it."""
+    stats: list[dict[str, float | bytes | None]] = []
+    for values, hist in zip(layer_values, layer_hists, strict=True):
+        row: dict[str, float | bytes | None] = dict(zip(names, values, strict=True))
+        row["grad_hist"] = np.asarray(hist).astype("<i4").tobytes()
+        stats.append(row)
+    metrics = dict(zip(EPOCH_VALUE_FIELDS, epoch_values, strict=True))
+    metrics["seconds"] = seconds
+    return stats, metrics

@@ -88,25 +88,33 @@ def test_group_is_claimed_whole_in_member_order(engine: Engine) -> None:
     assert claim_next(engine, "w").run_ids == (solo_last,)
 
 
-def test_concurrent_claimers_never_share_a_run(engine: Engine) -> None:
-    ids = RunStore(engine).create_runs([spec(i) for i in range(40)])
-    claimed: dict[str, list[str]] = {}
+def race_claimers(engine: Engine, claimers: int = 6) -> dict[str, list[Claim]]:
+    """Claimers on threads, each claiming until the queue is empty: every claim by claimer."""
+    claims: dict[str, list[Claim]] = {f"w{i}": [] for i in range(claimers)}
     errors: list[BaseException] = []
 
     def claimer(name: str) -> None:
-        mine = claimed.setdefault(name, [])
         try:
             while (claim := claim_next(engine, name)) is not None:
-                mine.extend(claim.run_ids)
+                claims[name].append(claim)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
+    threads = [threading.Thread(target=claimer, args=(name,)) for name in claims]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
+    return claims
+
+
+def test_concurrent_claimers_never_share_a_run(engine: Engine) -> None:
+    ids = RunStore(engine).create_runs([spec(i) for i in range(40)])
+    claimed = {
+        name: [run_id for c in claims for run_id in c.run_ids]
+        for name, claims in race_claimers(engine).items()
+    }
     every = [run_id for runs in claimed.values() for run_id in runs]
     assert sorted(every) == sorted(ids)  # all claimed, none twice
     for name, runs in claimed.items():
@@ -120,22 +128,7 @@ def test_concurrent_claimers_take_each_group_whole(engine: Engine) -> None:
     groups = {f"g{g}": [spec(g * 10 + i, f"g{g}", i) for i in range(4)] for g in range(8)}
     solos = [spec(100 + i) for i in range(8)]
     ids = RunStore(engine).create_runs([*solos, *(m for ms in groups.values() for m in ms)])
-    claims: list[Claim] = []
-    errors: list[BaseException] = []
-
-    def claimer(name: str) -> None:
-        try:
-            while (claim := claim_next(engine, name)) is not None:
-                claims.append(claim)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    claims = [c for per_claimer in race_claimers(engine).values() for c in per_claimer]
     every = [run_id for c in claims for run_id in c.run_ids]
     assert sorted(every) == sorted(ids)  # all claimed, none twice
     grouped = {c.group_id: c for c in claims if c.group_id is not None}
