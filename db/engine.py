@@ -25,6 +25,8 @@ SCHEMA_REVISION = "0001_initial"
 # Every revision this version knows, oldest first.
 KNOWN_REVISIONS = ("0001_initial",)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# An arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
+_SCHEMA_LOCK_KEY = 0x67726164
 
 
 def resolve_db(db: str | None) -> str:
@@ -93,26 +95,43 @@ def current_revision(engine: Engine) -> str | None:
 
 def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     """Create an empty database at the current schema, or check an existing one's version."""
-    with engine.begin() as conn:
-        names = set(inspect(conn).get_table_names())
-        if not names and create:
-            Base.metadata.create_all(conn)
-            conn.execute(
-                text(
-                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
-                    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
-                )
-            )
-            conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": SCHEMA_REVISION})
-            return
-        if not names:
+    with engine.connect() as conn:
+        empty = not inspect(conn).get_table_names()
+    if empty:
+        if not create:
             raise StorageError(
                 f"{engine.url.render_as_string(hide_password=True)} is empty: no gradscope "
                 "database yet (any gradscope command that writes, or `gradscope db upgrade`, "
                 "creates one)"
             )
+        _create_schema(engine)
     revision = current_revision(engine)
     check_revision(revision, engine.url.render_as_string(hide_password=True))
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create the schema once, even when several processes open a new database at once.
+
+    Each creator takes the database's write lock first and looks again: whoever comes second
+    finds the tables made (a worker and a CLI command often start on a fresh file together).
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside a transaction; an explicit BEGIN IMMEDIATE both takes
+            # the write lock (waiting out busy_timeout) and makes the DDL below one transaction.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        if inspect(conn).get_table_names():
+            return
+        Base.metadata.create_all(conn)
+        conn.execute(
+            text(
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+            )
+        )
+        conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": SCHEMA_REVISION})
 
 
 def check_revision(revision: str | None, where: str) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from race_helpers import open_concurrently
 from sqlalchemy import create_engine, inspect, text
 
 from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, make_engine
@@ -35,6 +36,23 @@ def test_fresh_database_is_created_and_stamped(db_path) -> None:  # noqa: ANN001
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
             SCHEMA_REVISION
         )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_creating_one_database_at_once_all_succeed(backend: str, request) -> None:  # noqa: ANN001
+    # A worker and a CLI command often open a fresh database together; one creates it.
+    url = (
+        str(request.getfixturevalue("db_path"))
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    assert open_concurrently(url) == []
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            SCHEMA_REVISION
+        ]
+    engine.dispose()
 
 
 def test_newer_schema_is_refused_naming_both_versions(db_path) -> None:  # noqa: ANN001
