@@ -1,11 +1,13 @@
-"""Transactions: one `session_scope()` that commits, rolls back, closes and explains failures."""
+"""Transactions that commit, roll back, close and explain failures: `session_scope()` for ORM
+sessions, `transaction()` for Core statements on a connection (the cheaper one, for writes on
+the training path)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -30,3 +32,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements commit as one transaction, or roll back on any error.
+
+    Core statements skip the ORM's per-call set-up: recording an epoch costs about half as
+    much as through a Session. Driver errors become StorageError, as in session_scope().
+    """
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {getattr(exc, 'orig', None) or exc}") from exc

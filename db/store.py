@@ -26,7 +26,16 @@ from db.records import (
     LayerInfo,
     RunSpec,
 )
-from db.session import session_scope
+from db.session import transaction
+
+# Core tables: the store writes with Core statements (see db.session.transaction).
+_runs = RunModel.__table__
+_layers = RunLayerModel.__table__
+_points = RunPointsModel.__table__
+_epochs = EpochMetricModel.__table__
+_layer_stats = LayerStatModel.__table__
+_grids = DecisionGridModel.__table__
+_CHILDREN = (_layer_stats, _epochs, _grids, _points, _layers)
 
 
 def new_id() -> str:
@@ -70,8 +79,8 @@ class RunStore:
             )
         if not rows:
             return []
-        with session_scope(self.engine) as s:
-            s.execute(insert(RunModel).values(created_at=self._now), rows)
+        with transaction(self.engine) as s:
+            s.execute(insert(_runs).values(created_at=self._now), rows)
         return ids
 
     def create_run(self, spec: RunSpec, *, status: str = "queued") -> str:
@@ -80,10 +89,10 @@ class RunStore:
     def mark_running(self, run_id: str, *, worker: str, device: str, torch_version: str) -> None:
         """Record that training of a run has begun (the foreground `train` path; the queue
         claims runs with its own guarded update)."""
-        with session_scope(self.engine) as s:
+        with transaction(self.engine) as s:
             s.execute(
-                update(RunModel)
-                .where(RunModel.id == run_id)
+                update(_runs)
+                .where(_runs.c.id == run_id)
                 .values(
                     status="running",
                     started_at=self._now,
@@ -95,10 +104,10 @@ class RunStore:
             )
 
     def set_runtime(self, run_id: str, *, device: str, torch_version: str) -> None:
-        with session_scope(self.engine) as s:
+        with transaction(self.engine) as s:
             s.execute(
-                update(RunModel)
-                .where(RunModel.id == run_id)
+                update(_runs)
+                .where(_runs.c.id == run_id)
                 .values(device=device, torch_version=torch_version)
             )
 
@@ -106,13 +115,13 @@ class RunStore:
         self, run_id: str, layers: Sequence[LayerInfo], points: tuple[int, bytes] | None = None
     ) -> None:
         """The model's layers (and, for two-feature data, the test points), once per run."""
-        with session_scope(self.engine) as s:
-            s.execute(delete(RunLayerModel).where(RunLayerModel.run_id == run_id))
-            s.execute(insert(RunLayerModel), [{"run_id": run_id, **vars(li)} for li in layers])
+        with transaction(self.engine) as s:
+            s.execute(delete(_layers).where(_layers.c.run_id == run_id))
+            s.execute(insert(_layers), [{"run_id": run_id, **vars(li)} for li in layers])
             if points is not None:
-                s.execute(delete(RunPointsModel).where(RunPointsModel.run_id == run_id))
+                s.execute(delete(_points).where(_points.c.run_id == run_id))
                 s.execute(
-                    insert(RunPointsModel),
+                    insert(_points),
                     [{"run_id": run_id, "n": points[0], "points": points[1]}],
                 )
 
@@ -130,22 +139,20 @@ class RunStore:
                 row[k] = to_db(values.get(k))  # type: ignore[arg-type]
             row["grad_hist"] = values.get("grad_hist")
             stats.append(row)
-        with session_scope(self.engine) as s:
-            s.execute(
-                insert(EpochMetricModel), [{"run_id": run_id, "epoch": record.epoch, **metrics}]
-            )
+        with transaction(self.engine) as s:
+            s.execute(insert(_epochs), [{"run_id": run_id, "epoch": record.epoch, **metrics}])
             if stats:
-                s.execute(insert(LayerStatModel), stats)
+                s.execute(insert(_layer_stats), stats)
             if record.grid is not None:
                 s.execute(
-                    insert(DecisionGridModel),
+                    insert(_grids),
                     [{"run_id": run_id, "epoch": record.epoch, **vars(record.grid)}],
                 )
             cancel = s.execute(
-                update(RunModel)
-                .where(RunModel.id == run_id)
+                update(_runs)
+                .where(_runs.c.id == run_id)
                 .values(epochs_done=record.epoch, heartbeat_at=self._now)
-                .returning(RunModel.cancel_requested)
+                .returning(_runs.c.cancel_requested)
             ).scalar_one_or_none()
         if cancel is None:
             raise NotFoundError(f"run {run_id} vanished from the database while training")
@@ -153,18 +160,18 @@ class RunStore:
 
     def heartbeat(self, run_id: str) -> bool:
         """Touch the heartbeat; returns True when cancellation was requested."""
-        with session_scope(self.engine) as s:
+        with transaction(self.engine) as s:
             cancel = s.execute(
-                update(RunModel)
-                .where(RunModel.id == run_id)
+                update(_runs)
+                .where(_runs.c.id == run_id)
                 .values(heartbeat_at=self._now)
-                .returning(RunModel.cancel_requested)
+                .returning(_runs.c.cancel_requested)
             ).scalar_one_or_none()
         return bool(cancel)
 
     def cancel_requested(self, run_id: str) -> bool:
-        with session_scope(self.engine) as s:
-            return bool(s.scalar(select(RunModel.cancel_requested).where(RunModel.id == run_id)))
+        with transaction(self.engine) as s:
+            return bool(s.scalar(select(_runs.c.cancel_requested).where(_runs.c.id == run_id)))
 
     # -- finishing --------------------------------------------------------------------------
     def finish_run(
@@ -180,8 +187,8 @@ class RunStore:
         (e.g. another worker already marked it lost), so nothing is overwritten."""
         final = final or FinalMetrics()
         stmt = (
-            update(RunModel)
-            .where(RunModel.id == run_id)
+            update(_runs)
+            .where(_runs.c.id == run_id)
             .values(
                 status=status,
                 finished_at=self._now,
@@ -194,8 +201,8 @@ class RunStore:
             )
         )
         if only_if_running:
-            stmt = stmt.where(RunModel.status == "running")
-        with session_scope(self.engine) as s:
+            stmt = stmt.where(_runs.c.status == "running")
+        with transaction(self.engine) as s:
             return s.execute(stmt).rowcount == 1
 
     def delete_runs(self, run_ids: Sequence[str]) -> int:
@@ -203,13 +210,7 @@ class RunStore:
         ids = list(run_ids)
         if not ids:
             return 0
-        with session_scope(self.engine) as s:
-            for model in (
-                LayerStatModel,
-                EpochMetricModel,
-                DecisionGridModel,
-                RunPointsModel,
-                RunLayerModel,
-            ):
-                s.execute(delete(model).where(model.run_id.in_(ids)))
-            return s.execute(delete(RunModel).where(RunModel.id.in_(ids))).rowcount
+        with transaction(self.engine) as s:
+            for table in _CHILDREN:
+                s.execute(delete(table).where(table.c.run_id.in_(ids)))
+            return s.execute(delete(_runs).where(_runs.c.id.in_(ids))).rowcount

@@ -343,7 +343,7 @@ class _GroupTraining:
             logits, self.y_test, reduction="none"
         ).mean(dim=1)
         test_acc = ((logits > 0) == (self.y_test > 0.5)).float().mean(dim=1)
-        grads = self.probe.finish(self.stack.flat_weight_grads, self.stack.flat_weights)
+        grads = self.probe.finish(self.stack.flat_weights)
         n_train = self.x_train.shape[1]
         hist = grads.pop("grad_hist").to(torch.int32).cpu().numpy()  # [L, K, slots]
         per_layer = torch.stack([*grads.values(), *health.values()], dim=2)  # [L, K, stats]

@@ -19,7 +19,13 @@ from torch import Tensor
 
 from db.records import EpochRecord
 from runner.models import MLP
-from runner.probes import FlatParameters, activation_stats, divergence, epoch_rows
+from runner.probes import (
+    FlatParameters,
+    GradStatsFn,
+    activation_stats,
+    divergence,
+    epoch_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class EpochMeasurer:
         threaded: bool = True,
     ) -> None:
         # A copy of the model whose weights are overwritten with each epoch's snapshot.
+        self._live = model  # the trained model, for the last epoch's grid (see submit)
         self._model = copy.deepcopy(model).eval()
         self._flat = FlatParameters(list(self._model.linears))
         self._kinds = kinds
@@ -59,29 +66,50 @@ class EpochMeasurer:
         )
         self._pending: list[Future[Measured]] = []
 
+    @property
+    def executor(self) -> ThreadPoolExecutor | None:
+        """The measuring thread (None when measuring in line), for work that must run in
+        order with the measurements: the gradient reductions of runner.probes."""
+        return self._pool
+
     def submit(
         self,
         epoch: int,
         weights: Tensor,
-        grads: dict[str, Tensor],
+        grad_stats: GradStatsFn,
         train_loss: Tensor,
         train_acc: Tensor,
         seconds: float,
+        *,
         with_grid: bool,
+        last: bool = False,
     ) -> None:
         """Queue the measurement of an epoch that just ended. Copies what the next epoch will
-        change (the weights), so the caller may train on at once."""
+        change (the weights), so the caller may train on at once. After the `last` epoch
+        nothing trains, so the caller's thread draws that epoch's grid meanwhile."""
+        threaded_last = last and self._pool is not None
+        grid: Future[Tensor] | None = (
+            Future() if with_grid and self._grid is not None and threaded_last else None
+        )
         args = (
             epoch,
             weights.detach().clone(),
-            grads,
+            grad_stats,
             train_loss.clone(),
             train_acc.clone(),
             seconds,
             with_grid,
+            grid,
         )
         if self._pool is not None:
             self._pending.append(self._pool.submit(self._measure, *args))
+            if grid is not None:
+                try:
+                    grid.set_result(self._grid_probs(self._live))
+                except BaseException as exc:
+                    grid.set_exception(exc)  # the measurement waiting for it re-raises it
+                    if not isinstance(exc, Exception):
+                        raise
             return
         done: Future[Measured] = Future()  # in line: the same path, already finished
         try:
@@ -106,20 +134,21 @@ class EpochMeasurer:
         self,
         epoch: int,
         weights: Tensor,
-        grads: dict[str, Tensor],
+        grad_stats: GradStatsFn,
         train_loss: Tensor,
         train_acc: Tensor,
         seconds: float,
         with_grid: bool,
+        grid: Future[Tensor] | None,
     ) -> Measured:
         self._flat.data.copy_(weights)
+        grads = grad_stats(self._flat.weights)
         acts: list[Tensor] = []
         logits = self._model.forward_collect(self._x_test, acts)
         probs = torch.sigmoid(logits)
         test_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, self._y_test)
         test_acc = ((logits > 0) == (self._y_test > 0.5)).float().mean()
         health = activation_stats([a.unsqueeze(0) for a in acts], self._kinds)
-        grads = dict(grads)
         hist = grads.pop("grad_hist")[:, 0].to(torch.int32).cpu().numpy()
         per_layer = torch.stack([v[:, 0] for v in (*grads.values(), *health.values())], dim=1)
         epoch_values = torch.stack(
@@ -135,6 +164,11 @@ class EpochMeasurer:
         )
         grid_record = None
         if with_grid and self._grid is not None:
-            grid_record = self._grid.record(torch.sigmoid(self._model(self._grid.inputs)))
+            probs = grid.result() if grid is not None else self._grid_probs(self._model)
+            grid_record = self._grid.record(probs)
         cancelled = self._recorder.epoch(EpochRecord(epoch, metrics, stats, grid_record))
         return Measured(epoch, metrics, bool(cancelled), divergence(epoch, metrics, stats))
+
+    @torch.inference_mode()
+    def _grid_probs(self, model: MLP) -> Tensor:
+        return torch.sigmoid(model(self._grid.inputs))

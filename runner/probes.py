@@ -1,9 +1,10 @@
 """Gradient, weight and activation statistics, cheap enough to take on every step.
 
 The cost model (measured on this 2-core CPU, depth 20 x width 64, a ~1.6 ms step): per-layer
-Python loops of small ops cost ~25% per step, so all of a model's weights live in one flat tensor
-(`FlatParameters`) and each step adds a handful of whole-buffer ops to on-device accumulators.
-Nothing here calls `.item()` per step: `EpochGradStats.finish()` syncs once per epoch.
+Python loops of small ops cost ~25% per step, and even a handful of whole-buffer ops per step
+cost ~7%. So all of a model's weights live in one flat tensor (`FlatParameters`), a step only
+copies its gradient into a ring of blocks, and each block of steps is reduced at once, off the
+training thread when there is one to use. Nothing here calls `.item()` per step.
 
 Every statistic has a leading member dimension K (1 for a solo run) so that a batched ensemble
 of K same-shape models records each member exactly as a solo run would. The flat weight layout is
@@ -13,7 +14,8 @@ layer-major: layer l occupies `[offset_l, offset_l + K * n_l)` as a contiguous [
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,37 +70,68 @@ class FlatParameters:
             offset += n
         self.weight_sizes = [lin.weight.numel() for lin in linears]
         self.n_weights = sum(self.weight_sizes)
-
-    @property
-    def weights(self) -> Tensor:
-        return self.data[: self.n_weights]
-
-    @property
-    def weight_grads(self) -> Tensor:
-        return self.grad[: self.n_weights]
+        # Views made once: slicing on every step costs a dispatch.
+        self.weights = self.data[: self.n_weights]
+        self.weight_grads = self.grad[: self.n_weights]
 
     def zero_grad(self) -> None:
         self.grad.zero_()
 
 
-class EpochGradStats:
-    """Accumulates per-step gradient statistics of K members' layers over one epoch."""
+# Per-step gradients are copied into a ring of two blocks and reduced a block at a time: a
+# step costs one copy, and a block of steps costs the few reductions one step used to.
+BLOCK_STEPS = 16
+BLOCK_BYTES = 16 << 20  # per block; large models get fewer steps per block
 
-    def __init__(self, weight_sizes: list[int], members: int, device: torch.device) -> None:
+
+@dataclass
+class _Sums:
+    """One epoch's per-layer, per-member running sums ([L, K] each)."""
+
+    norm: Tensor  # sum over steps of the layer's L2 norm
+    sq: Tensor  # sum over steps and elements of g^2
+    abs: Tensor  # ... of |g|
+    sum: Tensor  # ... of g
+    max: Tensor  # max over steps and elements of |g|
+
+
+GradStatsFn = Callable[[Tensor], dict[str, Tensor]]
+
+
+class EpochGradStats:
+    """Accumulates per-step gradient statistics of K members' layers over one epoch.
+
+    `step()` only copies the gradient into a ring block; full blocks are reduced on `executor`
+    (the measuring thread, so the training thread goes on at once) or in line without one.
+    With an executor, blocks and the epoch's closing function run on it in submission order.
+    """
+
+    def __init__(
+        self,
+        weight_sizes: list[int],
+        members: int,
+        device: torch.device,
+        executor: Executor | None = None,
+    ) -> None:
         self.sizes = weight_sizes
         self.members = members
         self.groups = group_layers(weight_sizes, members)
-        n_layers = len(weight_sizes)
+        self.device = device
         total = sum(weight_sizes) * members
-        zeros = {"dtype": torch.float32, "device": device}
-        self._norm = torch.zeros(n_layers, members, **zeros)
-        self._sq = torch.zeros(n_layers, members, **zeros)
-        self._abs = torch.zeros(total, **zeros)
-        self._max = torch.zeros(total, **zeros)
-        self._sum = torch.zeros(total, **zeros)
-        self._tmp = torch.zeros(total, **zeros)
+        self.block = max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
+        self._ring = [torch.empty(self.block, total, device=device) for _ in range(2)]
+        self._slots = [list(block.unbind(0)) for block in self._ring]
+        self._tmp = torch.empty(self.block, total, device=device)  # |g|, for the reducer only
+        # The last job reading each ring block; a block is refilled only once it has run.
+        self._busy: list[Future[object] | None] = [None, None]
+        self._half = 0
+        self._fill = 0
+        self._executor = executor
+        self._sums: _Sums | None = None
         self._steps = 0  # a Python count: no tensor op per step
+        self._start_weights: Tensor | None = None
         # For the once-per-epoch histogram: each element's (layer, member) slot.
+        n_layers = len(weight_sizes)
         slot = torch.cat(
             [
                 torch.arange(n_layers * members, device=device)[
@@ -108,63 +141,123 @@ class EpochGradStats:
             ]
         )
         self._hist_base = slot * HIST_SLOTS
-        self._start_weights: Tensor | None = None
 
     def _views(self, flat: Tensor) -> list[Tensor]:
+        """[..., total] as one [..., count, K, n] view per group of same-size layers."""
+        lead = flat.shape[:-1]
         return [
-            flat[g.offset : g.offset + g.count * self.members * g.numel].view(
-                g.count, self.members, g.numel
+            flat[..., g.offset : g.offset + g.count * self.members * g.numel].view(
+                *lead, g.count, self.members, g.numel
             )
             for g in self.groups
         ]
 
     def begin(self, weights: Tensor) -> None:
-        """Start an epoch: clear accumulators and remember the weights (for update ratios)."""
-        for t in (self._norm, self._sq, self._abs, self._max, self._sum):
-            t.zero_()
+        """Start an epoch: fresh sums and the weights as they are (for update ratios)."""
+        shape = (len(self.sizes), self.members)
+        zeros = {"dtype": torch.float32, "device": self.device}
+        self._sums = _Sums(*(torch.zeros(shape, **zeros) for _ in range(5)))
         self._steps = 0
         self._start_weights = weights.detach().clone()
 
     def step(self, grads: Tensor) -> None:
-        """Add one step's weight gradients (flat, layer-major). A few whole-buffer ops."""
-        norms = torch.cat([torch.linalg.vector_norm(v, dim=2) for v in self._views(grads)])
-        self._norm.add_(norms)
-        self._sq.addcmul_(norms, norms)
-        torch.abs(grads, out=self._tmp)
-        self._abs.add_(self._tmp)
-        torch.maximum(self._max, self._tmp, out=self._max)
-        self._sum.add_(grads)
+        """Take one step's weight gradients (flat, layer-major): one copy."""
+        if self._fill == 0:
+            self._claim(self._half)
+        self._slots[self._half][self._fill].copy_(grads)
+        self._fill += 1
         self._steps += 1
+        if self._fill == self.block:
+            sums, steps = self._sums, self._ring[self._half]
+            self._busy[self._half] = self._run(lambda: self._reduce(sums, steps))
+            self._half ^= 1
+            self._fill = 0
 
-    def finish(self, grads: Tensor, weights: Tensor) -> dict[str, Tensor]:
+    def finish_later(self) -> GradStatsFn:
+        """End the epoch. The returned function, given the weights at the epoch's end, gives
+        the statistics (see `finish`); with an executor, call it on the executor's thread."""
+        assert self._sums is not None and self._start_weights is not None, "begin() not called"
+        assert self._steps, "an epoch without steps has no gradient statistics"
+        sums, steps, start = self._sums, self._steps, self._start_weights
+        half, fill = self._half, self._fill
+        rest = self._ring[half][:fill] if fill else None
+        last_half = half if fill else half ^ 1
+        last = self._slots[last_half][(fill or self.block) - 1]
+        done: Future[object] = Future()
+
+        def finish(weights: Tensor) -> dict[str, Tensor]:
+            try:
+                if rest is not None:
+                    self._reduce(sums, rest)
+                return self._statistics(sums, steps, last, weights, start)
+            finally:
+                done.set_result(None)
+
+        # Blocks still read by finish() stay untouched until it has run.
+        self._busy[last_half] = done
+        if fill:
+            self._half ^= 1
+            self._fill = 0
+        return finish
+
+    def finish(self, weights: Tensor) -> dict[str, Tensor]:
         """Per-layer, per-member statistics as [L, K] tensors, plus "grad_hist" [L, K, slots].
 
         The histogram is of the epoch's last step's gradient (a snapshot; binning every step
-        would cost more than the step itself).
+        would cost more than the step itself). Without an executor only.
         """
-        steps = max(self._steps, 1)
+        assert self._executor is None, "with an executor, use finish_later() on its thread"
+        return self.finish_later()(weights)
+
+    def _run(self, job: Callable[[], object]) -> Future[object] | None:
+        if self._executor is None:
+            job()
+            return None
+        return self._executor.submit(job)
+
+    def _claim(self, half: int) -> None:
+        busy = self._busy[half]
+        if busy is not None:
+            self._busy[half] = None
+            busy.result()  # re-raises the reducer's error on the training thread
+
+    def _reduce(self, sums: _Sums, steps: Tensor) -> None:
+        """Fold a [n, total] block of steps into the sums: a few whole-block reductions per
+        group of same-size layers."""
+        n = steps.shape[0]
+        magnitude = torch.abs(steps, out=self._tmp[:n])
+        for g, grad, mag in zip(
+            self.groups, self._views(steps), self._views(magnitude), strict=True
+        ):
+            rows = slice(g.first, g.first + g.count)
+            norms = torch.linalg.vector_norm(grad, dim=3)  # [n, count, K]
+            sums.norm[rows] += norms.sum(dim=0)
+            sums.sq[rows] += norms.square().sum(dim=0)
+            sums.abs[rows] += mag.sum(dim=(0, 3))
+            sums.sum[rows] += grad.sum(dim=(0, 3))
+            torch.maximum(sums.max[rows], mag.amax(dim=(0, 3)), out=sums.max[rows])
+
+    def _statistics(
+        self, sums: _Sums, steps: int, last: Tensor, weights: Tensor, start: Tensor
+    ) -> dict[str, Tensor]:
         counts = torch.cat(
-            [torch.full((g.count, 1), float(g.numel), device=grads.device) for g in self.groups]
+            [torch.full((g.count, 1), float(g.numel), device=self.device) for g in self.groups]
         )
-        abs_sum = torch.cat([v.sum(dim=2) for v in self._views(self._abs)])
-        max_abs = torch.cat([v.amax(dim=2) for v in self._views(self._max)])
-        g_sum = torch.cat([v.sum(dim=2) for v in self._views(self._sum)])
         n = counts * steps
-        mean = g_sum / n
-        variance = (self._sq / n - mean * mean).clamp(min=0)
+        mean = sums.sum / n
+        variance = (sums.sq / n - mean * mean).clamp(min=0)
         weight_norm = torch.cat([torch.linalg.vector_norm(v, dim=2) for v in self._views(weights)])
-        assert self._start_weights is not None, "begin() was not called"
         moved = torch.cat(
-            [torch.linalg.vector_norm(v, dim=2) for v in self._views(weights - self._start_weights)]
+            [torch.linalg.vector_norm(v, dim=2) for v in self._views(weights - start)]
         )
         return {
-            "grad_norm": self._norm / steps,
-            "grad_mean_abs": abs_sum / n,
+            "grad_norm": sums.norm / steps,
+            "grad_mean_abs": sums.abs / n,
             "grad_std": variance.sqrt(),
-            "grad_max_abs": max_abs,
+            "grad_max_abs": sums.max,
             "weight_norm": weight_norm,
             "update_ratio": moved / weight_norm,
-            "grad_hist": self._histogram(grads),
+            "grad_hist": self._histogram(last),
         }
 
     def _histogram(self, grads: Tensor) -> Tensor:

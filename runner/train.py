@@ -98,8 +98,10 @@ def test_points(data: Dataset) -> tuple[int, bytes]:
     return len(pts), pts.tobytes()
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def _shuffled(n: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, list[Tensor]]:
+    """An epoch's order of the training rows, and that order cut into batches."""
+    order = torch.randperm(n, generator=generator)
+    return order, list(order.split(batch_size))
 
 
 def train(
@@ -124,13 +126,12 @@ def train(
     grid_at = grid_epochs(cfg.epochs)
     layers = model.layer_infos()
     kinds = [info.activation for info in layers]
-    probe = EpochGradStats(flat.weight_sizes, 1, device)
     recorder.start(layers, test_points(data) if grid else None, str(device))
 
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
     threaded = os.environ.get("GRADSCOPE_MEASURE_THREAD", "1") != "0"
     measurer = EpochMeasurer(model, kinds, x_test, y_test, grid, recorder, threaded)
+    probe = EpochGradStats(flat.weight_sizes, 1, device, measurer.executor)
     try:
         return _epochs(
             cfg,
@@ -145,7 +146,6 @@ def train(
             measurer,
             grid_at,
             loss_sum,
-            correct,
             should_stop,
         )
     finally:
@@ -165,7 +165,6 @@ def _epochs(
     measurer: EpochMeasurer,
     grid_at: set[int],
     loss_sum: Tensor,
-    correct: Tensor,
     should_stop: Callable[[], str | None],
 ) -> TrainResult:
     """The epoch loop. Epoch e is measured and stored while epoch e+1 trains; its outcome
@@ -194,8 +193,9 @@ def _epochs(
         next_check = time.monotonic() + STOP_CHECK_SECONDS
         probe.begin(flat.weights)
         loss_sum.zero_()
-        correct.zero_()
-        for idx in _batches(n_train, cfg.batch_size, shuffle):
+        order, batches = _shuffled(n_train, cfg.batch_size, shuffle)
+        epoch_logits: list[Tensor] = []  # for the accuracy, counted once at the epoch's end
+        for idx in batches:
             xb, yb = x_train[idx], y_train[idx]
             flat.zero_grad()
             logits = model(xb)
@@ -205,7 +205,7 @@ def _epochs(
             probe.step(flat.weight_grads)
             optimizer.step()
             loss_sum.add_(loss.detach())
-            correct.add_(((logits.detach() > 0) == (yb > 0.5)).sum())
+            epoch_logits.append(logits.detach())
             if time.monotonic() > next_check:
                 next_check = time.monotonic() + STOP_CHECK_SECONDS
                 reason = should_stop()
@@ -217,10 +217,17 @@ def _epochs(
         outcome = settle(measurer.wait())
         if outcome:
             return outcome
-        grads = probe.finish(flat.weight_grads, flat.weights)
+        correct = ((torch.cat(epoch_logits) > 0) == (y_train[order] > 0.5)).sum()
         train_loss = loss_sum / n_train
         measurer.submit(
-            epoch, flat.data, grads, train_loss, correct / n_train, seconds, epoch in grid_at
+            epoch,
+            flat.data,
+            probe.finish_later(),
+            train_loss,
+            correct / n_train,
+            seconds,
+            with_grid=epoch in grid_at,
+            last=epoch == cfg.epochs,
         )
         if not math.isfinite(float(train_loss)):  # one sync per epoch; the rest is deferred
             return settle(measurer.wait()) or TrainResult("diverged", epoch, last)
