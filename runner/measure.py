@@ -11,8 +11,10 @@ Epochs are measured and stored in order, one at a time.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -36,6 +38,19 @@ class Measured:
     metrics: dict[str, float]
     cancelled: bool
     diverged: str | None  # why the epoch counts as diverged (runner.probes.divergence)
+
+
+T = TypeVar("T")
+
+
+def _settle(future: Future[T], compute: Callable[[], T]) -> None:
+    """Compute a value the measuring thread waits for; an error goes to it as well."""
+    try:
+        future.set_result(compute())
+    except BaseException as exc:
+        future.set_exception(exc)  # the measurement waiting for it re-raises it
+        if not isinstance(exc, Exception):
+            raise
 
 
 class EpochMeasurer:
@@ -86,15 +101,18 @@ class EpochMeasurer:
     ) -> None:
         """Queue the measurement of an epoch that just ended. Copies what the next epoch will
         change (the weights), so the caller may train on at once. After the `last` epoch
-        nothing trains, so the caller's thread draws that epoch's grid meanwhile."""
-        threaded_last = last and self._pool is not None
+        nothing trains, so the caller's thread takes that epoch's gradient statistics and grid
+        while the measuring thread makes the test pass: both cores work on the run's tail."""
+        snapshot = weights.detach().clone()
+        here = last and self._pool is not None
+        grads: GradStatsFn | Future[dict[str, Tensor]] = Future() if here else grad_stats
         grid: Future[Tensor] | None = (
-            Future() if with_grid and self._grid is not None and threaded_last else None
+            Future() if here and with_grid and self._grid is not None else None
         )
         args = (
             epoch,
-            weights.detach().clone(),
-            grad_stats,
+            snapshot,
+            grads,
             train_loss.clone(),
             train_acc.clone(),
             seconds,
@@ -103,13 +121,10 @@ class EpochMeasurer:
         )
         if self._pool is not None:
             self._pending.append(self._pool.submit(self._measure, *args))
+            if isinstance(grads, Future):
+                _settle(grads, lambda: grad_stats(snapshot[: self._flat.n_weights]))
             if grid is not None:
-                try:
-                    grid.set_result(self._grid_probs(self._live))
-                except BaseException as exc:
-                    grid.set_exception(exc)  # the measurement waiting for it re-raises it
-                    if not isinstance(exc, Exception):
-                        raise
+                _settle(grid, lambda: self._grid_probs(self._live))
             return
         done: Future[Measured] = Future()  # in line: the same path, already finished
         try:
@@ -134,7 +149,7 @@ class EpochMeasurer:
         self,
         epoch: int,
         weights: Tensor,
-        grad_stats: GradStatsFn,
+        grad_stats: GradStatsFn | Future[dict[str, Tensor]],
         train_loss: Tensor,
         train_acc: Tensor,
         seconds: float,
@@ -142,13 +157,18 @@ class EpochMeasurer:
         grid: Future[Tensor] | None,
     ) -> Measured:
         self._flat.data.copy_(weights)
-        grads = grad_stats(self._flat.weights)
         acts: list[Tensor] = []
         logits = self._model.forward_collect(self._x_test, acts)
         probs = torch.sigmoid(logits)
         test_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, self._y_test)
         test_acc = ((logits > 0) == (self._y_test > 0.5)).float().mean()
         health = activation_stats([a.unsqueeze(0) for a in acts], self._kinds)
+        grads = (
+            grad_stats.result()
+            if isinstance(grad_stats, Future)
+            else grad_stats(self._flat.weights)
+        )
+        grads = dict(grads)
         hist = grads.pop("grad_hist")[:, 0].to(torch.int32).cpu().numpy()
         per_layer = torch.stack([v[:, 0] for v in (*grads.values(), *health.values())], dim=1)
         epoch_values = torch.stack(

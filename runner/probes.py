@@ -159,6 +159,7 @@ class EpochGradStats:
         self._sums = _Sums(*(torch.zeros(shape, **zeros) for _ in range(5)))
         self._steps = 0
         self._start_weights = weights.detach().clone()
+        self._reducing: list[Future[object]] = []  # this epoch's block reductions
 
     def step(self, grads: Tensor) -> None:
         """Take one step's weight gradients (flat, layer-major): one copy."""
@@ -169,16 +170,21 @@ class EpochGradStats:
         self._steps += 1
         if self._fill == self.block:
             sums, steps = self._sums, self._ring[self._half]
-            self._busy[self._half] = self._run(lambda: self._reduce(sums, steps))
+            job = self._run(lambda: self._reduce(sums, steps))
+            if job is not None:
+                self._reducing.append(job)
+            self._busy[self._half] = job
             self._half ^= 1
             self._fill = 0
 
     def finish_later(self) -> GradStatsFn:
         """End the epoch. The returned function, given the weights at the epoch's end, gives
-        the statistics (see `finish`); with an executor, call it on the executor's thread."""
+        the statistics (see `finish`). With an executor, call it on the executor's thread, or
+        on any thread once nothing else is submitted there (it waits for the epoch's blocks)."""
         assert self._sums is not None and self._start_weights is not None, "begin() not called"
         assert self._steps, "an epoch without steps has no gradient statistics"
         sums, steps, start = self._sums, self._steps, self._start_weights
+        reducing = self._reducing
         half, fill = self._half, self._fill
         rest = self._ring[half][:fill] if fill else None
         last_half = half if fill else half ^ 1
@@ -187,6 +193,8 @@ class EpochGradStats:
 
         def finish(weights: Tensor) -> dict[str, Tensor]:
             try:
+                for job in reducing:  # done already when called on the executor's thread
+                    job.result()
                 if rest is not None:
                     self._reduce(sums, rest)
                 return self._statistics(sums, steps, last, weights, start)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from runner import probes
 from runner.config import make_config
 from runner.data import load_dataset
 from runner.models import build_model
-from runner.probes import activation_stats
+from runner.probes import EpochGradStats, activation_stats
 from runner.train import make_optimizer, train
 
 
@@ -27,6 +29,14 @@ class ListRecorder:
     def epoch(self, record) -> bool:  # noqa: ANN001
         self.records.append(record)
         return False
+
+
+def log_histogram(magnitudes: np.ndarray) -> np.ndarray:
+    """Counts of log10 of the non-zero magnitudes over the shared bins, in float64."""
+    logs = np.log10(magnitudes[magnitudes > 0])
+    edges = np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
+    counts, _ = np.histogram(np.clip(logs, HIST_LOG10_MIN, HIST_LOG10_MAX - 1e-9), bins=edges)
+    return counts
 
 
 def reference_run(cfg):  # noqa: ANN001, ANN201
@@ -113,13 +123,8 @@ def test_statistics_match_direct_computation(arch: str) -> None:
             hist = np.frombuffer(got["grad_hist"], dtype="<i4")
             assert hist.sum() == g.size
             assert hist[HIST_BINS] == int((g == 0).sum())
-            logs = np.log10(g[g > 0])
-            edges = np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
-            want_counts, _ = np.histogram(
-                np.clip(logs, HIST_LOG10_MIN, HIST_LOG10_MAX - 1e-9), bins=edges
-            )
             # float32 vs float64 log10 can move a value sitting on a bin edge by one bin.
-            assert np.abs(hist[:HIST_BINS] - want_counts).sum() <= 2
+            assert np.abs(hist[:HIST_BINS] - log_histogram(g)).sum() <= 2
 
 
 def test_activation_health_counts_saturated_and_dead_units_not_nan() -> None:
@@ -144,3 +149,82 @@ def test_divergence_is_a_non_finite_loss_or_gradient_statistic() -> None:
     )
     exploded = [*healthy, {"grad_norm": 2.0, "grad_max_abs": math.inf}]
     assert divergence(4, fine, exploded) == "grad_max_abs of layer 1 became non-finite in epoch 4"
+
+
+def _direct_layer_stats(steps: list[torch.Tensor], sizes: list[int], members: int):  # noqa: ANN202
+    """[L][K] dicts of the per-step statistics, computed slice by slice in float64."""
+    out, offset = [], 0
+    for n in sizes:
+        per_member = []
+        for k in range(members):
+            lo = offset + k * n
+            g = torch.stack([s[lo : lo + n] for s in steps]).double()
+            per_member.append(
+                {
+                    "grad_norm": float(g.norm(dim=1).mean()),
+                    "grad_mean_abs": float(g.abs().mean()),
+                    "grad_std": float(g.std(unbiased=False)),
+                    "grad_max_abs": float(g.abs().max()),
+                }
+            )
+        out.append(per_member)
+        offset += n * members
+    return out
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_gradients_reduced_in_blocks_equal_per_step_statistics(threaded: bool, monkeypatch) -> None:  # noqa: ANN001
+    # Blocks of 3 steps: epochs of 7, 3, 1 and 5 steps fill blocks partly and exactly and
+    # wrap the two-block ring across epochs; the caller overwrites its gradient buffer right
+    # after each step, as the training loop does, while the other thread reduces.
+    monkeypatch.setattr(probes, "BLOCK_STEPS", 3)
+    sizes, members = [6, 12, 12, 12, 4], 2
+    total = sum(sizes) * members
+    gen = torch.Generator().manual_seed(0)
+    executor = ThreadPoolExecutor(max_workers=1) if threaded else None
+    probe = EpochGradStats(sizes, members, torch.device("cpu"), executor)
+    assert probe.block == 3
+    weights = torch.randn(total, generator=gen)
+    buffer = torch.empty(total)
+    try:
+        for epoch, n_steps in enumerate((7, 3, 1, 5)):
+            start = weights.clone()
+            probe.begin(weights)
+            seen = []
+            for step in range(n_steps):
+                buffer.copy_(torch.randn(total, generator=gen) * 10.0 ** -(step % 4))
+                buffer[::7] = 0.0
+                probe.step(buffer)
+                seen.append(buffer.clone())
+            weights = weights + 0.01 * torch.randn(total, generator=gen)
+            finish = probe.finish_later() if threaded else None
+            if finish is None:
+                got = probe.finish(weights)
+            elif epoch % 2:  # on the measuring thread, as between epochs
+                got = executor.submit(finish, weights).result()
+            else:  # on the caller's thread, as after the last epoch
+                got = finish(weights)
+            want = _direct_layer_stats(seen, sizes, members)
+            offset = 0
+            for layer, n in enumerate(sizes):
+                for k in range(members):
+                    for key, value in want[layer][k].items():
+                        assert float(got[key][layer, k]) == pytest.approx(value, rel=1e-5), key
+                    w = weights[offset + k * n : offset + (k + 1) * n].double()
+                    moved = w - start[offset + k * n : offset + (k + 1) * n].double()
+                    assert float(got["weight_norm"][layer, k]) == pytest.approx(
+                        float(w.norm()), rel=1e-5
+                    )
+                    assert float(got["update_ratio"][layer, k]) == pytest.approx(
+                        float(moved.norm() / w.norm()), rel=1e-4
+                    )
+                    # The histogram is of the epoch's last step.
+                    last = seen[-1][offset + k * n : offset + (k + 1) * n].abs().numpy()
+                    hist = got["grad_hist"][layer, k].numpy()
+                    assert int(hist.sum()) == n
+                    assert int(hist[HIST_BINS]) == int((last == 0).sum())
+                    assert np.abs(hist[:HIST_BINS] - log_histogram(last)).sum() <= 2
+                offset += n * members
+    finally:
+        if executor is not None:
+            executor.shutdown()
