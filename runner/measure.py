@@ -80,6 +80,7 @@ class EpochMeasurer:
             else None
         )
         self._pending: list[Future[Measured]] = []
+        self._handoffs: list[Future] = []  # values this thread owes the measuring thread
 
     @property
     def executor(self) -> ThreadPoolExecutor | None:
@@ -120,6 +121,7 @@ class EpochMeasurer:
             grid,
         )
         if self._pool is not None:
+            self._handoffs = [f for f in (grads, grid) if isinstance(f, Future)]
             self._pending.append(self._pool.submit(self._measure, *args))
             if isinstance(grads, Future):
                 _settle(grads, lambda: grad_stats(snapshot[: self._flat.n_weights]))
@@ -142,6 +144,11 @@ class EpochMeasurer:
 
     def close(self) -> None:
         if self._pool is not None:
+            # Interrupted between queueing the last epoch and handing it its values: release
+            # the measurement waiting for them, or shutting down would wait forever.
+            for owed in self._handoffs:
+                if not owed.done():
+                    owed.set_exception(RuntimeError("training stopped before the last epoch"))
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     @torch.inference_mode()
@@ -157,18 +164,20 @@ class EpochMeasurer:
         grid: Future[Tensor] | None,
     ) -> Measured:
         self._flat.data.copy_(weights)
-        acts: list[Tensor] = []
-        logits = self._model.forward_collect(self._x_test, acts)
-        probs = torch.sigmoid(logits)
-        test_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, self._y_test)
-        test_acc = ((logits > 0) == (self._y_test > 0.5)).float().mean()
-        health = activation_stats([a.unsqueeze(0) for a in acts], self._kinds)
-        grads = (
-            grad_stats.result()
-            if isinstance(grad_stats, Future)
-            else grad_stats(self._flat.weights)
-        )
-        grads = dict(grads)
+        try:
+            acts: list[Tensor] = []
+            logits = self._model.forward_collect(self._x_test, acts)
+            probs = torch.sigmoid(logits)
+            test_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, self._y_test)
+            test_acc = ((logits > 0) == (self._y_test > 0.5)).float().mean()
+            health = activation_stats([a.unsqueeze(0) for a in acts], self._kinds)
+        finally:
+            # Taken even when the test pass failed: the training thread reuses the gradient
+            # ring only once these statistics are taken, and must not wait forever.
+            if isinstance(grad_stats, Future):
+                grads = dict(grad_stats.result())
+            else:
+                grads = grad_stats(self._flat.weights)
         hist = grads.pop("grad_hist")[:, 0].to(torch.int32).cpu().numpy()
         per_layer = torch.stack([v[:, 0] for v in (*grads.values(), *health.values())], dim=1)
         epoch_values = torch.stack(
@@ -184,8 +193,8 @@ class EpochMeasurer:
         )
         grid_record = None
         if with_grid and self._grid is not None:
-            probs = grid.result() if grid is not None else self._grid_probs(self._model)
-            grid_record = self._grid.record(probs)
+            grid_probs = grid.result() if grid is not None else self._grid_probs(self._model)
+            grid_record = self._grid.record(grid_probs)
         cancelled = self._recorder.epoch(EpochRecord(epoch, metrics, stats, grid_record))
         return Measured(epoch, metrics, bool(cancelled), divergence(epoch, metrics, stats))
 

@@ -188,3 +188,23 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     stored = get_run(engine, run_id)
     assert (stored.status, stored.error) == ("failed", WORKER_LOST)
     assert (result.status, result.error) == ("failed", WORKER_LOST)
+
+
+@pytest.mark.timeout(60)  # the failure this guards against is a hang
+def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
+    # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many
+    # times while the failed epoch-1 measurement is pending; it must get the error, not wait.
+    import runner.measure
+    from runner import probes
+
+    monkeypatch.setattr(probes, "BLOCK_STEPS", 2)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("activation statistics failed")
+
+    monkeypatch.setattr(runner.measure, "activation_stats", broken)
+    rec = ListRecorder()
+    cfg = {"depth": 2, "width": 4, "samples": 1024, "batch_size": 48, "epochs": 3}
+    with pytest.raises(RuntimeError, match="activation statistics failed"):
+        train(make_config(cfg), rec)
+    assert rec.records == []
