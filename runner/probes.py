@@ -130,6 +130,7 @@ class EpochGradStats:
         self._sums: _Sums | None = None
         self._steps = 0  # a Python count: no tensor op per step
         self._start_weights: Tensor | None = None
+        self._reducing: list[Future[object]] = []  # this epoch's block reductions
         # For the once-per-epoch histogram: each element's (layer, member) slot.
         n_layers = len(weight_sizes)
         slot = torch.cat(
@@ -159,7 +160,7 @@ class EpochGradStats:
         self._sums = _Sums(*(torch.zeros(shape, **zeros) for _ in range(5)))
         self._steps = 0
         self._start_weights = weights.detach().clone()
-        self._reducing: list[Future[object]] = []  # this epoch's block reductions
+        self._reducing = []
 
     def step(self, grads: Tensor) -> None:
         """Take one step's weight gradients (flat, layer-major): one copy."""
