@@ -46,6 +46,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -431,16 +432,25 @@ def _insert_runs(conn: Connection, runs: list[SourceRun], source_file: str) -> N
             conn.execute(insert(TABLES[name]), batch[start : start + 5_000])
 
 
-def _begin_on_sqlite(conn: Connection, *, write: bool) -> None:
-    """SQLite: open the transaction now, before the first read (Python's sqlite3 module would
-    open it only at the first INSERT, after the reads). For writing, `BEGIN IMMEDIATE` takes
-    the write lock at once, waiting for other writers (busy_timeout): no worker or other
-    import can commit between what the import read and what it writes. A dry run only reads,
-    in one snapshot, and blocks nobody."""
-    if conn.dialect.name != "sqlite":
-        return
-    if not conn.connection.dbapi_connection.in_transaction:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+# An arbitrary constant naming the PostgreSQL advisory lock that serialises imports.
+_IMPORT_LOCK_KEY = 0x67736970
+
+
+def _begin_import(conn: Connection, *, write: bool) -> None:
+    """Make the import's reads and writes one serialised unit, before its first read.
+
+    SQLite: open the transaction now (Python's sqlite3 module would open it only at the first
+    INSERT, after the reads). For writing, `BEGIN IMMEDIATE` takes the write lock at once,
+    waiting for other writers (busy_timeout): no worker or other import can commit between
+    what the import read and what it writes. A dry run only reads, in one snapshot.
+    PostgreSQL: writers take a transaction-scoped advisory lock, so two imports of one file
+    do not both find its runs missing and both insert them; workers never take it.
+    """
+    if conn.dialect.name == "sqlite":
+        if not conn.connection.dbapi_connection.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    elif conn.dialect.name == "postgresql" and write:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
 
 
 def import_file(
@@ -463,7 +473,7 @@ def import_file(
     def transaction() -> Classified:
         try:
             with engine.begin() as conn:
-                _begin_on_sqlite(conn, write=not dry_run)
+                _begin_import(conn, write=not dry_run)
                 add, present, conflicting, refused = _classify(conn, checked.runs)
                 if add and not dry_run:
                     _insert_runs(conn, add, source[:500])

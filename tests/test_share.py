@@ -7,7 +7,9 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +25,7 @@ from db.records import RunSpec
 from db.session import session_scope
 from db.share import (
     ImportRefused,
+    ImportReport,
     ShareError,
     export_runs,
     export_runs_bytes,
@@ -449,6 +452,37 @@ def test_round_trip_through_postgresql(
         assert len(import_file(pg, back).already_present) == 4
     finally:
         pg.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_imports_of_one_file_at_once_add_each_run_once(
+    source: Engine, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # Teammates importing the same file together: one import adds the runs, the others find
+    # them present; none fails on a duplicate id.
+    shared = export_all(source, tmp_path / "shared.db")
+    url = (
+        str(request.getfixturevalue("db_path"))
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    target = make_engine(url)
+    importers = 4
+    start = threading.Barrier(importers)
+
+    def import_when_all_ready() -> ImportReport:
+        start.wait()
+        return import_file(target, shared)
+
+    try:
+        with ThreadPoolExecutor(max_workers=importers) as pool:
+            reports = list(pool.map(lambda _: import_when_all_ready(), range(importers)))
+        added = sorted(len(r.added) for r in reports)
+        assert added == [0] * (importers - 1) + [4]
+        assert all(len(r.already_present) == 4 for r in reports if not r.added)
+        assert content(target) == content(source)
+    finally:
+        target.dispose()
 
 
 # ---------------------------------------------------------------------------------------------
