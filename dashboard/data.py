@@ -219,7 +219,7 @@ def queue_classic_comparison() -> list[str]:
 
 
 def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
-    """Per run: "cancelled", "cancel requested" or the finished status it already had."""
+    """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
     from db.queue import cancel_runs as cancel
 
     return cancel(engine(), run_ids)

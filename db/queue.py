@@ -273,8 +273,9 @@ def recover_stale(
 
 def cancel_runs(engine: Engine, run_ids: Sequence[str]) -> dict[str, str]:
     """Cancel runs: queued ones become `cancelled` at once; running ones get `cancel_requested`
-    and their worker stops them. Returns, per id, "cancelled", "cancel requested" or the
-    finished status it already had ("completed", ...), or "not found"."""
+    and their worker stops them. Returns, per id, "cancelled", "cancel requested", "already "
+    and the finished status it had ("already completed", "already cancelled", ...), or
+    "not found"."""
     ids = list(dict.fromkeys(run_ids))
     if not ids:
         return {}
@@ -304,7 +305,7 @@ def cancel_runs(engine: Engine, run_ids: Sequence[str]) -> dict[str, str]:
                 for run_id, status in s.execute(
                     select(RunModel.id, RunModel.status).where(RunModel.id.in_(rest))
                 ):
-                    outcome[run_id] = status
+                    outcome[run_id] = f"already {status}"
         return {run_id: outcome.get(run_id, "not found") for run_id in ids}
 
     return with_retry(action)

@@ -162,7 +162,7 @@ def cancel(
         "cancel requested": "cancel requested (stops within an epoch)",
     }
     for run_id, result in outcome.items():
-        text = notes.get(result, f"not cancelled: already {result}")
+        text = notes.get(result, f"not cancelled: {result}")
         console.print(f"{run_id}  {text}", highlight=False)
 
 

@@ -182,7 +182,11 @@ def test_cancel_queued_now_running_by_request(engine: Engine) -> None:
     assert get_run(engine, running).status == "running"
     assert heartbeat(engine, [running], "w")[running].cancel_requested is True
     RunStore(engine).finish_run(running, "completed")
-    assert cancel_runs(engine, [running]) == {running: "completed"}  # finished: untouched
+    # Finished runs are untouched, and said to be so.
+    assert cancel_runs(engine, [running, queued]) == {
+        running: "already completed",
+        queued: "already cancelled",
+    }
     assert get_run(engine, running).status == "completed"
     assert claim_next(engine, "w") is None
 
