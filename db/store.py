@@ -170,8 +170,18 @@ class RunStore:
         return bool(cancel)
 
     def cancel_requested(self, run_id: str) -> bool:
+        return run_id in self.cancel_requests([run_id])
+
+    def cancel_requests(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs have a cancel request: one query for a whole group."""
         with transaction(self.engine) as s:
-            return bool(s.scalar(select(_runs.c.cancel_requested).where(_runs.c.id == run_id)))
+            return set(
+                s.scalars(
+                    select(_runs.c.id).where(
+                        _runs.c.id.in_(list(run_ids)), _runs.c.cancel_requested.is_(True)
+                    )
+                )
+            )
 
     # -- finishing --------------------------------------------------------------------------
     def finish_run(

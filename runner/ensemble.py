@@ -413,12 +413,34 @@ class _GroupTraining:
 # -- with the database -----------------------------------------------------------------------
 
 
+class CancelRequests:
+    """The group's cancel requests, read for all members at once and reused for a moment: a
+    mid-epoch check asks every member, and that should be one query, not one per member."""
+
+    def __init__(self, store: RunStore, run_ids: Sequence[str], max_age_s: float = 0.5) -> None:
+        self.store = store
+        self.run_ids = list(run_ids)
+        self.max_age_s = max_age_s
+        self._read_at = -math.inf
+        self._requested: set[str] = set()
+
+    def __contains__(self, run_id: object) -> bool:
+        if time.monotonic() - self._read_at > self.max_age_s:
+            self._requested = self.store.cancel_requests(self.run_ids)
+            self._read_at = time.monotonic()
+        return run_id in self._requested
+
+
 class GroupMemberRecorder(DbRecorder):
     """A member's DbRecorder that also reports its cancellation mid-epoch (a read only: the
     worker's own heartbeat thread keeps every claimed member's heartbeat fresh)."""
 
+    def __init__(self, store: RunStore, run_id: str, requests: CancelRequests) -> None:
+        super().__init__(store, run_id)
+        self.requests = requests
+
     def poll(self) -> bool:
-        return self.store.cancel_requested(self.run_id)
+        return self.run_id in self.requests
 
 
 def execute_group(
@@ -448,7 +470,8 @@ def execute_group(
             error=result.error,
         )
 
-    recorders = [GroupMemberRecorder(store, run_id) for run_id in run_ids]
+    requests = CancelRequests(store, run_ids)
+    recorders = [GroupMemberRecorder(store, run_id, requests) for run_id in run_ids]
     try:
         train_group(cfgs, recorders, should_stop, on_done=finish)
     except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import event, update
 
 from db.engine import make_engine
+from db.models import RunModel
 from db.queries import run_document
 from db.records import LAYER_STAT_FIELDS, EpochRecord, LayerInfo, RunSpec
 from db.store import RunStore
@@ -384,6 +386,33 @@ def test_execute_group_records_each_member_as_execute_run_does(db_path: Path) ->
         assert got["group_id"] == "g1"
         assert got["epochs"] and got["layer_stats"]
         assert_documents_match(got, want)
+    engine.dispose()
+
+
+def test_a_cancel_request_reaches_its_member_mid_epoch_with_one_read_per_check(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ensemble, "STOP_CHECK_SECONDS", 0.0)  # check after every step
+    engine = make_engine(str(db_path))
+    store = RunStore(engine)
+    cfgs = configs(arch="relu", optimizer="adam", lr=1e-2)
+    ids = create_running(store, cfgs, group_id="g3")
+    reads: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(_conn, _cursor, statement, _params, _context, _many) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith("SELECT") and "cancel_requested" in statement:
+            reads.append(statement)
+
+    # Requested before training starts: the member stops at its first mid-epoch check.
+    with engine.begin() as conn:
+        conn.execute(update(RunModel).where(RunModel.id == ids[1]).values(cancel_requested=True))
+    results = execute_group(store, ids, cfgs)
+    assert [r.status for r in results] == ["completed", "cancelled", "completed", "completed"]
+    assert run_document(engine, ids[1])["epochs"] == []
+    # One query answers every member's check (at most one per 0.5 s, however many members).
+    steps = cfgs[0].epochs * math.ceil(192 / cfgs[0].batch_size)
+    assert 1 <= len(reads) <= steps
     engine.dispose()
 
 
