@@ -5,7 +5,8 @@ layer), optionally on the decision grid, and stored. On a small model that work 
 a third of an epoch's steps, so it runs on a background thread against a snapshot of the
 weights while the training thread goes on; with one torch thread per op, the two use both cores.
 The numbers are the same as measuring in line: the snapshot is taken at the epoch's end.
-Epochs are measured and stored in order, one at a time.
+Epochs are measured and stored in order, one at a time. The same thread reduces the blocks of
+per-step gradients (runner.probes.EpochGradStats), in order with the measurements.
 """
 
 from __future__ import annotations
