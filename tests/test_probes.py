@@ -39,6 +39,16 @@ def log_histogram(magnitudes: np.ndarray) -> np.ndarray:
     return counts
 
 
+def per_step_gradient_stats(grads: torch.Tensor) -> dict[str, float]:
+    """The recorded gradient statistics of one layer from its [steps, elements] gradients."""
+    return {
+        "grad_norm": float(grads.norm(dim=1).mean()),
+        "grad_mean_abs": float(grads.abs().mean()),
+        "grad_std": float(grads.std(unbiased=False)),
+        "grad_max_abs": float(grads.abs().max()),
+    }
+
+
 def reference_run(cfg):  # noqa: ANN001, ANN201
     """The same training written plainly, with statistics computed per layer in float64."""
     data = load_dataset(cfg)
@@ -66,10 +76,7 @@ def reference_run(cfg):  # noqa: ANN001, ANN201
             w = lin.weight.detach().double()
             layers.append(
                 {
-                    "grad_norm": float(torch.stack([g.norm() for g in grads]).mean()),
-                    "grad_mean_abs": float(grads.abs().mean()),
-                    "grad_std": float(grads.std(unbiased=False)),
-                    "grad_max_abs": float(grads.abs().max()),
+                    **per_step_gradient_stats(grads.flatten(1)),
                     "weight_norm": float(w.norm()),
                     "update_ratio": float((w - start[i].double()).norm() / w.norm()),
                     "last_grad": per_step[-1][i],
@@ -158,14 +165,8 @@ def _direct_layer_stats(steps: list[torch.Tensor], sizes: list[int], members: in
         per_member = []
         for k in range(members):
             lo = offset + k * n
-            g = torch.stack([s[lo : lo + n] for s in steps]).double()
             per_member.append(
-                {
-                    "grad_norm": float(g.norm(dim=1).mean()),
-                    "grad_mean_abs": float(g.abs().mean()),
-                    "grad_std": float(g.std(unbiased=False)),
-                    "grad_max_abs": float(g.abs().max()),
-                }
+                per_step_gradient_stats(torch.stack([s[lo : lo + n] for s in steps]).double())
             )
         out.append(per_member)
         offset += n * members
