@@ -41,7 +41,6 @@ from dashboard import tables  # noqa: E402
 from db import frames  # noqa: E402
 from db.engine import make_engine  # noqa: E402
 from db.models import (  # noqa: E402
-    HIST_BINS,
     DecisionGridModel,
     EpochMetricModel,
     LayerStatModel,
@@ -49,8 +48,8 @@ from db.models import (  # noqa: E402
     RunModel,
     RunPointsModel,
 )
-from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS  # noqa: E402
-from runner.config import make_config  # noqa: E402
+from vocab.config import make_config  # noqa: E402
+from vocab.fields import EPOCH_FIELDS, HIST_BINS, LAYER_STAT_FIELDS  # noqa: E402
 
 N_RUNS, N_DEEP = 10_000, 10
 SMALL = {"depth": 4, "epochs": 10}

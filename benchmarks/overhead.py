@@ -44,10 +44,10 @@ def child(mode: str) -> None:
     """Runs in a fresh process: time one training of the workload, print seconds as JSON."""
     import torch
 
-    from runner.config import make_config
-    from runner.data import load_dataset
-    from runner.models import build_model
+    from runner.datasets import load_dataset
+    from runner.networks import build_model
     from runner.train import make_optimizer
+    from vocab.config import make_config
 
     torch.set_num_threads(1)
     cfg = make_config(WORKLOAD)
@@ -69,9 +69,9 @@ def child(mode: str) -> None:
         elapsed = time.perf_counter() - started
     elif mode == "recorded":
         from db.engine import make_engine
-        from db.records import RunSpec
         from db.store import RunStore
         from runner.execute import execute_run
+        from vocab.records import RunSpec
 
         with tempfile.TemporaryDirectory() as tmp:
             store = RunStore(make_engine(str(Path(tmp) / "bench.db")))

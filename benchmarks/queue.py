@@ -37,10 +37,10 @@ from db.engine import make_engine  # noqa: E402
 from db.models import RunModel  # noqa: E402
 from db.queries import list_runs  # noqa: E402
 from db.queue import claim_next, heartbeat  # noqa: E402
-from db.records import RunSpec  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from db.store import RunStore  # noqa: E402
-from runner.config import make_config  # noqa: E402
+from vocab.config import make_config  # noqa: E402
+from vocab.records import RunSpec  # noqa: E402
 
 TINY = {"depth": "2", "width": "8", "samples": "256", "epochs": "1", "device": "cpu"}
 

@@ -31,12 +31,13 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import torch  # noqa: E402
 
 from db.engine import make_engine  # noqa: E402
-from db.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402
 from db.store import RunStore  # noqa: E402
-from runner.config import RunConfig, make_config  # noqa: E402
-from runner.ensemble import execute_group, plan_groups, train_group  # noqa: E402
+from runner.ensemble import execute_group, train_group  # noqa: E402
 from runner.execute import execute_run  # noqa: E402
 from runner.train import train  # noqa: E402
+from vocab.config import RunConfig, make_config  # noqa: E402
+from vocab.grouping import plan_groups  # noqa: E402
+from vocab.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402
 
 ARCHS = ("sigmoid", "relu", "resnet")
 

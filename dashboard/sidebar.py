@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import streamlit as st
 
-from dashboard import data, view
+from dashboard import db_gateway, view
 from dashboard.tables import escape_markdown
 from db.errors import StorageError
-from runner.config import (
+from vocab.config import (
     BUILTIN_DATASETS,
     ConfigError,
     RunConfig,
@@ -31,7 +31,7 @@ SWEEP_NOTES_KEY = "new_sweep_outcome"
 def render() -> None:
     with st.sidebar:
         st.caption("Database")
-        st.code(data.database_for_people(), language=None, wrap_lines=True)
+        st.code(db_gateway.database_for_people(), language=None, wrap_lines=True)
         _live_queue()
         with st.expander("New run", icon=":material/add:"):
             new_run_form()
@@ -43,7 +43,7 @@ def render() -> None:
 
 
 def _cancel(run_id: str) -> None:
-    outcome = data.cancel_runs([run_id]).get(run_id, "not found")
+    outcome = db_gateway.cancel_runs([run_id]).get(run_id, "not found")
     st.toast(f"Run {run_id[:8]}: {outcome}")
 
 
@@ -51,7 +51,7 @@ def _cancel(run_id: str) -> None:
 @functools.partial(view.guarded, brief=True)
 def _live_queue() -> None:
     """Refreshes itself every few seconds without rerunning the page."""
-    status = data.worker_status()
+    status = db_gateway.worker_status()
     if status.local_pid is not None:
         st.success(f"Worker alive (pid {status.local_pid})", icon=":material/memory:")
     elif status.live_workers:
@@ -61,7 +61,7 @@ def _live_queue() -> None:
             "Worker not running: queued runs wait. Start one with `gradscope worker`.",
             icon=":material/pause_circle:",
         )
-    queue = data.queue()
+    queue = db_gateway.queue()
     st.caption(f"Queue: {status.running} running, {status.queued} queued")
     for run in queue.head(QUEUE_SHOWN).itertuples():
         title = run.name or f"{run.arch} d{run.depth} {run.dataset}"
@@ -157,7 +157,7 @@ def _queue_new_run() -> None:
     """The form's submit callback. Callbacks run before the script, so the queue drawn in this
     run already lists the new run; the outcome is left in session state for the form to show."""
     try:
-        run_id = data.queue_run(with_absolute_csv(make_config(_form_values())))
+        run_id = db_gateway.queue_run(with_absolute_csv(make_config(_form_values())))
     except ConfigError as exc:
         st.session_state[NOTES_KEY] = {"errors": _errors_by_field(str(exc))}
     except StorageError as exc:
@@ -207,7 +207,7 @@ def _queue_new_sweep() -> None:
         "dataset": state[f"{SWEEP_KEY}_dataset"],
     }
     try:
-        ids = data.queue_sweep(grid, name=state[f"{SWEEP_KEY}_name"])
+        ids = db_gateway.queue_sweep(grid, name=state[f"{SWEEP_KEY}_name"])
     except (ConfigError, StorageError) as exc:
         state[SWEEP_NOTES_KEY] = {"error": str(exc)}
     else:

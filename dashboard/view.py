@@ -10,7 +10,7 @@ from typing import ParamSpec
 import altair as alt
 import streamlit as st
 
-from dashboard import data
+from dashboard import db_gateway
 from dashboard.tables import escape_markdown
 from db.errors import SchemaVersionError, StorageError
 
@@ -49,7 +49,7 @@ def storage_failure(exc: StorageError, *, brief: bool = False) -> None:
         st.info(
             # The path or URL is typed text: escaped, not a code span (a backtick would end it).
             f"Check that the database is reachable (now: "
-            f"{escape_markdown(data.database_for_people())}), then reload the page. "
+            f"{escape_markdown(db_gateway.database_for_people())}), then reload the page. "
             "Open another database with `gradscope dashboard --db PATH_OR_URL`."
         )
 

@@ -21,9 +21,9 @@ from db.models import Base
 DEFAULT_DB = "gradscope.db"
 ENV_VAR = "GRADSCOPE_DB"
 # The Alembic revision the models describe; tests check it equals Alembic's head.
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0002_notes_tags_retries"
 # Every revision this version knows, oldest first.
-KNOWN_REVISIONS = ("0001_initial",)
+KNOWN_REVISIONS = ("0001_initial", "0002_notes_tags_retries")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # An arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
 _SCHEMA_LOCK_KEY = 0x67726164

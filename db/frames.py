@@ -18,18 +18,15 @@ from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import StorageError
-from db.models import (
+from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel, RunPointsModel
+from vocab.fields import (
+    EPOCH_FIELDS,
     HIST_BINS,
     HIST_LOG10_MAX,
     HIST_LOG10_MIN,
     HIST_SLOTS,
-    DecisionGridModel,
-    EpochMetricModel,
-    LayerStatModel,
-    RunModel,
-    RunPointsModel,
+    LAYER_STAT_FIELDS,
 )
-from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
 
 # run_id -> run_label of the runs to read.
 Labels = Mapping[str, str]

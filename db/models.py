@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -27,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS, RUN_STATUSES
+
 # Named constraints so Alembic migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -35,15 +38,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-RUN_STATUSES = ("queued", "running", "completed", "failed", "diverged", "cancelled", "interrupted")
-FINISHED_STATUSES = ("completed", "failed", "diverged", "cancelled", "interrupted")
-
-# Histogram of log10|g|: fixed bins shared by every run so histograms compare across runs.
-HIST_LOG10_MIN = -12.0
-HIST_LOG10_MAX = 2.0
-HIST_BINS = 56  # a quarter decade per bin
-HIST_SLOTS = HIST_BINS + 2  # stored counts: the bins, then exact zeros, then non-finite values
 
 
 class Base(DeclarativeBase):
@@ -62,10 +56,11 @@ class RunModel(Base):
     __table_args__ = (
         _status_check(),
         Index("ix_runs_status_created", "status", "created_at"),
+        Index("ix_runs_created_seq", "created_at", "seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Denormalised from config so the runs table filters and sorts without parsing JSON.
@@ -75,7 +70,7 @@ class RunModel(Base):
     width: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(Integer)
     sweep_id: Mapped[str | None] = mapped_column(String(36), index=True)
-    sweep_name: Mapped[str | None] = mapped_column(String(200))
+    sweep_name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))
     group_id: Mapped[str | None] = mapped_column(String(36), index=True)
     group_index: Mapped[int | None] = mapped_column(Integer)
 
@@ -102,6 +97,14 @@ class RunModel(Base):
     source_file: Mapped[str | None] = mapped_column(String(500))
     imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # Schema 0002. Creation order: runs created together keep it (tables, queue, training).
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    notes: Mapped[str | None] = mapped_column(Text)
+    # How many times the run has been claimed for training (a lost run may be queued again).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The machine that trained it (the node, on a cluster); `worker` names the process.
+    hostname: Mapped[str | None] = mapped_column(String(200))
+
 
 class RunLayerModel(Base):
     """Each nn.Linear of a run's model, index 0 nearest the input, the output layer last."""
@@ -112,12 +115,16 @@ class RunLayerModel(Base):
         String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     layer: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # input | hidden | block | output
-    activation: Mapped[str] = mapped_column(String(16))  # sigmoid | relu
+    # Built-in runs: the nn.Linear's name; a user's model (gradscope.init): the module path.
+    name: Mapped[str] = mapped_column(String(200))
+    # Built-in: input | hidden | block | output; a user's model: the module type (Conv2d, ...).
+    kind: Mapped[str] = mapped_column(String(64))
+    activation: Mapped[str] = mapped_column(String(16))  # sigmoid | relu | none
     fan_in: Mapped[int] = mapped_column(Integer)
     fan_out: Mapped[int] = mapped_column(Integer)
     n_params: Mapped[int] = mapped_column(Integer)
+    # The weight's shape as JSON ("[32, 16]"); schema 0002, NULL for older runs.
+    shape: Mapped[str | None] = mapped_column(String(200))
 
 
 class EpochMetricModel(Base):
@@ -135,6 +142,9 @@ class EpochMetricModel(Base):
     test_acc: Mapped[float | None] = mapped_column(Float)
     pred_std: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float | None] = mapped_column(Float)
+    # Schema 0002: the step (1-based, within the epoch) whose loss or gradient first became
+    # non-finite; NULL when every step was finite.
+    first_nonfinite_step: Mapped[int | None] = mapped_column(Integer)
 
 
 class LayerStatModel(Base):
@@ -159,6 +169,22 @@ class LayerStatModel(Base):
     dead_frac: Mapped[float | None] = mapped_column(Float)
     # int32 little-endian counts: HIST_BINS bins of log10|g|, then zeros, then non-finite.
     grad_hist: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Schema 0002, set only for an epoch with a non-finite step: what the finite steps before
+    # it saw (max |g| at the epoch's first step and over all finite steps, the last finite norm).
+    finite_first_max_abs: Mapped[float | None] = mapped_column(Float)
+    finite_max_abs: Mapped[float | None] = mapped_column(Float)
+    finite_last_norm: Mapped[float | None] = mapped_column(Float)
+
+
+class RunTagModel(Base):
+    """A tag on a run (schema 0002); a run carries any number of distinct tags."""
+
+    __tablename__ = "run_tags"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(MAX_TAG_CHARS), primary_key=True, index=True)
 
 
 class DecisionGridModel(Base):

@@ -13,8 +13,8 @@ from db.clock import as_utc
 from db.errors import NotFoundError, StorageError
 from db.floats import from_db
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
-from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
 from db.session import session_scope
+from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
 
 
 @dataclass(frozen=True)

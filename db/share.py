@@ -53,12 +53,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.clock import as_utc, now_expr
 from db.engine import make_engine
 from db.errors import StorageError
-from db.models import FINISHED_STATUSES, RUN_STATUSES, RunModel
+from db.models import RunModel
 from db.queries import resolve_run_id
 from db.queue import with_retry
 from db.session import session_scope
 from db.share_source import DEFAULT_MAX_IMPORT_BYTES, read_source
 from db.share_validate import CHILD_TABLES, TABLE_ORDER, TABLES, ImportRefused, SourceRun
+from vocab.fields import FINISHED_STATUSES, RUN_STATUSES
 
 __all__ = [
     "DEFAULT_MAX_IMPORT_BYTES",

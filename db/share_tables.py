@@ -22,9 +22,9 @@ from sqlalchemy import Engine, select
 
 from db.clock import as_utc
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
-from db.records import EPOCH_FIELDS, LAYER_STAT_FIELDS
 from db.session import session_scope
 from db.share import CHUNK, ShareError
+from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
 
 TableFormat = Literal["csv", "parquet"]
 TABLE_NAMES = ("runs", "epochs", "layers")

@@ -23,8 +23,9 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBin
 
 from db.clock import as_utc
 from db.errors import StorageError
-from db.models import HIST_SLOTS, RUN_STATUSES, Base
-from runner.config import ConfigError, make_config
+from db.models import Base
+from vocab.config import ConfigError, make_config
+from vocab.fields import HIST_SLOTS, RUN_STATUSES
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -44,6 +45,7 @@ TABLE_ORDER = (
     "layer_stats",
     "decision_grids",
     "run_points",
+    "run_tags",
 )
 CHILD_TABLES = TABLE_ORDER[1:]
 TABLES: dict[str, Table] = {name: Base.metadata.tables[name] for name in TABLE_ORDER}

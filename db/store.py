@@ -17,16 +17,12 @@ from db.models import (
     RunLayerModel,
     RunModel,
     RunPointsModel,
-)
-from db.records import (
-    EPOCH_FIELDS,
-    LAYER_STAT_FIELDS,
-    EpochRecord,
-    FinalMetrics,
-    LayerInfo,
-    RunSpec,
+    RunTagModel,
 )
 from db.session import transaction
+from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from vocab.sweep import SweepPlan
 
 # Core tables: the store writes with Core statements (see db.session.transaction).
 _runs = RunModel.__table__
@@ -35,7 +31,8 @@ _points = RunPointsModel.__table__
 _epochs = EpochMetricModel.__table__
 _layer_stats = LayerStatModel.__table__
 _grids = DecisionGridModel.__table__
-_CHILDREN = (_layer_stats, _epochs, _grids, _points, _layers)
+_tags = RunTagModel.__table__
+_CHILDREN = (_layer_stats, _epochs, _grids, _points, _layers, _tags)
 
 
 def new_id() -> str:
@@ -224,3 +221,8 @@ class RunStore:
             for table in _CHILDREN:
                 s.execute(delete(table).where(table.c.run_id.in_(ids)))
             return s.execute(delete(_runs).where(_runs.c.id.in_(ids))).rowcount
+
+
+def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
+    """Queue every run of a planned sweep in one transaction; returns their ids in grid order."""
+    return RunStore(engine).create_runs(list(plan.specs))

@@ -7,8 +7,8 @@ recorder exactly as a solo run would be. Nothing is computed across members (no 
 clipping), so a diverging or cancelled member cannot change the others' numbers; members that
 finish (completed, diverged, cancelled, failed) leave the stack at the end of the epoch.
 
-`execute_group()` is `runner.execute.execute_run()` for a claimed group, and `plan_groups()`
-splits a sweep into groups by `group_key()`.
+`execute_group()` is `runner.execute.execute_run()` for a claimed group; `vocab.grouping` says
+which runs may share a group.
 """
 
 from __future__ import annotations
@@ -24,69 +24,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from db.records import EpochRecord, FinalMetrics
 from db.store import RunStore
-from runner.config import SYNTHETIC_DATASETS, RunConfig
-from runner.data import Dataset, load_dataset
+from runner.datasets import Dataset, load_dataset
 from runner.ensemble_model import StackedMLP, StackedOptimizer
 from runner.execute import DbRecorder
-from runner.models import build_model
+from runner.networks import build_model
 from runner.probes import EpochGradStats, activation_stats, divergence, epoch_rows
-from runner.train import (
-    STOP_CHECK_SECONDS,
-    Recorder,
-    TrainResult,
-    _Grid,
-    grid_epochs,
-    resolve_device,
-    test_points,
-)
+from runner.recording import DecisionGridMaker, Recorder, grid_epochs, test_points
+from runner.train import STOP_CHECK_SECONDS, TrainResult, resolve_device
+from vocab.config import RunConfig
+from vocab.grouping import group_key
+from vocab.records import EpochRecord, FinalMetrics
 
-DEFAULT_MAX_GROUP = 32  # on a CPU the gain per model stopped growing at K of about 16-64
 EVAL_CHUNK_ELEMENTS = 1 << 17  # floats per activation tensor in the end-of-epoch passes
-
-# -- grouping --------------------------------------------------------------------------------
-
-
-def group_key(cfg: RunConfig) -> tuple:
-    """What members of one group must share: everything that shapes the stacked tensors.
-
-    Members may differ in seed (init, data sampling and split, shuffle order), init scheme,
-    learning rate, momentum, epochs, noise and name: each member loads its own data with its
-    own seed, exactly as its solo run would, and the data are stacked as [K, N, features], so
-    only the sizes must agree (samples and test fraction fix N; dataset fixes the features).
-    Fields a dataset ignores are left out so they do not split groups needlessly.
-    """
-    return (
-        cfg.arch,
-        cfg.depth,
-        cfg.width,
-        cfg.block_activation if cfg.arch == "resnet" else None,
-        cfg.dataset,
-        cfg.samples if cfg.dataset in SYNTHETIC_DATASETS else None,
-        cfg.test_fraction,
-        cfg.label if cfg.is_csv else None,
-        cfg.batch_size,
-        cfg.optimizer,
-        cfg.device,
-    )
-
-
-def plan_groups(cfgs: Sequence[RunConfig], max_size: int = DEFAULT_MAX_GROUP) -> list[list[int]]:
-    """Indices into `cfgs`, grouped by `group_key` in order of first appearance and split into
-    chunks of at most `max_size` whose sizes differ by at most one (40 -> 20 + 20, not 32 + 8,
-    since a small group gains less). Groups of one are plain solo runs."""
-    if max_size < 1:
-        raise ValueError(f"max group size must be at least 1 (got {max_size})")
-    by_key: dict[tuple, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        by_key.setdefault(group_key(cfg), []).append(i)
-    groups: list[list[int]] = []
-    for members in by_key.values():
-        chunks = math.ceil(len(members) / max_size)
-        groups.extend(list(part) for part in np.array_split(np.array(members), chunks))
-    return [[int(i) for i in g] for g in groups]
-
 
 # -- training --------------------------------------------------------------------------------
 
@@ -99,7 +49,7 @@ class _Member:
     data: Dataset
     recorder: Recorder
     shuffle: torch.Generator
-    grid: _Grid | None
+    grid: DecisionGridMaker | None
     grid_at: set[int]
     last: dict[str, float]
     result: TrainResult | None = None
@@ -161,7 +111,7 @@ class _GroupTraining:
                     data,
                     recorder,
                     torch.Generator().manual_seed(cfg.seed),
-                    _Grid(data, device) if two_d else None,
+                    DecisionGridMaker(data, device) if two_d else None,
                     grid_epochs(cfg.epochs),
                     {},
                 )

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from runner.models import MLP
+from runner.networks import MLP
 
 # torch.optim.Adam's defaults, which the solo runner uses.
 ADAM_BETAS = (0.9, 0.999)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 
 from db.queries import get_run
-from db.records import EpochRecord, FinalMetrics, LayerInfo
 from db.store import RunStore
-from runner.config import RunConfig
 from runner.train import TrainResult, train
+from vocab.config import RunConfig
+from vocab.records import EpochRecord, FinalMetrics, LayerInfo
 
 
 class DbRecorder:

@@ -12,10 +12,10 @@ from types import FrameType, TracebackType
 from sqlalchemy import Engine
 
 from db.errors import StorageError
-from db.records import EpochRecord, RunSpec
 from db.store import RunStore
-from runner.config import make_config, with_absolute_csv
 from runner.execute import execute_run
+from vocab.config import make_config, with_absolute_csv
+from vocab.records import EpochRecord, RunSpec
 
 # Well inside a worker's default --stale-after (60 s): a long epoch never looks like a lost run.
 HEARTBEAT_S = 5.0

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, HIST_SLOTS
+from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, HIST_SLOTS
 
 SATURATED_LOW, SATURATED_HIGH = 0.01, 0.99
 

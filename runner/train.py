@@ -11,31 +11,24 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from db.records import DecisionGrid, EpochRecord, LayerInfo
-from runner.config import RunConfig
-from runner.data import Dataset, load_dataset
-from runner.measure import EpochMeasurer, Measured
-from runner.models import MLP, build_model
+from runner.datasets import load_dataset
+from runner.networks import MLP, build_model
 from runner.probes import EpochGradStats, FlatParameters
+from runner.recording import (
+    DecisionGridMaker,
+    EpochMeasurer,
+    Measured,
+    Recorder,
+    grid_epochs,
+    test_points,
+)
+from vocab.config import RunConfig
 
-GRID_SIZE = 48
 STOP_CHECK_SECONDS = 1.0
-
-
-class Recorder(Protocol):
-    def start(
-        self, layers: list[LayerInfo], points: tuple[int, bytes] | None, device: str
-    ) -> None: ...
-
-    def epoch(self, record: EpochRecord) -> bool:
-        """Store one epoch; return True to stop (cancellation was requested)."""
-        ...
 
 
 @dataclass
@@ -54,48 +47,10 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def grid_epochs(epochs: int) -> set[int]:
-    """Epoch 1, about every tenth of the run (at least two epochs apart), and the last epoch.
-
-    Each map is a forward pass over 48x48 points: in short runs, one every epoch costs ~10%."""
-    every = max(2, round(epochs / 10))
-    return {1, epochs} | set(range(every, epochs + 1, every))
-
-
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:  # noqa: ANN001
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.Adam(params, lr=cfg.lr)
-
-
-class _Grid:
-    """A fixed grid over the data's range (standardized space) for decision-boundary maps."""
-
-    def __init__(self, data: Dataset, device: torch.device) -> None:
-        both = np.concatenate([data.x_train, data.x_test])
-        lo, hi = both.min(axis=0), both.max(axis=0)
-        pad = (hi - lo) * 0.1
-        self.lo, self.hi = lo - pad, hi + pad
-        xs = np.linspace(self.lo[0], self.hi[0], GRID_SIZE, dtype=np.float32)
-        ys = np.linspace(self.lo[1], self.hi[1], GRID_SIZE, dtype=np.float32)
-        gx, gy = np.meshgrid(xs, ys)  # row-major [y, x]
-        self.inputs = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(device)
-
-    def record(self, probs: Tensor) -> DecisionGrid:
-        data = probs.detach().float().cpu().numpy().astype("<f2").tobytes()
-        return DecisionGrid(
-            GRID_SIZE,
-            float(self.lo[0]),
-            float(self.hi[0]),
-            float(self.lo[1]),
-            float(self.hi[1]),
-            data,
-        )
-
-
-def test_points(data: Dataset) -> tuple[int, bytes]:
-    pts = np.concatenate([data.x_test, data.y_test[:, None]], axis=1).astype("<f4")
-    return len(pts), pts.tobytes()
 
 
 def _shuffled(n: int, batch_size: int, generator: torch.Generator) -> tuple[Tensor, list[Tensor]]:
@@ -122,7 +77,7 @@ def train(
     y_train = torch.from_numpy(data.y_train).to(device)
     x_test = torch.from_numpy(data.x_test).to(device)
     y_test = torch.from_numpy(data.y_test).to(device)
-    grid = _Grid(data, device) if data.n_features == 2 else None
+    grid = DecisionGridMaker(data, device) if data.n_features == 2 else None
     grid_at = grid_epochs(cfg.epochs)
     layers = model.layer_infos()
     kinds = [info.activation for info in layers]

@@ -30,7 +30,7 @@ from db.engine import display_url, make_engine
 from db.errors import StorageError
 from db.queue import Claim, claim_next, heartbeat, recover_stale, release
 from db.store import RunStore
-from runner.config import ConfigError, RunConfig, make_config
+from vocab.config import ConfigError, RunConfig, make_config
 
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_STALE_AFTER_S = 60.0
@@ -94,7 +94,7 @@ def _load_execute_group() -> Callable[..., Any] | None:
 
 def warm_up() -> None:
     """Import what the first training run would import lazily."""
-    import sklearn.datasets  # noqa: F401 - runner.data's generators
+    import sklearn.datasets  # noqa: F401 - runner.datasets's generators
     import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimizer
 
     import runner.execute  # noqa: F401

@@ -21,10 +21,10 @@ from markdown_it import MarkdownIt
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from db.models import HIST_BINS
-from db.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 from db.store import RunStore
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.fields import HIST_BINS
+from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 # 16 gradient entries, all in the bin [1e-3, 10^-2.75).

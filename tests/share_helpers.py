@@ -15,10 +15,11 @@ import numpy as np
 from sqlalchemy import Engine, MetaData, select
 
 from db.clock import as_utc
-from db.models import HIST_BINS, Base
-from db.records import DecisionGrid, EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from db.models import Base
 from db.store import RunStore
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.fields import HIST_BINS
+from vocab.records import DecisionGrid, EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 INF, NAN = math.inf, math.nan
 # Set by import, so they differ between a source and its import by design.

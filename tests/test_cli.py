@@ -14,6 +14,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from db.engine import SCHEMA_REVISION
 from runner.cli import app
 
 runner = CliRunner()
@@ -119,7 +120,7 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "0001_initial" in done.stdout and target.exists()
+    assert SCHEMA_REVISION in done.stdout and target.exists()
     listed = subprocess.run(
         [sys.executable, "-m", "runner.cli", "runs", "--json"],
         env=env,
@@ -185,9 +186,9 @@ def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) 
 
 def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: ANN001
     from db.engine import make_engine
-    from db.records import EpochRecord, RunSpec
     from db.store import RunStore
-    from runner.config import make_config
+    from vocab.config import make_config
+    from vocab.records import EpochRecord, RunSpec
 
     store = RunStore(make_engine(str(db_path)))
     run_id = store.create_run(RunSpec(make_config({"depth": 1}).model_dump()), status="running")

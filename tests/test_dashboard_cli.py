@@ -11,7 +11,7 @@ from conftest import free_port
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.cli_dashboard import streamlit_command
+from runner.cli.dashboard_commands import streamlit_command
 
 cli = CliRunner()
 

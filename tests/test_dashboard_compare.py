@@ -20,8 +20,8 @@ from dashboard_helpers import (
 
 from db import frames
 from db.engine import make_engine
-from db.records import EpochRecord
 from db.store import RunStore
+from vocab.records import EpochRecord
 
 
 @pytest.fixture

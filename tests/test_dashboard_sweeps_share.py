@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from db import frames
 from db.engine import make_engine
 from db.share import export_runs_bytes
-from runner.cli_dashboard import streamlit_command
+from runner.cli.dashboard_commands import streamlit_command
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from db.errors import SchemaVersionError
 from db.migrate import head_revision, upgrade
 from db.models import Base
 from db.queries import run_document
-from db.records import EpochRecord, RunSpec
 from db.store import RunStore
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.records import EpochRecord, RunSpec
 
 
 def test_schema_revision_is_alembic_head() -> None:

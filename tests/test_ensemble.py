@@ -23,14 +23,16 @@ from sqlalchemy import event, update
 from db.engine import make_engine
 from db.models import RunModel
 from db.queries import run_document
-from db.records import LAYER_STAT_FIELDS, EpochRecord, LayerInfo, RunSpec
 from db.store import RunStore
 from runner import ensemble
-from runner.config import RunConfig, make_config
-from runner.ensemble import execute_group, group_key, plan_groups, train_group
+from runner.ensemble import execute_group, train_group
 from runner.execute import execute_run
 from runner.probes import activation_stats
 from runner.train import TrainResult, train
+from vocab.config import RunConfig, make_config
+from vocab.fields import LAYER_STAT_FIELDS
+from vocab.grouping import group_key, plan_groups
+from vocab.records import EpochRecord, LayerInfo, RunSpec
 
 SMALL = {"depth": 5, "width": 16, "samples": 256, "epochs": 3, "batch_size": 32, "device": "cpu"}
 SEEDS = (0, 1, 2, 3)

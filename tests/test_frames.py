@@ -19,10 +19,10 @@ from dashboard import tables
 from dashboard.diagnosis import badge, diagnose
 from db import frames
 from db.engine import make_engine
-from db.models import HIST_BINS, HIST_LOG10_MIN
 from db.queries import run_document
 from db.store import RunStore
-from runner.train import grid_epochs
+from runner.recording import grid_epochs
+from vocab.fields import HIST_BINS, HIST_LOG10_MIN
 
 SEED_NAMES = {"seed sigmoid", "seed relu", "seed resnet"}
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from db.models import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 from runner import probes
-from runner.config import make_config
-from runner.data import load_dataset
-from runner.models import build_model
+from runner.datasets import load_dataset
+from runner.networks import build_model
 from runner.probes import EpochGradStats, activation_stats
 from runner.train import make_optimizer, train
+from vocab.config import make_config
+from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 
 class ListRecorder:

@@ -25,10 +25,10 @@ from db.queue import (
     recover_stale,
     release,
 )
-from db.records import RunSpec
 from db.session import session_scope
 from db.store import RunStore
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.records import RunSpec
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

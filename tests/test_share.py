@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 from db.engine import SCHEMA_REVISION, make_engine
 from db.errors import StorageError
 from db.models import EpochMetricModel, RunModel
-from db.records import RunSpec
 from db.session import session_scope
 from db.share import (
     ImportRefused,
@@ -36,7 +35,8 @@ from db.share import (
 from db.share_tables import export_tables, export_tables_zip
 from db.store import RunStore
 from runner.cli import app
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.records import RunSpec
 
 cli = CliRunner()
 

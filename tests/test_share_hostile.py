@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from db import share_source
-from db.engine import make_engine
+from db.engine import SCHEMA_REVISION, make_engine
 from db.queries import run_document
 from db.share import ImportRefused, export_runs, import_file, select_run_ids
 from db.share_validate import TABLE_ORDER, TABLES
@@ -191,7 +191,7 @@ def test_another_applications_database(target: Engine, tmp_path: Path) -> None:
 
 def test_newer_schema_version(target: Engine, valid_file: Path, tmp_path: Path) -> None:
     path = tampered(valid_file, tmp_path, "UPDATE alembic_version SET version_num='0042_future'")
-    assert_refused(target, path, "0042_future", "0001_initial", "newer gradscope")
+    assert_refused(target, path, "0042_future", SCHEMA_REVISION, "newer gradscope")
 
 
 def test_missing_table_and_column(target: Engine, valid_file: Path, tmp_path: Path) -> None:
@@ -413,6 +413,8 @@ def test_mutated_rows(
         try:
             for (table, column), row, value in changes:
                 count = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+                if not count:
+                    continue  # a table the valid file leaves empty has no row to change
                 conn.execute(
                     f'UPDATE "{table}" SET "{column}" = ? WHERE rowid = '
                     f'(SELECT rowid FROM "{table}" LIMIT 1 OFFSET ?)',

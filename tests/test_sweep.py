@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 from db.engine import make_engine
 from db.queries import list_runs
+from db.store import queue_sweep
 from runner.cli import app
-from runner.config import ConfigError, make_config
-from runner.ensemble import group_key
-from runner.sweep import expand_grid, parse_grid, plan_sweep, queue_sweep
+from vocab.config import ConfigError, make_config
+from vocab.grouping import group_key
+from vocab.sweep import expand_grid, parse_grid, plan_sweep
 
 
 def test_grid_is_the_cartesian_product_in_option_order() -> None:

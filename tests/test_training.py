@@ -9,9 +9,9 @@ from test_probes import ListRecorder
 
 from db.engine import make_engine
 from db.queries import run_document
-from runner.config import make_config
 from runner.foreground import train_foreground
 from runner.train import train
+from vocab.config import make_config
 
 # Issue 2's setting: moons, depth 10, width 32, batch 64, SGD lr 0.1, one epoch.
 PHENOMENON = {
@@ -146,9 +146,9 @@ def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noq
 
     from db.queries import get_run
     from db.queue import cancel_runs
-    from db.records import RunSpec
     from db.store import RunStore
     from runner.foreground import RunWatch
+    from vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
     store = RunStore(engine)
@@ -170,9 +170,9 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
 
     from db.queries import get_run
     from db.queue import WORKER_LOST, db_now, recover_stale
-    from db.records import RunSpec
     from db.store import RunStore
     from runner.execute import execute_run
+    from vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
     store = RunStore(engine)
@@ -194,7 +194,7 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
 def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
     # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many
     # times while the failed epoch-1 measurement is pending; it must get the error, not wait.
-    import runner.measure
+    import runner.recording
     from runner import probes
 
     monkeypatch.setattr(probes, "BLOCK_STEPS", 2)
@@ -202,7 +202,7 @@ def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None
     def broken(*_args: object) -> None:
         raise RuntimeError("activation statistics failed")
 
-    monkeypatch.setattr(runner.measure, "activation_stats", broken)
+    monkeypatch.setattr(runner.recording, "activation_stats", broken)
     rec = ListRecorder()
     cfg = {"depth": 2, "width": 4, "samples": 1024, "batch_size": 48, "epochs": 3}
     with pytest.raises(RuntimeError, match="activation statistics failed"):

@@ -27,8 +27,8 @@ import runner.worker as worker_module
 from db.engine import make_engine
 from db.queries import get_run, run_document
 from db.queue import db_now, recover_stale
+from db.store import queue_sweep
 from runner.cli import app
-from runner.sweep import plan_sweep, queue_sweep
 from runner.worker import (
     RunBudget,
     WorkerOptions,
@@ -36,6 +36,7 @@ from runner.worker import (
     spawn_worker_process,
     stop_worker_process,
 )
+from vocab.sweep import plan_sweep
 
 pytestmark = pytest.mark.slow
 

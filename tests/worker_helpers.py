@@ -17,10 +17,10 @@ from sqlalchemy import Engine, func, select
 from db.engine import make_engine
 from db.models import EpochMetricModel
 from db.queries import list_runs
-from db.records import RunSpec
 from db.session import session_scope
 from db.store import RunStore
-from runner.config import make_config
+from vocab.config import make_config
+from vocab.records import RunSpec
 
 T = TypeVar("T")
 

@@ -6,13 +6,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, state, view
+from dashboard import charts, db_gateway, state, view
 from dashboard.diagnosis import Finding, diagnose
 from dashboard.tables import config_diff, escape_markdown
-from db.models import HIST_LOG10_MAX, HIST_LOG10_MIN
+from vocab.fields import ACTIVE_STATUSES, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 REFRESH_S = 2.0
-ACTIVE = ("queued", "running")
 PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
 MAP_SIZE = 200  # pixels: a decision map with its legends fits a third of a wide page
 MAX_OPTIONS = 300  # the run picker lists the newest runs (and the chosen ones)
@@ -20,14 +19,14 @@ SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
 
 
 def pick_runs() -> list[str]:
-    runs = data.runs()
+    runs = db_gateway.runs()
     known = set(runs["id"])
     chosen = [i for i in state.selected_runs() if i in known]
     if not chosen:  # nothing chosen yet: the newest runs that have recorded something
         chosen = list(runs.loc[runs["epochs_done"] > 0, "id"].head(3))
         if chosen:
             st.caption("Showing the newest runs. Pick others here or on the Runs page.")
-    names = data.labels(runs["id"].head(MAX_OPTIONS).tolist() + chosen)
+    names = db_gateway.labels(runs["id"].head(MAX_OPTIONS).tolist() + chosen)
     state.bound_widget_value("compare_runs", chosen)
     # A run deleted meanwhile must leave the widget's state before the widget is drawn.
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in names]
@@ -63,7 +62,9 @@ def findings_card(label: str, findings: list[Finding]) -> None:
                     )
 
 
-def diagnosis_section(sel: data.Selection, epochs: pd.DataFrame, layers: pd.DataFrame) -> None:
+def diagnosis_section(
+    sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame
+) -> None:
     st.subheader("Diagnosis")
     by_run_e = dict(tuple(epochs.groupby("run_id", sort=False)))
     by_run_l = dict(tuple(layers.groupby("run_id", sort=False)))
@@ -81,7 +82,7 @@ def diagnosis_section(sel: data.Selection, epochs: pd.DataFrame, layers: pd.Data
                 findings_card(run.run_label, found)
 
 
-def config_section(sel: data.Selection) -> None:
+def config_section(sel: db_gateway.Selection) -> None:
     st.subheader("Configuration")
     # The name is in every label already.
     configs = [{k: v for k, v in cfg.items() if k != "name"} for cfg in sel.runs["config"]]
@@ -145,7 +146,7 @@ def layer_control(n_layers: int) -> int:
     return layer
 
 
-def gradient_sections(sel: data.Selection, layers: pd.DataFrame, epoch: int) -> None:
+def gradient_sections(sel: db_gateway.Selection, layers: pd.DataFrame, epoch: int) -> None:
     st.subheader("Gradient flow")
     st.caption(
         "Gradient norm of each layer's weights at the chosen epoch. A line that falls "
@@ -168,7 +169,7 @@ def gradient_sections(sel: data.Selection, layers: pd.DataFrame, epoch: int) -> 
     st.subheader("Gradient histograms")
     n_layers = int(layers["layer"].max()) + 1
     layer = layer_control(n_layers)
-    hist = data.histograms(sel, epoch, layer)
+    hist = db_gateway.histograms(sel, epoch, layer)
     if hist.empty:
         st.info(f"No histograms recorded for layer {layer} at epoch {epoch}.")
         return
@@ -201,8 +202,8 @@ def health_section(layers: pd.DataFrame, epoch: int) -> None:
         view.chart(charts.unit_health(layers, epoch))
 
 
-def decision_section(sel: data.Selection, epoch: int) -> None:
-    maps = data.decision_maps(sel, epoch)
+def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
+    maps = db_gateway.decision_maps(sel, epoch)
     if maps.grid.empty:
         return
     st.subheader("Decision boundaries")
@@ -223,8 +224,8 @@ def decision_section(sel: data.Selection, epoch: int) -> None:
 
 
 def compare(run_ids: list[str]) -> None:
-    sel = data.selection(run_ids)
-    epochs, layers = data.epochs(sel), data.layer_stats(sel)
+    sel = db_gateway.selection(run_ids)
+    epochs, layers = db_gateway.epochs(sel), db_gateway.layer_stats(sel)
     if layers.empty:
         st.info("The chosen runs have not recorded an epoch yet; this page updates as they do.")
         return
@@ -238,7 +239,7 @@ def compare(run_ids: list[str]) -> None:
 
 
 st.title("Compare")
-if data.runs().empty:
+if db_gateway.runs().empty:
     st.info("No runs yet: start some on the Runs page.")
     st.page_link("app_pages/runs.py", label="Go to Runs", icon=":material/table_rows:")
     st.stop()
@@ -246,5 +247,5 @@ chosen = pick_runs()
 if not chosen:
     st.info("Choose runs above, or tick them on the Runs page.")
     st.stop()
-live = data.selection(chosen).runs["status"].isin(ACTIVE).any()
+live = db_gateway.selection(chosen).runs["status"].isin(ACTIVE_STATUSES).any()
 st.fragment(view.guarded(compare), run_every=REFRESH_S if live else None)(chosen)

@@ -6,10 +6,10 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import data, state, tables, view
+from dashboard import db_gateway, state, tables, view
+from vocab.fields import ACTIVE_STATUSES
 
 REFRESH_S = 2.0
-ACTIVE = ("queued", "running")
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),
     "progress": st.column_config.ProgressColumn(
@@ -38,7 +38,7 @@ def empty_state() -> None:
         icon=":material/science:",
     )
     if st.button("Run the classic comparison", type="primary", icon=":material/play_arrow:"):
-        ids = data.queue_classic_comparison()
+        ids = db_gateway.queue_classic_comparison()
         state.select_runs(ids)
         st.rerun()
     st.caption(
@@ -92,14 +92,14 @@ def actions(chosen: list[str], table: pd.DataFrame) -> None:
     ):
         state.select_runs(chosen)
         st.switch_page("app_pages/compare.py", query_params=state.runs_param(chosen))
-    active = [i for i in chosen if table.at[i, "status"] in ACTIVE]
+    active = [i for i in chosen if table.at[i, "status"] in ACTIVE_STATUSES]
     if cols[1].button(
         f"Cancel {len(active)} run(s)",
         disabled=not active,
         icon=":material/cancel:",
         help="Queued runs stop at once, running ones within an epoch; recorded epochs are kept.",
     ):
-        outcome = data.cancel_runs(active)
+        outcome = db_gateway.cancel_runs(active)
         # Runs that finished since the page was drawn report their status instead: not counted.
         cancelled = sum(v in ("cancelled", "cancel requested") for v in outcome.values())
         missed = len(active) - cancelled
@@ -123,7 +123,7 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
     )
     yes, no = st.columns([1, 5])
     if yes.button("Delete", type="primary", disabled=not deletable, key="delete_yes"):
-        deleted = data.delete_runs(deletable)
+        deleted = db_gateway.delete_runs(deletable)
         st.session_state.pop("confirm_delete", None)
         state.select_runs([i for i in state.selected_runs() if i not in deletable])
         st.toast(f"Deleted {deleted} run(s)")
@@ -134,7 +134,7 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
 
 
 def runs_view() -> None:
-    table = data.runs_table()
+    table = db_gateway.runs_table()
     view = filters(table)
     if view.empty:
         st.info("No runs match these filters.")
@@ -165,8 +165,8 @@ def runs_view() -> None:
 
 
 st.title("Runs")
-if data.runs().empty:
+if db_gateway.runs().empty:
     empty_state()
 else:
-    active = data.runs()["status"].isin(ACTIVE).any()
+    active = db_gateway.runs()["status"].isin(ACTIVE_STATUSES).any()
     st.fragment(view.guarded(runs_view), run_every=REFRESH_S if active else None)()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, state
+from dashboard import db_gateway, state
 from dashboard.tables import escape_markdown
 from db.errors import StorageError
 
 st.title("Share")
-runs = data.runs()
+runs = db_gateway.runs()
 
 st.subheader("Download runs")
 chosen = [i for i in state.selected_runs() if i in set(runs["id"])]
@@ -37,7 +37,7 @@ left, right = st.columns(2)
 # Callables: the files are built only when someone clicks, not on every rerun.
 left.download_button(
     f"Database file (.db) of {len(ids)} run(s)",
-    data=lambda: data.export_db_bytes(ids),
+    data=lambda: db_gateway.export_db_bytes(ids),
     file_name="gradscope-runs.db",
     mime="application/octet-stream",
     disabled=not ids,
@@ -46,7 +46,7 @@ left.download_button(
 )
 right.download_button(
     f"CSV tables (.zip) of {len(ids)} run(s)",
-    data=lambda: data.export_tables_zip(ids),
+    data=lambda: db_gateway.export_tables_zip(ids),
     file_name="gradscope-runs-csv.zip",
     mime="application/zip",
     disabled=not ids,
@@ -61,13 +61,13 @@ st.caption(
 st.subheader("Import runs")
 upload = st.file_uploader(
     "A gradscope database file",
-    type=data.UPLOAD_SUFFIXES,
-    max_upload_size=data.MAX_UPLOAD_MB,
+    type=db_gateway.UPLOAD_SUFFIXES,
+    max_upload_size=db_gateway.MAX_UPLOAD_MB,
 )
 dry_run = st.checkbox("Dry run: only report what would be added")
 if upload is not None and st.button("Import", type="primary", icon=":material/upload:"):
     try:
-        report = data.import_db_bytes(upload.getvalue(), upload.name, dry_run)
+        report = db_gateway.import_db_bytes(upload.getvalue(), upload.name, dry_run)
     except StorageError as exc:
         st.error(f"Nothing was imported.\n\n{escape_markdown(str(exc))}", icon=":material/block:")
     else:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, data, state, view
-
-FINISHED = ("completed", "failed", "diverged", "cancelled", "interrupted")
+from dashboard import charts, db_gateway, state, view
+from vocab.fields import FINISHED_STATUSES
 
 st.title("Sweeps")
-runs = data.runs()
+runs = db_gateway.runs()
 in_sweeps = runs[runs["sweep_id"].notna()]
 if in_sweeps.empty:
     st.info(
@@ -21,7 +20,7 @@ if in_sweeps.empty:
     st.stop()
 
 sweeps = (
-    in_sweeps.assign(finished=in_sweeps["status"].isin(FINISHED))
+    in_sweeps.assign(finished=in_sweeps["status"].isin(FINISHED_STATUSES))
     .groupby("sweep_id", sort=False)
     .agg(
         name=("sweep_name", "first"),
@@ -46,7 +45,7 @@ state.set_param(state.SWEEP, sweep_id)
 info = sweeps.loc[sweep_id]
 st.caption(f"{info['finished']} of {info['runs']} runs finished.")
 
-summary = data.sweep_summary(sweep_id)
+summary = db_gateway.sweep_summary(sweep_id)
 left, right = st.columns(2)
 with left:
     view.chart(charts.sweep_grad_ratio(summary))

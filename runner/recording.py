@@ -1,4 +1,5 @@
-"""End-of-epoch measurement, overlapped with the next epoch's training.
+"""Recording a run: the `Recorder` a run reports to, decision-grid maps, and the end-of-epoch
+measurement, overlapped with the next epoch's training.
 
 After each epoch a run is measured on the test split (loss, accuracy, activation health per
 layer), optionally on the decision grid, and stored. On a small model that work costs as much as
@@ -15,13 +16,14 @@ import copy
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from db.records import EpochRecord
-from runner.models import MLP
+from runner.datasets import Dataset
+from runner.networks import MLP
 from runner.probes import (
     FlatParameters,
     GradStatsFn,
@@ -29,6 +31,57 @@ from runner.probes import (
     divergence,
     epoch_rows,
 )
+from vocab.records import DecisionGrid, EpochRecord, LayerInfo
+
+GRID_SIZE = 48
+
+
+class Recorder(Protocol):
+    def start(
+        self, layers: list[LayerInfo], points: tuple[int, bytes] | None, device: str
+    ) -> None: ...
+
+    def epoch(self, record: EpochRecord) -> bool:
+        """Store one epoch; return True to stop (cancellation was requested)."""
+        ...
+
+
+def grid_epochs(epochs: int) -> set[int]:
+    """Epoch 1, about every tenth of the run (at least two epochs apart), and the last epoch.
+
+    Each map is a forward pass over 48x48 points: in short runs, one every epoch costs ~10%."""
+    every = max(2, round(epochs / 10))
+    return {1, epochs} | set(range(every, epochs + 1, every))
+
+
+class DecisionGridMaker:
+    """A fixed grid over the data's range (standardized space) for decision-boundary maps."""
+
+    def __init__(self, data: Dataset, device: torch.device) -> None:
+        both = np.concatenate([data.x_train, data.x_test])
+        lo, hi = both.min(axis=0), both.max(axis=0)
+        pad = (hi - lo) * 0.1
+        self.lo, self.hi = lo - pad, hi + pad
+        xs = np.linspace(self.lo[0], self.hi[0], GRID_SIZE, dtype=np.float32)
+        ys = np.linspace(self.lo[1], self.hi[1], GRID_SIZE, dtype=np.float32)
+        gx, gy = np.meshgrid(xs, ys)  # row-major [y, x]
+        self.inputs = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(device)
+
+    def record(self, probs: Tensor) -> DecisionGrid:
+        data = probs.detach().float().cpu().numpy().astype("<f2").tobytes()
+        return DecisionGrid(
+            GRID_SIZE,
+            float(self.lo[0]),
+            float(self.hi[0]),
+            float(self.lo[1]),
+            float(self.hi[1]),
+            data,
+        )
+
+
+def test_points(data: Dataset) -> tuple[int, bytes]:
+    pts = np.concatenate([data.x_test, data.y_test[:, None]], axis=1).astype("<f4")
+    return len(pts), pts.tobytes()
 
 
 @dataclass(frozen=True)
@@ -63,8 +116,8 @@ class EpochMeasurer:
         kinds: list[str],
         x_test: Tensor,
         y_test: Tensor,
-        grid,  # noqa: ANN001 (runner.train._Grid; typed there, imported from here)
-        recorder,  # noqa: ANN001 (runner.train.Recorder)
+        grid: DecisionGridMaker | None,
+        recorder: Recorder,
         threaded: bool = True,
     ) -> None:
         # A copy of the model whose weights are overwritten with each epoch's snapshot.

@@ -1,6 +1,6 @@
 """`gradscope` commands for the queue: submit, sweep, worker, cancel. Registered by runner.cli.
 
-Thin: each parses options and calls db.queue / runner.sweep / runner.worker. Nothing here
+Thin: each parses options and calls db.queue / vocab.sweep / runner.worker. Nothing here
 imports torch; only the processes that train do.
 """
 
@@ -11,10 +11,9 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from runner.cli_options import DB_HELP, with_config_options
+from runner.cli.common import DbOption, JsonOption
+from runner.cli.options import with_config_options
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 T = TypeVar("T")
 
 
@@ -23,10 +22,10 @@ def submit(
     config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False
 ) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
-    from db.records import RunSpec
     from db.store import RunStore
-    from runner.cli import console, fail, open_engine, print_json
-    from runner.config import ConfigError, make_config, with_absolute_csv
+    from runner.cli.common import console, fail, open_engine, print_json
+    from vocab.config import ConfigError, make_config, with_absolute_csv
+    from vocab.records import RunSpec
 
     try:
         cfg = with_absolute_csv(make_config(config_values))
@@ -61,9 +60,10 @@ def sweep(
     """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
     `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2`. `--name` names the sweep (it is not
     split). Any invalid value anywhere in the grid: nothing is queued."""
-    from runner.cli import console, fail, open_engine, print_json
-    from runner.config import ConfigError
-    from runner.sweep import plan_sweep, queue_sweep
+    from db.store import queue_sweep
+    from runner.cli.common import console, fail, open_engine, print_json
+    from vocab.config import ConfigError
+    from vocab.sweep import plan_sweep
 
     try:
         plan = plan_sweep(
@@ -111,7 +111,7 @@ def worker(
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
     at their next check (within about a second) and marks them interrupted, epochs kept."""
     from db.engine import resolve_db
-    from runner.cli import err_console, fail, open_engine
+    from runner.cli.common import err_console, fail, open_engine
     from runner.worker import WorkerOptions, log, run_worker
 
     open_engine(db).dispose()  # a missing or outdated database fails here, readably
@@ -148,7 +148,7 @@ def cancel(
     (or about a second) and ends cancelled with its epochs kept."""
     from db.queries import resolve_run_id
     from db.queue import cancel_runs
-    from runner.cli import console, open_engine, print_json
+    from runner.cli.common import console, open_engine, print_json
 
     engine = open_engine(db, create=False)
     # Every id must resolve before anything changes.
@@ -169,7 +169,7 @@ def cancel(
 def _storage(action: Callable[[], T]) -> T:
     """Run a database action; a StorageError becomes a readable error and a non-zero exit."""
     from db.errors import StorageError
-    from runner.cli import fail
+    from runner.cli.common import fail
 
     try:
         return action()

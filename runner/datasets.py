@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.config import RunConfig
+from vocab.config import RunConfig
 
 
 class DatasetError(ValueError):

@@ -12,18 +12,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
-
-from db.models import RunModel
-from db.records import RunSpec
-from db.store import RunStore
-from runner.config import ConfigError, RunConfig, make_config, with_absolute_csv
+from vocab.config import ConfigError, RunConfig, make_config, with_absolute_csv
+from vocab.fields import MAX_NAME_CHARS
+from vocab.grouping import DEFAULT_MAX_GROUP, plan_groups
+from vocab.records import RunSpec
 
 MAX_SWEEP_RUNS = 10_000
-# The runs.name column's width: a generated run name longer than this is shortened.
-MAX_RUN_NAME = RunModel.__table__.c.name.type.length
+# A generated run name longer than a run's name may be is shortened.
+MAX_RUN_NAME = MAX_NAME_CHARS
 ELLIPSIS = "…"
-DEFAULT_GROUP_SIZE = 32
+DEFAULT_GROUP_SIZE = DEFAULT_MAX_GROUP
 # Shown at most this many distinct combination errors, then a count of the rest.
 MAX_ERROR_LINES = 10
 
@@ -128,7 +126,7 @@ def plan_sweep(
     """Expand and validate a grid into run specs sharing one sweep id and name.
 
     With `batch` (the default), runs that share the ensemble's structural key
-    (`runner.ensemble.group_key`: same shape, data, batch size, optimizer kind and device;
+    (`vocab.grouping.group_key`: same shape, data, batch size, optimizer kind and device;
     seeds, learning rates and epochs may differ) get a shared group id, in chunks of at most
     `group_size`, so a worker claims them together and trains them as one batched model.
     Raises ConfigError (nothing is written) on any invalid value.
@@ -159,9 +157,6 @@ def plan_sweep(
 
 
 def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: int) -> None:
-    # Imported here: the ensemble module imports torch, which queueing a sweep doesn't need.
-    from runner.ensemble import plan_groups
-
     for members in plan_groups(configs, group_size):
         if len(members) < 2:
             continue  # a group of one is just a run
@@ -169,8 +164,3 @@ def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: i
         for position, index in enumerate(members):
             specs[index].group_id = group_id
             specs[index].group_index = position
-
-
-def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
-    """Queue every run of the plan in one transaction; returns their ids in grid order."""
-    return RunStore(engine).create_runs(list(plan.specs))

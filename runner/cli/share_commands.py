@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 
 from db.share_source import MAX_IMPORT_MB
-from runner.cli_options import DB_HELP
+from runner.cli.common import DbOption, JsonOption
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 RunOption = Annotated[
     list[str] | None,
     typer.Option("--run", help="A run id or unique prefix (repeatable).", show_default=False),
@@ -31,7 +29,7 @@ def _chosen(db: str | None, run: list[str] | None, sweep: str | None, status: li
     from db.engine import display_url, resolve_db
     from db.errors import StorageError
     from db.share import select_run_ids
-    from runner.cli import fail, open_engine
+    from runner.cli.common import fail, open_engine
 
     where = resolve_db(db)
     if "://" not in where and not Path(where).expanduser().is_file():
@@ -58,7 +56,7 @@ def export_cmd(
     """Write runs (all, or those chosen) with everything recorded to a standalone .db file."""
     from db.errors import StorageError
     from db.share import export_runs
-    from runner.cli import console, fail, print_json
+    from runner.cli.common import console, fail, print_json
 
     engine, ids = _chosen(db, run, sweep, status)
     try:
@@ -109,7 +107,7 @@ def import_cmd(
     from db.engine import display_url, resolve_db
     from db.errors import StorageError
     from db.share import import_file
-    from runner.cli import console, fail, open_engine, print_json
+    from runner.cli.common import console, fail, open_engine, print_json
 
     where = resolve_db(db)
     if dry_run and "://" not in where and not Path(where).expanduser().exists():
@@ -139,7 +137,7 @@ def export_csv_cmd(
     """Write the runs, per-epoch and per-layer tables as CSV or Parquet files for pandas."""
     from db.errors import StorageError
     from db.share_tables import export_tables
-    from runner.cli import console, fail
+    from runner.cli.common import console, fail
 
     engine, ids = _chosen(db, run, sweep, status)
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from db.records import LayerInfo
-from runner.config import RunConfig
+from vocab.config import RunConfig
+from vocab.records import LayerInfo
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 

@@ -14,10 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from runner.config import RunConfig
+from vocab.config import RunConfig
 
 CONFIG_FIELDS = tuple(RunConfig.model_fields)
-DB_HELP = "Database: a SQLite file path or a URL (default: $GRADSCOPE_DB, else ./gradscope.db)."
 
 
 def _field_help(name: str) -> str:

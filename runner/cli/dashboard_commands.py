@@ -19,9 +19,9 @@ from typing import Annotated
 
 import typer
 
-from runner.cli_options import DB_HELP
+from runner.cli.common import DB_HELP
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.5
 
@@ -81,7 +81,7 @@ def dashboard(
 ) -> None:
     """Open the dashboard on a database (and start one worker that trains queued runs)."""
     from db.engine import display_url, resolve_db
-    from runner.cli import console, fail, open_engine
+    from runner.cli.common import console, fail, open_engine
 
     target = resolve_db(db)
     if "://" not in target:

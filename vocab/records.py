@@ -4,19 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-LAYER_STAT_FIELDS = (
-    "grad_norm",
-    "grad_mean_abs",
-    "grad_std",
-    "grad_max_abs",
-    "weight_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "saturated_frac",
-    "dead_frac",
-)
-EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std", "seconds")
+from vocab.fields import FINAL_FIELDS
 
 
 @dataclass(frozen=True)
@@ -67,12 +55,7 @@ class FinalMetrics:
     def from_metrics(cls, metrics: dict[str, float] | None) -> FinalMetrics:
         if not metrics:
             return cls()
-        return cls(
-            **{
-                k: metrics.get(k)
-                for k in ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
-            }
-        )
+        return cls(**{k: metrics.get(k) for k in FINAL_FIELDS})
 
 
 @dataclass

@@ -22,10 +22,10 @@ from sqlalchemy import Engine
 from dashboard import tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db
-from db.records import RunSpec
 from db.share_source import MAX_IMPORT_MB
 from db.store import RunStore
-from runner.config import RunConfig
+from vocab.config import RunConfig
+from vocab.records import RunSpec
 
 if TYPE_CHECKING:
     from db.share import ImportReport
@@ -202,12 +202,12 @@ def queue_run(cfg: RunConfig) -> str:
 
 
 def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]:
-    """Queue a grid (each value a comma list) as one sweep, all or nothing (runner.sweep).
+    """Queue a grid (each value a comma list) as one sweep, all or nothing (vocab.sweep).
 
     Raises ConfigError naming every bad value before anything is written.
     """
-    from runner.sweep import plan_sweep
-    from runner.sweep import queue_sweep as queue_plan
+    from db.store import queue_sweep as queue_plan
+    from vocab.sweep import plan_sweep
 
     return queue_plan(engine(), plan_sweep(values, name=name))
 

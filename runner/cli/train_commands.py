@@ -1,0 +1,42 @@
+"""`gradscope train`: one run in the foreground."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from db.errors import StorageError
+from runner.cli.common import DbOption, JsonOption, console, fail, open_engine, print_json
+from runner.cli.options import with_config_options
+from vocab.config import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+
+
+@with_config_options()
+def train(
+    config_values: dict[str, str],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train one run in the foreground, recording every epoch, and print its id."""
+    from runner.foreground import train_foreground
+
+    try:
+        run_id, status = train_foreground(
+            open_engine(db), config_values, progress=not (quiet or json_out)
+        )
+    except (ConfigError, StorageError) as exc:
+        fail(str(exc))
+    if json_out:
+        from db.queries import run_document
+
+        print_json(run_document(open_engine(db), run_id))
+    else:
+        console.print(f"{run_id}  {status}", highlight=False)
+    if status == "failed":
+        raise typer.Exit(1)

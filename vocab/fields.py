@@ -1,0 +1,37 @@
+"""The lists gradscope writes once: run statuses, recorded fields, histogram bins, text limits."""
+
+from __future__ import annotations
+
+# -- statuses -------------------------------------------------------------------------------
+RUN_STATUSES = ("queued", "running", "completed", "failed", "diverged", "cancelled", "interrupted")
+# Waiting for or holding a worker: the pages that show them refresh themselves.
+ACTIVE_STATUSES = ("queued", "running")
+# A run in one of these will not change again.
+FINISHED_STATUSES = tuple(s for s in RUN_STATUSES if s not in ACTIVE_STATUSES)
+
+# -- what is recorded -----------------------------------------------------------------------
+EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std", "seconds")
+# The run's final metrics: the last recorded epoch's, kept on the run as final_<field>.
+FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
+LAYER_STAT_FIELDS = (
+    "grad_norm",
+    "grad_mean_abs",
+    "grad_std",
+    "grad_max_abs",
+    "weight_norm",
+    "update_ratio",
+    "act_mean",
+    "act_std",
+    "saturated_frac",
+    "dead_frac",
+)
+
+# Histogram of log10|g|: fixed bins shared by every run so histograms compare across runs.
+HIST_LOG10_MIN = -12.0
+HIST_LOG10_MAX = 2.0
+HIST_BINS = 56  # a quarter decade per bin
+HIST_SLOTS = HIST_BINS + 2  # stored counts: the bins, then exact zeros, then non-finite values
+
+# -- text limits ----------------------------------------------------------------------------
+MAX_NAME_CHARS = 200  # a run's (and a sweep's) name
+MAX_TAG_CHARS = 64
