@@ -15,7 +15,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from dashboard.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+from runner.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
 
 HEIGHT = 260
 CONCAT_WIDTH = 320  # concatenated views cannot use width="container"

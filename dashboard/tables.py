@@ -1,12 +1,8 @@
 """Pure table builders for the pages: the runs table with its diagnosis badges, the config
 difference table, and safe display text. No Streamlit, no database.
 
-`badges()` is the runs table's vectorised form of `diagnosis.badge(diagnosis.diagnose(...))`:
-one pass over every run's first- and last-epoch rows (`db.frames.run_ends`) with the thresholds
-from `dashboard.diagnosis`, because calling `diagnose()` once per run costs milliseconds each,
-too slow for tables of thousands of runs. A test checks that both agree. It reads the first and
-last epochs only, so a gradient spike in a middle epoch shows on Compare (which diagnoses every
-epoch), not in the badge.
+The badges themselves (`badges()`, the vectorised form of `diagnosis.badge(diagnose(...))`) live
+in `runner.badges`, next to the rules in `runner.diagnosis`, so the CLI shows the same labels.
 """
 
 from __future__ import annotations
@@ -14,81 +10,12 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pandas as pd
 
-from dashboard.diagnosis import (
-    COLLAPSE_PRED_STD,
-    DEAD_FRAC,
-    EXPLODE_FACTOR,
-    HUGE_GRAD,
-    SATURATED_FRAC,
-    VANISH_FACTOR,
-)
-
-# Most serious first, as `diagnosis.badge` orders findings; colours for the runs table.
-BADGE_ORDER = ("diverged", "exploding", "vanishing", "collapsed", "saturated", "dead")
-BADGES = (*BADGE_ORDER, "healthy")
-BADGE_COLORS = ("red", "red", "red", "red", "orange", "orange", "green")
-
-
-def _any_by_run(flags: pd.Series, run_ids: pd.Series, index: pd.Index) -> pd.Series:
-    """Per run in `index`: whether any of its rows is flagged (False for runs without rows)."""
-    return flags.groupby(run_ids.to_numpy()).any().reindex(index, fill_value=False).astype(bool)
-
-
-def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd.Series:
-    """The badge of every run in `runs` (columns id, status), indexed by run id.
-
-    `layers`: run_id, epoch, layer, grad_norm, grad_max_abs, saturated_frac, dead_frac rows of
-    some epochs per run (the first and last); `epochs`: each run's last-epoch row (run_id,
-    train_loss, test_loss, test_acc, pred_std). Runs with no rows at all are "empty".
-    """
-    index = pd.Index(runs["id"], name="run_id")
-    flags = pd.DataFrame(False, index=index, columns=list(BADGE_ORDER))
-
-    if not layers.empty:
-        by_epoch = layers.groupby(["run_id", "epoch"])["layer"]
-        lo, hi = by_epoch.transform("min"), by_epoch.transform("max")
-        several = lo.ne(hi)  # a ratio needs at least two layers
-        first = layers[several & layers["layer"].eq(lo)].set_index(["run_id", "epoch"])
-        out = layers[several & layers["layer"].eq(hi)].set_index(["run_id", "epoch"])
-        f, o = first["grad_norm"], out["grad_norm"].reindex(first.index)
-        usable = np.isfinite(f) & np.isfinite(o) & (o > 0) & (f >= 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (f / o)[usable]
-        run_of = ratio.index.get_level_values("run_id").to_series(index=ratio.index)
-        flags["vanishing"] = _any_by_run(ratio <= 1 / VANISH_FACTOR, run_of, index)
-        huge = layers[["grad_norm", "grad_max_abs"]].abs().gt(HUGE_GRAD).any(axis=1)
-        flags["exploding"] = _any_by_run(ratio > EXPLODE_FACTOR, run_of, index) | _any_by_run(
-            huge, layers["run_id"], index
-        )
-        # Unit health at the last epoch, output layer excluded (as diagnose() does).
-        last = layers["epoch"].eq(layers.groupby("run_id")["epoch"].transform("max"))
-        hidden = layers[last & layers["layer"].lt(hi)]
-        sat = hidden["saturated_frac"] > SATURATED_FRAC  # NaN compares False: never saturated
-        flags["saturated"] = _any_by_run(sat, hidden["run_id"], index)
-        flags["dead"] = _any_by_run(hidden["dead_frac"] > DEAD_FRAC, hidden["run_id"], index)
-
-    if not epochs.empty:
-        e = epochs.set_index("run_id")
-        losses_ok = np.isfinite(e["train_loss"]) & np.isfinite(e["test_loss"])
-        flags["diverged"] = (~losses_ok).reindex(index, fill_value=False)
-        collapsed = np.isfinite(e["pred_std"]) & (e["pred_std"] < COLLAPSE_PRED_STD)
-        flags["collapsed"] = collapsed.reindex(index, fill_value=False)
-
-    status = runs.set_index("id")["status"].reindex(index)
-    flags["diverged"] |= status.eq("diverged")
-
-    # A set, not Index.isin: isin on pandas' Arrow strings loops in Python over its argument.
-    recorded = set(layers["run_id"].unique()) | set(epochs["run_id"].unique())
-    has_data = pd.Series([run_id in recorded for run_id in index], index=index, dtype=bool)
-    badge = pd.Series("healthy", index=index, dtype=object)
-    for kind in reversed(BADGE_ORDER):  # the most serious kind is written last and wins
-        badge[flags[kind]] = kind
-    badge[~has_data & ~flags["diverged"]] = "empty"
-
-    return badge
+# Re-exported: the pages and db_gateway read the badges through this module.
+from runner.badges import badges as badges
+from runner.diagnosis import BADGE_COLORS as BADGE_COLORS
+from runner.diagnosis import BADGES as BADGES
 
 
 def runs_table(runs: pd.DataFrame, run_badges: pd.Series) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.errors import StorageError
 from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel, RunPointsModel
 from vocab.fields import (
+    DIVERGENCE_LAYER_FIELDS,
     EPOCH_FIELDS,
     HIST_BINS,
     HIST_LOG10_MAX,
@@ -150,7 +151,14 @@ class RunEnds:
     epochs: pd.DataFrame  # run_id, epoch, train_loss, test_loss, test_acc, pred_std
 
 
-END_LAYER_COLUMNS = ("grad_norm", "grad_max_abs", "act_std", "saturated_frac", "dead_frac")
+END_LAYER_COLUMNS = (
+    "grad_norm",
+    "grad_max_abs",
+    "act_std",
+    "saturated_frac",
+    "dead_frac",
+    "finite_max_abs",  # the badge names an explosion hidden inside a diverged epoch
+)
 END_EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "pred_std")
 
 
@@ -231,28 +239,30 @@ def selected_runs(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def epochs(engine: Engine, labels: Labels) -> pd.DataFrame:
-    """Per-epoch metrics of the labelled runs: run_id, run_label, epoch, EPOCH_FIELDS."""
+    """Per-epoch metrics of the labelled runs: run_id, run_label, epoch, EPOCH_FIELDS and
+    first_nonfinite_step (NaN where every step was finite, or not recorded)."""
+    names = (*EPOCH_FIELDS, "first_nonfinite_step")
     stmt = (
-        select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in EPOCH_FIELDS])
+        select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in names])
         .where(_E.run_id.in_(list(labels)))
         .order_by(_E.run_id, _E.epoch)  # the primary key's order: free
     )
-    frame = _frame(
-        _read(stmt, engine, plain=True), ("run_id", "epoch", *EPOCH_FIELDS), EPOCH_FIELDS
-    )
+    frame = _frame(_read(stmt, engine, plain=True), ("run_id", "epoch", *names), names)
     return _label_runs(frame, labels)
 
 
 def layer_stats(engine: Engine, labels: Labels) -> pd.DataFrame:
-    """Per-epoch, per-layer statistics (no histograms): run_id, run_label, epoch, layer, ..."""
-    cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in LAYER_STAT_FIELDS]]
+    """Per-epoch, per-layer statistics (no histograms): run_id, run_label, epoch, layer,
+    LAYER_STAT_FIELDS and DIVERGENCE_LAYER_FIELDS."""
+    fields = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
+    cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in fields]]
     stmt = (
         select(*cols)
         .where(_L.run_id.in_(list(labels)))
         .order_by(_L.run_id, _L.epoch, _L.layer)  # the primary key's order: free
     )
-    names = ("run_id", "epoch", "layer", *LAYER_STAT_FIELDS)
-    return _label_runs(_frame(_read(stmt, engine, plain=True), names, LAYER_STAT_FIELDS), labels)
+    names = ("run_id", "epoch", "layer", *fields)
+    return _label_runs(_frame(_read(stmt, engine, plain=True), names, fields), labels)
 
 
 def histograms(engine: Engine, labels: Labels, epoch: int, layer: int) -> pd.DataFrame:

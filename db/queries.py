@@ -7,14 +7,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 
 from db.clock import as_utc
 from db.errors import NotFoundError, StorageError
 from db.floats import from_db
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
 from db.session import session_scope
-from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,25 @@ def _summary(row: RunModel) -> RunSummary:
 
 
 def list_runs(
-    engine: Engine, statuses: Sequence[str] | None = None, limit: int | None = None
+    engine: Engine,
+    statuses: Sequence[str] | None = None,
+    limit: int | None = None,
+    *,
+    sweep: str | None = None,
+    archs: Sequence[str] | None = None,
+    name: str | None = None,
 ) -> list[RunSummary]:
-    """Runs, newest first, optionally only those with the given statuses."""
+    """Runs, newest first, optionally only those with the given statuses, of one sweep (its
+    name or id), of the given archs, or whose name contains `name` (literally, any case)."""
     stmt = select(RunModel).order_by(RunModel.created_at.desc(), RunModel.id)
     if statuses:
         stmt = stmt.where(RunModel.status.in_(list(statuses)))
+    if sweep:
+        stmt = stmt.where(or_(RunModel.sweep_name == sweep, RunModel.sweep_id == sweep))
+    if archs:
+        stmt = stmt.where(RunModel.arch.in_(list(archs)))
+    if name:
+        stmt = stmt.where(RunModel.name.icontains(name, autoescape=True))
     if limit:
         stmt = stmt.limit(limit)
     with session_scope(engine) as s:
@@ -148,14 +161,19 @@ def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
             .scalars()
             .all()
         )
+        stat_fields = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
         stats = s.execute(
-            select(*[getattr(LayerStatModel, c) for c in ("epoch", "layer", *LAYER_STAT_FIELDS)])
+            select(*[getattr(LayerStatModel, c) for c in ("epoch", "layer", *stat_fields)])
             .where(LayerStatModel.run_id == run_id)
             .order_by(LayerStatModel.epoch, LayerStatModel.layer)
         ).all()
         doc = summary.to_json()
         doc["epochs"] = [
-            {"epoch": e.epoch, **{k: json_number(getattr(e, k)) for k in EPOCH_FIELDS}}
+            {
+                "epoch": e.epoch,
+                **{k: json_number(getattr(e, k)) for k in EPOCH_FIELDS},
+                "first_nonfinite_step": e.first_nonfinite_step,
+            }
             for e in epochs
         ]
         doc["layers"] = [
@@ -174,7 +192,7 @@ def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
             {
                 "epoch": r[0],
                 "layer": r[1],
-                **{k: json_number(v) for k, v in zip(LAYER_STAT_FIELDS, r[2:], strict=True)},
+                **{k: json_number(v) for k, v in zip(stat_fields, r[2:], strict=True)},
             }
             for r in stats
         ]

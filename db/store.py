@@ -20,7 +20,7 @@ from db.models import (
     RunTagModel,
 )
 from db.session import transaction
-from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
 from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 from vocab.sweep import SweepPlan
 
@@ -128,11 +128,13 @@ class RunStore:
 
         Returns True when cancellation of the run was requested meanwhile.
         """
-        metrics = {k: to_db(record.metrics.get(k)) for k in EPOCH_FIELDS}
+        metrics: dict = {k: to_db(record.metrics.get(k)) for k in EPOCH_FIELDS}
+        bad_step = record.metrics.get("first_nonfinite_step")
+        metrics["first_nonfinite_step"] = int(bad_step) if bad_step else None
         stats = []
         for layer, values in enumerate(record.layer_stats):
             row: dict = {"run_id": run_id, "epoch": record.epoch, "layer": layer}
-            for k in LAYER_STAT_FIELDS:
+            for k in (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS):
                 row[k] = to_db(values.get(k))  # type: ignore[arg-type]
             row["grad_hist"] = values.get("grad_hist")
             stats.append(row)

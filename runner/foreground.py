@@ -90,6 +90,7 @@ def train_foreground(
         if not progress:
             return run_id, execute_run(store, run_id, cfg, watch.should_stop).status
 
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         with Progress(
@@ -97,6 +98,7 @@ def train_foreground(
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[metrics]}"),
+            console=Console(stderr=True),  # stdout carries only the run id
         ) as bar:
             task = bar.add_task(
                 f"{cfg.arch} d{cfg.depth} {run_id[:8]}", total=cfg.epochs, metrics=""

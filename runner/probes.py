@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, HIST_SLOTS
+from vocab.fields import (
+    DIVERGENCE_LAYER_FIELDS,
+    HIST_BINS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    HIST_SLOTS,
+)
 
 SATURATED_LOW, SATURATED_HIGH = 0.01, 0.99
 
@@ -93,6 +99,12 @@ class _Sums:
     abs: Tensor  # ... of |g|
     sum: Tensor  # ... of g
     max: Tensor  # max over steps and elements of |g|
+    # The moment of divergence, kept on the device so no step waits for a host copy:
+    bad_step: Tensor  # [K] 1-based step of the first non-finite gradient entry, 0 if none yet
+    first_max: Tensor  # max |g| at the epoch's first step
+    finite_max: Tensor  # max |g| over the steps before the first non-finite one
+    finite_norm: Tensor  # the L2 norm at the last of those steps (NaN when there is none)
+    done: int = 0  # steps already folded in (blocks are reduced in order)
 
 
 GradStatsFn = Callable[[Tensor], dict[str, Tensor]]
@@ -157,7 +169,13 @@ class EpochGradStats:
         """Start an epoch: fresh sums and the weights as they are (for update ratios)."""
         shape = (len(self.sizes), self.members)
         zeros = {"dtype": torch.float32, "device": self.device}
-        self._sums = _Sums(*(torch.zeros(shape, **zeros) for _ in range(5)))
+        self._sums = _Sums(
+            *(torch.zeros(shape, **zeros) for _ in range(5)),
+            bad_step=torch.zeros(self.members, **zeros),
+            first_max=torch.zeros(shape, **zeros),
+            finite_max=torch.zeros(shape, **zeros),
+            finite_norm=torch.full(shape, math.nan, **zeros),
+        )
         self._steps = 0
         self._start_weights = weights.detach().clone()
         self._reducing = []
@@ -235,16 +253,42 @@ class EpochGradStats:
         group of same-size layers."""
         n = steps.shape[0]
         magnitude = torch.abs(steps, out=self._tmp[:n])
+        step_norms, step_maxes = [], []
         for g, grad, mag in zip(
             self.groups, self._views(steps), self._views(magnitude), strict=True
         ):
             rows = slice(g.first, g.first + g.count)
             norms = torch.linalg.vector_norm(grad, dim=3)  # [n, count, K]
+            step_max = mag.amax(dim=3)  # [n, count, K]; NaN propagates
             sums.norm[rows] += norms.sum(dim=0)
             sums.sq[rows] += norms.square().sum(dim=0)
             sums.abs[rows] += mag.sum(dim=(0, 3))
             sums.sum[rows] += grad.sum(dim=(0, 3))
-            torch.maximum(sums.max[rows], mag.amax(dim=(0, 3)), out=sums.max[rows])
+            torch.maximum(sums.max[rows], step_max.amax(dim=0), out=sums.max[rows])
+            step_norms.append(norms)
+            step_maxes.append(step_max)
+        self._track_divergence(sums, torch.cat(step_norms, dim=1), torch.cat(step_maxes, dim=1))
+
+    @staticmethod
+    def _track_divergence(sums: _Sums, norms: Tensor, maxes: Tensor) -> None:
+        """Fold a block's per-step [n, L, K] norms and max |g| into the moment of divergence:
+        a handful of small ops per block, no host copy."""
+        n = maxes.shape[0]
+        if sums.done == 0:
+            sums.first_max.copy_(maxes[0])
+        finite = torch.isfinite(maxes).all(dim=1)  # [n, K]: every entry of every layer finite
+        # Steps before the member's first non-finite one (in this block and all before it).
+        before = finite.cumprod(dim=0).bool() & (sums.bad_step == 0)
+        masked = torch.where(before.unsqueeze(1), maxes, torch.zeros((), device=maxes.device))
+        torch.maximum(sums.finite_max, masked.amax(dim=0), out=sums.finite_max)
+        kept = before.sum(dim=0)  # [K]: how many of the block's steps came before it
+        last = (kept - 1).clamp(min=0).view(1, 1, -1).expand(1, *norms.shape[1:])
+        sums.finite_norm.copy_(torch.where(kept > 0, norms.gather(0, last)[0], sums.finite_norm))
+        first_bad = (sums.done + kept + 1).float()
+        sums.bad_step.copy_(
+            torch.where((sums.bad_step == 0) & (kept < n), first_bad, sums.bad_step)
+        )
+        sums.done += n
 
     def _statistics(
         self, sums: _Sums, steps: int, last: Tensor, weights: Tensor, start: Tensor
@@ -267,6 +311,12 @@ class EpochGradStats:
             "weight_norm": weight_norm,
             "update_ratio": moved / weight_norm,
             "grad_hist": self._histogram(last),
+            # Per member, repeated per layer so every value here is [L, K]; epoch_rows moves
+            # it to the epoch and keeps the finite_* values only for an epoch that has one.
+            "first_nonfinite_step": sums.bad_step.expand(len(self.sizes), -1),
+            "finite_first_max_abs": sums.first_max,
+            "finite_max_abs": sums.finite_max,
+            "finite_last_norm": sums.finite_norm,
         }
 
     def _histogram(self, grads: Tensor) -> Tensor:
@@ -354,10 +404,18 @@ def epoch_rows(
     (the named statistics and the histogram as int32 bytes) and the epoch's metrics
     (EPOCH_VALUE_FIELDS in that order, then seconds). Solo runs and ensemble members share it."""
     stats: list[dict[str, float | bytes | None]] = []
+    bad_step = 0.0
     for values, hist in zip(layer_values, layer_hists, strict=True):
         row: dict[str, float | bytes | None] = dict(zip(names, values, strict=True))
         row["grad_hist"] = np.asarray(hist).astype("<i4").tobytes()
+        bad_step = float(row.pop("first_nonfinite_step", 0.0) or 0.0)  # type: ignore[arg-type]
         stats.append(row)
-    metrics = dict(zip(EPOCH_VALUE_FIELDS, epoch_values, strict=True))
+    if not bad_step:  # every step finite: nothing to keep about a divergence
+        for row in stats:
+            for key in DIVERGENCE_LAYER_FIELDS:
+                row[key] = None
+    metrics: dict[str, float] = dict(zip(EPOCH_VALUE_FIELDS, epoch_values, strict=True))
     metrics["seconds"] = seconds
+    if bad_step:
+        metrics["first_nonfinite_step"] = int(bad_step)
     return stats, metrics

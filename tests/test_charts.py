@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from dashboard import charts
-from dashboard.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+from runner.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
 
 NAN = float("nan")
 RUNS = {"a": "sigmoid d4 s0 · aaaa", "b": "relu d4 s0 · bbbb"}

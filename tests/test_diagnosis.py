@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from dashboard.diagnosis import Finding, badge, diagnose
+from runner.diagnosis import Finding, badge, diagnose
 
 NAN = float("nan")
 
@@ -136,7 +136,8 @@ def test_contraction_is_named_when_spread_shrinks_without_saturation() -> None:
     shrinking = [0.08 / 7**i for i in range(len(VANISHING))]
     f = only(run(epochs_frame(), layers_frame({1: VANISHING}, act_std=shrinking)), "vanishing")
     assert "contracts rather than saturates" in f.detail
-    assert "7x per layer" in f.detail
+    assert "7.0x per layer" in f.detail
+    assert f.evidence["contraction_per_layer"] == pytest.approx(7.0)
 
 
 def test_no_contraction_claim_when_spread_holds_or_units_saturate() -> None:

@@ -16,11 +16,11 @@ from share_helpers import add_nonfinite_run
 from sqlalchemy import Engine, event
 
 from dashboard import tables
-from dashboard.diagnosis import badge, diagnose
 from db import frames
 from db.engine import make_engine
 from db.queries import run_document
 from db.store import RunStore
+from runner.diagnosis import badge, diagnose
 from runner.recording import grid_epochs
 from vocab.fields import HIST_BINS, HIST_LOG10_MIN
 

@@ -35,3 +35,8 @@ HIST_SLOTS = HIST_BINS + 2  # stored counts: the bins, then exact zeros, then no
 # -- text limits ----------------------------------------------------------------------------
 MAX_NAME_CHARS = 200  # a run's (and a sweep's) name
 MAX_TAG_CHARS = 64
+
+# Kept per layer only for an epoch in which a step's gradient (or loss) became non-finite, with
+# the epoch's first_nonfinite_step (1-based, within the epoch): max |g| at the epoch's first
+# step, max |g| over the finite steps before it, and the last of those steps' gradient norm.
+DIVERGENCE_LAYER_FIELDS = ("finite_first_max_abs", "finite_max_abs", "finite_last_norm")

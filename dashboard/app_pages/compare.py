@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, db_gateway, state, view
-from dashboard.diagnosis import Finding, diagnose
 from dashboard.tables import config_diff, escape_markdown
+from runner.diagnosis import Finding, diagnose
 from vocab.fields import ACTIVE_STATUSES, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 REFRESH_S = 2.0

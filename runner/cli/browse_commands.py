@@ -5,12 +5,25 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import Engine
 
 from db.engine import display_url, resolve_db
 from db.errors import StorageError
-from runner.cli.common import DbOption, JsonOption, console, fail, fmt, open_engine, print_json
+from db.queries import RunSummary
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    fmt,
+    open_engine,
+    print_json,
+)
+from vocab.text import printable
 
 
 def register(app: typer.Typer) -> None:
@@ -25,71 +38,130 @@ def runs(
         list[str] | None, typer.Option(help="Only runs with this status (repeatable).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many runs.")] = None,
+    sweep: Annotated[
+        str | None, typer.Option(help="Only runs of this sweep (its name or id).")
+    ] = None,
+    arch: Annotated[
+        list[str] | None, typer.Option(help="Only runs of this arch (repeatable).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Only runs whose name contains this text.")
+    ] = None,
 ) -> None:
-    """List runs, newest first: id, name, arch, depth, dataset, status, epochs, test accuracy."""
+    """List runs, newest first: id, name, model, dataset, status, epochs, test accuracy and
+    the diagnosis (the most serious finding; `gradscope show ID` explains it)."""
     from db.queries import list_runs
 
+    engine = open_engine(db)
     try:
-        found = list_runs(open_engine(db), status, limit)
+        found = list_runs(engine, status, limit, sweep=sweep, archs=arch, name=name)
+        labels = _badges(engine, found)
     except StorageError as exc:
         fail(str(exc))
     if json_out:
-        print_json([r.to_json() for r in found])
+        print_json([{**r.to_json(), "diagnosis": labels.get(r.id)} for r in found])
         return
-    table = Table(title=f"runs in {display_url(resolve_db(db))}", title_justify="left")
-    for col in ("id", "name", "arch", "depth", "dataset", "status", "epochs", "test acc"):
-        table.add_column(col, overflow="fold")
-    for r in found:
-        table.add_row(
+    table = Table(
+        title=printable(f"runs in {display_url(resolve_db(db))}"),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    rows = [
+        (
             r.id[:8],
-            r.name or "",
-            r.arch,
-            str(r.depth),
-            r.dataset,
+            printable(r.name or ""),
+            f"{r.arch} d{r.depth}",
+            printable(r.dataset),
             r.status,
             f"{r.epochs_done}/{r.epochs_total}",
             fmt(r.test_acc),
+            labels.get(r.id, ""),
         )
+        for r in found
+    ]
+    # Short columns keep their full width and never wrap; the name and dataset share what is
+    # left and are cut with an ellipsis, never broken mid-word, so the table reads at 80
+    # columns.
+    heads = ("id", "name", "model", "dataset", "status", "epochs", "acc", "diagnosis")
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
+    fixed = sum(w for h, w in zip(heads, widths, strict=True) if h not in ("name", "dataset"))
+    spare = max(8, console.width - fixed - 2 * len(heads))  # the box and padding: 2 a column
+    # The name gets up to two thirds of what is left, the dataset the rest.
+    name_w = min(widths[1], max(4, spare * 2 // 3))
+    caps = {"name": name_w, "dataset": max(5, min(widths[3], spare - name_w))}
+    for head, width in zip(heads, widths, strict=True):
+        cap = caps.get(head, width)
+        justify = "right" if head in ("epochs", "acc") else "left"
+        table.add_column(
+            head,
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=min(cap, width),
+            max_width=cap,
+            justify=justify,
+        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    if not found and (status or sweep or arch or name):
+        err_console.print("No runs match these filters.")
+    elif not found:
+        err_console.print("No runs yet. Try: gradscope train --arch sigmoid")
+
+
+def _badges(engine: Engine, found: list[RunSummary]) -> dict[str, str]:
+    """The runs table's diagnosis label of each listed run ("" for runs with no data yet)."""
+    import pandas as pd
+
+    from db.frames import run_ends
+    from runner.badges import badges
+
     if not found:
-        console.print("No runs yet. Try: gradscope train --arch sigmoid")
+        return {}
+    runs = pd.DataFrame({"id": [r.id for r in found], "status": [r.status for r in found]})
+    ends = run_ends(engine)
+    labels = badges(runs, ends.layers, ends.epochs)
+    return {run_id: ("" if b == "empty" else b) for run_id, b in labels.items()}
 
 
 def show(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
     db: DbOption = None,
     json_out: JsonOption = False,
+    epoch: Annotated[
+        int | None,
+        typer.Option(help="Show the layers at this epoch (default: the last recorded one)."),
+    ] = None,
 ) -> None:
-    """Show one run: its config, status and per-epoch metrics."""
+    """Show one run: config, status, diagnosis, per-epoch metrics and per-layer gradients."""
     from db.queries import resolve_run_id, run_document
+    from runner.cli.run_view import diagnosis_view, epochs_view, layers_view, run_diagnosis
 
     engine = open_engine(db)
     try:
         doc = run_document(engine, resolve_run_id(engine, run_id))
     except StorageError as exc:
         fail(str(exc))
+    recorded = sorted({s["epoch"] for s in doc["layer_stats"]})
+    if epoch is not None and epoch not in recorded:
+        span = f"1..{recorded[-1]}" if recorded else "none yet"
+        fail(f"--epoch {epoch}: this run has no layer statistics for it (recorded: {span})")
+    findings = run_diagnosis(doc)
     if json_out:
-        print_json(doc)
+        print_json({**doc, "diagnosis": [f.to_json() for f in findings]})
         return
-    console.print(
-        Text(doc["id"], style="bold") + Text(f" {doc['name'] or ''}  status: {doc['status']}"),
-        highlight=False,
-    )
+    header = Text(doc["id"], style="bold")
+    header.append(f" {printable(doc['name'] or '')}  status: {doc['status']}")
+    console.print(header, highlight=False)
     if doc["error"]:
-        console.print(f"error: {doc['error']}", highlight=False, markup=False)
-    console.print(
-        " ".join(f"{k}={v}" for k, v in doc["config"].items()), highlight=False, markup=False
-    )
-    table = Table()
-    for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "pred std"):
-        table.add_column(col, justify="right")
-    for e in doc["epochs"]:
-        table.add_row(
-            str(e["epoch"]),
-            fmt(e["train_loss"], 4),
-            fmt(e["train_acc"]),
-            fmt(e["test_loss"], 4),
-            fmt(e["test_acc"]),
-            fmt(e["pred_std"], 4),
-        )
-    console.print(table)
+        console.print(Text("error: " + printable(doc["error"]), style="red"), highlight=False)
+    config = " ".join(f"{k}={v}" for k, v in doc["config"].items())
+    console.print(printable(config), highlight=False)
+    console.print()
+    console.print(diagnosis_view(findings), highlight=False)
+    console.print()
+    console.print(epochs_view(doc), highlight=False)
+    if recorded:
+        console.print(layers_view(doc, epoch if epoch is not None else recorded[-1]))

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from db.errors import StorageError
-from runner.cli.common import DbOption, JsonOption, console, fail, open_engine, print_json
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    open_engine,
+    print_json,
+)
 from runner.cli.options import with_config_options
 from vocab.config import ConfigError
+from vocab.text import printable
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +47,23 @@ def train(
 
         print_json(run_document(open_engine(db), run_id))
     else:
-        console.print(f"{run_id}  {status}", highlight=False)
+        # stdout carries only the id, so `RUN=$(gradscope train ...)` captures just that.
+        console.print(run_id, highlight=False)
+    _report_end(db, run_id, status)
     if status == "failed":
         raise typer.Exit(1)
+
+
+def _report_end(db: str | None, run_id: str, status: str) -> None:
+    """The final status on stderr, with the run's error text when it did not complete."""
+    from db.queries import get_run
+
+    line = Text(f"{run_id[:8]} {status}")
+    if status != "completed":
+        try:
+            error = get_run(open_engine(db), run_id).error
+        except StorageError:
+            error = None
+        if error:
+            line.append(": " + printable(error), style="red" if status == "failed" else "")
+    err_console.print(line, highlight=False, soft_wrap=True)
