@@ -251,4 +251,5 @@ def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
     assert proc.returncode == 0, err
     (run,) = list_runs(make_engine(str(db_path)))
     assert run.status == "interrupted" and run.epochs_done >= 1
-    assert f"{run.id}  interrupted" in out
+    assert out == f"{run.id}\n"  # stdout: the id only; the status goes to stderr
+    assert f"{run.id[:8]} interrupted" in err

@@ -23,7 +23,9 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    arch: Literal["sigmoid", "relu", "resnet"] = "sigmoid"
+    arch: Literal["sigmoid", "relu", "resnet"] = Field(
+        "sigmoid", description="hidden-layer design: plain sigmoid, plain ReLU or residual blocks"
+    )
     depth: int = Field(10, ge=1, le=200, description="hidden Linear layers (same for every arch)")
     width: int = Field(32, ge=1, le=4096, description="units per hidden layer")
     block_activation: Literal["relu", "sigmoid"] = Field(
@@ -35,16 +37,23 @@ class RunConfig(BaseModel):
     label: str = Field("label", max_length=200, description="label column of a CSV dataset")
     samples: int = Field(2048, ge=8, le=1_000_000, description="samples of synthetic datasets")
     noise: float = Field(0.2, ge=0, le=10, description="noise of synthetic datasets")
-    test_fraction: float = Field(0.25, gt=0, lt=1)
-    epochs: int = Field(20, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1, le=1_000_000)
-    optimizer: Literal["sgd", "adam"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=100)
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of samples held out for testing"
+    )
+    epochs: int = Field(20, ge=1, le=100_000, description="passes over the training data")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="examples per optimizer step")
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0, le=100, description="learning rate")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
-    init: Literal["default", "xavier", "he"] = "default"
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    name: str | None = Field(None, max_length=200)
+    init: Literal["default", "xavier", "he"] = Field(
+        "default",
+        description="weight initialisation ('default' is PyTorch's, which is not He init)",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed (data, weights, shuffling)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to train (auto: cuda when available)"
+    )
+    name: str | None = Field(None, max_length=200, description="a name to find the run by")
 
     @field_validator("dataset")
     @classmethod

@@ -24,7 +24,9 @@ DB_HELP = "Database: a SQLite file path or a URL (default: $GRADSCOPE_DB, else .
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help=DB_HELP, show_default=False, metavar="PATH|URL")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 

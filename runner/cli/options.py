@@ -1,6 +1,7 @@
 """RunConfig fields as CLI options, generated from the pydantic model so they never drift.
 
-Every field becomes `--kebab-case` taking text; pydantic validates and converts it. Commands that
+Every field becomes `--kebab-case` taking text (pydantic validates and converts it); --help
+shows the field's real type, range, description and default, all read from the model. Commands that
 take grids (`sweep`) accept comma lists in the same options.
 """
 
@@ -19,16 +20,52 @@ from vocab.config import RunConfig
 CONFIG_FIELDS = tuple(RunConfig.model_fields)
 
 
+def _choices(name: str) -> tuple[str, ...] | None:
+    annotation = RunConfig.model_fields[name].annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(str(c) for c in typing.get_args(annotation))
+    return None
+
+
+def _metavar(name: str) -> str:
+    """The field's real type as shown in --help: INTEGER, FLOAT, TEXT or the choices."""
+    choices = _choices(name)
+    if choices:
+        return "[" + "|".join(choices) + "]"
+    annotation = RunConfig.model_fields[name].annotation
+    kinds = {t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)}
+    if kinds == {int}:
+        return "INTEGER"
+    if kinds == {float}:
+        return "FLOAT"
+    return "TEXT"
+
+
+def _bounds(name: str) -> str:
+    """The field's numeric range from its pydantic constraints, e.g. "1..200", "> 0"."""
+    lo = hi = None
+    lo_incl = hi_incl = True
+    for m in RunConfig.model_fields[name].metadata:
+        for attr, incl in (("ge", True), ("gt", False)):
+            if getattr(m, attr, None) is not None:
+                lo, lo_incl = getattr(m, attr), incl
+        for attr, incl in (("le", True), ("lt", False)):
+            if getattr(m, attr, None) is not None:
+                hi, hi_incl = getattr(m, attr), incl
+    if lo is None and hi is None:
+        return ""
+    left = "" if lo is None else ("" if lo_incl else ">") + str(lo)
+    right = "" if hi is None else ("" if hi_incl else "<") + str(hi)
+    return f"range {left}..{right}"
+
+
 def _field_help(name: str) -> str:
+    """One line from the config model: its description, range and default."""
     info = RunConfig.model_fields[name]
-    default = info.default
     parts = [info.description or name.replace("_", " ")]
-    annotation = info.annotation
-    choices = getattr(annotation, "__args__", None)
-    if choices and all(isinstance(c, str) for c in choices):
-        parts.append(f"one of: {', '.join(choices)}")
-    parts.append(f"(default: {default})")
-    return "; ".join(parts)
+    if bounds := _bounds(name):
+        parts.append(bounds)
+    return "; ".join(parts) + f" (default: {info.default})"
 
 
 def config_parameters(list_values: bool = False) -> list[inspect.Parameter]:
@@ -46,6 +83,7 @@ def config_parameters(list_values: bool = False) -> list[inspect.Parameter]:
                     help=_field_help(name) + suffix,
                     rich_help_panel="Run configuration",
                     show_default=False,
+                    metavar=_metavar(name) + (",..." if list_values else ""),
                 ),
             ],
         )
