@@ -233,6 +233,9 @@ class Slot:
             else:
                 statuses = ", ".join(sorted({r.status for r in results}))
                 log(f"worker {self.name} group of {len(run_ids)} done ({statuses})")
+                for run_id, r in zip(run_ids, results, strict=False):
+                    if r.error:  # a member that failed or diverged says why, as a solo run does
+                        log(f"worker {self.name} run {run_id} {r.status}: {r.error}")
             self.runs_done += len(run_ids)
             return
         # No batched trainer here: the members are trained one after another, exactly as solo

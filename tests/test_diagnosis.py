@@ -305,3 +305,62 @@ def test_empty_run_and_several_runs() -> None:
     )
     with pytest.raises(ValueError, match="one run"):
         run(epochs_frame(), two)
+
+
+# --- Rules that read the whole run ---------------------------------------------------------------
+
+
+def test_vanishing_that_recovered_in_a_run_that_learned_is_a_warning_naming_the_epoch() -> None:
+    layers = layers_frame({1: VANISHING, 2: VANISHING, 3: HEALTHY_NORMS, 4: HEALTHY_NORMS})
+    found = run(epochs_frame(4), layers)
+    f = only(found, "vanishing")
+    assert f.severity == "warn" and "recovered by epoch 3" in f.detail
+    assert f.evidence["recovered_epoch"] == 3
+    assert f.evidence["ratio_log10_first"] == pytest.approx(-9.0)
+    assert badge(found) == "vanished early"
+
+
+@pytest.mark.parametrize(("acc", "pred_std"), [(0.52, 0.3), (0.9, 1e-4)])
+def test_a_recovered_ratio_is_still_bad_when_the_run_is_at_chance_or_collapsed(
+    acc: float, pred_std: float
+) -> None:
+    layers = layers_frame({1: VANISHING, 3: HEALTHY_NORMS})
+    f = only(run(epochs_frame(test_acc=acc, pred_std=pred_std), layers), "vanishing")
+    assert f.severity == "bad" and "did not learn" in f.detail
+
+
+@pytest.mark.parametrize(("acc", "expected"), [(0.55, "not_learning"), (0.551, "healthy")])
+def test_a_run_at_chance_is_not_learning_never_healthy(acc: float, expected: str) -> None:
+    found = run(epochs_frame(test_acc=acc), layers_frame({1: HEALTHY_NORMS}))
+    assert kinds(found) == [expected]
+    if expected == "not_learning":
+        assert found[0].severity == "bad" and found[0].evidence["test_acc"] == acc
+        assert badge(found) == "not learning"
+
+
+def test_contraction_leaves_out_layers_below_the_float32_noise_floor() -> None:
+    # 7x per layer down to 1e-5, then noise at ~1e-9 (what a depth-20 sigmoid net reads).
+    stds = [0.08 / 7**i for i in range(5)] + [1e-9, 2e-9]
+    f = only(run(epochs_frame(), layers_frame({1: VANISHING}, act_std=stds)), "vanishing")
+    assert f.evidence["contraction_per_layer"] == pytest.approx(7.0)
+    assert f.evidence["act_std_floor"] == 1e-6
+    assert "2 deeper layer(s)" in f.detail
+
+
+def test_an_explosion_inside_a_diverged_epoch_is_named_with_its_numbers() -> None:
+    layers = layers_frame({1: [NAN] * 3}, grad_max_abs=NAN)
+    layers["finite_first_max_abs"] = [29.0, 10.0, 5.0]
+    layers["finite_max_abs"] = [1e12, 1e9, 3e3]
+    layers["finite_last_norm"] = [1e11, 1e8, 1e3]
+    epochs = epochs_frame(1, losses=[NAN])
+    epochs["first_nonfinite_step"] = [4.0]
+    found = run(epochs, layers, status="diverged", arch="resnet", depth=20)
+    boom = only(found, "exploding")
+    assert "grew from 2.9e+01 to 1.0e+12 within 3 step(s) of epoch 1" in boom.detail
+    assert boom.evidence["first_nonfinite_step"] == 4
+    assert boom.evidence["max_abs_grad"] == 1e12
+    assert only(found, "diverged").evidence["first_nonfinite_step"] == 4
+    assert set(boom.to_json()) == {"kind", "severity", "title", "detail", "cures", "evidence"}
+    # Below the limit before turning NaN: diverged, but no explosion is claimed.
+    layers["finite_max_abs"] = [50.0, 10.0, 5.0]
+    assert "exploding" not in kinds(run(epochs, layers, status="diverged"))

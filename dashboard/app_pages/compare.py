@@ -60,6 +60,14 @@ def findings_card(label: str, findings: list[Finding]) -> None:
                     st.markdown(
                         f"*{f.title}* usually cured by:\n" + "\n".join(f"- {c}" for c in f.cures)
                     )
+                if f.evidence:
+                    # The numbers the text cites, as recorded (e.g. the moment of divergence).
+                    numbers = ", ".join(f"{k} = {_number(v)}" for k, v in f.evidence.items())
+                    st.caption(escape_markdown(numbers))
+
+
+def _number(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def diagnosis_section(
