@@ -278,7 +278,7 @@ class EpochGradStats:
             sums.first_max.copy_(maxes[0])
         finite = torch.isfinite(maxes).all(dim=1)  # [n, K]: every entry of every layer finite
         # Steps before the member's first non-finite one (in this block and all before it).
-        before = finite.cumprod(dim=0).bool() & (sums.bad_step == 0)
+        before = finite.int().cumprod(dim=0).bool() & (sums.bad_step == 0)
         masked = torch.where(before.unsqueeze(1), maxes, torch.zeros((), device=maxes.device))
         torch.maximum(sums.finite_max, masked.amax(dim=0), out=sums.finite_max)
         kept = before.sum(dim=0)  # [K]: how many of the block's steps came before it

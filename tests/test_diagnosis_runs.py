@@ -304,6 +304,7 @@ def test_train_prints_only_the_id_on_stdout_and_a_failure_explains_itself(
 # -- older databases ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # `gradscope db upgrade` in a subprocess, as a user runs it
 def test_a_schema_0001_database_upgrades_and_its_runs_read_without_the_moment(
     tmp_path: Path,
 ) -> None:
