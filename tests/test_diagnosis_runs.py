@@ -320,7 +320,7 @@ def test_a_schema_0001_database_upgrades_and_its_runs_read_without_the_moment(
     listed = json.loads(cli.invoke(app, ["runs", "--db", str(path), "--json"]).stdout)
     assert len(listed) == 5
     by_status: dict[str, Any] = {r["status"]: r for r in listed}
-    assert by_status["queued"]["diagnosis"] == ""
+    assert by_status["queued"]["diagnosis"] is None  # nothing recorded yet
     for run in listed:
         shown = cli.invoke(app, ["show", run["id"], "--db", str(path), "--json"])
         assert shown.exit_code == 0, shown.output

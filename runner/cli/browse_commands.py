@@ -23,6 +23,7 @@ from runner.cli.common import (
     open_engine,
     print_json,
 )
+from runner.cli.options import config_metavar
 from vocab.text import printable
 
 
@@ -35,17 +36,21 @@ def runs(
     db: DbOption = None,
     json_out: JsonOption = False,
     status: Annotated[
-        list[str] | None, typer.Option(help="Only runs with this status (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only runs with this status (repeatable).", metavar="STATUS"),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many runs.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many runs.", metavar="INTEGER")
+    ] = None,
     sweep: Annotated[
-        str | None, typer.Option(help="Only runs of this sweep (its name or id).")
+        str | None, typer.Option(help="Only runs of this sweep (its name or id).", metavar="SWEEP")
     ] = None,
     arch: Annotated[
-        list[str] | None, typer.Option(help="Only runs of this arch (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only runs of this arch (repeatable).", metavar=config_metavar("arch")),
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Only runs whose name contains this text.")
+        str | None, typer.Option(help="Only runs whose name contains this text.", metavar="TEXT")
     ] = None,
 ) -> None:
     """List runs, newest first: id, name, model, dataset, status, epochs, test accuracy and
@@ -59,7 +64,7 @@ def runs(
     except StorageError as exc:
         fail(str(exc))
     if json_out:
-        print_json([{**r.to_json(), "diagnosis": labels.get(r.id)} for r in found])
+        print_json([{**r.to_json(), "diagnosis": labels.get(r.id) or None} for r in found])
         return
     table = Table(
         title=printable(f"runs in {display_url(resolve_db(db))}"),
@@ -132,7 +137,10 @@ def show(
     json_out: JsonOption = False,
     epoch: Annotated[
         int | None,
-        typer.Option(help="Show the layers at this epoch (default: the last recorded one)."),
+        typer.Option(
+            help="Show the layers at this epoch (default: the last recorded one).",
+            metavar="INTEGER",
+        ),
     ] = None,
 ) -> None:
     """Show one run: config, status, diagnosis, per-epoch metrics and per-layer gradients."""

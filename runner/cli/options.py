@@ -27,10 +27,9 @@ def _choices(name: str) -> tuple[str, ...] | None:
     return None
 
 
-def _metavar(name: str) -> str:
+def config_metavar(name: str) -> str:
     """The field's real type as shown in --help: INTEGER, FLOAT, TEXT or the choices."""
-    choices = _choices(name)
-    if choices:
+    if choices := _choices(name):
         return "[" + "|".join(choices) + "]"
     annotation = RunConfig.model_fields[name].annotation
     kinds = {t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)}
@@ -83,7 +82,7 @@ def config_parameters(list_values: bool = False) -> list[inspect.Parameter]:
                     help=_field_help(name) + suffix,
                     rich_help_panel="Run configuration",
                     show_default=False,
-                    metavar=_metavar(name) + (",..." if list_values else ""),
+                    metavar=config_metavar(name) + (",..." if list_values else ""),
                 ),
             ],
         )

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from rich import box
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -68,9 +69,10 @@ def diagnosis_view(findings: list[Finding]) -> RenderableType:
         head = Text(f"[{f.severity}] ", style=SEVERITY_STYLE[f.severity])
         head.append(printable(f.title), style="bold")
         parts.append(head)
-        parts.append(Text("  " + printable(f.detail)))
+        # Indented as a block, so wrapped lines stay under their finding.
+        parts.append(Padding(Text(printable(f.detail)), (0, 0, 0, 2)))
         for cure in f.cures:
-            parts.append(Text("  - " + printable(cure), style="dim"))
+            parts.append(Padding(Text("- " + printable(cure), style="dim"), (0, 0, 0, 2)))
     return Group(Text("Diagnosis", style="bold underline"), *parts)
 
 
