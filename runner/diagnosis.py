@@ -302,14 +302,19 @@ def _vanishing_finding(
             _vanishing_cures(arch),
             evidence,
         )
-    why = (
-        "Layers near the input still barely learn at the last epoch."
-        if last_low
-        else f"The ratio recovered, but the run did not learn (test accuracy "
-        f"{outcome.test_acc:.3f}, prediction spread {_sci(outcome.pred_std)})."
-        if outcome is not None
-        else "Layers near the input barely learn."
-    )
+    if last_low:
+        why = "Layers near the input still barely learn at the last epoch."
+    elif outcome is not None and at_chance(outcome.test_acc):
+        why = (
+            f"The ratio recovered, but the run is at chance (test accuracy {outcome.test_acc:.3f})."
+        )
+    elif outcome is not None:
+        why = (
+            f"The ratio recovered, but the output collapsed (prediction spread "
+            f"{_sci(outcome.pred_std)})."
+        )
+    else:
+        why = "Layers near the input barely learn."
     return Finding(
         "vanishing",
         "bad",
@@ -470,7 +475,7 @@ def _collapse_finding(
     return Finding("collapsed", "warn", "Nearly constant output", detail + squeeze, cures, evidence)
 
 
-def _not_learning_finding(outcome: _Outcome, arch: str) -> Finding:
+def _not_learning_finding(outcome: _Outcome) -> Finding:
     return Finding(
         "not_learning",
         "bad",
@@ -558,7 +563,7 @@ def diagnose(
             findings.append(col)
         explained = any(f.severity == "bad" for f in findings)
         if at_chance(outcome.test_acc) and not explained:
-            findings.append(_not_learning_finding(outcome, arch))
+            findings.append(_not_learning_finding(outcome))
 
     if not findings:
         findings.append(_healthy(epochs, layers))
