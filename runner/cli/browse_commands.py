@@ -77,9 +77,9 @@ def runs(
         (
             r.id[:8],
             printable(r.name or ""),
-            f"{r.arch} d{r.depth}",
+            printable(f"{r.arch} d{r.depth}"),
             printable(r.dataset),
-            r.status,
+            printable(r.status),
             f"{r.epochs_done}/{r.epochs_total}",
             fmt(r.test_acc),
             labels.get(r.id, ""),
@@ -161,7 +161,7 @@ def show(
         print_json({**doc, "diagnosis": [f.to_json() for f in findings]})
         return
     header = Text(doc["id"], style="bold")
-    header.append(f" {printable(doc['name'] or '')}  status: {doc['status']}")
+    header.append(printable(f" {doc['name'] or ''}  status: {doc['status']}"))
     console.print(header, highlight=False)
     if doc["error"]:
         console.print(Text("error: " + printable(doc["error"]), style="red"), highlight=False)
