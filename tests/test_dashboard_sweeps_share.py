@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ from db.share import export_runs_bytes
 from runner.cli.dashboard_commands import streamlit_command
 
 
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
-
-
 def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     sweep = (str(uuid.uuid4()), "my sweep")
     for seed, spread in enumerate((1.0, 3.0)):
@@ -57,7 +49,7 @@ def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
             test_acc=0.95,
         )
     add_run(engine, name="not in a sweep")
-    at = open_app(monkeypatch, db_path, "sweeps")
+    at = open_app(monkeypatch, database, "sweeps")
     assert "6 of 6 runs finished" in shown_text(at)
     (ratio,) = chart_titled(at, "Gradient ratio vs depth")
     (acc,) = chart_titled(at, "Test accuracy vs depth")
@@ -93,12 +85,12 @@ def test_share_page_offers_downloads_of_the_chosen_runs(
 
 
 def test_share_page_imports_an_uploaded_database(
-    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, engine: Engine, database: str
 ) -> None:
     seeded = make_engine(str(seeded_db))
     content = export_runs_bytes(seeded, list(frames.runs(seeded)["id"]))
     seeded.dispose()
-    at = open_app(monkeypatch, db_path, "share")
+    at = open_app(monkeypatch, database, "share")
     at.file_uploader[0].set_value(("teammate.db", content, "application/octet-stream")).run()
     at.button[0].click().run()
     assert "Added 3 run(s)" in at.success[0].value
@@ -111,11 +103,11 @@ def test_share_page_imports_an_uploaded_database(
 
 
 def test_sweep_names_are_shown_as_typed_in_the_choice_of_runs(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     sweep = (str(uuid.uuid4()), "*bold* [x](http://example.com)")
     add_run(engine, sweep=sweep)
-    at = open_app(monkeypatch, db_path, "share")
+    at = open_app(monkeypatch, database, "share")
     # Radio labels are Markdown: the sweep's option must read as the name was typed.
     assert any(shows_literally(option, f"Sweep: {sweep[1]}") for option in at.radio[0].options)
     at.radio[0].set_value(f"sweep:{sweep[0]}").run()
