@@ -55,7 +55,8 @@ def database_for_people() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _engine(db: str) -> Engine:
-    return make_engine(db)
+    # A file the dashboard can't write (read-only mount) is opened read-only: browsing works.
+    return make_engine(db, read_only=None)
 
 
 def engine() -> Engine:

@@ -30,7 +30,10 @@ def storage_errors(what: str = "database error") -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise StorageError(f"{what}: {getattr(exc, 'orig', None) or exc}") from exc
+        reason = str(getattr(exc, "orig", None) or exc)
+        if "readonly database" in reason:
+            reason = "the database is open read-only here; nothing was written"
+        raise StorageError(f"{what}: {reason}") from exc
 
 
 @contextmanager

@@ -180,7 +180,7 @@ def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) 
         assert result.exit_code == 2 and "no run" in result.output
     missing = db_path.parent / "nothere.db"
     result = runner.invoke(app, ["cancel", "abcd", "--db", str(missing)])
-    assert result.exit_code != 0 and "no gradscope database" in result.output
+    assert result.exit_code != 0 and "no database at" in result.output
     assert not missing.exists()
 
 

@@ -30,7 +30,7 @@ def runs(
     from db.queries import list_runs
 
     try:
-        found = list_runs(open_engine(db), status, limit)
+        found = list_runs(open_engine(db, read_only=True), status, limit)
     except StorageError as exc:
         fail(str(exc))
     if json_out:
@@ -63,7 +63,7 @@ def show(
     """Show one run: its config, status and per-epoch metrics."""
     from db.queries import resolve_run_id, run_document
 
-    engine = open_engine(db)
+    engine = open_engine(db, read_only=True)
     try:
         doc = run_document(engine, resolve_run_id(engine, run_id))
     except StorageError as exc:
