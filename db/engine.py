@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import SchemaVersionError, StorageError
 from db.models import Base
+from db.session import storage_errors
 
 DEFAULT_DB = "gradscope.db"
 ENV_VAR = "GRADSCOPE_DB"
@@ -138,7 +138,7 @@ def make_engine(
     url = to_url(db)
     if read_only:
         create = False
-    try:
+    with storage_errors(f"cannot open database {display_url(db)}"):
         if url.startswith("sqlite"):
             engine = _sqlite_engine(db, url, create=create, read_only=read_only)
         elif read_only and url.startswith("postgresql"):
@@ -151,10 +151,6 @@ def make_engine(
             engine = create_engine(url, pool_pre_ping=True)
         if check_schema:
             ensure_schema(engine, create=create)
-    except StorageError:
-        raise
-    except SQLAlchemyError as exc:
-        raise StorageError(f"cannot open database {display_url(db)}: {exc.orig or exc}") from exc
     return engine
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -26,11 +28,12 @@ def all_commands() -> list[list[str]]:
 
     def walk(cmd: click.Command, prefix: list[str]) -> None:
         paths.append(prefix)
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                walk(sub, [*prefix, name])
+        # A group has `commands` (typer vendors its own click, so no isinstance(click.Group)).
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*prefix, name])
 
     walk(typer.main.get_command(app), [])
+    assert len(paths) > 10, paths  # the walk found the commands, not just the root
     return paths
 
 
@@ -40,6 +43,16 @@ def test_every_command_has_help(path: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     assert len(result.output.strip().splitlines()) > 3
+
+
+def test_the_readme_names_every_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [
+        " ".join(["gradscope", *path])
+        for path in all_commands()
+        if not re.search(rf"gradscope {re.escape(' '.join(path))}\b", readme)
+    ]
+    assert missing == []
 
 
 def test_config_fields_are_kebab_case_options() -> None:
