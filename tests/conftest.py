@@ -52,8 +52,12 @@ _db_counter = itertools.count(1)
 
 
 @pytest.fixture
-def pg_url(pg_server: PostgresServer) -> str:
+def pg_url(request: pytest.FixtureRequest) -> str:
     """SQLAlchemy URL of an empty database of its own (postgresql+psycopg://...)."""
+    # `-m "not postgres"` must start no server: a test reaching for one unmarked is a bug.
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL but is not marked postgres")
+    pg_server: PostgresServer = request.getfixturevalue("pg_server")
     # pid keeps names unique should several pytest processes ever share one server.
     return pg_server.create_database(f"test_{os.getpid()}_{next(_db_counter)}")
 

@@ -61,6 +61,7 @@ def test_config_fields_are_kebab_case_options() -> None:
         assert option in result.output
 
 
+@pytest.mark.slow  # trains runs: seconds
 def test_train_json_runs_and_show(db_path) -> None:  # noqa: ANN001
     args = [
         "--db",
@@ -122,6 +123,7 @@ def test_bad_config_exits_nonzero_naming_the_field_and_writes_nothing(
             assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
 
+@pytest.mark.slow  # a gradscope process of its own
 def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     target = tmp_path / "env.db"
     env = {**os.environ, "GRADSCOPE_DB": str(target)}
@@ -218,6 +220,7 @@ def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: A
     assert doc["layer_stats"][0]["grad_norm"] == "-inf"
 
 
+@pytest.mark.slow  # a training process, interrupted
 def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
     import signal
     import time

@@ -230,7 +230,7 @@ def test_run_names_are_shown_as_typed_never_as_markup(
 
 def test_shared_settings_are_shown_as_typed(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
     engine = make_engine(str(db_path))
-    dataset = "csv:*bold* [x](http://example.com)"
+    dataset = "csv:/data/*bold* [x](http://example.com)"  # absolute: stored as typed
     run_id = add_run(engine, dataset=dataset)
     engine.dispose()
     at = open_compare(monkeypatch, db_path, [run_id])

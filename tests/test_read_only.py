@@ -76,7 +76,12 @@ def test_reads_leave_a_rollback_journal_file_in_its_mode(tmp_path: Path) -> None
     engine.dispose()
     with sqlite3.connect(db) as conn:  # as a teammate's tool might have left it
         assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
-    for command in (["runs"], ["show", run_id[:8]], ["db", "current"], ["export-csv", "t"]):
+    for command in (
+        ["runs"],
+        ["show", run_id[:8]],
+        ["db", "current"],
+        ["export-csv", str(tmp_path / "t")],
+    ):
         result = runner.invoke(app, [*command, "--db", str(db)], catch_exceptions=False)
         assert result.exit_code == 0, (command, result.output)
     assert run_id[:8] in runner.invoke(app, ["runs", "--db", str(db)]).output

@@ -188,6 +188,7 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     assert (result.status, result.error) == ("failed", WORKER_LOST)
 
 
+@pytest.mark.slow  # its measuring thread takes seconds to wind down
 @pytest.mark.timeout(60)  # the failure this guards against is a hang
 def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
     # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many
