@@ -146,6 +146,7 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     assert json.loads(listed.stdout) == []
 
 
+@pytest.mark.slow  # trains a run: seconds
 def test_user_text_is_printed_as_typed_not_as_markup(db_path) -> None:  # noqa: ANN001
     name = "[/x] [bold]b[/bold] *c*"
     result = runner.invoke(

@@ -136,6 +136,7 @@ def test_config_table_shows_only_the_fields_that_differ(
     assert "depth = 6" in shown_text(at)  # the shared fields, in one line
 
 
+@pytest.mark.slow  # a dozen reruns of the Compare page: seconds
 def test_view_lives_in_the_url(
     monkeypatch: pytest.MonkeyPatch, seeded_db: Path, seeded_ids: dict[str, str]
 ) -> None:
