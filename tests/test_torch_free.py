@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import free_port
+from test_e2e_browser import descendants, healthy, wait_until
 
 from db import frames
 from db.engine import make_engine
@@ -83,47 +82,12 @@ def test_the_dashboard_queues_runs_sweeps_and_the_classic_comparison_without_tor
     assert report["torch"] == []
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def mapped_files(pid: int) -> set[str]:
     try:
         lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
     except OSError:  # exited meanwhile
         return set()
     return {line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6}
-
-
-def wait_until(condition, timeout_s: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)  # polling a condition with a deadline
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def queued_runs(db: Path) -> int:
@@ -155,14 +119,16 @@ def test_dashboard_process_never_maps_libtorch(browser, tmp_path: Path) -> None:
     )
     page = browser.new_page()
     try:
-        wait_until(lambda: healthy(port) or process.poll() is not None, 60, "the dashboard")
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
         assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
-        page.goto(f"http://127.0.0.1:{port}", timeout=60_000)
+        page.goto(url, timeout=60_000)
         page.get_by_text("No runs yet").wait_for(timeout=60_000)
         page.get_by_role("button", name="Run the classic comparison").click()
         page.locator('[data-testid="stDataFrame"]').wait_for(timeout=60_000)
         wait_until(lambda: queued_runs(db) == 3, 60, "three queued runs")
-        maps = {pid: mapped_files(pid) for pid in process_tree(process.pid)}
+        tree = [process.pid, *descendants(process.pid)]
+        maps = {pid: mapped_files(pid) for pid in tree}
         assert len(maps) >= 2, "expected gradscope and its Streamlit child"
         # The check can fail: both processes map Python's own libraries.
         assert all(any("python" in f or "libc" in f for f in files) for files in maps.values())
