@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from typer.testing import CliRunner
 
+from db import frames
 from db.engine import make_engine
 from db.errors import StorageError
 from db.lifecycle import create_runs
@@ -90,22 +92,30 @@ def test_reads_leave_a_rollback_journal_file_in_its_mode(tmp_path: Path) -> None
     assert not Path(f"{db}-wal").exists()
 
 
-def test_a_read_only_engine_refuses_writes_in_one_line(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
-    make_engine(str(db)).dispose()
-    engine = make_engine(str(db), read_only=True)
-    with pytest.raises(StorageError) as refused:
-        create_runs(engine, [RunSpec({})])
-    assert "read-only" in str(refused.value) and "\n" not in str(refused.value)
-    engine.dispose()
+def test_a_read_only_engine_reads_and_refuses_writes_in_one_line(
+    engine: Engine, database: str
+) -> None:
+    [run_id] = create_runs(engine, [RunSpec({})])
+    result = runner.invoke(app, ["runs", "--json", "--db", database])
+    assert result.exit_code == 0 and [r["id"] for r in json.loads(result.output)] == [run_id]
+    read_only = make_engine(database, read_only=True)
+    try:
+        with pytest.raises(StorageError) as refused:
+            create_runs(read_only, [RunSpec({})])
+    finally:
+        read_only.dispose()
+    assert "read-only" in str(refused.value) and "\n" not in str(refused.value).strip()
+    assert len(frames.runs(engine)) == 1
 
 
 # The probe runs where the database's folder is read-only: as root (which ignores file modes)
 # inside a private mount namespace with the folder bind-mounted read-only; otherwise by mode.
 PROBE = r"""
 import json, sys
+from sqlalchemy import Engine
 from typer.testing import CliRunner
 from runner.cli import app
+from db import frames
 from db.engine import make_engine
 from db import frames
 from db.lifecycle import create_runs
