@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# The quick subset: no multi-process/multi-second tests, no browser, no PostgreSQL server.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -m "not slow and not browser and not postgres"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from sqlalchemy import Engine, func, select  # noqa: E402
 
 from db.engine import make_engine  # noqa: E402
+from db.lifecycle import claim_next, heartbeat  # noqa: E402
 from db.models import RunModel  # noqa: E402
 from db.queries import list_runs  # noqa: E402
-from db.queue import claim_next, heartbeat  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from db.store import RunStore  # noqa: E402
 from vocab.config import make_config  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
@@ -23,8 +23,6 @@ from dashboard import tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db
 from db.share_source import MAX_IMPORT_MB
-from db.store import RunStore
-from vocab.config import RunConfig
 from vocab.records import RunSpec
 
 if TYPE_CHECKING:
@@ -57,7 +55,8 @@ def database_for_people() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _engine(db: str) -> Engine:
-    return make_engine(db)
+    # A file the dashboard can't write (read-only mount) is opened read-only: browsing works.
+    return make_engine(db, read_only=None)
 
 
 def engine() -> Engine:
@@ -196,9 +195,13 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
 # -- writes -------------------------------------------------------------------------------------
 
 
-def queue_run(cfg: RunConfig) -> str:
-    """Queue one validated run; returns its id."""
-    return RunStore(engine()).create_run(RunSpec(cfg.model_dump()))
+def queue_run(values: Mapping[str, Any]) -> str:
+    """Queue one run from the form's values; returns its id. Raises ConfigError (nothing
+    written) when they are invalid: db.lifecycle.create_runs validates."""
+    from db.lifecycle import create_runs
+
+    [run_id] = create_runs(engine(), [RunSpec(dict(values))])
+    return run_id
 
 
 def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]:
@@ -206,7 +209,7 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
 
     Raises ConfigError naming every bad value before anything is written.
     """
-    from db.store import queue_sweep as queue_plan
+    from db.lifecycle import queue_sweep as queue_plan
     from vocab.sweep import plan_sweep
 
     return queue_plan(engine(), plan_sweep(values, name=name))
@@ -220,13 +223,15 @@ def queue_classic_comparison() -> list[str]:
 
 def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
     """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
-    from db.queue import cancel_runs as cancel
+    from db.lifecycle import cancel_runs as cancel
 
     return cancel(engine(), run_ids)
 
 
 def delete_runs(run_ids: Sequence[str]) -> int:
-    return RunStore(engine()).delete_runs(run_ids)
+    from db.lifecycle import delete_runs as delete
+
+    return delete(engine(), run_ids)
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -251,7 +256,7 @@ def _alive(pid: int) -> bool:
 
 
 def worker_status() -> WorkerStatus:
-    from db.queue import queue_status
+    from db.lifecycle import queue_status
 
     status = queue_status(engine())
     pid_text = os.environ.get(WORKER_PID_ENV, "")

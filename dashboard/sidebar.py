@@ -15,8 +15,6 @@ from vocab.config import (
     BUILTIN_DATASETS,
     ConfigError,
     RunConfig,
-    make_config,
-    with_absolute_csv,
 )
 
 QUEUE_REFRESH_S = 2.0
@@ -157,7 +155,7 @@ def _queue_new_run() -> None:
     """The form's submit callback. Callbacks run before the script, so the queue drawn in this
     run already lists the new run; the outcome is left in session state for the form to show."""
     try:
-        run_id = db_gateway.queue_run(with_absolute_csv(make_config(_form_values())))
+        run_id = db_gateway.queue_run(_form_values())
     except ConfigError as exc:
         st.session_state[NOTES_KEY] = {"errors": _errors_by_field(str(exc))}
     except StorageError as exc:

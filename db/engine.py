@@ -1,22 +1,26 @@
 """Engines for SQLite files and PostgreSQL URLs, and the schema-version gate.
 
 A bare path means a SQLite file; a URL (`sqlite:///…`, `postgresql+psycopg://…`) is used as given.
-Opening a database creates it at the current schema when empty, and refuses a database whose
-schema is older (say which command upgrades it) or newer/unknown (name both versions).
+Opening a database for writing creates it at the current schema when empty (never a missing
+folder); opening it `read_only` creates nothing and changes nothing, not even a SQLite file's
+journal mode. Either way a database whose schema is older (say which command upgrades it) or
+newer/unknown (name both versions) is refused.
 This module deliberately does not import Alembic: the training path must start fast.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import SchemaVersionError, StorageError
 from db.models import Base
+from db.session import storage_errors
 
 DEFAULT_DB = "gradscope.db"
 ENV_VAR = "GRADSCOPE_DB"
@@ -59,28 +63,94 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API 
     cursor.close()
 
 
-def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> Engine:
-    """An engine for `db` (path or URL), with the schema created or checked."""
+def _sqlite_read_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API object)
+    # A reader leaves the journal mode alone: switching a shared file to WAL is a write.
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may write the SQLite file at `path` and its folder (SQLite writes
+    its -wal/-shm/-journal files beside it). False on a read-only mount, even for root."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _sqlite_engine(db: str, url: str, *, create: bool, read_only: bool | None) -> Engine:
+    """A SQLite engine; see make_engine for `create` and `read_only`."""
+    name = make_url(url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    path = Path(name)
+    if not path.exists():
+        if not create:
+            # Connecting would create an empty file; say what is missing instead.
+            raise StorageError(f"no database at {db}")
+        if not path.parent.is_dir():
+            raise StorageError(f"cannot create database {db}: no folder {path.parent}")
+    elif not path.is_file():
+        raise StorageError(f"{db} is not a file")
+    if read_only is None:
+        read_only = path.exists() and not writable(path)
+    if not read_only:
+        if path.exists() and not writable(path):
+            raise StorageError(
+                f"cannot write {db}: the file or its folder is read-only here "
+                "(commands that only read, and the dashboard, can still open it)"
+            )
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # mode=ro: SQLite never writes the file. Where the folder can't be written either (a
+    # read-only mount) a WAL file's -shm can't be made, so the file is opened immutable: no
+    # locks, no -wal/-shm (no writer can exist on such a medium anyway).
+    mode = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
+    uri = f"file:{quote(str(path.absolute()))}?{mode}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+
+    engine = create_engine(url, creator=connect)
+    event.listen(engine, "connect", _sqlite_read_pragmas)
+    return engine
+
+
+def make_engine(
+    db: str,
+    *,
+    check_schema: bool = True,
+    create: bool = True,
+    read_only: bool | None = False,
+) -> Engine:
+    """An engine for `db` (path or URL), with the schema created (`create`) or checked.
+
+    `read_only=True`: for commands that only read. Creates nothing (a missing SQLite file is
+    StorageError "no database at <db>") and writes nothing: a SQLite file is opened `mode=ro`
+    (or `immutable=1` where its folder is read-only) with its journal mode untouched, and
+    PostgreSQL sessions default to read-only transactions. `read_only=None`: read-only only
+    when the SQLite file exists and can't be written (the dashboard). With `read_only=False` a
+    file that can't be written is refused in one line, before anything is tried.
+    """
     url = to_url(db)
-    try:
+    if read_only:
+        create = False
+    with storage_errors(f"cannot open database {display_url(db)}"):
         if url.startswith("sqlite"):
-            path = make_url(url).database
-            if path and path != ":memory:":
-                if create:
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                elif not Path(path).is_file():
-                    # Connecting would create an empty file; say what is missing instead.
-                    raise StorageError(f"no gradscope database at {display_url(db)}")
-            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-            event.listen(engine, "connect", _sqlite_pragmas)
+            engine = _sqlite_engine(db, url, create=create, read_only=read_only)
+        elif read_only and url.startswith("postgresql"):
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"options": "-c default_transaction_read_only=on"},
+            )
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if check_schema:
             ensure_schema(engine, create=create)
-    except StorageError:
-        raise
-    except SQLAlchemyError as exc:
-        raise StorageError(f"cannot open database {display_url(db)}: {exc.orig or exc}") from exc
     return engine
 
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
-from sqlalchemy.exc import SQLAlchemyError
 
-from db.errors import StorageError
 from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel, RunPointsModel
+from db.session import storage_errors
 from vocab.fields import (
     DIVERGENCE_LAYER_FIELDS,
     EPOCH_FIELDS,
@@ -64,14 +63,11 @@ def _read(stmt: Select, engine: Engine, *, plain: bool = False) -> list[tuple]:
     and result processing (about half the cost of a big read). Only for statements whose
     columns need no conversion: numbers, text, blobs; not dates or JSON (text in SQLite).
     """
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(stmt)
-            rows = result.cursor.fetchall() if plain else [tuple(r) for r in result]
-            result.close()
-            return rows
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database read failed: {getattr(exc, 'orig', None) or exc}") from exc
+    with storage_errors("database read failed"), engine.connect() as conn:
+        result = conn.execute(stmt)
+        rows = result.cursor.fetchall() if plain else [tuple(r) for r in result]
+        result.close()
+        return rows
 
 
 def _frame(rows: list[tuple], columns: Sequence[str], floats: Sequence[str] = ()) -> pd.DataFrame:

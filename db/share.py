@@ -7,7 +7,7 @@ only runs the target lacks, and reads and writes the target in ONE transaction: 
 or error the target is exactly as before. On SQLite that transaction takes the write lock
 before its first read (`BEGIN IMMEDIATE`), so what it found is what it writes against, and a
 worker committing meanwhile waits for it (busy_timeout) rather than failing it; a lock
-conflict that still happens retries the whole transaction (`db.queue.with_retry`).
+conflict that still happens retries the whole transaction (`db.lifecycle.with_retry`).
 
 Policy for runs that were still queued or running in the file: they are refused (reported with
 the reason) and the file's finished runs are imported. Their rows are a snapshot of work in
@@ -48,15 +48,15 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 from db.clock import as_utc, now_expr
 from db.engine import make_engine
 from db.errors import StorageError
+from db.lifecycle import with_retry
 from db.models import RunModel
 from db.queries import resolve_run_id
-from db.queue import with_retry
-from db.session import session_scope
+from db.session import session_scope, storage_errors
+from db.session import transaction as db_transaction
 from db.share_source import DEFAULT_MAX_IMPORT_BYTES, read_source
 from db.share_validate import CHILD_TABLES, TABLE_ORDER, TABLES, ImportRefused, SourceRun
 from vocab.fields import FINISHED_STATUSES, RUN_STATUSES
@@ -288,10 +288,9 @@ def export_runs(
     # A fresh name (not mkstemp's pre-made 0600 file): SQLite creates it with the usual mode.
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        rows, unfinished = _write_export(engine, ids, tmp)
-        _move_into_place(tmp, out, force)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"export failed: {getattr(exc, 'orig', None) or exc}") from exc
+        with storage_errors("export failed"):
+            rows, unfinished = _write_export(engine, ids, tmp)
+            _move_into_place(tmp, out, force)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
             leftover.unlink(missing_ok=True)
@@ -472,17 +471,12 @@ def import_file(
     checked = read_source(path, source, max_bytes)
 
     def transaction() -> Classified:
-        try:
-            with engine.begin() as conn:
-                _begin_import(conn, write=not dry_run)
-                add, present, conflicting, refused = _classify(conn, checked.runs)
-                if add and not dry_run:
-                    _insert_runs(conn, add, source[:500])
-        except SQLAlchemyError as exc:
-            raise StorageError(
-                f"importing {source} failed, nothing was imported: "
-                f"{getattr(exc, 'orig', None) or exc}"
-            ) from exc
+        failed = f"importing {source} failed, nothing was imported"
+        with db_transaction(engine, failed) as conn:
+            _begin_import(conn, write=not dry_run)
+            add, present, conflicting, refused = _classify(conn, checked.runs)
+            if add and not dry_run:
+                _insert_runs(conn, add, source[:500])
         return add, present, conflicting, refused
 
     # Each attempt is the whole transaction, rolled back when it fails: a retry classifies

@@ -1,12 +1,14 @@
-"""Writes: create runs, record epochs (one transaction each), move runs between statuses."""
+"""The recording writes of a running run: its layers, each epoch (one transaction each, which
+also heartbeats the run), its runtime. Status changes (create, claim, finish, cancel, delete)
+belong to db.lifecycle; RunStore keeps one-line delegates for the ones trainers call."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, or_, select, update
 
+from db import lifecycle
 from db.clock import now_expr
 from db.errors import NotFoundError
 from db.floats import to_db
@@ -17,7 +19,6 @@ from db.models import (
     RunLayerModel,
     RunModel,
     RunPointsModel,
-    RunTagModel,
 )
 from db.session import transaction
 from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
@@ -31,12 +32,6 @@ _points = RunPointsModel.__table__
 _epochs = EpochMetricModel.__table__
 _layer_stats = LayerStatModel.__table__
 _grids = DecisionGridModel.__table__
-_tags = RunTagModel.__table__
-_CHILDREN = (_layer_stats, _epochs, _grids, _points, _layers, _tags)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 class RunStore:
@@ -46,65 +41,43 @@ class RunStore:
         self.engine = engine
         self._now = now_expr(engine.dialect.name)
 
-    # -- creating ---------------------------------------------------------------------------
+    # -- status changes: db.lifecycle owns them ----------------------------------------------
     def create_runs(self, specs: Sequence[RunSpec], *, status: str = "queued") -> list[str]:
-        """Insert runs in one transaction (all or nothing); returns their ids in order."""
-        ids = [new_id() for _ in specs]
-        rows = []
-        for run_id, spec in zip(ids, specs, strict=True):
-            cfg = spec.config
-            rows.append(
-                {
-                    "id": run_id,
-                    "name": spec.name if spec.name is not None else cfg.get("name"),
-                    "status": status,
-                    "config": cfg,
-                    "arch": cfg["arch"],
-                    "dataset": cfg["dataset"],
-                    "depth": cfg["depth"],
-                    "width": cfg["width"],
-                    "seed": cfg["seed"],
-                    "sweep_id": spec.sweep_id,
-                    "sweep_name": spec.sweep_name,
-                    "group_id": spec.group_id,
-                    "group_index": spec.group_index,
-                    "epochs_total": cfg["epochs"],
-                    "epochs_done": 0,
-                    "cancel_requested": False,
-                    **spec.extra,
-                }
-            )
-        if not rows:
-            return []
-        with transaction(self.engine) as s:
-            s.execute(insert(_runs).values(created_at=self._now), rows)
-        return ids
+        return lifecycle.create_runs(self.engine, specs, status=status)
 
     def create_run(self, spec: RunSpec, *, status: str = "queued") -> str:
         return self.create_runs([spec], status=status)[0]
 
-    def mark_running(self, run_id: str, *, worker: str, device: str, torch_version: str) -> None:
-        """Record that training of a run has begun (the foreground `train` path; the queue
-        claims runs with its own guarded update)."""
-        with transaction(self.engine) as s:
-            s.execute(
-                update(_runs)
-                .where(_runs.c.id == run_id)
-                .values(
-                    status="running",
-                    started_at=self._now,
-                    heartbeat_at=self._now,
-                    worker=worker,
-                    device=device,
-                    torch_version=torch_version,
-                )
-            )
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        final: FinalMetrics | None = None,
+        error: str | None = None,
+        only_if_running: bool = True,
+    ) -> bool:
+        return lifecycle.finish_run(
+            self.engine, run_id, status, final=final, error=error, only_if_running=only_if_running
+        )
 
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        return lifecycle.delete_runs(self.engine, run_ids)
+
+    # -- recording ----------------------------------------------------------------------------
     def set_runtime(self, run_id: str, *, device: str, torch_version: str) -> None:
+        """Record where the run trains. Writes nothing when the row already says so (the
+        foreground path inserts the run with its runtime)."""
         with transaction(self.engine) as s:
             s.execute(
                 update(_runs)
-                .where(_runs.c.id == run_id)
+                .where(
+                    _runs.c.id == run_id,
+                    or_(
+                        _runs.c.device.is_distinct_from(device),
+                        _runs.c.torch_version.is_distinct_from(torch_version),
+                    ),
+                )
                 .values(device=device, torch_version=torch_version)
             )
 
@@ -157,17 +130,6 @@ class RunStore:
             raise NotFoundError(f"run {run_id} vanished from the database while training")
         return bool(cancel)
 
-    def heartbeat(self, run_id: str) -> bool:
-        """Touch the heartbeat; returns True when cancellation was requested."""
-        with transaction(self.engine) as s:
-            cancel = s.execute(
-                update(_runs)
-                .where(_runs.c.id == run_id)
-                .values(heartbeat_at=self._now)
-                .returning(_runs.c.cancel_requested)
-            ).scalar_one_or_none()
-        return bool(cancel)
-
     def cancel_requested(self, run_id: str) -> bool:
         return run_id in self.cancel_requests([run_id])
 
@@ -182,49 +144,7 @@ class RunStore:
                 )
             )
 
-    # -- finishing --------------------------------------------------------------------------
-    def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        final: FinalMetrics | None = None,
-        error: str | None = None,
-        only_if_running: bool = True,
-    ) -> bool:
-        """Move a run to a finished status. Returns False when it was no longer running
-        (e.g. another worker already marked it lost), so nothing is overwritten."""
-        final = final or FinalMetrics()
-        stmt = (
-            update(_runs)
-            .where(_runs.c.id == run_id)
-            .values(
-                status=status,
-                finished_at=self._now,
-                error=error[:10_000] if error else None,
-                final_train_loss=to_db(final.train_loss),
-                final_train_acc=to_db(final.train_acc),
-                final_test_loss=to_db(final.test_loss),
-                final_test_acc=to_db(final.test_acc),
-                final_pred_std=to_db(final.pred_std),
-            )
-        )
-        if only_if_running:
-            stmt = stmt.where(_runs.c.status == "running")
-        with transaction(self.engine) as s:
-            return s.execute(stmt).rowcount == 1
-
-    def delete_runs(self, run_ids: Sequence[str]) -> int:
-        """Delete runs and everything recorded for them (children first: no FK needed)."""
-        ids = list(run_ids)
-        if not ids:
-            return 0
-        with transaction(self.engine) as s:
-            for table in _CHILDREN:
-                s.execute(delete(table).where(table.c.run_id.in_(ids)))
-            return s.execute(delete(_runs).where(_runs.c.id.in_(ids))).rowcount
-
 
 def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
-    """Queue every run of a planned sweep in one transaction; returns their ids in grid order."""
-    return RunStore(engine).create_runs(list(plan.specs))
+    """Kept for callers of the old name: db.lifecycle.queue_sweep."""
+    return lifecycle.queue_sweep(engine, plan)

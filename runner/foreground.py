@@ -9,12 +9,14 @@ import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
+import torch
 from sqlalchemy import Engine
 
+from db import lifecycle
 from db.errors import StorageError
 from db.store import RunStore
 from runner.execute import execute_run
-from vocab.config import make_config, with_absolute_csv
+from vocab.config import make_config
 from vocab.records import EpochRecord, RunSpec
 
 # Well inside a worker's default --stale-after (60 s): a long epoch never looks like a lost run.
@@ -26,8 +28,10 @@ class RunWatch:
     mark it lost), notices `gradscope cancel`, and turns the first Ctrl-C into a clean stop
     (`interrupted`, epochs kept); a second Ctrl-C interrupts at once."""
 
-    def __init__(self, store: RunStore, run_id: str, every_s: float = HEARTBEAT_S) -> None:
-        self._store, self._run_id, self._every_s = store, run_id, every_s
+    def __init__(
+        self, engine: Engine, run_id: str, worker: str, every_s: float = HEARTBEAT_S
+    ) -> None:
+        self._engine, self._run_id, self._worker, self._every_s = engine, run_id, worker, every_s
         self._done = threading.Event()
         self._cancelled = threading.Event()
         self._interrupted = threading.Event()
@@ -42,7 +46,8 @@ class RunWatch:
     def _beat(self) -> None:
         while not self._done.wait(self._every_s):
             try:
-                if self._store.heartbeat(self._run_id):
+                beat = lifecycle.heartbeat(self._engine, [self._run_id], self._worker)
+                if beat[self._run_id].cancel_requested:
                     self._cancelled.set()
             except StorageError:
                 pass  # a database in trouble shows up in the next epoch's write, with context
@@ -70,6 +75,13 @@ class RunWatch:
             signal.signal(signal.SIGINT, self._previous_sigint)
 
 
+def _device_name(requested: str) -> str:
+    """The device a run will train on, as runner.train names it ("auto" resolved)."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
 def train_foreground(
     engine: Engine, values: dict[str, str], progress: bool = True
 ) -> tuple[str, str]:
@@ -77,16 +89,20 @@ def train_foreground(
 
     An invalid config raises ConfigError before anything is written.
     """
-    cfg = with_absolute_csv(make_config(values))
-    store = RunStore(engine)
-    run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
-    store.mark_running(
-        run_id,
-        worker=f"{socket.gethostname()}:{os.getpid()} (foreground)",
-        device=cfg.device,
-        torch_version="",
+    cfg = make_config(values)
+    worker = f"{socket.gethostname()}:{os.getpid()} (foreground)"
+    # The runs row is written once before epoch 1: inserted running, with who trains it where
+    # (execute_run's own runtime write then finds nothing to change).
+    runtime = lifecycle.Runtime(
+        worker=worker,
+        device=_device_name(cfg.device),
+        torch_version=torch.__version__,
     )
-    with RunWatch(store, run_id) as watch:
+    [run_id] = lifecycle.create_runs(
+        engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime
+    )
+    store = RunStore(engine)
+    with RunWatch(engine, run_id, worker) as watch:
         if not progress:
             return run_id, execute_run(store, run_id, cfg, watch.should_stop).status
 

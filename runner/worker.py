@@ -28,7 +28,7 @@ from typing import Any
 
 from db.engine import display_url, make_engine
 from db.errors import StorageError
-from db.queue import Claim, claim_next, heartbeat, recover_stale, release
+from db.lifecycle import Claim, claim_next, heartbeat, recover_stale, release
 from db.store import RunStore
 from vocab.config import ConfigError, RunConfig, make_config
 

@@ -1,4 +1,5 @@
-"""Shared fixtures. Sections: helpers (free_port), SQLite, PostgreSQL, browser.
+"""Shared fixtures. Sections: helpers (free_port), SQLite, PostgreSQL, both (the `engine`
+fixture), browser.
 
 Fixtures for external services skip (with the reason) when the service is missing here;
 `bash .ci/run` installs PostgreSQL and chromium so that nothing skips in CI.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pg_server import PostgresServer, PostgresUnavailable, free_port
+from sqlalchemy import Engine
 
 __all__ = ["free_port"]  # helper for tests: `from conftest import free_port`
 
@@ -50,10 +52,51 @@ _db_counter = itertools.count(1)
 
 
 @pytest.fixture
-def pg_url(pg_server: PostgresServer) -> str:
+def pg_url(request: pytest.FixtureRequest) -> str:
     """SQLAlchemy URL of an empty database of its own (postgresql+psycopg://...)."""
+    # `-m "not postgres"` must start no server: a test reaching for one unmarked is a bug.
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL but is not marked postgres")
+    pg_server: PostgresServer = request.getfixturevalue("pg_server")
     # pid keeps names unique should several pytest processes ever share one server.
     return pg_server.create_database(f"test_{os.getpid()}_{next(_db_counter)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Both: the one `engine` fixture. Each test that takes it runs on a SQLite file and on
+# PostgreSQL; the PostgreSQL run carries the `postgres` marker, so `-m "not postgres"` leaves it
+# out and never starts the server (pg_server is only requested from here and by postgres tests).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """What `--db` would say for the test's database: a SQLite path, or a PostgreSQL URL of an
+    empty database of its own. Hand it to the code under test (CLI, dashboard) with `engine`."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return str(db_path)
+
+
+@pytest.fixture
+def engine(database: str) -> Iterator[Engine]:
+    """An engine on `database`, schema created (SQLite and PostgreSQL, see `database`)."""
+    from db.engine import make_engine
+
+    engine = make_engine(database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(db_path: Path) -> Iterator[Engine]:
+    """An engine on the SQLite file `db_path`, for tests about SQLite itself (its file, WAL,
+    several processes sharing one file)."""
+    from db.engine import make_engine
+
+    engine = make_engine(str(db_path))
+    yield engine
+    engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------

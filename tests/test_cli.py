@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -26,11 +28,12 @@ def all_commands() -> list[list[str]]:
 
     def walk(cmd: click.Command, prefix: list[str]) -> None:
         paths.append(prefix)
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                walk(sub, [*prefix, name])
+        # A group has `commands` (typer vendors its own click, so no isinstance(click.Group)).
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*prefix, name])
 
     walk(typer.main.get_command(app), [])
+    assert len(paths) > 10, paths  # the walk found the commands, not just the root
     return paths
 
 
@@ -42,12 +45,23 @@ def test_every_command_has_help(path: list[str]) -> None:
     assert len(result.output.strip().splitlines()) > 3
 
 
+def test_the_readme_names_every_command() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [
+        " ".join(["gradscope", *path])
+        for path in all_commands()
+        if not re.search(rf"gradscope {re.escape(' '.join(path))}\b", readme)
+    ]
+    assert missing == []
+
+
 def test_config_fields_are_kebab_case_options() -> None:
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     for option in ("--batch-size", "--test-fraction", "--block-activation", "--lr", "--init"):
         assert option in result.output
 
 
+@pytest.mark.slow  # trains runs: seconds
 def test_train_json_runs_and_show(db_path) -> None:  # noqa: ANN001
     args = [
         "--db",
@@ -109,6 +123,7 @@ def test_bad_config_exits_nonzero_naming_the_field_and_writes_nothing(
             assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
 
+@pytest.mark.slow  # a gradscope process of its own
 def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     target = tmp_path / "env.db"
     env = {**os.environ, "GRADSCOPE_DB": str(target)}
@@ -131,6 +146,7 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     assert json.loads(listed.stdout) == []
 
 
+@pytest.mark.slow  # trains a run: seconds
 def test_user_text_is_printed_as_typed_not_as_markup(db_path) -> None:  # noqa: ANN001
     name = "[/x] [bold]b[/bold] *c*"
     result = runner.invoke(
@@ -180,7 +196,7 @@ def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) 
         assert result.exit_code == 2 and "no run" in result.output
     missing = db_path.parent / "nothere.db"
     result = runner.invoke(app, ["cancel", "abcd", "--db", str(missing)])
-    assert result.exit_code != 0 and "no gradscope database" in result.output
+    assert result.exit_code != 0 and "no database at" in result.output
     assert not missing.exists()
 
 
@@ -205,6 +221,7 @@ def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: A
     assert doc["layer_stats"][0]["grad_norm"] == "-inf"
 
 
+@pytest.mark.slow  # a training process, interrupted
 def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
     import signal
     import time

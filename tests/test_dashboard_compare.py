@@ -136,6 +136,7 @@ def test_config_table_shows_only_the_fields_that_differ(
     assert "depth = 6" in shown_text(at)  # the shared fields, in one line
 
 
+@pytest.mark.slow  # a dozen reruns of the Compare page: seconds
 def test_view_lives_in_the_url(
     monkeypatch: pytest.MonkeyPatch, seeded_db: Path, seeded_ids: dict[str, str]
 ) -> None:
@@ -230,7 +231,7 @@ def test_run_names_are_shown_as_typed_never_as_markup(
 
 def test_shared_settings_are_shown_as_typed(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
     engine = make_engine(str(db_path))
-    dataset = "csv:*bold* [x](http://example.com)"
+    dataset = "csv:/data/*bold* [x](http://example.com)"  # absolute: stored as typed
     run_id = add_run(engine, dataset=dataset)
     engine.dispose()
     at = open_compare(monkeypatch, db_path, [run_id])

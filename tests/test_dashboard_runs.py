@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,6 @@ from streamlit.testing.v1 import AppTest
 
 from db import frames
 from db.engine import make_engine
-
-
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
 
 
 def runs_table(at):  # noqa: ANN001, ANN201 - AppTest types
@@ -58,9 +50,9 @@ def test_filters_narrow_the_table(monkeypatch: pytest.MonkeyPatch, seeded_db: Pa
 
 
 def test_empty_database_offers_the_classic_comparison(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     assert "No runs yet" in shown_text(at)
     assert not at.dataframe
     at.button[0].click().run()  # "Run the classic comparison"
@@ -78,12 +70,12 @@ def test_empty_database_offers_the_classic_comparison(
 
 
 def test_cancel_and_delete_the_selected_runs(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     queued = add_run(engine, status="queued", name="waiting")
     done = add_run(engine, name="finished")
     add_run(engine, name="kept")
-    at = open_app(monkeypatch, db_path, params={"runs": f"{queued},{done}"})
+    at = open_app(monkeypatch, database, params={"runs": f"{queued},{done}"})
     buttons = {b.label: b for b in at.button}
     buttons["Cancel 1 run(s)"].click().run()  # only the queued one can be cancelled
     status = frames.runs(engine).set_index("id")["status"]
@@ -125,11 +117,11 @@ def test_compare_button_opens_compare_on_the_selected_runs(
 
 
 def test_dataset_paths_are_shown_as_typed_in_the_filter(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    dataset = "csv:*bold* [x](http://example.com)"
+    dataset = "csv:/data/*bold* [x](http://example.com)"  # absolute: stored as typed
     add_run(engine, dataset=dataset, status="queued")
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     (option,) = at.pills(key="runs_dataset").options  # pill labels are Markdown
     assert shows_literally(option, dataset), option
     at.pills(key="runs_dataset").select(dataset).run()
@@ -137,11 +129,11 @@ def test_dataset_paths_are_shown_as_typed_in_the_filter(
 
 
 def test_cancel_counts_only_the_runs_it_cancelled(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     waiting = add_run(engine, status="queued", name="waiting")
     finishing = add_run(engine, status="queued", name="finishing")
-    at = open_app(monkeypatch, db_path, params={"runs": f"{waiting},{finishing}"})
+    at = open_app(monkeypatch, database, params={"runs": f"{waiting},{finishing}"})
     # It finishes after the page was drawn, in a way the page's cache key does not notice
     # (no time stamps change), so the button still offers to cancel both.
     with engine.begin() as conn:

@@ -3,23 +3,13 @@ values get messages next to their fields), the sweep form, and the live queue's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from dashboard_helpers import add_run, open_app
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
 from db import frames
-from db.engine import make_engine
-
-
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
+from db.engine import display_url
 
 
 def submit(at: AppTest, label: str) -> None:
@@ -34,17 +24,17 @@ def configs(engine: Engine) -> list[dict]:
 
 
 def test_sidebar_names_the_database_and_the_worker(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
-    assert at.sidebar.code[0].value == str(db_path)
+    at = open_app(monkeypatch, database)
+    assert at.sidebar.code[0].value == display_url(database)
     assert "Worker not running" in at.sidebar.warning[0].value
 
 
 def test_new_run_form_queues_a_run(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     at.selectbox(key="new_run_arch").set_value("relu")
     at.number_input(key="new_run_depth").set_value(4)
     at.number_input(key="new_run_epochs").set_value(3)
@@ -67,9 +57,9 @@ def test_new_run_form_queues_a_run(
 
 
 def test_invalid_values_are_explained_next_to_their_fields(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     at.number_input(key="new_run_depth").set_value(0)
     at.text_input(key="new_run_lr").set_value("fast")
     at.selectbox(key="new_run_dataset").set_value("csv file")
@@ -92,9 +82,9 @@ def test_invalid_values_are_explained_next_to_their_fields(
 
 
 def test_momentum_with_adam_is_refused(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     at.text_input(key="new_run_momentum").set_value("0.5")
     submit(at, "Queue run")
     assert any("momentum applies to sgd only" in e.value for e in at.sidebar.error)
@@ -102,9 +92,9 @@ def test_momentum_with_adam_is_refused(
 
 
 def test_sweep_form_queues_the_grid(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     at.text_input(key="new_sweep_name").set_value("depth check")
     at.pills(key="new_sweep_arch").set_value(["sigmoid", "resnet"])
     at.text_input(key="new_sweep_depth").set_value("2, 5")
@@ -120,9 +110,9 @@ def test_sweep_form_queues_the_grid(
 
 
 def test_bad_sweep_queues_nothing(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     at.text_input(key="new_sweep_depth").set_value("2,0,x")
     submit(at, "Queue sweep")
     assert "nothing was queued" in at.sidebar.error[0].value
@@ -130,11 +120,11 @@ def test_bad_sweep_queues_nothing(
 
 
 def test_queue_shows_progress_and_cancels(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     running = add_run(engine, status="running", epochs=2, name="training")
     queued = add_run(engine, status="queued", name="waiting")
-    at = open_app(monkeypatch, db_path)
+    at = open_app(monkeypatch, database)
     bars = at.sidebar.progress
     assert [b.value for b in bars] == [100, 0]  # running (2 of 2 recorded so far), queued
     at.sidebar.button(key=f"cancel_{queued}").click().run()

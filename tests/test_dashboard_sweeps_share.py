@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ from db.share import export_runs_bytes
 from runner.cli.dashboard_commands import streamlit_command
 
 
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
-
-
 def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     sweep = (str(uuid.uuid4()), "my sweep")
     for seed, spread in enumerate((1.0, 3.0)):
@@ -57,7 +49,7 @@ def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
             test_acc=0.95,
         )
     add_run(engine, name="not in a sweep")
-    at = open_app(monkeypatch, db_path, "sweeps")
+    at = open_app(monkeypatch, database, "sweeps")
     assert "6 of 6 runs finished" in shown_text(at)
     (ratio,) = chart_titled(at, "Gradient ratio vs depth")
     (acc,) = chart_titled(at, "Test accuracy vs depth")
@@ -87,38 +79,45 @@ def test_share_page_offers_downloads_of_the_chosen_runs(
     at = open_app(monkeypatch, seeded_db, "share", {"runs": one})
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Database file (.db) of 1 run(s)", "CSV tables (.zip) of 1 run(s)"]
-    at.radio[0].set_value("all").run()
+    at.radio(key="share_scope").set_value("all").run()
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Database file (.db) of 3 run(s)", "CSV tables (.zip) of 3 run(s)"]
 
 
 def test_share_page_imports_an_uploaded_database(
-    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, engine: Engine, database: str
 ) -> None:
     seeded = make_engine(str(seeded_db))
     content = export_runs_bytes(seeded, list(frames.runs(seeded)["id"]))
     seeded.dispose()
-    at = open_app(monkeypatch, db_path, "share")
-    at.file_uploader[0].set_value(("teammate.db", content, "application/octet-stream")).run()
-    at.button[0].click().run()
+    at = open_app(monkeypatch, database, "share")
+    at.file_uploader(key="share_upload").set_value(
+        ("teammate.db", content, "application/octet-stream")
+    ).run()
+    at.button(key="share_import").click().run()
     assert "Added 3 run(s)" in at.success[0].value
     assert set(frames.runs(engine)["name"]) == {"seed sigmoid", "seed relu", "seed resnet"}
 
-    at.file_uploader[0].set_value(("notes.db", b"not a database" * 100, "text/plain")).run()
-    at.button[0].click().run()
+    at.file_uploader(key="share_upload").set_value(
+        ("notes.db", b"not a database" * 100, "text/plain")
+    ).run()
+    at.button(key="share_import").click().run()
     assert "Nothing was imported" in at.error[0].value
     assert len(frames.runs(engine)) == 3
 
 
 def test_sweep_names_are_shown_as_typed_in_the_choice_of_runs(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     sweep = (str(uuid.uuid4()), "*bold* [x](http://example.com)")
     add_run(engine, sweep=sweep)
-    at = open_app(monkeypatch, db_path, "share")
+    at = open_app(monkeypatch, database, "share")
     # Radio labels are Markdown: the sweep's option must read as the name was typed.
-    assert any(shows_literally(option, f"Sweep: {sweep[1]}") for option in at.radio[0].options)
-    at.radio[0].set_value(f"sweep:{sweep[0]}").run()
+    assert any(
+        shows_literally(option, f"Sweep: {sweep[1]}")
+        for option in at.radio(key="share_scope").options
+    )
+    at.radio(key="share_scope").set_value(f"sweep:{sweep[0]}").run()
     labels = [b.label for b in at.get("download_button")]
     assert labels[0] == "Database file (.db) of 1 run(s)"
 
@@ -127,7 +126,7 @@ def test_the_server_accepts_uploads_as_large_as_the_uploader_offers(
     monkeypatch: pytest.MonkeyPatch, db_path: Path
 ) -> None:
     at = open_app(monkeypatch, db_path, "share")
-    offered = at.file_uploader[0].proto.max_upload_size_mb
+    offered = at.file_uploader(key="share_upload").proto.max_upload_size_mb
     command = streamlit_command("127.0.0.1", 8501)
     pairs = dict(zip(command[5::2], command[6::2], strict=True))
     # Streamlit's server refuses bodies over server.maxUploadSize (default 200 MB) whatever

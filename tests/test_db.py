@@ -38,14 +38,10 @@ def test_fresh_database_is_created_and_stamped(db_path) -> None:  # noqa: ANN001
         )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_processes_creating_one_database_at_once_all_succeed(backend: str, request) -> None:  # noqa: ANN001
+@pytest.mark.slow  # several processes
+def test_processes_creating_one_database_at_once_all_succeed(database: str) -> None:
     # A worker and a CLI command often open a fresh database together; one creates it.
-    url = (
-        str(request.getfixturevalue("db_path"))
-        if backend == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
+    url = database  # SQLite file or PostgreSQL (the `database` fixture marks that half)
     assert open_concurrently(url) == []
     engine = make_engine(url)
     with engine.connect() as conn:

@@ -34,13 +34,6 @@ def seeded(seeded_db: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
-
-
 def labelled(engine: Engine) -> dict[str, str]:
     return frames.run_labels(frames.runs(engine))
 

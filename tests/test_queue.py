@@ -1,20 +1,15 @@
-"""db.queue on real databases (SQLite file and PostgreSQL): claims, groups, heartbeats,
+"""db.lifecycle on real databases (SQLite file and PostgreSQL): claims, groups, heartbeats,
 staleness with a passed-in clock, cancel, release, and a many-thread claim race."""
 
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, update
 from worker_helpers import SMALL
 
-from db.engine import make_engine
-from db.models import RunModel
-from db.queries import get_run
-from db.queue import (
+from db.lifecycle import (
     WORKER_LOST,
     Claim,
     cancel_runs,
@@ -25,18 +20,12 @@ from db.queue import (
     recover_stale,
     release,
 )
+from db.models import RunModel
+from db.queries import get_run
 from db.session import session_scope
 from db.store import RunStore
 from vocab.config import make_config
 from vocab.records import RunSpec
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, db_path: Path) -> Engine:
-    db = request.getfixturevalue("pg_url") if request.param == "postgres" else str(db_path)
-    engine = make_engine(db)
-    yield engine
-    engine.dispose()
 
 
 def spec(seed: int = 0, group: str | None = None, index: int | None = None) -> RunSpec:

@@ -454,18 +454,14 @@ def test_round_trip_through_postgresql(
         pg.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.slow  # several importers at once
 def test_imports_of_one_file_at_once_add_each_run_once(
-    source: Engine, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+    source: Engine, tmp_path: Path, database: str
 ) -> None:
     # Teammates importing the same file together: one import adds the runs, the others find
     # them present; none fails on a duplicate id.
     shared = export_all(source, tmp_path / "shared.db")
-    url = (
-        str(request.getfixturevalue("db_path"))
-        if backend == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
+    url = database  # SQLite file or PostgreSQL (the `database` fixture marks that half)
     target = make_engine(url)
     importers = 4
     start = threading.Barrier(importers)

@@ -361,6 +361,7 @@ SETTINGS = settings(
 
 
 @SETTINGS
+@pytest.mark.slow  # many generated files: seconds
 @given(
     flips=st.lists(
         st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8
@@ -396,6 +397,7 @@ ANY_VALUE = st.one_of(
 
 
 @SETTINGS
+@pytest.mark.slow  # many generated files: seconds
 @given(
     changes=st.lists(
         st.tuples(st.sampled_from(COLUMNS), st.integers(0, 200), ANY_VALUE),

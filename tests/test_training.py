@@ -144,18 +144,16 @@ def test_a_run_that_stored_every_epoch_has_completed_whatever_was_asked() -> Non
 def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noqa: ANN001
     import time
 
+    from db.lifecycle import Runtime, cancel_runs, create_runs
     from db.queries import get_run
-    from db.queue import cancel_runs
-    from db.store import RunStore
     from runner.foreground import RunWatch
     from vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
-    run_id = store.create_run(RunSpec(make_config({}).model_dump()), status="running")
-    store.mark_running(run_id, worker="test", device="cpu", torch_version="")
+    runtime = Runtime(worker="test", device="cpu", torch_version="")
+    [run_id] = create_runs(engine, [RunSpec({})], status="running", runtime=runtime)
     first = get_run(engine, run_id).heartbeat_at
-    with RunWatch(store, run_id, every_s=0.02) as watch:
+    with RunWatch(engine, run_id, "test", every_s=0.02) as watch:
         assert watch.should_stop() is None
         assert cancel_runs(engine, [run_id]) == {run_id: "cancel requested"}
         deadline = time.monotonic() + 10
@@ -168,8 +166,8 @@ def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noq
 def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa: ANN001
     from datetime import timedelta
 
+    from db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_stale
     from db.queries import get_run
-    from db.queue import WORKER_LOST, db_now, recover_stale
     from db.store import RunStore
     from runner.execute import execute_run
     from vocab.records import RunSpec
@@ -177,8 +175,8 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     engine = make_engine(str(db_path))
     store = RunStore(engine)
     cfg = make_config({"depth": 2, "width": 4, "samples": 64, "epochs": 2})
-    run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
-    store.mark_running(run_id, worker="slow", device="cpu", torch_version="")
+    runtime = Runtime(worker="slow", device="cpu", torch_version="")
+    [run_id] = create_runs(engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime)
 
     def another_worker_gives_up() -> None:
         recover_stale(engine, 60, now=db_now(engine) + timedelta(seconds=3600))
@@ -190,6 +188,7 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     assert (result.status, result.error) == ("failed", WORKER_LOST)
 
 
+@pytest.mark.slow  # its measuring thread takes seconds to wind down
 @pytest.mark.timeout(60)  # the failure this guards against is a hang
 def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
     # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many

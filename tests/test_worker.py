@@ -24,9 +24,8 @@ from worker_helpers import (
 )
 
 import runner.worker as worker_module
-from db.engine import make_engine
+from db.lifecycle import db_now, recover_stale
 from db.queries import get_run, run_document
-from db.queue import db_now, recover_stale
 from db.store import queue_sweep
 from runner.cli import app
 from runner.worker import (
@@ -41,34 +40,27 @@ from vocab.sweep import plan_sweep
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def engine(db_path: Path) -> Engine:
-    engine = make_engine(str(db_path))
-    yield engine
-    engine.dispose()
-
-
-def test_four_worker_processes_share_one_sqlite_file(db_path: Path, engine: Engine) -> None:
+def test_four_worker_processes_share_one_sqlite_file(db_path: Path, sqlite_engine: Engine) -> None:
     # Two independent workers with two training processes each: four processes claiming from
     # one file, both ways of running several (several machines, --concurrency).
     workers = [
         WorkerProcess(str(db_path), "--concurrency", "2", "--poll", "0.05") for _ in range(2)
     ]
-    drain_concurrently(str(db_path), engine, workers, processes=4, runs=20)
+    drain_concurrently(str(db_path), sqlite_engine, workers, processes=4, runs=20)
 
 
-def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, engine: Engine) -> None:
-    [run_id] = queue_runs(engine, 1, **ENDLESS)
+def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, sqlite_engine: Engine) -> None:
+    [run_id] = queue_runs(sqlite_engine, 1, **ENDLESS)
     first = WorkerProcess(str(db_path), "--exit-when-idle", "--heartbeat", "0.2")
-    wait_for(lambda: get_run(engine, run_id).epochs_done >= 2, what="two epochs recorded")
+    wait_for(lambda: get_run(sqlite_engine, run_id).epochs_done >= 2, what="two epochs recorded")
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    at_kill = run_document(engine, run_id)
+    at_kill = run_document(sqlite_engine, run_id)
     assert at_kill["status"] == "running"
 
     # Not stale yet by the database clock, nor 30 s later: nobody may take it.
-    assert recover_stale(engine, 60) == []
-    assert recover_stale(engine, 60, now=db_now(engine) + timedelta(seconds=30)) == []
+    assert recover_stale(sqlite_engine, 60) == []
+    assert recover_stale(sqlite_engine, 60, now=db_now(sqlite_engine) + timedelta(seconds=30)) == []
 
     # A new worker checks for lost runs as it starts (with --stale-after 0 any old heartbeat
     # counts as lost, so no waiting is needed).
@@ -76,7 +68,7 @@ def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, engine: Eng
     assert second.wait() == 0, second.output
     assert f"marked run {run_id} failed: worker lost" in second.output
 
-    after = run_document(engine, run_id)
+    after = run_document(sqlite_engine, run_id)
     assert after["status"] == "failed"
     assert after["error"] == "worker lost"
     assert after["epochs"] == at_kill["epochs"]
@@ -87,34 +79,34 @@ def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, engine: Eng
 
 
 def test_cancel_a_failing_run_and_sigterm_in_one_worker_session(
-    db_path: Path, engine: Engine, tmp_path: Path
+    db_path: Path, sqlite_engine: Engine, tmp_path: Path
 ) -> None:
     """One worker with two training processes (one start-up paid for several checks), started
     and stopped the way the dashboard does: stop_worker_process sends SIGTERM."""
     cli = CliRunner()
     db = str(db_path)
-    first, second = queue_runs(engine, 2, **ENDLESS)
+    first, second = queue_runs(sqlite_engine, 2, **ENDLESS)
     log = tmp_path / "worker.log"
     worker = spawn_worker_process(db, concurrency=2, heartbeat_s=0.2, log_path=log)
     try:
         wait_for(
-            lambda: all(get_run(engine, i).epochs_done >= 1 for i in (first, second)),
+            lambda: all(get_run(sqlite_engine, i).epochs_done >= 1 for i in (first, second)),
             what="both runs training",
         )
         # Both processes are busy, so these wait in the queue.
-        [waiting] = queue_runs(engine, 1, **ENDLESS)
+        [waiting] = queue_runs(sqlite_engine, 1, **ENDLESS)
         csv = tmp_path / "points.csv"
         csv.write_text("x1,x2,label\n" + "".join(f"{i},{-i},{i % 2}\n" for i in range(40)))
         submitted = cli.invoke(app, ["submit", "--db", db, "--dataset", f"csv:{csv}"])
         assert submitted.exit_code == 0, submitted.output
         csv_run = submitted.output.strip()
         csv.unlink()  # the data vanishes after the run was queued
-        [last] = queue_runs(engine, 1)
+        [last] = queue_runs(sqlite_engine, 1)
 
         result = cli.invoke(app, ["cancel", "--db", db, waiting[:8]])
         assert result.exit_code == 0, result.output
         assert f"{waiting}  cancelled" in result.output
-        cancelled_at_once = get_run(engine, waiting)
+        cancelled_at_once = get_run(sqlite_engine, waiting)
         assert (cancelled_at_once.status, cancelled_at_once.started_at) == ("cancelled", None)
 
         result = cli.invoke(app, ["cancel", "--db", db, first])
@@ -122,26 +114,26 @@ def test_cancel_a_failing_run_and_sigterm_in_one_worker_session(
         # The freed process takes the failing run and goes on with the next one.
         wait_for(
             lambda: (
-                (get_run(engine, csv_run).status, get_run(engine, last).status)
+                (get_run(sqlite_engine, csv_run).status, get_run(sqlite_engine, last).status)
                 == ("failed", "completed")
             ),
             what="the failing run and the last run",
         )
         assert worker.poll() is None
-        assert get_run(engine, second).status == "running"
+        assert get_run(sqlite_engine, second).status == "running"
     finally:
         code = stop_worker_process(worker, timeout_s=15)
     output = log.read_text()
     assert code == 0, output
 
-    cancelled = run_document(engine, first)
+    cancelled = run_document(sqlite_engine, first)
     assert cancelled["status"] == "cancelled"
     assert len(cancelled["epochs"]) == cancelled["epochs_done"] >= 1
-    assert get_run(engine, waiting).epochs_done == 0
-    failed = get_run(engine, csv_run)
+    assert get_run(sqlite_engine, waiting).epochs_done == 0
+    failed = get_run(sqlite_engine, csv_run)
     assert failed.status == "failed"
     assert "CSV file not found" in (failed.error or "")
-    interrupted = run_document(engine, second)  # SIGTERM stopped the run still training
+    interrupted = run_document(sqlite_engine, second)  # SIGTERM stopped the run still training
     assert interrupted["status"] == "interrupted"
     assert len(interrupted["epochs"]) == interrupted["epochs_done"] >= 1
     assert f"run {second} interrupted" in output
@@ -161,22 +153,26 @@ def queue_group(engine: Engine, size: int) -> list[str]:
 
 @pytest.mark.parametrize("batched", [True, False], ids=["execute_group", "one-by-one"])
 def test_a_group_is_trained_by_one_worker(
-    db_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, batched: bool
+    db_path: Path, sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
-    ids = queue_group(engine, 3)
+    ids = queue_group(sqlite_engine, 3)
     if not batched:  # as if runner.ensemble were not installed: the members train in turn
         monkeypatch.setattr(worker_module, "_load_execute_group", lambda: None)
     opts = WorkerOptions(db=str(db_path), exit_when_idle=True, poll_s=0.05)
     assert run_slot(opts, RunBudget(None, multiprocessing.Value("i", 0))) == 3
     for run_id in ids:
-        run = get_run(engine, run_id)
+        run = get_run(sqlite_engine, run_id)
         assert (run.status, run.epochs_done) == ("completed", 2)
-        assert epoch_rows(engine, run_id) == [1, 2]
-    assert len({get_run(engine, i).worker for i in ids}) == 1
+        assert epoch_rows(sqlite_engine, run_id) == [1, 2]
+    assert len({get_run(sqlite_engine, i).worker for i in ids}) == 1
 
 
-def test_max_runs_stops_the_worker(db_path: Path, engine: Engine) -> None:
-    ids = queue_runs(engine, 3)
+def test_max_runs_stops_the_worker(db_path: Path, sqlite_engine: Engine) -> None:
+    ids = queue_runs(sqlite_engine, 3)
     opts = WorkerOptions(db=str(db_path), max_runs=2, poll_s=0.05)
     assert run_slot(opts, RunBudget(2, multiprocessing.Value("i", 0))) == 2
-    assert sorted(get_run(engine, i).status for i in ids) == ["completed", "completed", "queued"]
+    assert sorted(get_run(sqlite_engine, i).status for i in ids) == [
+        "completed",
+        "completed",
+        "queued",
+    ]

@@ -26,6 +26,7 @@ scope = st.radio(
     # Radio labels are Markdown: a sweep's name must show as typed.
     format_func=lambda key: escape_markdown(scopes[key]),
     index=0 if chosen else len(scopes) - 1,
+    key="share_scope",
 )
 if scope == "selected":
     ids = chosen
@@ -43,6 +44,7 @@ left.download_button(
     disabled=not ids,
     icon=":material/download:",
     on_click="ignore",
+    key="share_download_db",
 )
 right.download_button(
     f"CSV tables (.zip) of {len(ids)} run(s)",
@@ -52,6 +54,7 @@ right.download_button(
     disabled=not ids,
     icon=":material/table:",
     on_click="ignore",
+    key="share_download_csv",
 )
 st.caption(
     "A teammate opens the .db file with `gradscope dashboard --db FILE` or imports it "
@@ -63,9 +66,12 @@ upload = st.file_uploader(
     "A gradscope database file",
     type=db_gateway.UPLOAD_SUFFIXES,
     max_upload_size=db_gateway.MAX_UPLOAD_MB,
+    key="share_upload",
 )
-dry_run = st.checkbox("Dry run: only report what would be added")
-if upload is not None and st.button("Import", type="primary", icon=":material/upload:"):
+dry_run = st.checkbox("Dry run: only report what would be added", key="share_dry_run")
+if upload is not None and st.button(
+    "Import", type="primary", icon=":material/upload:", key="share_import"
+):
     try:
         report = db_gateway.import_db_bytes(upload.getvalue(), upload.name, dry_run)
     except StorageError as exc:

@@ -57,7 +57,7 @@ def runs(
     the diagnosis (the most serious finding; `gradscope show ID` explains it)."""
     from db.queries import list_runs
 
-    engine = open_engine(db)
+    engine = open_engine(db, read_only=True)
     try:
         found = list_runs(engine, status, limit, sweep=sweep, archs=arch, name=name)
         labels = _badges(engine, found)
@@ -147,7 +147,7 @@ def show(
     from db.queries import resolve_run_id, run_document
     from runner.cli.run_view import diagnosis_view, epochs_view, layers_view, run_diagnosis
 
-    engine = open_engine(db)
+    engine = open_engine(db, read_only=True)
     try:
         doc = run_document(engine, resolve_run_id(engine, run_id))
     except StorageError as exc:

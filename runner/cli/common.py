@@ -36,9 +36,12 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def open_engine(db: str | None, *, create: bool = True) -> Engine:
+def open_engine(db: str | None, *, create: bool = True, read_only: bool | None = False) -> Engine:
+    """The database of `--db`, or a readable failure. Commands that only read pass
+    `read_only=True`: a missing database is then an error, never an empty new file, and a
+    shared or read-only file is opened without being changed (see db.engine.make_engine)."""
     try:
-        return make_engine(resolve_db(db), create=create)
+        return make_engine(resolve_db(db), create=create, read_only=read_only)
     except StorageError as exc:
         fail(str(exc))
 

@@ -86,7 +86,9 @@ def dashboard(
     target = resolve_db(db)
     if "://" not in target:
         target = str(Path(target).expanduser().absolute())  # the children's cwd may differ
-    open_engine(target).dispose()  # fail here, readably, on a bad path/URL or old schema
+    # Fail here, readably, on a bad path/URL or old schema. A file this process can't write
+    # (read-only mount) is opened read-only: the pages show it; writes fail in one line.
+    open_engine(target, read_only=None).dispose()
     if not port_free(host, port):
         fail(f"port {port} on {host} is already in use; choose another with --port")
 

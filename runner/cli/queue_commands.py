@@ -1,6 +1,6 @@
 """`gradscope` commands for the queue: submit, sweep, worker, cancel. Registered by runner.cli.
 
-Thin: each parses options and calls db.queue / vocab.sweep / runner.worker. Nothing here
+Thin: each parses options and calls db.lifecycle / vocab.sweep / runner.worker. Nothing here
 imports torch; only the processes that train do.
 """
 
@@ -22,17 +22,17 @@ def submit(
     config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False
 ) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
-    from db.store import RunStore
+    from db.lifecycle import create_runs
     from runner.cli.common import console, fail, open_engine, print_json
-    from vocab.config import ConfigError, make_config, with_absolute_csv
+    from vocab.config import ConfigError, make_config
     from vocab.records import RunSpec
 
     try:
-        cfg = with_absolute_csv(make_config(config_values))
+        spec = RunSpec(make_config(config_values).model_dump())
     except ConfigError as exc:
         fail(f"invalid run configuration, nothing was queued:\n{exc}")
     engine = open_engine(db)
-    run_id = _storage(lambda: RunStore(engine).create_run(RunSpec(cfg.model_dump())))
+    [run_id] = _storage(lambda: create_runs(engine, [spec]))
     if json_out:
         print_json({"id": run_id, "status": "queued"})
     else:
@@ -60,7 +60,7 @@ def sweep(
     """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
     `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2`. `--name` names the sweep (it is not
     split). Any invalid value anywhere in the grid: nothing is queued."""
-    from db.store import queue_sweep
+    from db.lifecycle import queue_sweep
     from runner.cli.common import console, fail, open_engine, print_json
     from vocab.config import ConfigError
     from vocab.sweep import plan_sweep
@@ -146,8 +146,8 @@ def cancel(
 ) -> None:
     """Cancel runs: a queued run is cancelled at once; a running one stops within an epoch
     (or about a second) and ends cancelled with its epochs kept."""
+    from db.lifecycle import cancel_runs
     from db.queries import resolve_run_id
-    from db.queue import cancel_runs
     from runner.cli.common import console, open_engine, print_json
 
     engine = open_engine(db, create=False)

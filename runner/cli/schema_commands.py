@@ -34,7 +34,7 @@ def db_current(db: DbOption = None) -> None:
     from db.engine import SCHEMA_REVISION, current_revision
 
     try:
-        revision = current_revision(make_engine(resolve_db(db), check_schema=False, create=False))
+        revision = current_revision(make_engine(resolve_db(db), check_schema=False, read_only=True))
     except StorageError as exc:
         fail(str(exc))
     console.print(

@@ -26,15 +26,11 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing out
 
 def _chosen(db: str | None, run: list[str] | None, sweep: str | None, status: list[str] | None):  # noqa: ANN202
     """(engine, run ids) for the filters; fails readably."""
-    from db.engine import display_url, resolve_db
     from db.errors import StorageError
     from db.share import select_run_ids
     from runner.cli.common import fail, open_engine
 
-    where = resolve_db(db)
-    if "://" not in where and not Path(where).expanduser().is_file():
-        fail(f"no database at {display_url(where)}")
-    engine = open_engine(where, create=False)
+    engine = open_engine(db, read_only=True)
     try:
         ids = select_run_ids(engine, run or (), sweep, status or ())
     except StorageError as exc:
@@ -104,15 +100,11 @@ def import_cmd(
 ) -> None:
     """Merge a run database file into this database. Run ids are kept: runs already here are
     skipped, runs here with different content are reported and never overwritten."""
-    from db.engine import display_url, resolve_db
     from db.errors import StorageError
     from db.share import import_file
     from runner.cli.common import console, fail, open_engine, print_json
 
-    where = resolve_db(db)
-    if dry_run and "://" not in where and not Path(where).expanduser().exists():
-        fail(f"no database at {display_url(where)} (a dry run creates nothing)")
-    engine = open_engine(where)
+    engine = open_engine(db, read_only=dry_run)  # a dry run creates and changes nothing
     try:
         report = import_file(engine, file, dry_run, max_bytes=max_size_mb * 2**20)
     except StorageError as exc:

@@ -35,7 +35,12 @@ def train(
 ) -> None:
     """Train one run in the foreground, recording every epoch, and print its id."""
     from runner.foreground import train_foreground
+    from vocab.config import make_config
 
+    try:
+        make_config(config_values)  # a refused config must not create the --db file
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         run_id, status = train_foreground(
             open_engine(db), config_values, progress=not (quiet or json_out)

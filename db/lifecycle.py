@@ -1,4 +1,16 @@
-"""The run queue: claim, heartbeat, release, stale recovery and cancel. All of its SQL lives here.
+"""The run lifecycle: every change of a run's status, and nothing else. All of its SQL lives here.
+
+    create_runs ──> queued ──claim_next──> running ──finish_run──> completed / diverged / failed
+        │             │ ^                    │  │                   / cancelled / interrupted
+        │             │ └──────release───────┘  └─recover_stale──> failed ("worker lost")
+        │             └──cancel_runs──> cancelled      (running: cancel_requested, worker stops)
+        └─(foreground `train`: inserted `running` at once, see create_runs(runtime=...))
+    delete_runs removes runs of any status.
+
+`create_runs` is the one entry that creates runs: it validates every config (vocab.config),
+makes relative CSV paths absolute (so a worker started in another folder trains the same file)
+and inserts them in one transaction. The dashboard, `submit`, `train` and `sweep` all call it.
+db.store.RunStore records what a running run measures (layers, epochs, runtime).
 
 Every state change is guarded by the status it expects (`... WHERE status = 'queued'`) and checks
 what it changed, so many workers on one database never train a run twice (Optuna's
@@ -15,18 +27,32 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from db.clock import as_utc, now_expr
 from db.errors import StorageError
-from db.models import RunModel
-from db.session import session_scope
+from db.floats import to_db
+from db.models import (
+    DecisionGridModel,
+    EpochMetricModel,
+    LayerStatModel,
+    RunLayerModel,
+    RunModel,
+    RunPointsModel,
+    RunTagModel,
+)
+from db.session import transaction
+from vocab.config import make_config, with_absolute_csv
+from vocab.fields import FINISHED_STATUSES
+from vocab.records import FinalMetrics, RunSpec
+from vocab.sweep import SweepPlan
 
 WORKER_LOST = "worker lost"
 LOCK_RETRIES = 8
@@ -36,6 +62,20 @@ CLAIM_ATTEMPTS = 50
 _RETRY_SQLSTATES = {"40P01", "40001"}
 
 T = TypeVar("T")
+
+_runs = RunModel.__table__
+# Everything recorded for a run, children first (deleting needs no ON DELETE CASCADE).
+_CHILDREN = tuple(
+    m.__table__
+    for m in (
+        LayerStatModel,
+        EpochMetricModel,
+        DecisionGridModel,
+        RunPointsModel,
+        RunLayerModel,
+        RunTagModel,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +137,7 @@ def with_retry(action: Callable[[], T], attempts: int = LOCK_RETRIES) -> T:
 
 def db_now(engine: Engine) -> datetime:
     """The database's current time (aware, UTC)."""
-    with session_scope(engine) as s:
+    with transaction(engine) as s:
         value = s.execute(select(now_expr(engine.dialect.name))).scalar_one()
     if isinstance(value, str):  # SQLite hands back text in SQLAlchemy's DATETIME format
         value = datetime.fromisoformat(value)
@@ -114,6 +154,89 @@ def _running_values(engine: Engine, worker: str) -> dict[str, Any]:
         "started_at": now,
         "heartbeat_at": now,
     }
+
+
+# -- creating ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Who trains a run created `running` (the foreground path), written with the insert so the
+    runs row is written once before epoch 1."""
+
+    worker: str
+    device: str
+    torch_version: str
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_runs(
+    engine: Engine,
+    specs: Sequence[RunSpec],
+    *,
+    status: str = "queued",
+    runtime: Runtime | None = None,
+) -> list[str]:
+    """Validate, make CSV paths absolute, and insert runs in one transaction (all or nothing);
+    returns their ids in order. Raises vocab.config.ConfigError, before anything is written,
+    when any config is invalid.
+
+    `status` is "queued" for the queue; "running" for a run trained by its creator (pass
+    `runtime`, which also stamps started/heartbeat times).
+    """
+    if status not in ("queued", "running"):
+        raise ValueError(f"runs are created queued or running, not {status!r}")
+    now = now_expr(engine.dialect.name)
+    ids = [new_id() for _ in specs]
+    rows = []
+    for run_id, spec in zip(ids, specs, strict=True):
+        cfg = with_absolute_csv(make_config(spec.config)).model_dump()
+        row = {
+            "id": run_id,
+            "name": spec.name if spec.name is not None else cfg.get("name"),
+            "status": status,
+            "config": cfg,
+            "arch": cfg["arch"],
+            "dataset": cfg["dataset"],
+            "depth": cfg["depth"],
+            "width": cfg["width"],
+            "seed": cfg["seed"],
+            "sweep_id": spec.sweep_id,
+            "sweep_name": spec.sweep_name,
+            "group_id": spec.group_id,
+            "group_index": spec.group_index,
+            "epochs_total": cfg["epochs"],
+            "epochs_done": 0,
+            "cancel_requested": False,
+            **spec.extra,
+        }
+        if runtime is not None:
+            row.update(vars(runtime))
+        rows.append(row)
+    if not rows:
+        return []
+    # One shape for every row: executemany needs the same keys (extras may differ per spec).
+    keys = {k for row in rows for k in row}
+    rows = [{k: row.get(k) for k in keys} for row in rows]
+
+    stamps = {"created_at": now}
+    if runtime is not None:
+        stamps |= {"started_at": now, "heartbeat_at": now}
+
+    def action() -> None:
+        with transaction(engine) as s:
+            s.execute(insert(_runs).values(**stamps), rows)
+
+    with_retry(action)
+    return ids
+
+
+def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
+    """Queue every run of a planned sweep in one transaction; returns their ids in grid order."""
+    return create_runs(engine, list(plan.specs))
 
 
 # -- claiming ---------------------------------------------------------------------------------
@@ -145,7 +268,7 @@ def _try_claim(engine: Engine, worker: str) -> Claim | None:
         .with_for_update(skip_locked=True)
     )
     values = _running_values(engine, worker)
-    with session_scope(engine) as s:
+    with transaction(engine) as s:
         row = s.execute(candidate).first()
         if row is None:
             return None
@@ -183,7 +306,7 @@ def release(engine: Engine, run_ids: Sequence[str], worker: str) -> list[str]:
         return []
 
     def action() -> list[str]:
-        with session_scope(engine) as s:
+        with transaction(engine) as s:
             return list(
                 s.scalars(
                     update(RunModel)
@@ -212,7 +335,7 @@ def heartbeat(engine: Engine, run_ids: Sequence[str], worker: str) -> dict[str, 
         return {}
 
     def action() -> dict[str, bool]:
-        with session_scope(engine) as s:
+        with transaction(engine) as s:
             rows = s.execute(
                 update(RunModel)
                 .where(
@@ -251,7 +374,7 @@ def recover_stale(
         stale = and_(stale, RunModel.worker.is_distinct_from(spare_worker))
 
     def action() -> list[str]:
-        with session_scope(engine) as s:
+        with transaction(engine) as s:
             return list(
                 s.scalars(
                     update(RunModel)
@@ -281,7 +404,7 @@ def cancel_runs(engine: Engine, run_ids: Sequence[str]) -> dict[str, str]:
         return {}
 
     def action() -> dict[str, str]:
-        with session_scope(engine) as s:
+        with transaction(engine) as s:
             # Queued first, in one transaction: a run claimed in between is then running and
             # gets the request instead, so no run slips through.
             outcome = {
@@ -311,6 +434,65 @@ def cancel_runs(engine: Engine, run_ids: Sequence[str]) -> dict[str, str]:
     return with_retry(action)
 
 
+# -- finishing --------------------------------------------------------------------------------
+
+
+def finish_run(
+    engine: Engine,
+    run_id: str,
+    status: str,
+    *,
+    final: FinalMetrics | None = None,
+    error: str | None = None,
+    only_if_running: bool = True,
+) -> bool:
+    """Move a run to a finished status. Returns False when it was no longer running
+    (e.g. another worker already marked it lost), so nothing is overwritten."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"{status!r} is not a finished status")
+    final = final or FinalMetrics()
+    stmt = (
+        update(_runs)
+        .where(_runs.c.id == run_id)
+        .values(
+            status=status,
+            finished_at=now_expr(engine.dialect.name),
+            error=error[:10_000] if error else None,
+            final_train_loss=to_db(final.train_loss),
+            final_train_acc=to_db(final.train_acc),
+            final_test_loss=to_db(final.test_loss),
+            final_test_acc=to_db(final.test_acc),
+            final_pred_std=to_db(final.pred_std),
+        )
+    )
+    if only_if_running:
+        stmt = stmt.where(_runs.c.status == "running")
+
+    def action() -> bool:
+        with transaction(engine) as s:
+            return s.execute(stmt).rowcount == 1
+
+    return with_retry(action)
+
+
+# -- deleting ---------------------------------------------------------------------------------
+
+
+def delete_runs(engine: Engine, run_ids: Sequence[str]) -> int:
+    """Delete runs and everything recorded for them (children first: no FK needed)."""
+    ids = list(run_ids)
+    if not ids:
+        return 0
+
+    def action() -> int:
+        with transaction(engine) as s:
+            for table in _CHILDREN:
+                s.execute(delete(table).where(table.c.run_id.in_(ids)))
+            return s.execute(delete(_runs).where(_runs.c.id.in_(ids))).rowcount
+
+    return with_retry(action)
+
+
 # -- status -----------------------------------------------------------------------------------
 
 
@@ -318,7 +500,7 @@ def queue_status(engine: Engine, fresh_within_s: float = 30.0) -> QueueStatus:
     """How many runs wait and run, and which workers show a fresh heartbeat. (An idle worker
     holds no run, so it is only visible to whoever started it, e.g. as a live process.)"""
     threshold = db_now(engine) - timedelta(seconds=fresh_within_s)
-    with session_scope(engine) as s:
+    with transaction(engine) as s:
         counts = dict(
             s.execute(
                 select(RunModel.status, func.count())
