@@ -12,6 +12,7 @@ why. `db.share_source` opens the file and checks its structure first.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import struct
 import uuid
@@ -26,6 +27,7 @@ from db.errors import StorageError
 from db.models import Base
 from vocab.config import ConfigError, make_config
 from vocab.fields import HIST_SLOTS, RUN_STATUSES
+from vocab.text import has_unsafe_chars
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -36,6 +38,8 @@ GRAD_HIST_BYTES = HIST_SLOTS * 4
 LAYER_KINDS = ("input", "hidden", "block", "output")
 LAYER_ACTIVATIONS = ("sigmoid", "relu")
 INT32_MAX = 2**31 - 1
+# Text columns whose values may span lines (newline and tab allowed; other controls are not).
+MULTILINE = ("error", "notes")
 
 # Parents first: the order rows are inserted in.
 TABLE_ORDER = (
@@ -212,6 +216,12 @@ def convert(column: Column, value: object) -> Any:
         raise _Bad(f"{column.name} is {len(value):,} characters long; at most {limit:,} allowed")
     if "\x00" in value:
         raise _Bad(f"{column.name} contains a NUL character")
+    # Terminal controls (ESC, DEL, C1, bidi) would be obeyed when the text is printed; only the
+    # multi-line texts (an error's traceback, notes) may hold newlines and tabs.
+    checked = value.replace("\n", "").replace("\t", "") if column.name in MULTILINE else value
+    if has_unsafe_chars(checked):
+        bad = next(c for c in checked if has_unsafe_chars(c))
+        raise _Bad(f"{column.name} contains control characters ({printable(bad)})")
     return value
 
 
@@ -222,15 +232,36 @@ def _is_uuid(value: object) -> bool:
         return False
 
 
+# Values with a fixed range (issue 14): an accuracy of 7.5 or a fraction of -7 is a forgery, not
+# a measurement. NaN/NULL stay allowed (a diverged run's unknowns are stored that way).
+UNIT_INTERVAL = (
+    "train_acc",
+    "test_acc",
+    "final_train_acc",
+    "final_test_acc",
+    "saturated_frac",
+    "dead_frac",
+)
+NON_NEGATIVE_FINITE = ("seconds",)
+
+
+def _check_ranges(row: dict[str, Any]) -> None:
+    for column in UNIT_INTERVAL:
+        value = row.get(column)
+        if value is not None and not math.isnan(value) and not 0.0 <= value <= 1.0:
+            raise _Bad(f"{column} is {value!r}; it must lie in [0, 1]")
+    for column in NON_NEGATIVE_FINITE:
+        value = row.get(column)
+        if value is not None and not (math.isfinite(value) and value >= 0.0):
+            raise _Bad(f"{column} is {value!r}; it must be a finite number >= 0")
+
+
 def _check_run(row: dict[str, Any]) -> None:
     """A run's meaning: a UUID id, a known status, a valid config agreeing with its columns."""
     if not _is_uuid(row["id"]):
         raise _Bad(f"id must be a UUID, got {_shown(row['id'])}")
     if row["status"] not in RUN_STATUSES:
         raise _Bad(f"status {_shown(row['status'])} is not one of {', '.join(RUN_STATUSES)}")
-    name = row["name"]
-    if name is not None and any(ord(c) < 32 for c in name):
-        raise _Bad("name contains control characters")
     try:
         cfg = make_config(row["config"])
     except ConfigError as exc:
@@ -245,6 +276,7 @@ def _check_run(row: dict[str, Any]) -> None:
         raise _Bad(f"epochs_done {row['epochs_done']} is outside 0..{row['epochs_total']}")
     if row["group_index"] is not None and row["group_index"] < 0:
         raise _Bad(f"group_index {row['group_index']} is negative")
+    _check_ranges(row)
 
 
 def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
@@ -254,6 +286,7 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
         raise _Bad(f"epoch {row['epoch']} is outside the run's 1..{epochs}")
     if "layer" in row and not 0 <= row["layer"] <= depth:
         raise _Bad(f"layer {row['layer']} is outside the run's 0..{depth} (depth {depth})")
+    _check_ranges(row)
     if table == "run_layers":
         if row["kind"] not in LAYER_KINDS:
             raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(LAYER_KINDS)}")
@@ -270,6 +303,9 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
             if min(struct.unpack(f"<{HIST_SLOTS}i", hist)) < 0:
                 raise _Bad("grad_hist holds a negative count")
     elif table == "decision_grids":
+        for low, high in (("x_min", "x_max"), ("y_min", "y_max")):
+            if not row[low] < row[high]:  # NaN fails too
+                raise _Bad(f"{low} {row[low]!r} is not below {high} {row[high]!r}")
         size = row["size"]
         if not 1 <= size <= MAX_GRID_SIZE:
             raise _Bad(f"size {size} is outside 1..{MAX_GRID_SIZE}")

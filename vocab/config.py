@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vocab.text import has_unsafe_chars
+
 SYNTHETIC_DATASETS = ("moons", "circles", "xor", "spirals")
 BUILTIN_DATASETS = (*SYNTHETIC_DATASETS, "breast_cancer")
 ARCHS = ("sigmoid", "relu", "resnet")
@@ -32,7 +34,9 @@ class RunConfig(BaseModel):
     dataset: str = Field(
         "moons", description="moons, circles, xor, spirals, breast_cancer or csv:PATH"
     )
-    label: str = Field("label", max_length=200, description="label column of a CSV dataset")
+    label: str = Field(
+        "label", min_length=1, max_length=200, description="label column of a CSV dataset"
+    )
     samples: int = Field(2048, ge=8, le=1_000_000, description="samples of synthetic datasets")
     noise: float = Field(0.2, ge=0, le=10, description="noise of synthetic datasets")
     test_fraction: float = Field(0.25, gt=0, lt=1)
@@ -45,6 +49,15 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     name: str | None = Field(None, max_length=200)
+
+    @field_validator("dataset", "label")
+    @classmethod
+    def _no_control_chars(cls, value: str) -> str:
+        # A terminal obeys ESC, DEL, C1 and bidi controls: text holding them is refused here,
+        # where every config is made (CLI, form, sweeps, imports), not only escaped on output.
+        if has_unsafe_chars(value):
+            raise ValueError("must not contain control characters (C0, DEL, C1 or bidi)")
+        return value
 
     @field_validator("dataset")
     @classmethod
@@ -63,8 +76,8 @@ class RunConfig(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if any(ord(c) < 32 for c in value):
-            raise ValueError("must not contain control characters")
+        if has_unsafe_chars(value):
+            raise ValueError("must not contain control characters (C0, DEL, C1 or bidi)")
         return value or None
 
     @model_validator(mode="after")

@@ -10,7 +10,16 @@ from rich.text import Text
 
 from db.engine import display_url, resolve_db
 from db.errors import StorageError
-from runner.cli.common import DbOption, JsonOption, console, fail, fmt, open_engine, print_json
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    fail,
+    fmt,
+    open_engine,
+    print_json,
+    safe,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,11 +51,11 @@ def runs(
     for r in found:
         table.add_row(
             r.id[:8],
-            r.name or "",
-            r.arch,
+            safe(r.name or ""),
+            safe(r.arch),
             str(r.depth),
-            r.dataset,
-            r.status,
+            safe(r.dataset),
+            safe(r.status),
             f"{r.epochs_done}/{r.epochs_total}",
             fmt(r.test_acc),
         )
@@ -72,13 +81,14 @@ def show(
         print_json(doc)
         return
     console.print(
-        Text(doc["id"], style="bold") + Text(f" {doc['name'] or ''}  status: {doc['status']}"),
+        Text(safe(doc["id"]), style="bold")
+        + Text(f" {safe(doc['name'] or '')}  status: {safe(doc['status'])}"),
         highlight=False,
     )
     if doc["error"]:
-        console.print(f"error: {doc['error']}", highlight=False, markup=False)
+        console.print(f"error: {safe(doc['error'])}", highlight=False, markup=False)
     console.print(
-        " ".join(f"{k}={v}" for k, v in doc["config"].items()), highlight=False, markup=False
+        " ".join(f"{k}={safe(v)}" for k, v in doc["config"].items()), highlight=False, markup=False
     )
     table = Table()
     for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "pred std"):

@@ -11,18 +11,63 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 from sqlalchemy import Engine
 
 from db.engine import make_engine, resolve_db
 from db.errors import StorageError
+from vocab.text import printable
 
 DB_HELP = "Database: a SQLite file path or a URL (default: $GRADSCOPE_DB, else ./gradscope.db)."
 
+
+def safe(text: object) -> str:
+    """Database (or user) text for the terminal: control characters escaped (`\\x1b`), never
+    obeyed. Use it on every value a command prints; the consoles below also apply it."""
+    return printable(str(text))
+
+
+def _safe_lines(text: str) -> str:
+    # Newlines separate the lines a command prints (tables, multi-line errors): keep them.
+    return "\n".join(printable(part) for part in text.split("\n"))
+
+
+class SafeConsole(Console):
+    """A rich Console that cannot be made to emit a terminal control sequence by data.
+
+    Strings and Text given to print() are escaped before layout (so tables keep their widths);
+    as a net for anything else (table cells, panels), every plain segment is escaped again just
+    before it is written. Rich's own styles and control segments pass untouched."""
+
+    def print(self, *objects: object, **kwargs: object) -> None:  # type: ignore[override]
+        cleaned = [
+            _safe_lines(o) if isinstance(o, str) else (_safe_text(o) if isinstance(o, Text) else o)
+            for o in objects
+        ]
+        super().print(*cleaned, **kwargs)  # type: ignore[arg-type]
+
+    def _render_buffer(self, buffer: object) -> str:
+        segments = (
+            seg if seg.control else Segment(_safe_lines(seg.text), seg.style, seg.control)
+            for seg in buffer  # type: ignore[attr-defined]
+        )
+        return super()._render_buffer(segments)
+
+
+def _safe_text(text: Text) -> Text:
+    cleaned = _safe_lines(text.plain)
+    if cleaned == text.plain:
+        return text
+    # Rare (only text holding controls): its inner styles are dropped with the controls.
+    return Text(cleaned, style=text.style, end=text.end)
+
+
 # markup=False: run names, paths and error texts are shown as typed; "[/x]" in a name must
-# neither restyle the output nor crash it.
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
+# neither restyle the output nor crash it. SafeConsole: "\x1b]0;title\x07" in a name must not
+# retitle the window or clear the screen (issue 14).
+console = SafeConsole(markup=False)
+err_console = SafeConsole(stderr=True, markup=False)
 
 DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

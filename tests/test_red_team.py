@@ -1,0 +1,209 @@
+"""The red team's holes (issue 14), one test (or a few) per item: hostile text, ranges, option
+values, CSV files, live WAL files, long imports, a replaced dashboard database."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from share_helpers import add_nonfinite_run, full_dump
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from db.engine import make_engine
+from db.share import ImportRefused, export_runs, import_file, select_run_ids
+from runner.cli import app
+from vocab.config import ConfigError, make_config
+from vocab.text import has_unsafe_chars
+
+# One of each class vocab.text escapes: C0 (ESC, BEL, CR), DEL, C1 (CSI), bidi overrides.
+CONTROL_CLASSES = {
+    "C0": ["\x1b", "\x07", "\r", "\x01"],
+    "DEL": ["\x7f"],
+    "C1": ["\x9b", "\x85", "\x9d"],
+    "bidi": ["\u202e", "\u2066", "\u200f", "\u061c"],
+}
+CONTROLS = [c for chars in CONTROL_CLASSES.values() for c in chars]
+ESCAPES = ["\x1b[2J", "\x1b]0;pwned\x07", "\x9b2J", "\x1bc"]
+
+
+@pytest.fixture(scope="module")
+def export_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small valid export (one run with non-finite statistics), made once."""
+    folder = tmp_path_factory.mktemp("red")
+    engine = make_engine(str(folder / "src.db"))
+    add_nonfinite_run(engine, name="clean", status="completed")
+    out = folder / "export.db"
+    export_runs(engine, select_run_ids(engine), out)
+    engine.dispose()
+    return out
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Engine:
+    engine = make_engine(str(tmp_path / "target.db"))
+    yield engine
+    engine.dispose()
+
+
+def tampered(source: Path, folder: Path, sql: str, params: tuple = ()) -> Path:
+    path = folder / f"bad{len(list(folder.glob('bad*')))}.db"
+    shutil.copy(source, path)
+    conn = sqlite3.connect(path)
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def refused(target: Engine, path: Path) -> str:
+    before = full_dump(target)
+    with pytest.raises(ImportRefused) as caught:
+        import_file(target, path)
+    assert full_dump(target) == before
+    return str(caught.value)
+
+
+# -- 1: terminal escape injection ---------------------------------------------------------------
+
+# Every text column of the schema an attacker controls, and the configs' strings.
+TEXT_COLUMNS = [
+    ("runs", "name"),
+    ("runs", "error"),
+    ("runs", "worker"),
+    ("runs", "sweep_name"),
+    ("runs", "notes"),
+    ("runs", "hostname"),
+    ("runs", "torch_version"),
+    ("runs", "device"),
+    ("run_layers", "name"),
+]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    column=st.sampled_from(TEXT_COLUMNS + [("config", "dataset"), ("config", "label")]),
+    control=st.sampled_from(CONTROLS),
+    prefix=st.text(alphabet="abc xyz/", max_size=5),
+)
+def test_import_refuses_control_characters_in_every_text_column(
+    export_file: Path, tmp_path_factory: pytest.TempPathFactory, column, control, prefix
+) -> None:
+    folder = tmp_path_factory.mktemp("fuzz")
+    engine = make_engine(str(folder / "target.db"))
+    table, name = column
+    value = f"{prefix}{control}x"
+    if table == "config":
+        # Both the config string and its denormalised column, so only the character is wrong.
+        shown = f"csv:/d/{value}" if name == "dataset" else value
+        sql = f"UPDATE runs SET config = json_set(config, '$.{name}', ?)"
+        params: tuple = (shown,)
+        path = tampered(export_file, folder, sql, params)
+        if name == "dataset":
+            conn = sqlite3.connect(path)
+            conn.execute("UPDATE runs SET dataset = ?", (shown,))
+            conn.commit()
+            conn.close()
+    else:
+        path = tampered(export_file, folder, f"UPDATE {table} SET {name} = ?", (value,))
+    message = refused(engine, path)
+    where = "runs" if table == "config" else table
+    assert f"{where} (run " in message  # table and run named
+    assert name in message and "control characters" in message
+    assert control not in message  # the refusal itself is printable
+    engine.dispose()
+
+
+def test_error_and_notes_may_hold_newlines(
+    export_file: Path, target: Engine, tmp_path: Path
+) -> None:
+    path = tampered(export_file, tmp_path, "UPDATE runs SET error = ?", ("line 1\n\tline 2",))
+    report = import_file(target, path)
+    assert len(report.to_json()["added"]) == 1
+
+
+@pytest.mark.parametrize("control", CONTROLS)
+def test_names_from_cli_and_form_refuse_every_control_class(control: str) -> None:
+    for field in ("name", "label"):
+        with pytest.raises(ConfigError, match=f"{field}: must not contain control"):
+            make_config({field: f"a{control}b"})
+    with pytest.raises(ConfigError, match="dataset: must not contain control"):
+        make_config({"dataset": f"csv:/tmp/a{control}.csv"})
+
+
+def test_sweep_names_refuse_c1_and_bidi() -> None:
+    from vocab.sweep import sweep_name_of
+
+    for control in ("\x9b", "\u202e", "\x7f"):
+        with pytest.raises(ConfigError):
+            sweep_name_of(f"sweep{control}")
+
+
+def _forge_hostile_run(db: Path) -> str:
+    """A run whose texts hold escapes, written straight into the file as a hostile tool would
+    (the CLI must print safely whatever a database holds, imported or not)."""
+    engine = make_engine(str(db))
+    run_id = add_nonfinite_run(engine, name="ok", status="failed")
+    engine.dispose()
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "UPDATE runs SET name = ?, error = ?, dataset = ?, config = json_set(config, '$.label', ?)",
+        tuple(f"x{e}y" for e in ESCAPES),
+    )
+    conn.commit()
+    conn.close()
+    return run_id
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show"]])
+def test_cli_prints_database_text_escaped(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "hostile.db"
+    run_id = _forge_hostile_run(db)
+    args = [*command, *([run_id] if command == ["show"] else []), "--db", str(db)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert not has_unsafe_chars(result.output.replace("\n", ""))
+    assert "\\x1b" in result.output  # shown, not obeyed
+
+
+# -- 8: ranges ----------------------------------------------------------------------------------
+
+OUT_OF_RANGE = [
+    ("UPDATE epoch_metrics SET test_acc = 7.5", "test_acc is 7.5"),
+    ("UPDATE epoch_metrics SET train_acc = -3", "train_acc is -3.0"),
+    ("UPDATE runs SET final_test_acc = 2", "final_test_acc is 2.0"),
+    ("UPDATE epoch_metrics SET seconds = -1e300", "seconds is -1e+300"),
+    ("UPDATE epoch_metrics SET seconds = 9e999", "seconds is inf"),
+    ("UPDATE layer_stats SET saturated_frac = 42", "saturated_frac is 42.0"),
+    ("UPDATE layer_stats SET dead_frac = -7", "dead_frac is -7.0"),
+    ("UPDATE decision_grids SET x_min = 5, x_max = -5", "x_min 5.0 is not below x_max -5.0"),
+    ("UPDATE decision_grids SET y_max = y_min", "is not below y_max"),
+]
+
+
+@pytest.mark.parametrize(("sql", "phrase"), OUT_OF_RANGE, ids=[p for _, p in OUT_OF_RANGE])
+def test_import_refuses_out_of_range_values(
+    export_file: Path, target: Engine, tmp_path: Path, sql: str, phrase: str
+) -> None:
+    message = refused(target, tampered(export_file, tmp_path, sql))
+    assert phrase in message
+
+
+def test_import_refuses_out_of_range_on_postgresql(
+    export_file: Path, pg_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(pg_url)
+    try:
+        path = tampered(export_file, tmp_path, "UPDATE epoch_metrics SET test_acc = 7.5")
+        assert "test_acc is 7.5" in refused(engine, path)
+        assert "control characters" in refused(
+            engine, tampered(export_file, tmp_path, "UPDATE runs SET error = ?", ("\x1b[2J",))
+        )
+    finally:
+        engine.dispose()
