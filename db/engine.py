@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from db.errors import SchemaVersionError, StorageError
 from db.models import Base
@@ -45,7 +45,34 @@ def display_url(db: str) -> str:
     """The database for people to read: a path, or a URL with its password hidden."""
     if "://" not in db:
         return str(Path(db).expanduser().absolute())
-    return make_url(db).render_as_string(hide_password=True)
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Unparseable: show the scheme only (whatever follows may hold a password).
+        return db.split("://", 1)[0][:40] + "://..."
+
+
+# The URL schemes gradscope is built and tested for; anything else is refused by name before
+# SQLAlchemy tries to import a driver (mysql:// raised ModuleNotFoundError, issue 14).
+SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def check_url(db: str) -> str:
+    """`db` as a SQLAlchemy URL, or StorageError naming what is wrong with it."""
+    url = to_url(db)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"{display_url(db)!r} is not a database URL or path (expected a SQLite file path, "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    if parsed.drivername not in SUPPORTED_SCHEMES:
+        raise StorageError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use a SQLite file path, "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    return url
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API object)
@@ -61,7 +88,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API 
 
 def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> Engine:
     """An engine for `db` (path or URL), with the schema created or checked."""
-    url = to_url(db)
+    url = check_url(db)
     try:
         if url.startswith("sqlite"):
             path = make_url(url).database
@@ -80,7 +107,10 @@ def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> E
     except StorageError:
         raise
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot open database {display_url(db)}: {exc.orig or exc}") from exc
+        cause = getattr(exc, "orig", None) or exc
+        raise StorageError(f"cannot open database {display_url(db)}: {cause}") from exc
+    except (ImportError, ValueError) as exc:  # a missing driver, a bad port or query value
+        raise StorageError(f"cannot open database {display_url(db)}: {exc}") from exc
     return engine
 
 

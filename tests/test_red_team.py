@@ -207,3 +207,40 @@ def test_import_refuses_out_of_range_on_postgresql(
         )
     finally:
         engine.dispose()
+
+
+# -- 7: no traceback from any option value ------------------------------------------------------
+
+BAD_OPTIONS = [
+    (["runs", "--db", "mysql://user:secret@host/db"], "unsupported database URL scheme 'mysql'"),
+    (["runs", "--db", ":::://"], "is not a database URL or path"),
+    (["runs", "--db", "postgresql+psycopg2://u@h/d"], "unsupported database URL scheme"),
+    (["worker", "--stale-after", "inf"], "--stale-after"),
+    (["worker", "--poll", "inf"], "--poll"),
+    (["worker", "--poll", "nan"], "--poll"),
+    (["worker", "--heartbeat", "1e308"], "--heartbeat"),
+]
+
+
+@pytest.mark.parametrize(("args", "phrase"), BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_option_values_are_one_line_errors(
+    tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    if "--db" not in args:
+        args = [*args, "--db", str(tmp_path / "w.db"), "--exit-when-idle"]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    assert phrase in " ".join(result.output.split())
+    assert "secret" not in result.output
+    assert not (tmp_path / "w.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize("command", ["current", "upgrade"])
+def test_schema_commands_on_a_file_that_is_not_a_database(tmp_path: Path, command: str) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database, just text " * 40)
+    result = CliRunner().invoke(app, ["db", command, "--db", str(bad)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "file is not a database" in result.output
+    assert bad.read_bytes() == b"not a database, just text " * 40

@@ -73,6 +73,23 @@ DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+# The longest duration any option takes (heartbeats, polls, staleness): one day. Larger values
+# overflowed time.sleep/timedelta (inf, 1e308) and killed the heartbeat thread (issue 14).
+MAX_DURATION_S = 86_400.0
+
+
+def _finite_seconds(value: float | None) -> float | None:
+    # click's FloatRange lets NaN through (every comparison with NaN is false).
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
+def seconds_option(help: str, minimum: float = 0.0) -> typer.models.OptionInfo:
+    """A duration option in seconds: finite, within minimum..MAX_DURATION_S (one day)."""
+    return typer.Option(min=minimum, max=MAX_DURATION_S, callback=_finite_seconds, help=help)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a readable error (never a traceback) and exit non-zero."""
     err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from runner.cli.common import DbOption, JsonOption
+from runner.cli.common import DbOption, JsonOption, seconds_option
 from runner.cli.options import with_config_options
 
 T = TypeVar("T")
@@ -96,17 +96,13 @@ def worker(
         int | None, typer.Option(min=1, help="Exit after this many runs.", show_default=False)
     ] = None,
     heartbeat: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between heartbeats of a running run.")
+        float, seconds_option("Seconds between heartbeats of a running run.", 0.05)
     ] = 2.0,
     stale_after: Annotated[
         float,
-        typer.Option(
-            min=0.0, help="A running run whose heartbeat is older than this is 'worker lost'."
-        ),
+        seconds_option("A running run whose heartbeat is older than this is 'worker lost'."),
     ] = 60.0,
-    poll: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between looks at an empty queue.")
-    ] = 1.0,
+    poll: Annotated[float, seconds_option("Seconds between looks at an empty queue.", 0.01)] = 1.0,
 ) -> None:
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
     at their next check (within about a second) and marks them interrupted, epochs kept."""
