@@ -244,3 +244,94 @@ def test_schema_commands_on_a_file_that_is_not_a_database(tmp_path: Path, comman
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "file is not a database" in result.output
     assert bad.read_bytes() == b"not a database, just text " * 40
+
+
+# -- 5 (+ issue 10 item 5): CSV files read with bounded memory, checked before a run exists ---
+
+
+def _csv(path: Path, text: str, bom: bool = False) -> Path:
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+def test_a_bom_does_not_hide_the_label_column(tmp_path: Path) -> None:
+    from runner.datasets import raw_data
+
+    # The label column first: a BOM used to become part of its name.
+    rows = "".join(f"{i % 2},{i / 10},{-i / 7}\n" for i in range(40))
+    path = _csv(tmp_path / "bom.csv", "label,x1,x2\n" + rows, bom=True)
+    x, y = raw_data(make_config({"dataset": f"csv:{path}"}))
+    assert x.shape == (40, 2) and set(y) == {0, 1}
+
+
+def test_the_header_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from runner.datasets import DatasetError, check_csv, raw_data
+
+    path = _csv(tmp_path / "big.csv", "a,b,c\n" + "1,2,3\n" * 500_000)  # 3 MB, no label
+    tracemalloc.start()
+    with pytest.raises(DatasetError, match="no column named 'label'"):
+        raw_data(make_config({"dataset": f"csv:{path}"}))
+    with pytest.raises(DatasetError, match="no column named 'label'"):
+        check_csv(str(path), "label")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000  # kilobytes, not the file
+
+
+def test_size_and_row_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import datasets
+    from runner.csv_limits import MAX_CSV_MB_ENV
+    from runner.datasets import DatasetError, raw_data
+
+    path = _csv(tmp_path / "d.csv", "x,label\n" + "0.5,1\n0.25,0\n" * 100_000)  # 1.2 MB
+    cfg = make_config({"dataset": f"csv:{path}"})
+    monkeypatch.setenv(MAX_CSV_MB_ENV, "1")
+    with pytest.raises(DatasetError, match=r"at most 1 MB \(--max-csv-mb\)"):
+        raw_data(cfg)
+    monkeypatch.setenv(MAX_CSV_MB_ENV, "2")
+    monkeypatch.setattr(datasets, "MAX_CSV_ROWS", 1000)
+    with pytest.raises(DatasetError, match="more than 1,000 data rows"):
+        raw_data(cfg)
+
+
+def test_empty_label_is_refused() -> None:
+    with pytest.raises(ConfigError, match="label"):
+        make_config({"dataset": "csv:/x.csv", "label": ""})
+
+
+BAD_CSVS = [
+    (None, "dataset: CSV file not found: data.csv"),
+    ("a,b\n1,0\n2,1\n", "no column named 'label'"),
+    ("a,label\n1,0\n2,3\n", "must hold only 0 and 1 (line 3)"),
+    ("a,label\n1,0\nx,1\n", "every column must be numeric (line 3 is not)"),
+    ("a,label\n1,0\n2\n", "line 3 has a different number of columns"),
+]
+
+
+@pytest.mark.parametrize(("text", "phrase"), BAD_CSVS, ids=[p for _, p in BAD_CSVS])
+@pytest.mark.parametrize("command", ["train", "submit"])
+def test_train_and_submit_refuse_a_bad_csv_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, text: str | None, phrase: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        _csv(tmp_path / "data.csv", text)
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, [command, "--db", str(db), "--dataset", "csv:data.csv"])
+    assert result.exit_code == 2, result.output
+    assert phrase in " ".join(result.output.split())
+    assert not db.exists()  # nothing written, not even an empty database
+
+
+def test_train_refuses_a_bad_csv_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    from db.queries import list_runs
+
+    result = CliRunner().invoke(
+        app, ["train", "--db", pg_url, "--dataset", f"csv:{tmp_path / 'gone.csv'}"]
+    )
+    assert result.exit_code == 2 and "CSV file not found" in result.output
+    engine = make_engine(pg_url)
+    assert list_runs(engine, None, None) == []
+    engine.dispose()

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from db.engine import make_engine, resolve_db
 from db.errors import StorageError
+from runner.csv_limits import DEFAULT_MAX_CSV_MB, MAX_CSV_MB_ENV, set_max_csv_mb
 from vocab.text import printable
 
 DB_HELP = "Database: a SQLite file path or a URL (default: $GRADSCOPE_DB, else ./gradscope.db)."
@@ -88,6 +89,20 @@ def _finite_seconds(value: float | None) -> float | None:
 def seconds_option(help: str, minimum: float = 0.0) -> typer.models.OptionInfo:
     """A duration option in seconds: finite, within minimum..MAX_DURATION_S (one day)."""
     return typer.Option(min=minimum, max=MAX_DURATION_S, callback=_finite_seconds, help=help)
+
+
+MaxCsvOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-csv-mb",
+        min=1,
+        max=100_000,
+        callback=set_max_csv_mb,
+        help=f"Refuse CSV datasets larger than this many MB (default {DEFAULT_MAX_CSV_MB}, "
+        f"or ${MAX_CSV_MB_ENV}).",
+        show_default=False,
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from runner.cli.common import DB_HELP
+from runner.cli.common import DB_HELP, MaxCsvOption
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 STOP_TIMEOUT_S = 10.0
@@ -78,6 +78,7 @@ def dashboard(
         bool,
         typer.Option("--no-worker", help="Do not start a background worker for queued runs."),
     ] = False,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Open the dashboard on a database (and start one worker that trains queued runs)."""
     from db.engine import display_url, resolve_db

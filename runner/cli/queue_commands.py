@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from runner.cli.common import DbOption, JsonOption, seconds_option
+from runner.cli.common import DbOption, JsonOption, MaxCsvOption, seconds_option
 from runner.cli.options import with_config_options
 
 T = TypeVar("T")
@@ -19,16 +19,23 @@ T = TypeVar("T")
 
 @with_config_options()
 def submit(
-    config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False
+    config_values: dict[str, str],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
     from db.store import RunStore
     from runner.cli.common import console, fail, open_engine, print_json
+    from runner.datasets import precheck
     from vocab.config import ConfigError, make_config, with_absolute_csv
     from vocab.records import RunSpec
 
     try:
-        cfg = with_absolute_csv(make_config(config_values))
+        cfg = make_config(config_values)
+        # The header and first rows only: the worker reads the file (it may change meanwhile).
+        precheck(cfg)
+        cfg = with_absolute_csv(cfg)
     except ConfigError as exc:
         fail(f"invalid run configuration, nothing was queued:\n{exc}")
     engine = open_engine(db)
@@ -103,6 +110,7 @@ def worker(
         seconds_option("A running run whose heartbeat is older than this is 'worker lost'."),
     ] = 60.0,
     poll: Annotated[float, seconds_option("Seconds between looks at an empty queue.", 0.01)] = 1.0,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
     at their next check (within about a second) and marks them interrupted, epochs kept."""

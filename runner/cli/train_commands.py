@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 
 from db.errors import StorageError
-from runner.cli.common import DbOption, JsonOption, console, fail, open_engine, print_json
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    MaxCsvOption,
+    console,
+    fail,
+    open_engine,
+    print_json,
+)
 from runner.cli.options import with_config_options
 from vocab.config import ConfigError
 
@@ -22,11 +30,13 @@ def train(
     db: DbOption = None,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Train one run in the foreground, recording every epoch, and print its id."""
-    from runner.foreground import train_foreground
+    from runner.foreground import checked_config, train_foreground
 
     try:
+        checked_config(config_values)  # before the database is opened: a refusal writes nothing
         run_id, status = train_foreground(
             open_engine(db), config_values, progress=not (quiet or json_out)
         )
