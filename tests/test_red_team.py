@@ -335,3 +335,51 @@ def test_train_refuses_a_bad_csv_on_postgresql(tmp_path: Path, pg_url: str) -> N
     engine = make_engine(pg_url)
     assert list_runs(engine, None, None) == []
     engine.dispose()
+
+
+# -- 3: a live WAL database imports as it reads --------------------------------------------------
+
+
+def _live_wal_source(folder: Path) -> tuple[Engine, Path]:
+    """A gradscope database being written: its runs sit in the -wal (no checkpoint yet)."""
+    from sqlalchemy import event
+
+    path = folder / "live.db"
+    make_engine(str(path)).dispose()  # the schema, checkpointed into the main file
+    engine = make_engine(str(path))
+    event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA wal_autocheckpoint=0"))
+    add_nonfinite_run(engine, name="live one", status="completed")
+    add_nonfinite_run(engine, name="live two", status="diverged")
+    return engine, path
+
+
+def _runs_cli(db: str) -> dict[str, str]:
+    import json
+
+    result = CliRunner().invoke(app, ["runs", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    return {r["id"]: r["status"] for r in json.loads(result.output)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_live_wal_database_imports_as_it_reads(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    live, path = _live_wal_source(tmp_path)
+    try:
+        assert Path(f"{path}-wal").stat().st_size > 0
+        main_only = tmp_path / "main-only.db"
+        shutil.copy(path, main_only)  # what the old private copy saw: no runs at all
+        assert sqlite3.connect(main_only).execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        expected = _runs_cli(str(path))
+        assert sorted(expected.values()) == ["completed", "diverged"]
+
+        url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+        target = make_engine(url or str(tmp_path / "target.db"))
+        report = import_file(target, path).to_json()
+        assert sorted(r["id"] for r in report["added"]) == sorted(expected)
+        assert report["refused"] == []
+        assert _runs_cli(url or str(tmp_path / "target.db")) == expected
+        target.dispose()
+    finally:
+        live.dispose()
