@@ -285,40 +285,49 @@ def upgrade_copy(copy: Path, revision: str, source: str) -> None:
         ) from None
 
 
-def read_source(path: Path, source: str, max_bytes: int = DEFAULT_MAX_IMPORT_BYTES) -> SourceFile:
-    """Every check, in order; the file's runs with checked values, or ImportRefused."""
-    try:
-        return _read_source(path, source, max_bytes)
-    except ImportRefused:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a hostile file must never end in a traceback
-        raise ImportRefused(
-            source,
-            [
-                f"gradscope could not check it (unexpected {type(exc).__name__}: "
-                f"{printable(str(exc))[:300]}); please report this"
-            ],
-        ) from exc
-
-
-def _read_source(path: Path, source: str, max_bytes: int) -> SourceFile:
+@contextmanager
+def open_source(
+    path: Path, source: str, max_bytes: int = DEFAULT_MAX_IMPORT_BYTES
+) -> Iterator[SourceFile]:
+    """Every check, in order; the file's runs with checked values, or ImportRefused. The
+    private copy stays open (`SourceFile.conn`) until the block ends, for streaming its rows."""
     with private_copy(path, max_bytes, source) as copy:
-        check_header(copy, source)
-        copy = wal_snapshot(path, copy, max_bytes, source)
-        conn = open_readonly(copy, source)
         try:
-            revision = check_structure(conn, source)
-            upgraded_from = None
-            if revision != SCHEMA_REVISION:  # older but known: upgrade the copy, check again
-                conn.close()
-                upgrade_copy(copy, revision, source)
-                upgraded_from = revision
-                conn = open_readonly(copy, source)
-                revision = check_structure(conn, source)
-                if revision != SCHEMA_REVISION:
-                    raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
-            check_columns(conn, source)
-            runs = read_rows(conn, source)
+            checked = _read_source(path, copy, source, max_bytes)
+        except ImportRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a hostile file must never end in a traceback
+            raise ImportRefused(
+                source,
+                [
+                    f"gradscope could not check it (unexpected {type(exc).__name__}: "
+                    f"{printable(str(exc))[:300]}); please report this"
+                ],
+            ) from exc
+        try:
+            yield checked
         finally:
+            checked.conn.close()
+
+
+def _read_source(path: Path, copy: Path, source: str, max_bytes: int) -> SourceFile:
+    check_header(copy, source)
+    copy = wal_snapshot(path, copy, max_bytes, source)
+    conn = open_readonly(copy, source)
+    try:
+        revision = check_structure(conn, source)
+        upgraded_from = None
+        if revision != SCHEMA_REVISION:  # older but known: upgrade the copy, check again
             conn.close()
-    return SourceFile(revision, upgraded_from, runs)
+            upgrade_copy(copy, revision, source)
+            upgraded_from = revision
+            conn = open_readonly(copy, source)
+            revision = check_structure(conn, source)
+            if revision != SCHEMA_REVISION:
+                raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
+        check_columns(conn, source)
+        runs, rows = read_rows(conn, source)
+    except BaseException:
+        conn.close()
+        raise
+    return SourceFile(revision, upgraded_from, runs, rows, conn)

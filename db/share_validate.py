@@ -16,6 +16,7 @@ import math
 import sqlite3
 import struct
 import uuid
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,7 +98,9 @@ class SourceFile:
 
     revision: str
     upgraded_from: str | None
-    runs: list[SourceRun]
+    runs: list[SourceRun]  # run rows only: their children are streamed (`stream_children`)
+    rows: dict[str, int]  # child rows per run id
+    conn: sqlite3.Connection  # the checked private copy, open while the import copies it
 
 
 class Problems:
@@ -333,19 +336,30 @@ def _label(table: str, row: dict[str, Any], index: int) -> str:
     return f"{table} ({', '.join([where, *keys])})"
 
 
-def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
-    """Every row of every table, checked. Child rows must belong to a run of the file."""
+def _select(name: str, order: bool) -> str:
+    columns = ", ".join(quote(c.name) for c in TABLES[name].columns)
+    # Ordered by key, duplicates are neighbours: found with one previous key, not a set of
+    # millions (SQLite sorts on disk when the file has no index: memory stays bounded).
+    by = f" ORDER BY {', '.join(quote(k) for k in _key_columns(TABLES[name]))}" if order else ""
+    return f"SELECT {columns} FROM {quote(name)}{by}"
+
+
+def read_rows(conn: sqlite3.Connection, source: str) -> tuple[list[SourceRun], dict[str, int]]:
+    """Every row of every table, checked, in one streaming pass: only the run rows are kept
+    (children are read again, run by run, when copied: `stream_children`). Child rows must
+    belong to a run of the file. Returns the runs (file order) and each run's child rows."""
     problems = Problems(source)
     runs: dict[str, SourceRun] = {}
+    counts: dict[str, int] = {}
     bad_runs: set[object] = set()  # their rows are not checked again: one message per run
     try:
         for name in TABLE_ORDER:
             table = TABLES[name]
             columns = list(table.columns)
             keys = _key_columns(table)
-            seen: set[tuple] = set()
-            select = f"SELECT {', '.join(quote(c.name) for c in columns)} FROM {quote(name)}"
-            for index, raw in enumerate(conn.execute(select)):
+            seen: set[tuple] = set()  # runs only (at most MAX_RUNS keys)
+            previous: tuple | None = None
+            for index, raw in enumerate(conn.execute(_select(name, order=name != "runs"))):
                 raw_row = dict(zip((c.name for c in columns), raw, strict=True))
                 if name != "runs" and raw_row["run_id"] in bad_runs:
                     continue
@@ -355,22 +369,52 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
                         bad_runs.add(raw_row["id"])  # until its row passes every check
                     row = {c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)}
                     key = tuple(row[k] for k in keys)
-                    if key in seen:
+                    if key in seen or key == previous:
                         raise _Bad("appears twice (duplicate key)")
-                    seen.add(key)
                     if name == "runs":
+                        seen.add(key)
                         _check_run(row)
                         bad_runs.discard(raw_row["id"])
                         runs[row["id"]] = SourceRun(row, {t: [] for t in CHILD_TABLES})
+                        counts[row["id"]] = 0
                         continue
+                    previous = key
                     parent = runs.get(row["run_id"])
                     if parent is None:
                         raise _Bad(f"belongs to no run of the file ({_shown(row['run_id'])})")
                     _check_child(name, row, parent.run)
-                    parent.children[name].append(row)
+                    counts[row["run_id"]] += 1
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")
     except SQLITE_ERRORS as exc:
         problems.refuse(f"SQLite failed while reading rows: {printable(str(exc))}")
     problems.raise_any()
-    return list(runs.values())
+    return list(runs.values()), counts
+
+
+def stream_children(
+    conn: sqlite3.Connection, run_ids: Collection[str], chunk: int
+) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """(run id, table, rows) for the runs `run_ids` of a file `read_rows` has accepted: runs
+    in id order, each run's tables parents first, at most `chunk` rows at a time. One sorted
+    cursor per table walks the file once; memory holds one chunk."""
+    cursors = {}
+    for name in CHILD_TABLES:
+        cursor = conn.execute(_select(name, order=True))
+        cursors[name] = (cursor, cursor.fetchone())
+    for run_id in sorted(run_ids):
+        for name in CHILD_TABLES:
+            columns = list(TABLES[name].columns)
+            cursor, raw = cursors[name]
+            rows: list[dict[str, Any]] = []
+            # Run ids are checked UUIDs (lowercase ASCII): SQLite's order is Python's.
+            while raw is not None and raw[0] <= run_id:
+                if raw[0] == run_id:
+                    rows.append({c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)})
+                    if len(rows) >= chunk:
+                        yield run_id, name, rows
+                        rows = []
+                raw = cursor.fetchone()
+            cursors[name] = (cursor, raw)
+            if rows:
+                yield run_id, name, rows
