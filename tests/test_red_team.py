@@ -383,3 +383,59 @@ def test_a_live_wal_database_imports_as_it_reads(
         target.dispose()
     finally:
         live.dispose()
+
+
+# -- 2: a long import never fails someone else's run ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from share_helpers import make_big_export
+
+    path = tmp_path_factory.mktemp("big") / "big.db"
+    make_big_export(str(path), runs=100)  # 51,000 rows: several seconds to import
+    return path
+
+
+@pytest.mark.slow
+def test_a_run_keeps_training_through_a_long_import(
+    big_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SQLite's busy timeout shrunk to 1 s (30 s in production), a run that records an
+    epoch every few milliseconds while a 51,000-row import runs: the old single-transaction
+    import held the lock for several seconds and the run failed with 'database is locked'."""
+    import threading
+    import time
+
+    from worker_helpers import wait_for
+
+    from db import engine as engine_module
+    from db.queries import list_runs
+    from db.queue import cancel_runs
+    from runner.foreground import train_foreground
+
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 1000)
+    db = str(tmp_path / "shared.db")
+    trainer, importer = make_engine(db), make_engine(db)
+    values = {"depth": "2", "width": "8", "samples": "128", "epochs": "100000", "name": "mine"}
+    outcome: list[tuple[str, str]] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(train_foreground(trainer, dict(values), progress=False))
+    )
+    thread.start()
+    try:
+        run = wait_for(lambda: [r for r in list_runs(importer, None, None) if r.epochs_done], 60)[0]
+        before = run.epochs_done
+        started = time.monotonic()
+        report = import_file(importer, big_export)
+        took = time.monotonic() - started
+        during = next(r for r in list_runs(importer, None, None) if r.id == run.id).epochs_done
+    finally:
+        cancel_runs(importer, [r.id for r in list_runs(importer, ["running"], None)])
+        thread.join(60)
+    assert outcome and outcome[0] == (run.id, "cancelled"), outcome  # not "failed"
+    assert len(report.added) == 100
+    assert report.longest_write_s < 1.0, report.longest_write_s
+    assert during > before, (before, during, took)  # it trained while the import ran
+    trainer.dispose()
+    importer.dispose()
