@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from dashboard import tables
 from db import frames
-from db.engine import display_url, make_engine, resolve_db
+from db.engine import display_url, make_engine, resolve_db, to_url
+from db.errors import StorageError
 from db.share_source import MAX_IMPORT_MB
 from db.store import RunStore
 from vocab.config import RunConfig
@@ -56,12 +59,78 @@ def database_for_people() -> str:
 
 
 @st.cache_resource(show_spinner=False)
+def _connected(db: str) -> tuple[Engine, tuple[int, int] | None]:
+    """The engine, and the SQLite file's identity (st_dev, st_ino) when it was opened."""
+    engine = make_engine(db)
+    return engine, _file_identity(db)
+
+
 def _engine(db: str) -> Engine:
-    return make_engine(db)
+    return _connected(db)[0]
 
 
 def engine() -> Engine:
     return _engine(database())
+
+
+def _sqlite_file(db: str) -> Path | None:
+    url = make_url(to_url(db))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _file_identity(db: str) -> tuple[int, int] | None:
+    path = _sqlite_file(db)
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def file_changed() -> str | None:
+    """Why the database file this dashboard opened is no longer the one at its path (deleted,
+    or replaced by another file, e.g. `mv other.db runs.db`), or None. One stat() call.
+
+    Its open connections still read the old file, and anything written would land in a file
+    nobody else can open: the pages say so and writes are refused until `reconnect()`."""
+    db = database()
+    path = _sqlite_file(db)
+    if path is None:
+        return None
+    opened = _connected(db)[1]
+    now = _file_identity(db)
+    if now is None:
+        return f"The database file {path} was deleted after this dashboard opened it."
+    if opened is not None and now != opened:
+        return (
+            f"The database file {path} was replaced by another file after this dashboard opened it."
+        )
+    return None
+
+
+def reconnect() -> None:
+    """Forget the engine and every cached read; the next page run opens the file at the path
+    now (a deleted one is created anew, empty)."""
+    db = database()
+    engine, _ = _connected(db)
+    engine.dispose()
+    _connected.clear()
+    st.cache_data.clear()
+
+
+def _writable() -> Engine:
+    """The engine for a write, refused (StorageError) when the file was deleted or replaced."""
+    changed = file_changed()
+    if changed:
+        raise StorageError(
+            f"{changed} Nothing was written. Press Reconnect (top of the page) to open the file "
+            "that is there now."
+        )
+    return engine()
 
 
 def version() -> tuple[str, ...]:
@@ -198,7 +267,7 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
 
 def queue_run(cfg: RunConfig) -> str:
     """Queue one validated run; returns its id."""
-    return RunStore(engine()).create_run(RunSpec(cfg.model_dump()))
+    return RunStore(_writable()).create_run(RunSpec(cfg.model_dump()))
 
 
 def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]:
@@ -209,7 +278,7 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
     from db.store import queue_sweep as queue_plan
     from vocab.sweep import plan_sweep
 
-    return queue_plan(engine(), plan_sweep(values, name=name))
+    return queue_plan(_writable(), plan_sweep(values, name=name))
 
 
 def queue_classic_comparison() -> list[str]:
@@ -222,11 +291,11 @@ def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
     """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
     from db.queue import cancel_runs as cancel
 
-    return cancel(engine(), run_ids)
+    return cancel(_writable(), run_ids)
 
 
 def delete_runs(run_ids: Sequence[str]) -> int:
-    return RunStore(engine()).delete_runs(run_ids)
+    return RunStore(_writable()).delete_runs(run_ids)
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -284,4 +353,4 @@ def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> Imp
     """Merge an uploaded run database (checked as untrusted); returns db.share.ImportReport."""
     from db.share import import_bytes
 
-    return import_bytes(engine(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)
+    return import_bytes(_writable(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)

@@ -439,3 +439,58 @@ def test_a_run_keeps_training_through_a_long_import(
     assert during > before, (before, during, took)  # it trained while the import ran
     trainer.dispose()
     importer.dispose()
+
+
+# -- 4: the dashboard notices a deleted or replaced database file ----------------------------
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_dashboard_notices_a_replaced_or_deleted_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
+) -> None:
+    import os
+
+    from dashboard_helpers import add_run, open_app
+
+    from db import frames
+
+    db = tmp_path / "runs.db"
+    engine = make_engine(str(db))
+    add_run(engine, name="old run")
+    engine.dispose()
+    at = open_app(monkeypatch, db)
+
+    def notice() -> str:
+        return " ".join(w.value for w in at.warning if "database file" in w.value)
+
+    assert notice() == ""
+
+    if how == "replaced":
+        other = make_engine(str(tmp_path / "other.db"))
+        add_run(other, name="new run")
+        other.dispose()
+        os.replace(tmp_path / "other.db", db)  # mv other.db runs.db
+    else:
+        db.unlink()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    at.run()
+    assert f"was {how}" in notice(), notice()
+
+    # The New run form refuses to write into the unlinked file.
+    (button,) = [b for b in at.form_submit_button if b.label == "Queue run"]
+    button.click().run()
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert "Nothing was written" in errors, errors
+    if how == "replaced":
+        check = make_engine(str(db))
+        assert list(frames.runs(check)["name"]) == ["new run"]  # no queued run added
+        check.dispose()
+    else:
+        assert not db.exists()
+
+    at.button(key="reconnect_database").click().run()
+    assert notice() == ""
+    if how == "replaced":
+        shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+        assert "new run" in shown and "old run" not in shown
