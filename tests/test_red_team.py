@@ -494,3 +494,55 @@ def test_dashboard_notices_a_replaced_or_deleted_database(
     if how == "replaced":
         shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
         assert "new run" in shown and "old run" not in shown
+
+
+# -- 9: small validation gaps -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["runs", "--limit", "0"], "--limit"),
+        (["runs", "--status", "bogus"], "'bogus' is not a run status; one of: queued"),
+        (["export", "out.db", "--status", "bogus"], "'bogus' is not a run status"),
+        (["export-csv", "out", "--status", "done"], "'done' is not a run status"),
+    ],
+)
+def test_listing_options_are_checked(tmp_path: Path, args: list[str], phrase: str) -> None:
+    db = tmp_path / "runs.db"
+    make_engine(str(db)).dispose()
+    result = CliRunner().invoke(app, [*args, "--db", str(db)], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert phrase in " ".join(result.output.split())
+
+
+def test_dashboard_says_an_unresolvable_host_is_invalid(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(
+        app, ["dashboard", "--db", str(db), "--host", "no such host!", "--no-worker"]
+    )
+    assert result.exit_code == 2
+    assert "--host 'no such host!' is not an address or host name" in result.output
+    assert "port" not in result.output.split("(")[0]
+    assert not db.exists()
+
+
+def test_duplicate_sweep_values_collapse_and_commas_can_be_escaped(tmp_path: Path) -> None:
+    from vocab.sweep import plan_sweep
+
+    path = tmp_path / "a,b" / "d.csv"  # a folder with a comma in its name
+    escaped = str(path).replace(",", "\\,")
+    plan = plan_sweep({"lr": "1e-3,0.001,0.01", "dataset": f"csv:{escaped},moons"})
+    lrs = sorted({s.config["lr"] for s in plan.specs})
+    datasets = sorted({s.config["dataset"] for s in plan.specs})
+    assert lrs == [0.001, 0.01] and plan.size == 4
+    assert datasets == [f"csv:{path}", "moons"]
+    assert any("lr: dropped duplicate value(s) 0.001 (= 1e-3)" in n for n in plan.notes)
+
+
+def test_sweep_cli_prints_the_collapse_note(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, ["sweep", "--db", str(db), "--lr", "1e-3,0.001"])
+    assert result.exit_code == 0, result.output
+    assert "queued 1 runs" in result.output
+    assert "note: lr: dropped duplicate value(s) 0.001 (= 1e-3)" in result.output

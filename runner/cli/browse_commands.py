@@ -13,6 +13,7 @@ from db.errors import StorageError
 from runner.cli.common import (
     DbOption,
     JsonOption,
+    check_statuses,
     console,
     fail,
     fmt,
@@ -31,9 +32,12 @@ def runs(
     db: DbOption = None,
     json_out: JsonOption = False,
     status: Annotated[
-        list[str] | None, typer.Option(help="Only runs with this status (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only runs with this status (repeatable).", callback=check_statuses),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many runs.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many runs (1 or more; default all).")
+    ] = None,
 ) -> None:
     """List runs, newest first: id, name, arch, depth, dataset, status, epochs, test accuracy."""
     from db.queries import list_runs

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from db.engine import make_engine, resolve_db
 from db.errors import StorageError
 from runner.csv_limits import DEFAULT_MAX_CSV_MB, MAX_CSV_MB_ENV, set_max_csv_mb
+from vocab.fields import RUN_STATUSES
 from vocab.text import printable
 
 DB_HELP = "Database: a SQLite file path or a URL (default: $GRADSCOPE_DB, else ./gradscope.db)."
@@ -103,6 +104,17 @@ MaxCsvOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def check_statuses(values: list[str] | None) -> list[str] | None:
+    """A --status callback: every value must be a run status (a typo would match nothing)."""
+    unknown = [v for v in values or [] if v not in RUN_STATUSES]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))} is not a run status; one of: "
+            + ", ".join(RUN_STATUSES)
+        )
+    return values
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -26,6 +26,16 @@ STOP_TIMEOUT_S = 10.0
 POLL_S = 0.5
 
 
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be listened on (not an address or name this machine resolves), or
+    None. Checked before the port, so a typo is not reported as a port in use."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"--host {host!r} is not an address or host name this machine can resolve ({exc})"
+    return None
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether a server could listen on host:port now (as Streamlit's, with SO_REUSEADDR, so
     connections of a server that just stopped do not count)."""
@@ -84,6 +94,8 @@ def dashboard(
     from db.engine import display_url, resolve_db
     from runner.cli.common import console, fail, open_engine
 
+    if (problem := host_problem(host)) is not None:
+        fail(problem)
     target = resolve_db(db)
     if "://" not in target:
         target = str(Path(target).expanduser().absolute())  # the children's cwd may differ

@@ -65,10 +65,12 @@ def sweep(
     json_out: JsonOption = False,
 ) -> None:
     """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
-    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2`. `--name` names the sweep (it is not
-    split). Any invalid value anywhere in the grid: nothing is queued."""
+    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2` (write a comma inside a value as `\\,`,
+    e.g. `--dataset 'csv:/data/a\\,b.csv,moons'`; values that mean the same, like 1e-3 and
+    0.001, are queued once). `--name` names the sweep (it is not split). Any invalid value
+    anywhere in the grid: nothing is queued."""
     from db.store import queue_sweep
-    from runner.cli.common import console, fail, open_engine, print_json
+    from runner.cli.common import console, err_console, fail, open_engine, print_json
     from vocab.config import ConfigError
     from vocab.sweep import plan_sweep
 
@@ -81,6 +83,8 @@ def sweep(
     engine = open_engine(db)
     ids = _storage(lambda: queue_sweep(engine, plan))
     groups = len({s.group_id for s in plan.specs if s.group_id is not None})
+    for note in plan.notes:  # stderr: stdout stays the result
+        err_console.print(f"note: {note}", highlight=False)
     if json_out:
         print_json({"sweep_id": plan.sweep_id, "name": plan.name, "runs": ids, "groups": groups})
         return
