@@ -21,7 +21,7 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from dashboard import tables
+from dashboard import access, tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db, to_url
 from db.errors import StorageError
@@ -123,7 +123,14 @@ def reconnect() -> None:
 
 
 def _writable() -> Engine:
-    """The engine for a write, refused (StorageError) when the file was deleted or replaced."""
+    """The engine for a write, refused (StorageError) on a read-only dashboard (dashboard.access)
+    and when the file was deleted or replaced."""
+    if not access.writes_allowed():
+        raise StorageError(
+            "This dashboard is read-only: it is reachable from other machines. Nothing was "
+            "written. Start it with --allow-writes to let visitors queue, cancel, delete and "
+            "import runs."
+        )
     changed = file_changed()
     if changed:
         raise StorageError(
@@ -266,7 +273,11 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
 
 
 def queue_run(cfg: RunConfig) -> str:
-    """Queue one validated run; returns its id."""
+    """Queue one validated run; returns its id. ConfigError when it is over the parameter
+    budget (vocab.budget)."""
+    from vocab.budget import check_budget
+
+    check_budget(cfg)
     return RunStore(_writable()).create_run(RunSpec(cfg.model_dump()))
 
 
@@ -276,9 +287,11 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
     Raises ConfigError naming every bad value before anything is written.
     """
     from db.store import queue_sweep as queue_plan
-    from vocab.sweep import plan_sweep
+    from vocab.sweep import check_plan_budget, plan_sweep
 
-    return queue_plan(_writable(), plan_sweep(values, name=name))
+    plan = plan_sweep(values, name=name)
+    check_plan_budget(plan)
+    return queue_plan(_writable(), plan)
 
 
 def queue_classic_comparison() -> list[str]:

@@ -546,3 +546,143 @@ def test_sweep_cli_prints_the_collapse_note(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "queued 1 runs" in result.output
     assert "note: lr: dropped duplicate value(s) 0.001 (= 1e-3)" in result.output
+
+
+# -- 10: a network dashboard is safe by default ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"depth": 10, "width": 32},
+        {"depth": 1, "width": 5, "dataset": "breast_cancer"},
+        {"depth": 3, "width": 7, "arch": "resnet"},
+    ],
+)
+def test_parameter_count_matches_the_model(values: dict) -> None:
+    from runner.networks import build_model
+    from vocab.budget import input_features, parameter_count
+
+    cfg = make_config(values)
+    model = build_model(cfg, input_features(cfg))
+    assert parameter_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+def test_queued_runs_must_fit_the_parameter_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from vocab.budget import MAX_PARAMS_ENV
+
+    monkeypatch.setenv(MAX_PARAMS_ENV, "10000000")  # restored after --max-params sets it
+    db = tmp_path / "runs.db"
+    runner = CliRunner()
+    huge = runner.invoke(app, [command, "--db", str(db), "--depth", "200", "--width", "4096"])
+    assert huge.exit_code == 2, huge.output
+    assert "3,339,497,473 parameters" in huge.output and "at most 10,000,000" in huge.output
+    small = [command, "--db", str(db), "--depth", "20", "--width", "64", "--max-params", "1000"]
+    assert "at most 1,000 (--max-params)" in runner.invoke(app, small).output
+    assert not db.exists()
+
+
+def test_loopback_detection() -> None:
+    from runner.cli.dashboard_commands import loopback_only
+
+    assert loopback_only("127.0.0.1") and loopback_only("localhost") and loopback_only("::1")
+    assert not loopback_only("0.0.0.0")
+
+
+def _form(at, **values: object) -> None:  # noqa: ANN001
+    for key, value in values.items():
+        widget = at.selectbox(key=f"new_run_{key}") if key == "dataset" else None
+        if widget is not None:
+            widget.set_value(value)
+        elif isinstance(value, int):
+            at.number_input(key=f"new_run_{key}").set_value(value)
+        else:
+            at.text_input(key=f"new_run_{key}").set_value(value)
+    (button,) = [b for b in at.form_submit_button if b.label == "Queue run"]
+    button.click().run()
+
+
+def _sidebar_errors(at) -> str:  # noqa: ANN001
+    return " ".join(e.value for e in at.sidebar.error)
+
+
+def test_exposed_dashboard_is_read_only_without_allow_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dashboard_helpers import add_run, open_app
+
+    from dashboard import db_gateway
+    from db.errors import StorageError
+    from runner.access_env import access_env
+
+    db = tmp_path / "runs.db"
+    engine = make_engine(str(db))
+    run_id = add_run(engine, name="kept")
+    for key, value in access_env(exposed=True, allow_writes=False, data_dir=None).items():
+        monkeypatch.setenv(key, value)
+    at = open_app(monkeypatch, db)
+    assert not at.form_submit_button  # no New run / New sweep forms
+    assert any("Read-only" in c.value for c in at.sidebar.caption)
+    with pytest.raises(StorageError, match="read-only"):
+        db_gateway.delete_runs([run_id])
+    with pytest.raises(StorageError, match="read-only"):
+        db_gateway.cancel_runs([run_id])
+    assert len(list_names(engine)) == 1
+    engine.dispose()
+
+
+def list_names(engine: Engine) -> list[str]:
+    from db import frames
+
+    return list(frames.runs(engine)["name"])
+
+
+@pytest.mark.parametrize("data_dir", [False, True])
+def test_exposed_dashboard_limits_csv_paths_to_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: bool
+) -> None:
+    from dashboard_helpers import open_app
+
+    from runner.access_env import access_env
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "ok.csv").write_text("x,label\n1,0\n2,1\n3,0\n4,1\n")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("x,label\n1,0\n")
+    env = access_env(exposed=True, allow_writes=True, data_dir=folder if data_dir else None)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    db = tmp_path / "runs.db"
+    engine = make_engine(str(db))
+    at = open_app(monkeypatch, db)
+    _form(at, dataset="csv file", csv_path=str(secret))
+    errors = _sidebar_errors(at)
+    if data_dir:
+        assert "must lie in the data folder" in errors, errors
+        _form(at, dataset="csv file", csv_path="ok.csv")  # relative: inside the folder
+        assert _sidebar_errors(at) == ""
+        assert len(list_names(engine)) == 1
+    else:
+        assert "cannot be named from this dashboard" in errors, errors
+        assert list_names(engine) == []
+    engine.dispose()
+
+
+def test_the_form_refuses_a_model_over_the_budget(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dashboard_helpers import open_app
+
+    db = tmp_path / "runs.db"
+    engine = make_engine(str(db))
+    at = open_app(monkeypatch, db)
+    _form(at, depth=200, width=4096)
+    assert "3,339,497,473 parameters; queued runs may have at most 10,000,000" in _sidebar_errors(
+        at
+    )
+    assert list_names(engine) == []
+    engine.dispose()

@@ -204,3 +204,17 @@ def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: i
         for position, index in enumerate(members):
             specs[index].group_id = group_id
             specs[index].group_index = position
+
+
+def check_plan_budget(plan: SweepPlan, limit: int | None = None) -> None:
+    """ConfigError naming the largest model when any run of the sweep is over the parameter
+    budget (vocab.budget); nothing is queued then."""
+    from vocab.budget import check_budget, parameter_count
+
+    configs = [RunConfig(**spec.config) for spec in plan.specs]
+    if not configs:
+        return
+    try:
+        check_budget(max(configs, key=parameter_count), limit)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid sweep, nothing was queued:\n{exc}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from sqlalchemy import Engine
 from db.engine import make_engine, resolve_db
 from db.errors import StorageError
 from runner.csv_limits import DEFAULT_MAX_CSV_MB, MAX_CSV_MB_ENV, set_max_csv_mb
+from vocab.budget import DEFAULT_MAX_PARAMS, MAX_PARAMS_ENV
 from vocab.fields import RUN_STATUSES
 from vocab.text import printable
 
@@ -101,6 +103,25 @@ MaxCsvOption = Annotated[
         callback=set_max_csv_mb,
         help=f"Refuse CSV datasets larger than this many MB (default {DEFAULT_MAX_CSV_MB}, "
         f"or ${MAX_CSV_MB_ENV}).",
+        show_default=False,
+    ),
+]
+
+
+def _set_max_params(value: int | None) -> int | None:
+    if value is not None:
+        os.environ[MAX_PARAMS_ENV] = str(value)  # the dashboard's server process inherits it
+    return value
+
+
+MaxParamsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-params",
+        min=1,
+        callback=_set_max_params,
+        help=f"Refuse queued runs whose model has more parameters than this (default "
+        f"{DEFAULT_MAX_PARAMS:,}, or ${MAX_PARAMS_ENV}).",
         show_default=False,
     ),
 ]

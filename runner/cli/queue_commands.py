@@ -11,7 +11,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from runner.cli.common import DbOption, JsonOption, MaxCsvOption, seconds_option
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    MaxCsvOption,
+    MaxParamsOption,
+    seconds_option,
+)
 from runner.cli.options import with_config_options
 
 T = TypeVar("T")
@@ -23,16 +29,19 @@ def submit(
     db: DbOption = None,
     json_out: JsonOption = False,
     max_csv_mb: MaxCsvOption = None,
+    max_params: MaxParamsOption = None,
 ) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
     from db.store import RunStore
     from runner.cli.common import console, fail, open_engine, print_json
     from runner.datasets import precheck
+    from vocab.budget import check_budget
     from vocab.config import ConfigError, make_config, with_absolute_csv
     from vocab.records import RunSpec
 
     try:
         cfg = make_config(config_values)
+        check_budget(cfg)
         # The header and first rows only: the worker reads the file (it may change meanwhile).
         precheck(cfg)
         cfg = with_absolute_csv(cfg)
@@ -63,6 +72,7 @@ def sweep(
         int, typer.Option(min=1, max=4096, help="Most runs in one group (with --batch).")
     ] = 32,
     json_out: JsonOption = False,
+    max_params: MaxParamsOption = None,
 ) -> None:
     """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
     `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2` (write a comma inside a value as `\\,`,
@@ -72,12 +82,13 @@ def sweep(
     from db.store import queue_sweep
     from runner.cli.common import console, err_console, fail, open_engine, print_json
     from vocab.config import ConfigError
-    from vocab.sweep import plan_sweep
+    from vocab.sweep import check_plan_budget, plan_sweep
 
     try:
         plan = plan_sweep(
             config_values, name=config_values.get("name"), batch=batch, group_size=group_size
         )
+        check_plan_budget(plan)
     except ConfigError as exc:
         fail(str(exc))
     engine = open_engine(db)
