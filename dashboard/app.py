@@ -34,6 +34,7 @@ PAGES = [
 
 page = st.navigation(PAGES)
 try:
+    view.database_changed_notice()
     sidebar.render()
     page.run()
 except StorageError as exc:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
-from dashboard import tables
+from dashboard import access, tables
 from db import frames
-from db.engine import display_url, make_engine, resolve_db
+from db.engine import display_url, make_engine, resolve_db, to_url
+from db.errors import StorageError
 from db.share_source import MAX_IMPORT_MB
 from vocab.records import RunSpec
 
@@ -54,13 +57,86 @@ def database_for_people() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def _engine(db: str) -> Engine:
+def _connected(db: str) -> tuple[Engine, tuple[int, int] | None]:
+    """The engine, and the SQLite file's identity (st_dev, st_ino) when it was opened."""
     # A file the dashboard can't write (read-only mount) is opened read-only: browsing works.
-    return make_engine(db, read_only=None)
+    engine = make_engine(db, read_only=None)
+    return engine, _file_identity(db)
+
+
+def _engine(db: str) -> Engine:
+    return _connected(db)[0]
 
 
 def engine() -> Engine:
     return _engine(database())
+
+
+def _sqlite_file(db: str) -> Path | None:
+    url = make_url(to_url(db))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _file_identity(db: str) -> tuple[int, int] | None:
+    path = _sqlite_file(db)
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def file_changed() -> str | None:
+    """Why the database file this dashboard opened is no longer the one at its path (deleted,
+    or replaced by another file, e.g. `mv other.db runs.db`), or None. One stat() call.
+
+    Its open connections still read the old file, and anything written would land in a file
+    nobody else can open: the pages say so and writes are refused until `reconnect()`."""
+    db = database()
+    path = _sqlite_file(db)
+    if path is None:
+        return None
+    opened = _connected(db)[1]
+    now = _file_identity(db)
+    if now is None:
+        return f"The database file {path} was deleted after this dashboard opened it."
+    if opened is not None and now != opened:
+        return (
+            f"The database file {path} was replaced by another file after this dashboard opened it."
+        )
+    return None
+
+
+def reconnect() -> None:
+    """Forget the engine and every cached read; the next page run opens the file at the path
+    now (a deleted one is created anew, empty)."""
+    db = database()
+    engine, _ = _connected(db)
+    engine.dispose()
+    _connected.clear()
+    st.cache_data.clear()
+
+
+def _writable() -> Engine:
+    """The engine for a write, refused (StorageError) on a read-only dashboard (dashboard.access)
+    and when the file was deleted or replaced."""
+    if not access.writes_allowed():
+        raise StorageError(
+            "This dashboard is read-only: it is reachable from other machines. Nothing was "
+            "written. Start it with --allow-writes to let visitors queue, cancel, delete and "
+            "import runs."
+        )
+    changed = file_changed()
+    if changed:
+        raise StorageError(
+            f"{changed} Nothing was written. Press Reconnect (top of the page) to open the file "
+            "that is there now."
+        )
+    return engine()
 
 
 def version() -> tuple[str, ...]:
@@ -197,10 +273,14 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
 
 def queue_run(values: Mapping[str, Any]) -> str:
     """Queue one run from the form's values; returns its id. Raises ConfigError (nothing
-    written) when they are invalid: db.lifecycle.create_runs validates."""
+    written) when they are invalid (db.lifecycle.create_runs validates) or over the parameter
+    budget (vocab.budget)."""
     from db.lifecycle import create_runs
+    from vocab.budget import check_budget
+    from vocab.config import make_config
 
-    [run_id] = create_runs(engine(), [RunSpec(dict(values))])
+    check_budget(make_config(dict(values)))
+    [run_id] = create_runs(_writable(), [RunSpec(dict(values))])
     return run_id
 
 
@@ -210,9 +290,11 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
     Raises ConfigError naming every bad value before anything is written.
     """
     from db.lifecycle import queue_sweep as queue_plan
-    from vocab.sweep import plan_sweep
+    from vocab.sweep import check_plan_budget, plan_sweep
 
-    return queue_plan(engine(), plan_sweep(values, name=name))
+    plan = plan_sweep(values, name=name)
+    check_plan_budget(plan)
+    return queue_plan(_writable(), plan)
 
 
 def queue_classic_comparison() -> list[str]:
@@ -225,13 +307,13 @@ def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
     """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
     from db.lifecycle import cancel_runs as cancel
 
-    return cancel(engine(), run_ids)
+    return cancel(_writable(), run_ids)
 
 
 def delete_runs(run_ids: Sequence[str]) -> int:
     from db.lifecycle import delete_runs as delete
 
-    return delete(engine(), run_ids)
+    return delete(_writable(), run_ids)
 
 
 # -- the worker ---------------------------------------------------------------------------------
@@ -289,4 +371,4 @@ def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> Imp
     """Merge an uploaded run database (checked as untrusted); returns db.share.ImportReport."""
     from db.share import import_bytes
 
-    return import_bytes(engine(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)
+    return import_bytes(_writable(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)

@@ -8,13 +8,15 @@ from collections import defaultdict
 
 import streamlit as st
 
-from dashboard import db_gateway, view
+from dashboard import access, db_gateway, view
 from dashboard.tables import escape_markdown
 from db.errors import StorageError
+from runner.datasets import precheck
 from vocab.config import (
     BUILTIN_DATASETS,
     ConfigError,
     RunConfig,
+    make_config,
 )
 
 QUEUE_REFRESH_S = 2.0
@@ -31,6 +33,12 @@ def render() -> None:
         st.caption("Database")
         st.code(db_gateway.database_for_people(), language=None, wrap_lines=True)
         _live_queue()
+        if not access.writes_allowed():
+            st.caption(
+                "Read-only: this dashboard is reachable from other machines (start it with "
+                "--allow-writes to queue runs here)."
+            )
+            return
         with st.expander("New run", icon=":material/add:"):
             new_run_form()
         with st.expander("New sweep", icon=":material/grid_view:"):
@@ -155,7 +163,9 @@ def _queue_new_run() -> None:
     """The form's submit callback. Callbacks run before the script, so the queue drawn in this
     run already lists the new run; the outcome is left in session state for the form to show."""
     try:
-        run_id = db_gateway.queue_run(_form_values())
+        cfg = access.form_csv_config(make_config(_form_values()))
+        precheck(cfg, rows=0)  # the header only: cheap, and the worker checks the rest
+        run_id = db_gateway.queue_run(cfg.model_dump())
     except ConfigError as exc:
         st.session_state[NOTES_KEY] = {"errors": _errors_by_field(str(exc))}
     except StorageError as exc:

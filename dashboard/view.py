@@ -66,3 +66,19 @@ def guarded(body: Callable[P, None], *, brief: bool = False) -> Callable[P, None
             storage_failure(exc, brief=brief)
 
     return run
+
+
+def database_changed_notice() -> None:
+    """On every page: a warning when the database file was deleted or replaced since the
+    dashboard opened it (writes are refused meanwhile), with a button that reconnects."""
+    changed = db_gateway.file_changed()
+    if not changed:
+        return
+    st.warning(
+        f"{escape_markdown(changed)} The pages show what it held then; queueing, cancelling, "
+        "deleting and importing are refused until you reconnect.",
+        icon=":material/sync_problem:",
+    )
+    if st.button("Reconnect", key="reconnect_database", help="Open the file at that path now"):
+        db_gateway.reconnect()
+        st.rerun()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from db.errors import SchemaVersionError, StorageError
 from db.models import Base
@@ -49,7 +52,43 @@ def display_url(db: str) -> str:
     """The database for people to read: a path, or a URL with its password hidden."""
     if "://" not in db:
         return str(Path(db).expanduser().absolute())
-    return make_url(db).render_as_string(hide_password=True)
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Unparseable: show the scheme only (whatever follows may hold a password).
+        return db.split("://", 1)[0][:40] + "://..."
+
+
+# The URL schemes gradscope is built and tested for; anything else is refused by name before
+# SQLAlchemy tries to import a driver (mysql:// raised ModuleNotFoundError, issue 14).
+SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def check_url(db: str) -> str:
+    """`db` as a SQLAlchemy URL, or StorageError naming what is wrong with it."""
+    url = to_url(db)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"{display_url(db)!r} is not a database URL or path (expected a SQLite file path, "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    if parsed.drivername not in SUPPORTED_SCHEMES:
+        raise StorageError(
+            f"unsupported database URL scheme {parsed.drivername!r}: use a SQLite file path, "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    return url
+
+
+@contextmanager
+def _driver_errors(db: str) -> Iterator[None]:
+    """A missing driver, or a bad port or query value in the URL, as one readable line."""
+    try:
+        yield
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open database {display_url(db)}: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API object)
@@ -135,10 +174,10 @@ def make_engine(
     when the SQLite file exists and can't be written (the dashboard). With `read_only=False` a
     file that can't be written is refused in one line, before anything is tried.
     """
-    url = to_url(db)
+    url = check_url(db)
     if read_only:
         create = False
-    with storage_errors(f"cannot open database {display_url(db)}"):
+    with storage_errors(f"cannot open database {display_url(db)}"), _driver_errors(db):
         if url.startswith("sqlite"):
             engine = _sqlite_engine(db, url, create=create, read_only=read_only)
         elif read_only and url.startswith("postgresql"):

@@ -27,8 +27,9 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Table,
+    delete,
     insert,
     or_,
     select,
@@ -56,9 +58,16 @@ from db.lifecycle import with_retry
 from db.models import RunModel
 from db.queries import resolve_run_id
 from db.session import session_scope, storage_errors
-from db.session import transaction as db_transaction
-from db.share_source import DEFAULT_MAX_IMPORT_BYTES, read_source
-from db.share_validate import CHILD_TABLES, TABLE_ORDER, TABLES, ImportRefused, SourceRun
+from db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
+from db.share_validate import (
+    CHILD_TABLES,
+    TABLE_ORDER,
+    TABLES,
+    ImportRefused,
+    SourceFile,
+    SourceRun,
+    stream_children,
+)
 from vocab.fields import FINISHED_STATUSES, RUN_STATUSES
 
 __all__ = [
@@ -77,6 +86,12 @@ __all__ = [
 ]
 
 CHUNK = 500  # ids per IN (...) list: well under every backend's parameter limit
+# An import writes in transactions of at most this many rows (or bytes of blobs): on SQLite each
+# holds the write lock for a fraction of a second (see benchmarks/import_bench.py), so a worker's
+# epoch write never waits long behind an import, whatever the file's size.
+BATCH_ROWS = 5_000
+BATCH_BYTES = 32 * 2**20
+BATCH_PAUSE_S = 0.05
 DIGEST_RUN_COLUMNS = (
     "config",
     "status",
@@ -345,6 +360,8 @@ class ImportReport:
     already_present: tuple[ImportedRun, ...] = ()
     conflicting: tuple[ImportedRun, ...] = ()
     refused: tuple[ImportedRun, ...] = field(default=())
+    # The longest write transaction (on SQLite: the longest hold of the write lock), seconds.
+    longest_write_s: float = 0.0
 
     @property
     def summary(self) -> str:
@@ -382,17 +399,56 @@ class ImportReport:
 Classified = tuple[list[SourceRun], list[ImportedRun], list[ImportedRun], list[ImportedRun]]
 
 
-def _classify(conn: Connection, runs: list[SourceRun]) -> Classified:
-    """(to add, already present, conflicting, refused) against the target's current rows."""
-    existing = read_runs(conn, [r.id for r in runs])
+def _with_children(checked: SourceFile, run_ids: Collection[str]) -> Iterator[SourceRun]:
+    """The file's runs `run_ids` with all their rows, one run at a time (for digests)."""
+    runs = {r.id: r for r in checked.runs}
+    current: SourceRun | None = None
+    for run_id, table, rows in stream_children(checked.conn, run_ids, BATCH_ROWS):
+        if current is None or current.id != run_id:
+            if current is not None:
+                yield current
+            current = SourceRun(runs[run_id].run, {t: [] for t in CHILD_TABLES})
+        current.children[table].extend(rows)
+    if current is not None:
+        yield current
+
+
+def _existing_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
+    runs = TABLES["runs"]
+    found: set[str] = set()
+    for chunk in _chunks(list(ids)):
+        found.update(conn.execute(select(runs.c.id).where(runs.c.id.in_(chunk))).scalars())
+    return found
+
+
+def _classify(engine: Engine, checked: SourceFile) -> Classified:
+    """(to add, already present, conflicting, refused) against the target's current rows.
+
+    Reads only, without holding the write lock: the writes re-check which runs are present
+    (another import may add them meanwhile). Runs present on both sides are compared by
+    digest, one run's rows in memory at a time."""
     add: list[SourceRun] = []
     present: list[ImportedRun] = []
     conflicting: list[ImportedRun] = []
     refused: list[ImportedRun] = []
-    for run in runs:
+    with engine.connect() as conn:
+        existing = _existing_ids(conn, [r.id for r in checked.runs])
+        same: set[str] = set()
+        digested: set[str] = set()
+        for run in _with_children(checked, existing):
+            digested.add(run.id)
+            target = read_runs(conn, [run.id]).get(run.id)
+            if target is not None and run_digest(target) == run_digest(run):
+                same.add(run.id)
+        for run_id in existing - digested:  # runs without child rows in the file
+            run = next(r for r in checked.runs if r.id == run_id)
+            target = read_runs(conn, [run_id]).get(run_id)
+            if target is not None and run_digest(target) == run_digest(run):
+                same.add(run_id)
+    for run in checked.runs:
         entry = ImportedRun(run.id, run.run["name"])
         if run.id in existing:
-            if run_digest(existing[run.id]) == run_digest(run):
+            if run.id in same:
                 present.append(entry)
             else:
                 conflicting.append(
@@ -417,40 +473,120 @@ def _classify(conn: Connection, runs: list[SourceRun]) -> Classified:
     return add, present, conflicting, refused
 
 
-def _insert_runs(conn: Connection, runs: list[SourceRun], source_file: str) -> None:
-    now = now_expr(conn.dialect.name)
-    # The file's own source_file/imported_at are replaced: this import is where they came from.
-    rows = [
-        {**{k: v for k, v in r.run.items() if k != "imported_at"}, "source_file": source_file}
-        for r in runs
-    ]
-    for start in range(0, len(rows), CHUNK):
-        conn.execute(insert(TABLES["runs"]).values(imported_at=now), rows[start : start + CHUNK])
-    for name in CHILD_TABLES:
-        batch = [row for r in runs for row in r.children[name]]
-        for start in range(0, len(batch), 5_000):
-            conn.execute(insert(TABLES[name]), batch[start : start + 5_000])
-
-
 # An arbitrary constant naming the PostgreSQL advisory lock that serialises imports.
 _IMPORT_LOCK_KEY = 0x67736970
 
 
 def _begin_import(conn: Connection, *, write: bool) -> None:
-    """Make the import's reads and writes one serialised unit, before its first read.
+    """Make one write batch a serialised unit, before its first read.
 
-    SQLite: open the transaction now (Python's sqlite3 module would open it only at the first
-    INSERT, after the reads). For writing, `BEGIN IMMEDIATE` takes the write lock at once,
-    waiting for other writers (busy_timeout): no worker or other import can commit between
-    what the import read and what it writes. A dry run only reads, in one snapshot.
-    PostgreSQL: writers take a transaction-scoped advisory lock, so two imports of one file
-    do not both find its runs missing and both insert them; workers never take it.
+    SQLite: `BEGIN IMMEDIATE` takes the write lock at once, waiting for other writers
+    (busy_timeout): no other import can insert the batch's runs between its check and its
+    writes. PostgreSQL: writers take a transaction-scoped advisory lock, so two imports of one
+    file do not both find its runs missing and both insert them; workers never take it.
     """
     if conn.dialect.name == "sqlite":
         if not conn.connection.dbapi_connection.in_transaction:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
     elif conn.dialect.name == "postgresql" and write:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
+
+
+def _row_bytes(rows: list[dict[str, Any]]) -> int:
+    """Roughly what rows cost in memory: their blobs plus ~200 bytes each."""
+    return sum(200 + sum(len(v) for v in r.values() if isinstance(v, bytes)) for r in rows)
+
+
+class _BatchWriter:
+    """Writes the runs to add in short transactions of at most BATCH_ROWS rows (or
+    BATCH_BYTES), runs before their rows. Each batch re-checks, under the write lock, which
+    of its runs another import added meanwhile and skips those. Remembers the longest
+    transaction (the longest time the import held SQLite's write lock)."""
+
+    def __init__(self, engine: Engine, source_file: str) -> None:
+        self.engine, self.source_file = engine, source_file
+        self.pending: list[tuple[str, list[dict[str, Any]]]] = []
+        self.size = 0
+        self.bytes = 0
+        self.written: list[str] = []  # run ids committed by this import
+        self.skipped: set[str] = set()  # added by someone else meanwhile
+        self.longest_s = 0.0
+
+    def add(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self.pending.append((table, rows))
+        self.size += len(rows)
+        self.bytes += _row_bytes(rows)
+        if self.size >= BATCH_ROWS or self.bytes >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        started = time.monotonic()
+        skipped, written = with_retry(self._transaction)
+        self.skipped |= skipped
+        self.written += written
+        self.pending, self.size, self.bytes = [], 0, 0
+        # SQLite's lock is not a queue: a writer waiting in busy_timeout polls (every 100 ms
+        # at most) and would keep missing an import that takes the lock again at once. A
+        # pause as long as the batch (at most BATCH_PAUSE_S) lets it in; it costs the import
+        # up to half its speed on SQLite and nothing elsewhere.
+        if self.engine.dialect.name == "sqlite":
+            time.sleep(min(time.monotonic() - started, BATCH_PAUSE_S))
+
+    def _transaction(self) -> tuple[set[str], list[str]]:
+        started = time.monotonic()
+        try:
+            with storage_errors("writing a batch failed"), self.engine.begin() as conn:
+                _begin_import(conn, write=True)
+                new_runs = [r["id"] for t, rows in self.pending if t == "runs" for r in rows]
+                skipped = self.skipped | _existing_ids(conn, new_runs)
+                now = now_expr(conn.dialect.name)
+                for table, rows in self.pending:
+                    key = "id" if table == "runs" else "run_id"
+                    kept = [r for r in rows if r[key] not in skipped]
+                    if not kept:
+                        continue
+                    if table == "runs":
+                        conn.execute(insert(TABLES["runs"]).values(imported_at=now), kept)
+                    else:
+                        conn.execute(insert(TABLES[table]), kept)
+        finally:
+            self.longest_s = max(self.longest_s, time.monotonic() - started)
+        return skipped - self.skipped, [r for r in new_runs if r not in skipped]
+
+    def remove_written(self) -> None:
+        """Delete the runs this import committed (their rows go with them: ON DELETE CASCADE),
+        in short transactions too."""
+        runs = TABLES["runs"]
+        for chunk in _chunks(self.written):
+            with_retry(lambda chunk=chunk: self._delete(runs, chunk))
+
+    def _delete(self, runs: Table, chunk: list[str]) -> None:
+        with storage_errors("removing written runs failed"), self.engine.begin() as conn:
+            conn.execute(delete(runs).where(runs.c.id.in_(chunk)))
+
+
+def _write_runs(writer: _BatchWriter, checked: SourceFile, add: list[SourceRun]) -> None:
+    """Stream the runs to add from the file into `writer`: each run's row, then its rows."""
+    by_id = {r.id: r for r in add}
+    queued: set[str] = set()
+
+    def run_row(run: SourceRun) -> dict[str, Any]:
+        # The file's own source_file/imported_at are replaced: this import is where they
+        # came from.
+        row = {k: v for k, v in run.run.items() if k != "imported_at"}
+        return {**row, "source_file": writer.source_file}
+
+    for run_id, table, rows in stream_children(checked.conn, by_id, BATCH_ROWS):
+        if run_id not in queued:
+            queued.add(run_id)
+            writer.add("runs", [run_row(by_id[run_id])])
+        writer.add(table, rows)
+    rest = [run_row(r) for r in add if r.id not in queued]  # runs without any rows
+    for start in range(0, len(rest), CHUNK):
+        writer.add("runs", rest[start : start + CHUNK])
+    writer.flush()
 
 
 def import_file(
@@ -463,35 +599,48 @@ def import_file(
 ) -> ImportReport:
     """Merge a run database file into `engine`'s database. See the module docstring.
 
-    Raises ImportRefused (a StorageError) when the file is refused as a whole; StorageError
-    when the target fails. Either way the target is unchanged.
+    Raises ImportRefused (a StorageError) when the file is refused as a whole (nothing was
+    written); StorageError when the target fails while writing (the runs this import had
+    written are removed again).
     """
     path = Path(path)
     source = source_name or path.name
-    checked = read_source(path, source, max_bytes)
-
-    def transaction() -> Classified:
-        failed = f"importing {source} failed, nothing was imported"
-        with db_transaction(engine, failed) as conn:
-            _begin_import(conn, write=not dry_run)
-            add, present, conflicting, refused = _classify(conn, checked.runs)
-            if add and not dry_run:
-                _insert_runs(conn, add, source[:500])
-        return add, present, conflicting, refused
-
-    # Each attempt is the whole transaction, rolled back when it fails: a retry classifies
-    # the runs again against the target as it is then.
-    add, present, conflicting, refused = with_retry(transaction)
+    with open_source(path, source, max_bytes) as checked:
+        with storage_errors(f"importing {source} failed, nothing was imported"):
+            add, present, conflicting, refused = _classify(engine, checked)
+        writer = _BatchWriter(engine, source[:500])
+        if add and not dry_run:
+            try:
+                _write_runs(writer, checked, add)
+            except StorageError as exc:
+                _undo(writer, source, exc)
+    skipped = writer.skipped
     return ImportReport(
         source=source,
         dry_run=dry_run,
         schema=checked.revision,
         upgraded_from=checked.upgraded_from,
-        added=tuple(ImportedRun(r.id, r.run["name"]) for r in add),
-        already_present=tuple(present),
+        added=tuple(ImportedRun(r.id, r.run["name"]) for r in add if r.id not in skipped),
+        # Runs another import added while this one wrote are present now, with its content.
+        already_present=(
+            *present,
+            *(ImportedRun(r.id, r.run["name"]) for r in add if r.id in skipped),
+        ),
         conflicting=tuple(conflicting),
         refused=tuple(refused),
+        longest_write_s=writer.longest_s,
     )
+
+
+def _undo(writer: _BatchWriter, source: str, exc: StorageError) -> None:
+    try:
+        writer.remove_written()
+    except StorageError as again:
+        raise StorageError(
+            f"importing {source} failed ({exc}); removing the {len(writer.written)} run(s) it "
+            f"had written failed too ({again}): delete them or import the file again"
+        ) from exc
+    raise StorageError(f"importing {source} failed, nothing was imported: {exc}") from exc
 
 
 def import_bytes(

@@ -2,7 +2,9 @@
 
 The file is copied into a private temporary folder first (so it cannot change under us, and the
 sender's file is never modified), its 16-byte SQLite header and page geometry are checked before
-SQLite parses it, and it is opened read-only (`mode=ro`) with `trusted_schema=OFF`,
+SQLite parses it; a live WAL database (a `-wal` beside it) is then snapshotted, -wal included,
+with SQLite's backup API from a read-only connection (see `wal_snapshot`), and it is
+opened read-only (`mode=ro`) with `trusted_schema=OFF`,
 `query_only=ON` and a cap on value sizes. Then: `PRAGMA quick_check`; no triggers, views or
 virtual tables; a known Alembic revision (an older one is upgraded in the private copy, never
 in place; a newer or unknown one is refused naming both versions); every table and column
@@ -110,6 +112,50 @@ def check_header(copy: Path, source: str) -> None:
     with copy.open("r+b") as f:
         f.seek(18)
         f.write(b"\x01\x01")
+
+
+def wal_snapshot(path: Path, copy: Path, max_bytes: int, source: str) -> Path:
+    """When `path` is a live WAL database (a non-empty `-wal` file beside it), a consistent
+    snapshot that includes the -wal's committed pages, else `copy` unchanged.
+
+    The main file's header has passed `check_header` (on `copy`) first. The snapshot is taken
+    with SQLite's backup API from a read-only connection to the original, so it is what
+    `gradscope runs` on that file shows at this moment, writers and all; the copied main file
+    alone could hold runs still 'queued' that the -wal has completed, or miss some entirely."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        wal_size = wal.stat().st_size if wal.is_file() else 0
+    except OSError:
+        wal_size = 0
+    if wal_size == 0:
+        return copy
+    problems = Problems(source)
+    total = copy.stat().st_size + wal_size
+    if total > max_bytes:
+        problems.refuse(
+            f"the file and its -wal are {total:,} bytes together; the limit is {max_bytes:,} bytes"
+        )
+    snapshot = copy.with_name("snapshot.db")
+    try:
+        src = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            src.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            src.execute("PRAGMA trusted_schema=OFF")
+            src.execute("PRAGMA query_only=ON")
+            dst = sqlite3.connect(snapshot)
+            try:
+                src.backup(dst)  # one read transaction: a consistent snapshot
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except SQLITE_ERRORS as exc:
+        problems.refuse(f"SQLite cannot read it with its -wal file: {printable(str(exc))}")
+    if snapshot.stat().st_size > max_bytes:
+        problems.refuse(f"the database is over the limit of {max_bytes:,} bytes")
+    check_header(snapshot, source)
+    copy.unlink()
+    return snapshot
 
 
 def open_readonly(copy: Path, source: str) -> sqlite3.Connection:
@@ -239,39 +285,49 @@ def upgrade_copy(copy: Path, revision: str, source: str) -> None:
         ) from None
 
 
-def read_source(path: Path, source: str, max_bytes: int = DEFAULT_MAX_IMPORT_BYTES) -> SourceFile:
-    """Every check, in order; the file's runs with checked values, or ImportRefused."""
-    try:
-        return _read_source(path, source, max_bytes)
-    except ImportRefused:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a hostile file must never end in a traceback
-        raise ImportRefused(
-            source,
-            [
-                f"gradscope could not check it (unexpected {type(exc).__name__}: "
-                f"{printable(str(exc))[:300]}); please report this"
-            ],
-        ) from exc
-
-
-def _read_source(path: Path, source: str, max_bytes: int) -> SourceFile:
+@contextmanager
+def open_source(
+    path: Path, source: str, max_bytes: int = DEFAULT_MAX_IMPORT_BYTES
+) -> Iterator[SourceFile]:
+    """Every check, in order; the file's runs with checked values, or ImportRefused. The
+    private copy stays open (`SourceFile.conn`) until the block ends, for streaming its rows."""
     with private_copy(path, max_bytes, source) as copy:
-        check_header(copy, source)
-        conn = open_readonly(copy, source)
         try:
-            revision = check_structure(conn, source)
-            upgraded_from = None
-            if revision != SCHEMA_REVISION:  # older but known: upgrade the copy, check again
-                conn.close()
-                upgrade_copy(copy, revision, source)
-                upgraded_from = revision
-                conn = open_readonly(copy, source)
-                revision = check_structure(conn, source)
-                if revision != SCHEMA_REVISION:
-                    raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
-            check_columns(conn, source)
-            runs = read_rows(conn, source)
+            checked = _read_source(path, copy, source, max_bytes)
+        except ImportRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a hostile file must never end in a traceback
+            raise ImportRefused(
+                source,
+                [
+                    f"gradscope could not check it (unexpected {type(exc).__name__}: "
+                    f"{printable(str(exc))[:300]}); please report this"
+                ],
+            ) from exc
+        try:
+            yield checked
         finally:
+            checked.conn.close()
+
+
+def _read_source(path: Path, copy: Path, source: str, max_bytes: int) -> SourceFile:
+    check_header(copy, source)
+    copy = wal_snapshot(path, copy, max_bytes, source)
+    conn = open_readonly(copy, source)
+    try:
+        revision = check_structure(conn, source)
+        upgraded_from = None
+        if revision != SCHEMA_REVISION:  # older but known: upgrade the copy, check again
             conn.close()
-    return SourceFile(revision, upgraded_from, runs)
+            upgrade_copy(copy, revision, source)
+            upgraded_from = revision
+            conn = open_readonly(copy, source)
+            revision = check_structure(conn, source)
+            if revision != SCHEMA_REVISION:
+                raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
+        check_columns(conn, source)
+        runs, rows = read_rows(conn, source)
+    except BaseException:
+        conn.close()
+        raise
+    return SourceFile(revision, upgraded_from, runs, rows, conn)

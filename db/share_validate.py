@@ -12,9 +12,11 @@ why. `db.share_source` opens the file and checks its structure first.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import struct
 import uuid
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +28,7 @@ from db.errors import StorageError
 from db.models import Base
 from vocab.config import ConfigError, make_config
 from vocab.fields import HIST_SLOTS, RUN_STATUSES
+from vocab.text import has_unsafe_chars
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -36,6 +39,8 @@ GRAD_HIST_BYTES = HIST_SLOTS * 4
 LAYER_KINDS = ("input", "hidden", "block", "output")
 LAYER_ACTIVATIONS = ("sigmoid", "relu")
 INT32_MAX = 2**31 - 1
+# Text columns whose values may span lines (newline and tab allowed; other controls are not).
+MULTILINE = ("error", "notes")
 
 # Parents first: the order rows are inserted in.
 TABLE_ORDER = (
@@ -93,7 +98,9 @@ class SourceFile:
 
     revision: str
     upgraded_from: str | None
-    runs: list[SourceRun]
+    runs: list[SourceRun]  # run rows only: their children are streamed (`stream_children`)
+    rows: dict[str, int]  # child rows per run id
+    conn: sqlite3.Connection  # the checked private copy, open while the import copies it
 
 
 class Problems:
@@ -212,6 +219,12 @@ def convert(column: Column, value: object) -> Any:
         raise _Bad(f"{column.name} is {len(value):,} characters long; at most {limit:,} allowed")
     if "\x00" in value:
         raise _Bad(f"{column.name} contains a NUL character")
+    # Terminal controls (ESC, DEL, C1, bidi) would be obeyed when the text is printed; only the
+    # multi-line texts (an error's traceback, notes) may hold newlines and tabs.
+    checked = value.replace("\n", "").replace("\t", "") if column.name in MULTILINE else value
+    if has_unsafe_chars(checked):
+        bad = next(c for c in checked if has_unsafe_chars(c))
+        raise _Bad(f"{column.name} contains control characters ({printable(bad)})")
     return value
 
 
@@ -222,15 +235,36 @@ def _is_uuid(value: object) -> bool:
         return False
 
 
+# Values with a fixed range (issue 14): an accuracy of 7.5 or a fraction of -7 is a forgery, not
+# a measurement. NaN/NULL stay allowed (a diverged run's unknowns are stored that way).
+UNIT_INTERVAL = (
+    "train_acc",
+    "test_acc",
+    "final_train_acc",
+    "final_test_acc",
+    "saturated_frac",
+    "dead_frac",
+)
+NON_NEGATIVE_FINITE = ("seconds",)
+
+
+def _check_ranges(row: dict[str, Any]) -> None:
+    for column in UNIT_INTERVAL:
+        value = row.get(column)
+        if value is not None and not math.isnan(value) and not 0.0 <= value <= 1.0:
+            raise _Bad(f"{column} is {value!r}; it must lie in [0, 1]")
+    for column in NON_NEGATIVE_FINITE:
+        value = row.get(column)
+        if value is not None and not (math.isfinite(value) and value >= 0.0):
+            raise _Bad(f"{column} is {value!r}; it must be a finite number >= 0")
+
+
 def _check_run(row: dict[str, Any]) -> None:
     """A run's meaning: a UUID id, a known status, a valid config agreeing with its columns."""
     if not _is_uuid(row["id"]):
         raise _Bad(f"id must be a UUID, got {_shown(row['id'])}")
     if row["status"] not in RUN_STATUSES:
         raise _Bad(f"status {_shown(row['status'])} is not one of {', '.join(RUN_STATUSES)}")
-    name = row["name"]
-    if name is not None and any(ord(c) < 32 for c in name):
-        raise _Bad("name contains control characters")
     try:
         cfg = make_config(row["config"])
     except ConfigError as exc:
@@ -245,6 +279,7 @@ def _check_run(row: dict[str, Any]) -> None:
         raise _Bad(f"epochs_done {row['epochs_done']} is outside 0..{row['epochs_total']}")
     if row["group_index"] is not None and row["group_index"] < 0:
         raise _Bad(f"group_index {row['group_index']} is negative")
+    _check_ranges(row)
 
 
 def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
@@ -254,6 +289,7 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
         raise _Bad(f"epoch {row['epoch']} is outside the run's 1..{epochs}")
     if "layer" in row and not 0 <= row["layer"] <= depth:
         raise _Bad(f"layer {row['layer']} is outside the run's 0..{depth} (depth {depth})")
+    _check_ranges(row)
     if table == "run_layers":
         if row["kind"] not in LAYER_KINDS:
             raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(LAYER_KINDS)}")
@@ -270,6 +306,9 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
             if min(struct.unpack(f"<{HIST_SLOTS}i", hist)) < 0:
                 raise _Bad("grad_hist holds a negative count")
     elif table == "decision_grids":
+        for low, high in (("x_min", "x_max"), ("y_min", "y_max")):
+            if not row[low] < row[high]:  # NaN fails too
+                raise _Bad(f"{low} {row[low]!r} is not below {high} {row[high]!r}")
         size = row["size"]
         if not 1 <= size <= MAX_GRID_SIZE:
             raise _Bad(f"size {size} is outside 1..{MAX_GRID_SIZE}")
@@ -297,19 +336,30 @@ def _label(table: str, row: dict[str, Any], index: int) -> str:
     return f"{table} ({', '.join([where, *keys])})"
 
 
-def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
-    """Every row of every table, checked. Child rows must belong to a run of the file."""
+def _select(name: str, order: bool) -> str:
+    columns = ", ".join(quote(c.name) for c in TABLES[name].columns)
+    # Ordered by key, duplicates are neighbours: found with one previous key, not a set of
+    # millions (SQLite sorts on disk when the file has no index: memory stays bounded).
+    by = f" ORDER BY {', '.join(quote(k) for k in _key_columns(TABLES[name]))}" if order else ""
+    return f"SELECT {columns} FROM {quote(name)}{by}"
+
+
+def read_rows(conn: sqlite3.Connection, source: str) -> tuple[list[SourceRun], dict[str, int]]:
+    """Every row of every table, checked, in one streaming pass: only the run rows are kept
+    (children are read again, run by run, when copied: `stream_children`). Child rows must
+    belong to a run of the file. Returns the runs (file order) and each run's child rows."""
     problems = Problems(source)
     runs: dict[str, SourceRun] = {}
+    counts: dict[str, int] = {}
     bad_runs: set[object] = set()  # their rows are not checked again: one message per run
     try:
         for name in TABLE_ORDER:
             table = TABLES[name]
             columns = list(table.columns)
             keys = _key_columns(table)
-            seen: set[tuple] = set()
-            select = f"SELECT {', '.join(quote(c.name) for c in columns)} FROM {quote(name)}"
-            for index, raw in enumerate(conn.execute(select)):
+            seen: set[tuple] = set()  # runs only (at most MAX_RUNS keys)
+            previous: tuple | None = None
+            for index, raw in enumerate(conn.execute(_select(name, order=name != "runs"))):
                 raw_row = dict(zip((c.name for c in columns), raw, strict=True))
                 if name != "runs" and raw_row["run_id"] in bad_runs:
                     continue
@@ -319,22 +369,52 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
                         bad_runs.add(raw_row["id"])  # until its row passes every check
                     row = {c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)}
                     key = tuple(row[k] for k in keys)
-                    if key in seen:
+                    if key in seen or key == previous:
                         raise _Bad("appears twice (duplicate key)")
-                    seen.add(key)
                     if name == "runs":
+                        seen.add(key)
                         _check_run(row)
                         bad_runs.discard(raw_row["id"])
                         runs[row["id"]] = SourceRun(row, {t: [] for t in CHILD_TABLES})
+                        counts[row["id"]] = 0
                         continue
+                    previous = key
                     parent = runs.get(row["run_id"])
                     if parent is None:
                         raise _Bad(f"belongs to no run of the file ({_shown(row['run_id'])})")
                     _check_child(name, row, parent.run)
-                    parent.children[name].append(row)
+                    counts[row["run_id"]] += 1
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")
     except SQLITE_ERRORS as exc:
         problems.refuse(f"SQLite failed while reading rows: {printable(str(exc))}")
     problems.raise_any()
-    return list(runs.values())
+    return list(runs.values()), counts
+
+
+def stream_children(
+    conn: sqlite3.Connection, run_ids: Collection[str], chunk: int
+) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """(run id, table, rows) for the runs `run_ids` of a file `read_rows` has accepted: runs
+    in id order, each run's tables parents first, at most `chunk` rows at a time. One sorted
+    cursor per table walks the file once; memory holds one chunk."""
+    cursors = {}
+    for name in CHILD_TABLES:
+        cursor = conn.execute(_select(name, order=True))
+        cursors[name] = (cursor, cursor.fetchone())
+    for run_id in sorted(run_ids):
+        for name in CHILD_TABLES:
+            columns = list(TABLES[name].columns)
+            cursor, raw = cursors[name]
+            rows: list[dict[str, Any]] = []
+            # Run ids are checked UUIDs (lowercase ASCII): SQLite's order is Python's.
+            while raw is not None and raw[0] <= run_id:
+                if raw[0] == run_id:
+                    rows.append({c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)})
+                    if len(rows) >= chunk:
+                        yield run_id, name, rows
+                        rows = []
+                raw = cursor.fetchone()
+            cursors[name] = (cursor, raw)
+            if rows:
+                yield run_id, name, rows

@@ -15,8 +15,9 @@ from sqlalchemy import Engine
 from db import lifecycle
 from db.errors import StorageError
 from db.store import RunStore
+from runner.datasets import precheck
 from runner.execute import execute_run
-from vocab.config import make_config
+from vocab.config import RunConfig, make_config, with_absolute_csv
 from vocab.records import EpochRecord, RunSpec
 
 # Well inside a worker's default --stale-after (60 s): a long epoch never looks like a lost run.
@@ -82,14 +83,23 @@ def _device_name(requested: str) -> str:
     return requested
 
 
+def checked_config(values: dict[str, str]) -> RunConfig:
+    """The validated config with its CSV file pre-checked (ConfigError otherwise), relative
+    CSV paths made absolute. Call it before opening the database: a refused run writes nothing."""
+    cfg = make_config(values)
+    precheck(cfg)
+    return with_absolute_csv(cfg)
+
+
 def train_foreground(
     engine: Engine, values: dict[str, str], progress: bool = True
 ) -> tuple[str, str]:
     """Validate, create and train one run here; returns (run id, final status).
 
-    An invalid config raises ConfigError before anything is written.
+    An invalid config, or a CSV file that is missing or wrong (header and first rows checked),
+    raises ConfigError before anything is written.
     """
-    cfg = make_config(values)
+    cfg = checked_config(values)
     worker = f"{socket.gethostname()}:{os.getpid()} (foreground)"
     # The runs row is written once before epoch 1: inserted running, with who trains it where
     # (execute_run's own runtime write then finds nothing to change).

@@ -109,3 +109,65 @@ def full_dump(engine: Engine) -> dict[str, list[tuple]]:
             rows = conn.execute(select(table)).all()
             out[name] = sorted((tuple(_value(v) for v in r) for r in rows), key=repr)
     return out
+
+
+def make_big_export(path: str, runs: int, epochs: int = 50, depth: int = 8) -> int:
+    """A valid run database of `runs` completed runs, each with `epochs` epochs and
+    depth + 1 layers of statistics: one run recorded through RunStore, then cloned in SQL
+    under fresh ids (seconds for millions of rows). Returns the number of rows written."""
+    import sqlite3
+    import uuid
+
+    from db.engine import make_engine
+
+    cfg = make_config({"arch": "relu", "depth": depth, "width": 8, "epochs": epochs})
+    engine = make_engine(path)
+    store = RunStore(engine)
+    template = store.create_run(RunSpec(cfg.model_dump()), status="running")
+    layers = [
+        LayerInfo(i, f"linears.{i}", "hidden" if i < depth else "output", "relu", 8, 8, 72)
+        for i in range(depth + 1)
+    ]
+    store.record_layers(template, layers, None)
+    hist = np.arange(HIST_BINS + 2, dtype="<i4").tobytes()
+    for epoch in range(1, epochs + 1):
+        metrics = dict.fromkeys(("train_loss", "test_loss", "pred_std"), 0.5)
+        metrics |= {"train_acc": 0.75, "test_acc": 0.75, "seconds": 0.01}
+        stats = [
+            {
+                **dict.fromkeys(
+                    ("grad_norm", "grad_mean_abs", "grad_std", "grad_max_abs", "weight_norm"),
+                    1e-3 * (layer + 1),
+                ),
+                "update_ratio": 1e-4,
+                "act_mean": 0.1,
+                "act_std": 0.2,
+                "saturated_frac": 0.0,
+                "dead_frac": 0.1,
+                "grad_hist": hist,
+            }
+            for layer in range(depth + 1)
+        ]
+        store.record_epoch(template, EpochRecord(epoch, metrics, stats, None))
+    store.finish_run(template, "completed", final=FinalMetrics(train_loss=0.5, test_acc=0.75))
+    engine.dispose()
+    conn = sqlite3.connect(path)
+    tables = ("runs", "run_layers", "epoch_metrics", "layer_stats")
+    columns = {t: [c.name for c in Base.metadata.tables[t].columns] for t in tables}
+    copies = {
+        t: "INSERT INTO {t} ({cols}) SELECT {sel} FROM {t} WHERE {key} = ?".format(
+            t=t,
+            cols=", ".join(columns[t]),
+            sel=", ".join("?" if c in ("id", "run_id") else c for c in columns[t]),
+            key="id" if t == "runs" else "run_id",
+        )
+        for t in tables
+    }
+    for _ in range(runs - 1):
+        new = str(uuid.uuid4())
+        for t in tables:
+            conn.execute(copies[t], (new, template))
+    conn.commit()
+    total = sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+    conn.close()
+    return total

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vocab.text import has_unsafe_chars
+
 SYNTHETIC_DATASETS = ("moons", "circles", "xor", "spirals")
 BUILTIN_DATASETS = (*SYNTHETIC_DATASETS, "breast_cancer")
 ARCHS = ("sigmoid", "relu", "resnet")
@@ -34,7 +36,9 @@ class RunConfig(BaseModel):
     dataset: str = Field(
         "moons", description="moons, circles, xor, spirals, breast_cancer or csv:PATH"
     )
-    label: str = Field("label", max_length=200, description="label column of a CSV dataset")
+    label: str = Field(
+        "label", min_length=1, max_length=200, description="label column of a CSV dataset"
+    )
     samples: int = Field(2048, ge=8, le=1_000_000, description="samples of synthetic datasets")
     noise: float = Field(0.2, ge=0, le=10, description="noise of synthetic datasets")
     test_fraction: float = Field(
@@ -55,6 +59,15 @@ class RunConfig(BaseModel):
     )
     name: str | None = Field(None, max_length=200, description="a name to find the run by")
 
+    @field_validator("dataset", "label")
+    @classmethod
+    def _no_control_chars(cls, value: str) -> str:
+        # A terminal obeys ESC, DEL, C1 and bidi controls: text holding them is refused here,
+        # where every config is made (CLI, form, sweeps, imports), not only escaped on output.
+        if has_unsafe_chars(value):
+            raise ValueError("must not contain control characters (C0, DEL, C1 or bidi)")
+        return value
+
     @field_validator("dataset")
     @classmethod
     def _dataset_known(cls, value: str) -> str:
@@ -72,8 +85,8 @@ class RunConfig(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if any(ord(c) < 32 for c in value):
-            raise ValueError("must not contain control characters")
+        if has_unsafe_chars(value):
+            raise ValueError("must not contain control characters (C0, DEL, C1 or bidi)")
         return value or None
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ one bad value anywhere means nothing is queued.
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,21 +34,60 @@ class SweepPlan:
     sweep_id: str
     name: str
     specs: tuple[RunSpec, ...]
+    notes: tuple[str, ...] = ()  # e.g. duplicate values that were collapsed
 
     @property
     def size(self) -> int:
         return len(self.specs)
 
 
+# A comma inside a value (a CSV path such as csv:/data/a,b.csv) is written `\,`.
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+
+
+def split_list(text: str) -> list[str]:
+    """A comma list's items, stripped; `\\,` is a comma inside an item."""
+    return [item.strip().replace("\\,", ",") for item in _UNESCAPED_COMMA.split(text)]
+
+
+def _same_value_key(field: str, item: str) -> object:
+    """What `item` means for `field` (1e-3 and 0.001 are one learning rate), or the text
+    itself when it is not valid alone (validate_grid reports it)."""
+    try:
+        return getattr(make_config({field: item}), field)
+    except ConfigError:
+        return ("text", item)
+
+
+def collapse_duplicates(grid: Mapping[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each axis with values that mean the same kept once (the first spelling), and a note per
+    collapsed axis, so `--lr 1e-3,0.001` queues one run, not two identical ones."""
+    collapsed: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for field, items in grid.items():
+        kept: dict[object, str] = {}
+        dropped: list[str] = []
+        for item in items:
+            key = _same_value_key(field, item) if len(items) > 1 else item
+            if key in kept:
+                dropped.append(f"{item} (= {kept[key]})")
+            else:
+                kept[key] = item
+        collapsed[field] = list(kept.values())
+        if dropped:
+            notes.append(f"{field}: dropped duplicate value(s) {', '.join(dropped)}")
+    return collapsed, notes
+
+
 def parse_grid(values: Mapping[str, str]) -> dict[str, list[str]]:
-    """Split each option's comma list, in RunConfig field order (duplicates dropped). The run
-    name is not a grid axis: it names the sweep."""
+    """Split each option's comma list, in RunConfig field order (duplicates dropped; `\\,` is
+    a comma inside a value). The run name is not a grid axis: it names the sweep."""
     grid: dict[str, list[str]] = {}
     problems = []
     for field in RunConfig.model_fields:
         if field == "name" or field not in values:
             continue
-        items = [item.strip() for item in str(values[field]).split(",")]
+        items = split_list(str(values[field]))
         if any(not item for item in items):
             problems.append(f"{field}: empty value in the list {values[field]!r}")
             continue
@@ -134,7 +174,7 @@ def plan_sweep(
     if group_size < 1:
         raise ConfigError(f"group size must be at least 1 (got {group_size})")
     checked_name = sweep_name_of(name)  # first: a bad name is reported whatever the grid
-    grid = parse_grid(values)
+    grid, notes = collapse_duplicates(parse_grid(values))
     varying = [k for k, items in grid.items() if len(items) > 1]
     combos = expand_grid(grid)
     configs = validate_grid(combos, varying)
@@ -153,7 +193,7 @@ def plan_sweep(
         spec.sweep_id = sweep_id
     if batch:
         _assign_groups(specs, configs, group_size)
-    return SweepPlan(sweep_id, sweep_name, tuple(specs))
+    return SweepPlan(sweep_id, sweep_name, tuple(specs), tuple(notes))
 
 
 def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: int) -> None:
@@ -164,3 +204,17 @@ def _assign_groups(specs: list[RunSpec], configs: list[RunConfig], group_size: i
         for position, index in enumerate(members):
             specs[index].group_id = group_id
             specs[index].group_index = position
+
+
+def check_plan_budget(plan: SweepPlan, limit: int | None = None) -> None:
+    """ConfigError naming the largest model when any run of the sweep is over the parameter
+    budget (vocab.budget); nothing is queued then."""
+    from vocab.budget import check_budget, parameter_count
+
+    configs = [RunConfig(**spec.config) for spec in plan.specs]
+    if not configs:
+        return
+    try:
+        check_budget(max(configs, key=parameter_count), limit)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid sweep, nothing was queued:\n{exc}") from None

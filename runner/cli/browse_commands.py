@@ -16,6 +16,7 @@ from db.queries import RunSummary
 from runner.cli.common import (
     DbOption,
     JsonOption,
+    check_statuses,
     console,
     err_console,
     fail,
@@ -37,10 +38,17 @@ def runs(
     json_out: JsonOption = False,
     status: Annotated[
         list[str] | None,
-        typer.Option(help="Only runs with this status (repeatable).", metavar="STATUS"),
+        typer.Option(
+            help="Only runs with this status (repeatable).",
+            metavar="STATUS",
+            callback=check_statuses,
+        ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="At most this many runs.", metavar="INTEGER")
+        int | None,
+        typer.Option(
+            min=1, help="At most this many runs (1 or more; default all).", metavar="INTEGER"
+        ),
     ] = None,
     sweep: Annotated[
         str | None, typer.Option(help="Only runs of this sweep (its name or id).", metavar="SWEEP")

@@ -19,11 +19,32 @@ from typing import Annotated
 
 import typer
 
-from runner.cli.common import DB_HELP
+from runner.cli.common import DB_HELP, MaxCsvOption, MaxParamsOption
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.5
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be listened on (not an address or name this machine resolves), or
+    None. Checked before the port, so a typo is not reported as a port in use."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"--host {host!r} is not an address or host name this machine can resolve ({exc})"
+    return None
+
+
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback one (only this machine)."""
+    import ipaddress
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
 def port_free(host: str, port: int) -> bool:
@@ -78,11 +99,33 @@ def dashboard(
         bool,
         typer.Option("--no-worker", help="Do not start a background worker for queued runs."),
     ] = False,
+    max_csv_mb: MaxCsvOption = None,
+    max_params: MaxParamsOption = None,
+    allow_writes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-writes",
+            help="Let visitors queue, cancel, delete and import runs when --host is not a "
+            "loopback address (a dashboard reachable from other machines is read-only "
+            "without it).",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="The folder CSV files named in the New run form must lie in (default: none; "
+            "a dashboard reachable from other machines then refuses CSV paths from the form).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Open the dashboard on a database (and start one worker that trains queued runs)."""
     from db.engine import display_url, resolve_db
     from runner.cli.common import console, fail, open_engine
 
+    if (problem := host_problem(host)) is not None:
+        fail(problem)
     target = resolve_db(db)
     if "://" not in target:
         target = str(Path(target).expanduser().absolute())  # the children's cwd may differ
@@ -93,7 +136,13 @@ def dashboard(
         fail(f"port {port} on {host} is already in use; choose another with --port")
 
     worker = None
+    from runner.access_env import access_env
+
+    exposed = not loopback_only(host)
+    if data_dir is not None and not data_dir.expanduser().is_dir():
+        fail(f"--data-dir {data_dir} is not a folder")
     env = {**os.environ, "GRADSCOPE_DB": target}
+    env |= access_env(exposed=exposed, allow_writes=allow_writes, data_dir=data_dir)
     if not no_worker:
         from runner.worker import spawn_worker_process
 
@@ -108,7 +157,8 @@ def dashboard(
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
     console.print(
         f"gradscope dashboard: http://{shown}:{port}  database: {display_url(target)}"
-        + ("" if worker else "  (no worker)"),
+        + ("" if worker else "  (no worker)")
+        + ("  (reachable from other machines: read-only)" if exposed and not allow_writes else ""),
         highlight=False,
     )
     code = 0

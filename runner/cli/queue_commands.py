@@ -11,7 +11,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from runner.cli.common import DbOption, JsonOption
+from runner.cli.common import (
+    DbOption,
+    JsonOption,
+    MaxCsvOption,
+    MaxParamsOption,
+    seconds_option,
+)
 from runner.cli.options import with_config_options
 
 T = TypeVar("T")
@@ -19,16 +25,26 @@ T = TypeVar("T")
 
 @with_config_options()
 def submit(
-    config_values: dict[str, str], db: DbOption = None, json_out: JsonOption = False
+    config_values: dict[str, str],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    max_csv_mb: MaxCsvOption = None,
+    max_params: MaxParamsOption = None,
 ) -> None:
     """Validate one run's configuration and queue it for a worker; print its id."""
     from db.lifecycle import create_runs
     from runner.cli.common import console, fail, open_engine, print_json
+    from runner.datasets import precheck
+    from vocab.budget import check_budget
     from vocab.config import ConfigError, make_config
     from vocab.records import RunSpec
 
     try:
-        spec = RunSpec(make_config(config_values).model_dump())
+        cfg = make_config(config_values)
+        check_budget(cfg)
+        # The header and first rows only: the worker reads the file (it may change meanwhile).
+        precheck(cfg)
+        spec = RunSpec(cfg.model_dump())  # create_runs makes a CSV path absolute
     except ConfigError as exc:
         fail(f"invalid run configuration, nothing was queued:\n{exc}")
     engine = open_engine(db)
@@ -56,24 +72,30 @@ def sweep(
         int, typer.Option(min=1, max=4096, help="Most runs in one group (with --batch).")
     ] = 32,
     json_out: JsonOption = False,
+    max_params: MaxParamsOption = None,
 ) -> None:
     """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
-    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2`. `--name` names the sweep (it is not
-    split). Any invalid value anywhere in the grid: nothing is queued."""
+    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2` (write a comma inside a value as `\\,`,
+    e.g. `--dataset 'csv:/data/a\\,b.csv,moons'`; values that mean the same, like 1e-3 and
+    0.001, are queued once). `--name` names the sweep (it is not split). Any invalid value
+    anywhere in the grid: nothing is queued."""
     from db.lifecycle import queue_sweep
-    from runner.cli.common import console, fail, open_engine, print_json
+    from runner.cli.common import console, err_console, fail, open_engine, print_json
     from vocab.config import ConfigError
-    from vocab.sweep import plan_sweep
+    from vocab.sweep import check_plan_budget, plan_sweep
 
     try:
         plan = plan_sweep(
             config_values, name=config_values.get("name"), batch=batch, group_size=group_size
         )
+        check_plan_budget(plan)
     except ConfigError as exc:
         fail(str(exc))
     engine = open_engine(db)
     ids = _storage(lambda: queue_sweep(engine, plan))
     groups = len({s.group_id for s in plan.specs if s.group_id is not None})
+    for note in plan.notes:  # stderr: stdout stays the result
+        err_console.print(f"note: {note}", highlight=False)
     if json_out:
         print_json({"sweep_id": plan.sweep_id, "name": plan.name, "runs": ids, "groups": groups})
         return
@@ -96,17 +118,14 @@ def worker(
         int | None, typer.Option(min=1, help="Exit after this many runs.", show_default=False)
     ] = None,
     heartbeat: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between heartbeats of a running run.")
+        float, seconds_option("Seconds between heartbeats of a running run.", 0.05)
     ] = 2.0,
     stale_after: Annotated[
         float,
-        typer.Option(
-            min=0.0, help="A running run whose heartbeat is older than this is 'worker lost'."
-        ),
+        seconds_option("A running run whose heartbeat is older than this is 'worker lost'."),
     ] = 60.0,
-    poll: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between looks at an empty queue.")
-    ] = 1.0,
+    poll: Annotated[float, seconds_option("Seconds between looks at an empty queue.", 0.01)] = 1.0,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
     at their next check (within about a second) and marks them interrupted, epochs kept."""

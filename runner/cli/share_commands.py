@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from db.share_source import MAX_IMPORT_MB
-from runner.cli.common import DbOption, JsonOption
+from runner.cli.common import DbOption, JsonOption, check_statuses
 
 RunOption = Annotated[
     list[str] | None,
@@ -19,7 +19,12 @@ SweepOption = Annotated[
 ]
 StatusOption = Annotated[
     list[str] | None,
-    typer.Option("--status", help="Only runs with this status (repeatable).", show_default=False),
+    typer.Option(
+        "--status",
+        help="Only runs with this status (repeatable).",
+        show_default=False,
+        callback=check_statuses,
+    ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing output.")]
 

@@ -11,6 +11,7 @@ from db.errors import StorageError
 from runner.cli.common import (
     DbOption,
     JsonOption,
+    MaxCsvOption,
     console,
     err_console,
     fail,
@@ -32,16 +33,13 @@ def train(
     db: DbOption = None,
     json_out: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Train one run in the foreground, recording every epoch, and print its id."""
-    from runner.foreground import train_foreground
-    from vocab.config import make_config
+    from runner.foreground import checked_config, train_foreground
 
     try:
-        make_config(config_values)  # a refused config must not create the --db file
-    except ConfigError as exc:
-        fail(str(exc))
-    try:
+        checked_config(config_values)  # before the database is opened: a refusal writes nothing
         run_id, status = train_foreground(
             open_engine(db), config_values, progress=not (quiet or json_out)
         )

@@ -1,0 +1,21 @@
+"""How `gradscope dashboard` tells its Streamlit server what visitors may do (read by
+dashboard.access): environment variables, inherited by the server process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXPOSED_ENV = "GRADSCOPE_DASHBOARD_EXPOSED"  # "1" when bound beyond loopback
+WRITES_ENV = "GRADSCOPE_DASHBOARD_WRITES"  # "0" for a read-only dashboard
+DATA_DIR_ENV = "GRADSCOPE_DATA_DIR"  # CSV paths from the form must lie in this folder
+
+
+def access_env(*, exposed: bool, allow_writes: bool, data_dir: Path | None) -> dict[str, str]:
+    """The variables for a dashboard bound beyond loopback (`exposed`) or not."""
+    env = {
+        EXPOSED_ENV: "1" if exposed else "0",
+        WRITES_ENV: "0" if exposed and not allow_writes else "1",
+    }
+    if data_dir is not None:
+        env[DATA_DIR_ENV] = str(data_dir.expanduser().resolve())
+    return env
