@@ -59,8 +59,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API 
     cursor.close()
 
 
-def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> Engine:
-    """An engine for `db` (path or URL), with the schema created or checked."""
+def make_engine(
+    db: str, *, check_schema: bool = True, create: bool = True, pool_size: int | None = None
+) -> Engine:
+    """An engine for `db` (path or URL), with the schema created or checked. `pool_size`
+    caps a PostgreSQL engine's connections (pool plus one overflow), e.g. one per Ray actor."""
     url = to_url(db)
     try:
         if url.startswith("sqlite"):
@@ -74,7 +77,8 @@ def make_engine(db: str, *, check_schema: bool = True, create: bool = True) -> E
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 1}
+            engine = create_engine(url, pool_pre_ping=True, **pool)
         if check_schema:
             ensure_schema(engine, create=create)
     except StorageError:

@@ -77,6 +77,7 @@ def show(
     )
     if doc["error"]:
         console.print(f"error: {doc['error']}", highlight=False, markup=False)
+    console.print(f"attempts: {doc['attempts']}  host: {doc['hostname'] or '-'}", markup=False)
     console.print(
         " ".join(f"{k}={v}" for k, v in doc["config"].items()), highlight=False, markup=False
     )
