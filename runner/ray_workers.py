@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from db.engine import make_engine, to_url
+from db.errors import StorageError
 from db.queue import queued_demand, recover_lost
 from runner.worker import STOP_SIGNALS, RunBudget, Slot, WorkerOptions, log
 
@@ -160,7 +161,12 @@ class _Connection:
                 _temp_dir=self.temp_dir,
             )
         else:
-            ray.init(address=address)
+            try:
+                ray.init(address=address)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                # Shown as one line by the CLI (e.g. no cluster at that address).
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                raise RuntimeError(f"cannot connect to Ray at {address}: {first}") from exc
         self.owned = True
 
     def close(self) -> None:
@@ -234,6 +240,7 @@ class _Driver:
         size = f"up to {self.slots}" if self.elastic else f"{self.slots}"
         log(f"ray driver: {size} worker actors on {where} ({self.ray_opts.cpus_per_worker:g} CPU,"
             f" {self.ray_opts.gpus_per_worker:g} GPU each)")  # fmt: skip
+        self._check_fits()
         if not self.elastic:
             self._start(self.slots)
         next_scale = 0.0
@@ -243,12 +250,15 @@ class _Driver:
             while not self.stopping.is_set():
                 if self.elastic and time.monotonic() >= next_scale:
                     next_scale = time.monotonic() + self.opts.poll_s
-                    if time.monotonic() >= next_recovery:
-                        # With no actor alive nobody else would notice a lost run.
-                        next_recovery = time.monotonic() + recover_every
-                        self._recover()
-                    if self._scale() and not self.running:
-                        break
+                    try:
+                        if time.monotonic() >= next_recovery:
+                            # With no actor alive nobody else would notice a lost run.
+                            next_recovery = time.monotonic() + recover_every
+                            self._recover()
+                        if self._scale() and not self.running:
+                            break
+                    except StorageError as exc:  # transient: look again at the next tick
+                        log(f"ray driver: cannot read the queue: {exc}")
                 if not self.running and not self.elastic:
                     break
                 self._collect(timeout=min(self.opts.poll_s, 0.5))
@@ -258,6 +268,17 @@ class _Driver:
                 self.engine.dispose()
         return self.handled
 
+    def _check_fits(self) -> None:
+        """Warn when the cluster has no room for one actor: Ray then keeps it pending (for
+        the autoscaler, if there is one) and nothing trains meanwhile."""
+        total = self.ray.cluster_resources()
+        for resource, need in (("CPU", self.ray_opts.cpus_per_worker),
+                               ("GPU", self.ray_opts.gpus_per_worker)):  # fmt: skip
+            if need > total.get(resource, 0):
+                log(f"ray driver: warning: the cluster has {total.get(resource, 0):g} {resource}"
+                    f" in all, a worker actor asks for {need:g}; actors wait until a node with "
+                    "enough joins")  # fmt: skip
+
     def _collect(self, timeout: float) -> None:
         if not self.running:
             self.stopping.wait(timeout)
@@ -266,7 +287,7 @@ class _Driver:
         for ref in ready:
             self.running.pop(ref)
             try:
-                self.handled += self.ray.get(ref)
+                runs = self.ray.get(ref)
             except self.ray.exceptions.RayError as exc:
                 self.deaths += 1
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
@@ -278,6 +299,11 @@ class _Driver:
                     ) from exc
                 if not self.elastic and not self.stopping.is_set():
                     self._start(1)  # keep --concurrency actors, as Ray would restart one
+            else:
+                self.handled += runs
+                log(
+                    f"ray driver: a worker actor left after {runs} runs, {len(self.running)} remain"
+                )
 
     def _recover(self) -> None:
         assert self.engine is not None

@@ -100,10 +100,7 @@ def test_mixed_queue_drained_by_ray_local(db_path: Path, engine: Engine) -> None
     assert "Traceback" not in driver.output
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_stopping_the_driver_interrupts_its_actors_runs(
-    db_path: Path, engine: Engine, stop: signal.Signals
-) -> None:
+def test_ctrl_c_of_the_driver_interrupts_its_actors_runs(db_path: Path, engine: Engine) -> None:
     ids = queue_runs(engine, 2, **ENDLESS)
     driver = WorkerProcess(str(db_path), "--ray", "local", "--concurrency", "2", "--poll", "0.1")
     try:
@@ -112,7 +109,7 @@ def test_stopping_the_driver_interrupts_its_actors_runs(
             timeout=180,
             what="both runs training on actors",
         )
-        driver.proc.send_signal(stop)
+        driver.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert driver.wait(timeout=60) == 0, driver.output
     finally:
         driver.kill()
@@ -167,6 +164,40 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def test_elastic_actors_follow_the_queue(
+    ray_local: None, db_path: Path, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str] = []
+
+    def log() -> str:
+        seen.append(capsys.readouterr().err)
+        return "".join(seen)
+
+    first = queue_runs(engine, 1) + _sweep(engine, "0,1")  # demand 2: a run and a group
+    # --max-runs 5 ends the test: two waves of work, then the budget is spent.
+    opts = WorkerOptions(db=str(db_path), max_runs=5, poll_s=0.05)
+    ray_opts = RayOptions("local", max_workers=3, idle_timeout_s=0.2)
+    thread, handled = _driver_thread(opts, ray_opts)
+    try:
+        wait_for(
+            lambda: {get_run(engine, i).status for i in first} == {"completed"},
+            timeout=120,
+            what="the first wave",
+        )
+        # Idle actors leave after --idle-timeout.
+        wait_for(lambda: "0 remain" in log(), timeout=60, what="every idle actor gone")
+        second = queue_runs(engine, 2, seed=7)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    finally:
+        thread.join(timeout=60)
+    assert {get_run(engine, i).status for i in second} == {"completed"}
+    # Two actors per wave, not three: a group counts once.
+    assert log().count("2 queued, starting 2 worker actors") == 2, log()
+    assert "starting 3" not in log()
+    assert handled == [5]
+
+
 @pytest.mark.postgres
 def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_url: str) -> None:
     engine = make_engine(pg_url)
@@ -199,7 +230,7 @@ def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_
 
 
 @pytest.mark.postgres
-def test_driver_against_a_ray_start_head(pg_url: str) -> None:
+def test_driver_against_a_ray_start_head_and_sigterm(pg_url: str) -> None:
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="gs-rh-", dir="/tmp")
     ray_bin = Path(sys.executable).with_name("ray")
@@ -217,12 +248,23 @@ def test_driver_against_a_ray_start_head(pg_url: str) -> None:
         assert head.returncode == 0, out
         engine = make_engine(pg_url)
         ids = queue_runs(engine, 3)
-        driver = WorkerProcess(
-            pg_url, "--ray", f"127.0.0.1:{port}", "--concurrency", "2", "--exit-when-idle"
-        )
-        assert driver.wait(timeout=240) == 0, driver.output
-        assert {get_run(engine, i).status for i in ids} == {"completed"}
-        assert "worker finished after 3 runs" in driver.output
+        [endless] = queue_runs(engine, 1, **ENDLESS)
+        driver = WorkerProcess(pg_url, "--ray", f"127.0.0.1:{port}", "--concurrency", "2")
+        try:
+            wait_for(
+                lambda: (
+                    {get_run(engine, i).status for i in ids} == {"completed"}
+                    and get_run(engine, endless).epochs_done >= 1
+                ),
+                timeout=240,
+                what="three runs completed and one training",
+            )
+            driver.proc.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=60) == 0, driver.output
+        finally:
+            driver.kill()
+        assert get_run(engine, endless).status == "interrupted"
+        assert "worker finished after 4 runs" in driver.output
         engine.dispose()
     finally:
         _stop_group(head.pid)

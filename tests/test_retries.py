@@ -166,3 +166,19 @@ def test_ray_missing_says_how_to_install(
     assert result.exit_code != 0
     assert "pip install 'gradscope[ray]'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_compare_page_shows_attempts(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
+    from dashboard_helpers import add_run, open_app
+    from sqlalchemy import update
+
+    from db.models import RunModel
+
+    engine = make_engine(str(db_path))
+    run_id = add_run(engine)
+    with session_scope(engine) as s:
+        s.execute(update(RunModel).where(RunModel.id == run_id).values(attempts=2))
+    engine.dispose()
+    at = open_app(monkeypatch, db_path, "compare", {"runs": run_id})
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Attempts")]
+    assert caption.endswith(": 2"), caption
