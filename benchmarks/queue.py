@@ -132,6 +132,42 @@ def scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
     return out
 
 
+def ray_scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
+    """`scheduling_overhead_ms` run inside a Ray actor on a private local instance (what a
+    `--ray` worker does per run), plus the two round trips to the driver's budget actor that
+    each claim costs with --max-runs. Medians, milliseconds per run."""
+    import shutil
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    from runner.ray_workers import BudgetActor, RemoteBudget
+
+    temp_dir = tempfile.mkdtemp(prefix="gs-ray-bench-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**8, _temp_dir=temp_dir)
+    try:
+        actor = ray.remote(_OverheadActor).options(num_cpus=1).remote()
+        out = ray.get(actor.measure.remote(db, runs))
+        budget = RemoteBudget(ray.remote(BudgetActor).options(num_cpus=0).remote(None))
+        budget.take()  # first call pays the actor's start
+        trips = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            budget.take()
+            budget.adjust(0)
+            trips.append(time.perf_counter() - t0)
+        out["budget"] = statistics.median(trips) * 1000
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return out
+
+
+class _OverheadActor:
+    def measure(self, db: str, runs: int) -> dict[str, float]:
+        return scheduling_overhead_ms(db, runs)
+
+
 def report(
     label: str, db_for: Callable[[str], str], runs: int, worker_counts: list[int], ray: bool
 ) -> None:
@@ -163,6 +199,16 @@ def report(
         f"{over['heartbeat']:.2f} ms + final status {over['finish']:.2f} ms = "
         f"{over['total']:.2f} ms = {over['total'] / 10:.2f}% of a one-second run (target < 5%)"
     )
+    if ray:
+        ro = ray_scheduling_overhead_ms(db_for("rayoverhead"), runs)
+        with_budget = ro["total"] + ro["budget"]
+        print(
+            f"the same inside a Ray actor: claim {ro['claim']:.2f} ms + heartbeat "
+            f"{ro['heartbeat']:.2f} ms + final status {ro['finish']:.2f} ms = {ro['total']:.2f} "
+            f"ms; with --max-runs add {ro['budget']:.2f} ms of budget round trips = "
+            f"{with_budget:.2f} ms\n  Ray actor / plain: {with_budget / over['total']:4.2f} "
+            f"(target <= 2); {with_budget / 10:.2f}% of a one-second run (target < 5%)"
+        )
 
 
 def main() -> None:

@@ -113,7 +113,7 @@ class Slot:
         self.parent_pid = parent_pid
         self.name = worker_name()
         self.engine = make_engine(opts.db, pool_size=opts.pool_size)
-        self.store = RunStore(self.engine)
+        self.store = RunStore(self.engine, worker=self.name)
         self.stop_reason: str | None = None
         self.runs_done = 0
         self._wake = threading.Event()

@@ -16,6 +16,7 @@ from worker_helpers import SMALL, epoch_rows, queue_runs
 
 import runner.ray_workers as ray_workers
 from db.engine import make_engine
+from db.errors import NotFoundError
 from db.models import LayerStatModel, RunLayerModel
 from db.queries import get_run
 from db.queue import (
@@ -93,6 +94,24 @@ def test_lost_run_is_queued_again_without_its_partial_epochs(engine: Engine) -> 
     run = get_run(engine, run_id)
     assert (run.status, run.error, run.attempts) == ("failed", WORKER_LOST, 2)
     assert epoch_rows(engine, run_id) == [1]
+
+
+def test_the_lost_attempts_worker_cannot_write_into_the_retry(engine: Engine) -> None:
+    # The first worker was only slow (its heartbeat went stale, it is alive): once its run is
+    # queued again and claimed by another worker, its late writes must change nothing.
+    [run_id] = queue_runs(engine, 1)
+    claim_next(engine, "slow")
+    assert recover_stale(engine, 60, now=_later(engine), retries=1) == [run_id]
+    claim_next(engine, "next")
+    slow, current = RunStore(engine, worker="slow"), RunStore(engine, worker="next")
+    with pytest.raises(NotFoundError, match="no longer this worker's"):
+        slow.record_epoch(run_id, EpochRecord(1, {"train_loss": 0.5}, []))
+    assert not slow.finish_run(run_id, "failed", error="late")
+    assert epoch_rows(engine, run_id) == []
+    current.record_epoch(run_id, EpochRecord(1, {"train_loss": 0.4}, []))
+    assert current.finish_run(run_id, "completed")
+    run = get_run(engine, run_id)
+    assert (run.status, run.worker, run.epochs_done, run.error) == ("completed", "next", 1, None)
 
 
 def test_no_retries_and_cancel_requested_runs_fail(engine: Engine) -> None:
