@@ -201,3 +201,16 @@ def test_compare_page_shows_attempts(monkeypatch: pytest.MonkeyPatch, db_path: P
     at = open_app(monkeypatch, db_path, "compare", {"runs": run_id})
     (caption,) = [c.value for c in at.caption if c.value.startswith("Attempts")]
     assert caption.endswith(": 2"), caption
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-workers", "4"], "need --ray ADDRESS"),
+        (["--ray", "local", "--gpus-per-worker", "1.5"], "must be a whole number"),
+    ],
+)
+def test_ray_options_are_checked(db_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["worker", "--db", str(db_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -155,6 +155,13 @@ def worker(
     from runner.cli.common import err_console, fail, open_engine
     from runner.worker import WorkerOptions, log, run_worker
 
+    if ray_address is None and (
+        max_workers is not None or (cpus_per_worker, gpus_per_worker) != (1.0, 0.0)
+    ):
+        fail("--max-workers, --cpus-per-worker and --gpus-per-worker need --ray ADDRESS")
+    for name, amount in (("cpus", cpus_per_worker), ("gpus", gpus_per_worker)):
+        if amount > 1 and amount != int(amount):  # Ray's rule for resource quantities
+            fail(f"--{name}-per-worker {amount:g}: above 1 it must be a whole number")
     if ray_address is not None:
         from runner.ray_workers import RAY_MISSING, address_problem, ray_installed
 
