@@ -279,10 +279,11 @@ def recover_lost(
     stale = and_(RunModel.status == "running", RunModel.heartbeat_at < threshold)
     if spare_worker is not None:
         stale = and_(stale, RunModel.worker.is_distinct_from(spare_worker))
-    # A run whose cancel was requested is not worth another attempt.
+    # A run whose cancel was requested is not worth another attempt; nor is one never claimed
+    # from the queue (attempts 0: `gradscope train` in the foreground, whose user saw it die).
     again = and_(
         stale,
-        func.coalesce(RunModel.attempts, 0) <= retries,
+        func.coalesce(RunModel.attempts, 0).between(1, retries),
         RunModel.cancel_requested.is_not(True),
     )
 

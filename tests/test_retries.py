@@ -32,7 +32,8 @@ from db.session import session_scope
 from db.store import RunStore, queue_sweep
 from runner.cli import app
 from runner.worker import RunBudget, WorkerOptions, run_slot
-from vocab.records import EpochRecord, LayerInfo
+from vocab.config import make_config
+from vocab.records import EpochRecord, LayerInfo, RunSpec
 from vocab.sweep import plan_sweep
 
 
@@ -123,6 +124,12 @@ def test_no_retries_and_cancel_requested_runs_fail(engine: Engine) -> None:
         plain: "failed",
         cancelled: "failed",
     }
+    # A foreground run (never claimed from the queue) is not queued again either.
+    foreground = RunStore(engine).create_run(
+        RunSpec(make_config(SMALL).model_dump()), status="running"
+    )
+    RunStore(engine).mark_running(foreground, worker="fg", device="cpu", torch_version="")
+    assert recover_lost(engine, 60, now=_later(engine), retries=3) == {foreground: "failed"}
     # A fresh heartbeat is not lost, whatever the retries.
     [alive] = queue_runs(engine, 1)
     claim_next(engine, "alive")
