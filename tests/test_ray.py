@@ -89,11 +89,12 @@ def test_mixed_queue_drained_by_ray_local(db_path: Path, engine: Engine) -> None
     assert {runs[i].status for i in solo + group} == {"completed"}
     for run_id in solo:
         assert epoch_rows(engine, run_id) == [1, 2, 3]
-        assert driver.count(f"training {run_id}") == 1  # one actor, once
     for run_id in group:
         assert epoch_rows(engine, run_id) == [1, 2]
-    assert driver.count("training 3 runs as one batched ensemble") == 1
+    # (Not counted from the actors' log lines: Ray relays them late, and may drop the last
+    # ones at shutdown.) Claimed once each; the group by one actor, as one claim.
     assert {runs[i].attempts for i in solo + group} == {1}
+    assert len({runs[i].worker for i in group}) == 1
     assert {runs[i].hostname for i in solo + group} == {socket.gethostname()}
     assert {runs[i].device for i in solo + group} == {"cpu"}
     assert "worker finished after 6 runs" in driver.output
