@@ -2,9 +2,13 @@
 trained back-to-back in one process, on SQLite and on PostgreSQL; and the per-run scheduling
 overhead (claim + heartbeat + final status write) measured directly.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/queue.py [--runs 100] [--workers N]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/queue.py [--runs 100] [--workers N] [--ray]
 
 Target: scheduling overhead under 5% of a one-second run (i.e. under 50 ms per run).
+With --ray, the same queue is also drained by `gradscope worker --ray local` (the workers as
+Ray actors); target: their per-run overhead within 2x of plain workers' and under 5% of a
+one-second run. Both are measured on the time per run from the first claim to the last finish
+(training of the tiny runs included, so that time bounds the scheduling overhead from above).
 PostgreSQL is started privately with tests/pg_server.py; without its binaries it is skipped.
 """
 
@@ -73,18 +77,19 @@ def unfinished(engine: Engine) -> int:
         )
 
 
-def drain(db: str, runs: int, workers: int) -> tuple[float, float]:
+def drain(db: str, runs: int, workers: int, ray: bool = False) -> tuple[float, float]:
     """(seconds from process start to exit, seconds from the first claim to the last finish by
     the database's clock) for one `gradscope worker --concurrency N` draining `runs` queued
     runs. The worker is long-lived (it loads torch before claiming, as in real use) and is
-    stopped with SIGTERM once the queue is drained."""
+    stopped with SIGTERM once the queue is drained. `ray`: as `--ray local` actors (the Ray
+    instance's start is in the first number, not the second)."""
     queue_tiny(db, runs)
     engine = make_engine(db)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", "from runner.cli import main; main()", "worker", "--db", db,
-         "--concurrency", str(workers), "--poll", "0.05"],
+         "--concurrency", str(workers), "--poll", "0.05", *(["--ray", "local"] if ray else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
     )  # fmt: skip
     try:
@@ -127,7 +132,45 @@ def scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
     return out
 
 
-def report(label: str, db_for: Callable[[str], str], runs: int, worker_counts: list[int]) -> None:
+def ray_scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
+    """`scheduling_overhead_ms` run inside a Ray actor on a private local instance (what a
+    `--ray` worker does per run), plus the two round trips to the driver's budget actor that
+    each claim costs with --max-runs. Medians, milliseconds per run."""
+    import shutil
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    from runner.ray_workers import BudgetActor, RemoteBudget
+
+    temp_dir = tempfile.mkdtemp(prefix="gs-ray-bench-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**8, _temp_dir=temp_dir)
+    try:
+        actor = ray.remote(_OverheadActor).options(num_cpus=1).remote()
+        out = ray.get(actor.measure.remote(db, runs))
+        budget = RemoteBudget(ray.remote(BudgetActor).options(num_cpus=0).remote(None))
+        budget.take()  # first call pays the actor's start
+        trips = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            budget.take()
+            budget.adjust(0)
+            trips.append(time.perf_counter() - t0)
+        out["budget"] = statistics.median(trips) * 1000
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return out
+
+
+class _OverheadActor:
+    def measure(self, db: str, runs: int) -> dict[str, float]:
+        return scheduling_overhead_ms(db, runs)
+
+
+def report(
+    label: str, db_for: Callable[[str], str], runs: int, worker_counts: list[int], ray: bool
+) -> None:
     base = back_to_back(db_for("base"), runs)
     print(f"\n== {label}: {runs} tiny runs (depth 2, width 8, 256 samples, 1 epoch)")
     print(f"back-to-back in one warm process: {base:6.2f} s ({base / runs * 1000:5.1f} ms/run)")
@@ -138,12 +181,34 @@ def report(label: str, db_for: Callable[[str], str], runs: int, worker_counts: l
             f"({draining / runs * 1000:5.1f} ms/run); time ratio queue / back-to-back "
             f"{draining / base:4.2f}  [worker command start to exit: {total:5.2f} s]"
         )
+        if not ray:
+            continue
+        ray_total, ray_draining = drain(db_for(f"ray{workers}"), runs, workers, ray=True)
+        plain_ms, ray_ms = draining / runs * 1000, ray_draining / runs * 1000
+        print(
+            f"{workers} Ray actor(s), first claim to last finish: {ray_draining:6.2f} s "
+            f"({ray_ms:5.1f} ms/run)  [--ray local start to exit: {ray_total:5.2f} s]\n"
+            f"  per run, Ray / plain: {ray_ms / plain_ms:4.2f} (target <= 2), Ray - plain "
+            f"{ray_ms - plain_ms:+.1f} ms; Ray's whole per-run time, training included (an "
+            f"upper bound on its scheduling overhead): {ray_ms / 10:.2f}% of a one-second run "
+            f"(target < 5%)"
+        )
     over = scheduling_overhead_ms(db_for("overhead"), runs)
     print(
         f"scheduling overhead per run (median): claim {over['claim']:.2f} ms + heartbeat "
         f"{over['heartbeat']:.2f} ms + final status {over['finish']:.2f} ms = "
         f"{over['total']:.2f} ms = {over['total'] / 10:.2f}% of a one-second run (target < 5%)"
     )
+    if ray:
+        ro = ray_scheduling_overhead_ms(db_for("rayoverhead"), runs)
+        with_budget = ro["total"] + ro["budget"]
+        print(
+            f"the same inside a Ray actor: claim {ro['claim']:.2f} ms + heartbeat "
+            f"{ro['heartbeat']:.2f} ms + final status {ro['finish']:.2f} ms = {ro['total']:.2f} "
+            f"ms; with --max-runs add {ro['budget']:.2f} ms of budget round trips = "
+            f"{with_budget:.2f} ms\n  Ray actor / plain: {with_budget / over['total']:4.2f} "
+            f"(target <= 2); {with_budget / 10:.2f}% of a one-second run (target < 5%)"
+        )
 
 
 def main() -> None:
@@ -151,11 +216,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 2}))
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also drain with --ray local actors")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory(prefix="gradscope-bench-") as tmp:
-        report("SQLite", lambda name: str(Path(tmp) / f"{name}.db"), args.runs, args.workers)
+        report(
+            "SQLite", lambda name: str(Path(tmp) / f"{name}.db"), args.runs, args.workers, args.ray
+        )
 
     if args.skip_postgres:
         return
@@ -168,7 +236,7 @@ def main() -> None:
         print(f"\n== PostgreSQL skipped: {exc}")
         return
     try:
-        report("PostgreSQL", server.create_database, args.runs, args.workers)
+        report("PostgreSQL", server.create_database, args.runs, args.workers, args.ray)
     finally:
         server.stop()
 

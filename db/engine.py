@@ -164,6 +164,7 @@ def make_engine(
     check_schema: bool = True,
     create: bool = True,
     read_only: bool | None = False,
+    pool_size: int | None = None,
 ) -> Engine:
     """An engine for `db` (path or URL), with the schema created (`create`) or checked.
 
@@ -173,6 +174,8 @@ def make_engine(
     PostgreSQL sessions default to read-only transactions. `read_only=None`: read-only only
     when the SQLite file exists and can't be written (the dashboard). With `read_only=False` a
     file that can't be written is refused in one line, before anything is tried.
+    `pool_size` caps a PostgreSQL engine's connections (pool plus one overflow), e.g. one per
+    Ray actor.
     """
     url = check_url(db)
     if read_only:
@@ -187,7 +190,8 @@ def make_engine(
                 connect_args={"options": "-c default_transaction_read_only=on"},
             )
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 1}
+            engine = create_engine(url, pool_pre_ping=True, **pool)
         if check_schema:
             ensure_schema(engine, create=create)
     return engine

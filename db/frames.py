@@ -224,10 +224,10 @@ def selected_runs(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
     """The given runs (those that exist), in the order given, with their full config."""
     ids = list(dict.fromkeys(run_ids))
     if not ids:
-        return _frame([], (*RUN_COLUMNS, "config"))
+        return _frame([], (*RUN_COLUMNS, "config", "attempts"))
     cols = [getattr(_R, c) for c in RUN_COLUMNS]
-    rows = _read(select(*cols, _R.config).where(_R.id.in_(ids)), engine)
-    frame = _frame(rows, (*RUN_COLUMNS, "config"), floats=("final_test_acc",))
+    rows = _read(select(*cols, _R.config, _R.attempts).where(_R.id.in_(ids)), engine)
+    frame = _frame(rows, (*RUN_COLUMNS, "config", "attempts"), floats=("final_test_acc",))
     frame["_order"] = frame["id"].map({run_id: i for i, run_id in enumerate(ids)})
     frame = frame.sort_values("_order").drop(columns="_order").reset_index(drop=True)
     _utc(frame, "created_at", "finished_at")

@@ -26,6 +26,7 @@ concurrent claimers pass each other instead of queueing behind one row.
 from __future__ import annotations
 
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -153,6 +154,10 @@ def _running_values(engine: Engine, worker: str) -> dict[str, Any]:
         "worker": worker,
         "started_at": now,
         "heartbeat_at": now,
+        # Counted in the claim itself, so a retry limit holds however many workers race.
+        "attempts": func.coalesce(RunModel.attempts, 0) + 1,
+        # The claiming process trains the run: on a cluster this names the node.
+        "hostname": socket.gethostname()[:200],
     }
 
 
@@ -361,21 +366,74 @@ def recover_stale(
     now: datetime | None = None,
     *,
     spare_worker: str | None = None,
+    retries: int = 0,
 ) -> list[str]:
-    """Mark running runs whose heartbeat is older than `stale_after_s` seconds `failed` with the
-    error "worker lost"; their recorded epochs stay. `now` defaults to the database's clock
-    (tests pass a later time instead of sleeping). A worker passes its own name as
-    `spare_worker`: it knows its own runs are alive. Returns the ids marked."""
+    """Recover running runs whose heartbeat is older than `stale_after_s` seconds (their worker
+    died). A run claimed at most `retries` times is queued again for another attempt, with its
+    partial epochs, layer stats, grids, layers and points deleted in the same transaction (so
+    the retry's epochs are not duplicated); any other is marked `failed` with the error "worker
+    lost", its recorded epochs kept. `now` defaults to the database's clock (tests pass a later
+    time instead of sleeping). A worker passes its own name as `spare_worker`: it knows its own
+    runs are alive. Returns the ids recovered; `recover_lost` also says which way."""
+    return list(
+        recover_lost(engine, stale_after_s, now, spare_worker=spare_worker, retries=retries)
+    )
+
+
+def recover_lost(
+    engine: Engine,
+    stale_after_s: float,
+    now: datetime | None = None,
+    *,
+    spare_worker: str | None = None,
+    retries: int = 0,
+) -> dict[str, str]:
+    """`recover_stale`, returning {run id: "queued" or "failed"}."""
     current = as_utc(now) if now is not None else db_now(engine)
     assert current is not None
     threshold = current - timedelta(seconds=stale_after_s)
     stale = and_(RunModel.status == "running", RunModel.heartbeat_at < threshold)
     if spare_worker is not None:
         stale = and_(stale, RunModel.worker.is_distinct_from(spare_worker))
+    # A run whose cancel was requested is not worth another attempt; nor is one never claimed
+    # from the queue (attempts 0: `gradscope train` in the foreground, whose user saw it die).
+    again = and_(
+        stale,
+        func.coalesce(RunModel.attempts, 0).between(1, retries),
+        RunModel.cancel_requested.is_not(True),
+    )
 
-    def action() -> list[str]:
+    def action() -> dict[str, str]:
         with transaction(engine) as s:
-            return list(
+            # Guarded like every change here: only runs still running with a stale heartbeat
+            # move, so two recoverers never both requeue (or requeue and fail) one run.
+            queued = list(
+                s.scalars(
+                    update(RunModel)
+                    .where(again)
+                    .values(
+                        status="queued",
+                        worker=None,
+                        hostname=None,
+                        started_at=None,
+                        heartbeat_at=None,
+                        epochs_done=0,
+                        device=None,
+                        torch_version=None,
+                    )
+                    .returning(RunModel.id)
+                )
+            )
+            if queued:
+                for model in (
+                    LayerStatModel,
+                    EpochMetricModel,
+                    DecisionGridModel,
+                    RunPointsModel,
+                    RunLayerModel,
+                ):
+                    s.execute(delete(model).where(model.run_id.in_(queued)))
+            failed = list(
                 s.scalars(
                     update(RunModel)
                     .where(stale)
@@ -387,8 +445,23 @@ def recover_stale(
                     .returning(RunModel.id)
                 )
             )
+        return {**dict.fromkeys(queued, "queued"), **dict.fromkeys(failed, "failed")}
 
     return with_retry(action)
+
+
+def queued_demand(engine: Engine) -> int:
+    """How many workers the queue could keep busy now: queued solo runs, plus one per group
+    with queued members (a group is trained by one worker)."""
+    with transaction(engine) as s:
+        return int(
+            s.scalar(
+                select(
+                    func.count(func.distinct(func.coalesce(RunModel.group_id, RunModel.id)))
+                ).where(RunModel.status == "queued")
+            )
+            or 0
+        )
 
 
 # -- cancelling -------------------------------------------------------------------------------
@@ -445,9 +518,11 @@ def finish_run(
     final: FinalMetrics | None = None,
     error: str | None = None,
     only_if_running: bool = True,
+    worker: str | None = None,
 ) -> bool:
     """Move a run to a finished status. Returns False when it was no longer running
-    (e.g. another worker already marked it lost), so nothing is overwritten."""
+    (e.g. another worker already marked it lost), so nothing is overwritten. With `worker`,
+    only while that worker still holds the run (a lost run may have been queued again)."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"{status!r} is not a finished status")
     final = final or FinalMetrics()
@@ -467,6 +542,8 @@ def finish_run(
     )
     if only_if_running:
         stmt = stmt.where(_runs.c.status == "running")
+    if worker is not None:
+        stmt = stmt.where(_runs.c.worker == worker)
 
     def action() -> bool:
         with transaction(engine) as s:

@@ -43,6 +43,8 @@ class RunSummary:
     torch_version: str | None
     worker: str | None
     cancel_requested: bool
+    attempts: int = 0  # times claimed by a worker (a lost run may be queued again)
+    hostname: str | None = None  # the machine (node) that trained it
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -85,6 +87,8 @@ def _summary(row: RunModel) -> RunSummary:
         torch_version=row.torch_version,
         worker=row.worker,
         cancel_requested=bool(row.cancel_requested),
+        attempts=row.attempts or 0,
+        hostname=row.hostname,
     )
 
 

@@ -5,8 +5,9 @@ belong to db.lifecycle; RunStore keeps one-line delegates for the ones trainers 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 
 from db import lifecycle
 from db.clock import now_expr
@@ -37,9 +38,19 @@ _grids = DecisionGridModel.__table__
 class RunStore:
     """The write side of the run database. Every method is one short transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, worker: str | None = None) -> None:
         self.engine = engine
         self._now = now_expr(engine.dialect.name)
+        # A queue worker's name: its epochs and final status are then written only while the
+        # run is still running under that name. A lost run may be queued again and claimed by
+        # another worker; a stale-but-alive first worker must not write into that attempt.
+        self.worker = worker
+
+    def _ours(self, table_id: Any, status: Any, worker: Any) -> Any:
+        """The row guard for this store's writes to one run (just the id without a worker)."""
+        if self.worker is None:
+            return table_id
+        return and_(table_id, status == "running", worker == self.worker)
 
     # -- status changes: db.lifecycle owns them ----------------------------------------------
     def create_runs(self, specs: Sequence[RunSpec], *, status: str = "queued") -> list[str]:
@@ -58,7 +69,13 @@ class RunStore:
         only_if_running: bool = True,
     ) -> bool:
         return lifecycle.finish_run(
-            self.engine, run_id, status, final=final, error=error, only_if_running=only_if_running
+            self.engine,
+            run_id,
+            status,
+            final=final,
+            error=error,
+            only_if_running=only_if_running,
+            worker=self.worker,
         )
 
     def delete_runs(self, run_ids: Sequence[str]) -> int:
@@ -112,6 +129,19 @@ class RunStore:
             row["grad_hist"] = values.get("grad_hist")
             stats.append(row)
         with transaction(self.engine) as s:
+            # The run's row first: when it is gone (or no longer ours) nothing is written.
+            cancel = s.execute(
+                update(_runs)
+                .where(self._ours(_runs.c.id == run_id, _runs.c.status, _runs.c.worker))
+                .values(epochs_done=record.epoch, heartbeat_at=self._now)
+                .returning(_runs.c.cancel_requested)
+            ).scalar_one_or_none()
+            if cancel is None:
+                raise NotFoundError(
+                    f"run {run_id} vanished from the database while training"
+                    if self.worker is None
+                    else f"run {run_id} is no longer this worker's (lost, perhaps queued again)"
+                )
             s.execute(insert(_epochs), [{"run_id": run_id, "epoch": record.epoch, **metrics}])
             if stats:
                 s.execute(insert(_layer_stats), stats)
@@ -120,14 +150,6 @@ class RunStore:
                     insert(_grids),
                     [{"run_id": run_id, "epoch": record.epoch, **vars(record.grid)}],
                 )
-            cancel = s.execute(
-                update(_runs)
-                .where(_runs.c.id == run_id)
-                .values(epochs_done=record.epoch, heartbeat_at=self._now)
-                .returning(_runs.c.cancel_requested)
-            ).scalar_one_or_none()
-        if cancel is None:
-            raise NotFoundError(f"run {run_id} vanished from the database while training")
         return bool(cancel)
 
     def cancel_requested(self, run_id: str) -> bool:

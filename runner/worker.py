@@ -28,13 +28,14 @@ from typing import Any
 
 from db.engine import display_url, make_engine
 from db.errors import StorageError
-from db.lifecycle import Claim, claim_next, heartbeat, recover_stale, release
+from db.lifecycle import Claim, claim_next, heartbeat, recover_lost, release
 from db.store import RunStore
 from vocab.config import ConfigError, RunConfig, make_config
 
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_STALE_AFTER_S = 60.0
 DEFAULT_POLL_S = 1.0
+DEFAULT_RETRIES = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # fork shares the parent's imports; macOS and Windows only spawn safely.
 CHILD_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -49,6 +50,9 @@ class WorkerOptions:
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     stale_after_s: float = DEFAULT_STALE_AFTER_S
     poll_s: float = DEFAULT_POLL_S  # how often an idle worker looks for queued runs
+    retries: int = DEFAULT_RETRIES  # times a lost run is queued again before it fails
+    idle_exit_s: float | None = None  # leave after this long without a queued run (elastic)
+    pool_size: int | None = None  # database connections per process (PostgreSQL)
 
 
 def log(message: str) -> None:
@@ -108,8 +112,8 @@ class Slot:
         self.budget = budget
         self.parent_pid = parent_pid
         self.name = worker_name()
-        self.engine = make_engine(opts.db)
-        self.store = RunStore(self.engine)
+        self.engine = make_engine(opts.db, pool_size=opts.pool_size)
+        self.store = RunStore(self.engine, worker=self.name)
         self.stop_reason: str | None = None
         self.runs_done = 0
         self._wake = threading.Event()
@@ -156,6 +160,7 @@ class Slot:
             target=self._housekeeping, name="gradscope-heartbeat", daemon=True
         )
         housekeeping.start()
+        idle_since = time.monotonic()
         try:
             while self.stop_reason is None:
                 if not self.budget.take():
@@ -169,7 +174,10 @@ class Slot:
                     continue
                 if claim is None:
                     self.budget.adjust(-1)
-                    if self.opts.exit_when_idle:
+                    idle_s = time.monotonic() - idle_since
+                    if self.opts.exit_when_idle or (
+                        self.opts.idle_exit_s is not None and idle_s >= self.opts.idle_exit_s
+                    ):
                         break
                     self._wake.wait(self.opts.poll_s)
                     continue
@@ -180,6 +188,7 @@ class Slot:
                     # The database went away mid-run; the run stays `running` until its
                     # heartbeat goes stale and some worker marks it lost.
                     log(f"worker {self.name}: database error while training: {exc}")
+                idle_since = time.monotonic()
         finally:
             self._finished.set()
             housekeeping.join(timeout=10)
@@ -256,8 +265,14 @@ class Slot:
 
     # -- housekeeping -----------------------------------------------------------------------
     def _recover(self) -> None:
-        for run_id in recover_stale(self.engine, self.opts.stale_after_s, spare_worker=self.name):
-            log(f"worker {self.name} marked run {run_id} failed: worker lost")
+        lost = recover_lost(
+            self.engine, self.opts.stale_after_s, spare_worker=self.name, retries=self.opts.retries
+        )
+        for run_id, outcome in lost.items():
+            if outcome == "queued":
+                log(f"worker {self.name} queued lost run {run_id} again (worker lost)")
+            else:
+                log(f"worker {self.name} marked run {run_id} failed: worker lost")
 
     def _housekeeping(self) -> None:
         recover_every = max(self.opts.heartbeat_s, self.opts.stale_after_s / 4)

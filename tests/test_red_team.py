@@ -407,10 +407,10 @@ def test_a_run_keeps_training_through_a_long_import(
     import threading
     import time
 
-    from db.queue import cancel_runs
     from worker_helpers import wait_for
 
     from db import engine as engine_module
+    from db.lifecycle import cancel_runs
     from db.queries import list_runs
     from runner.foreground import train_foreground
 

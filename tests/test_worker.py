@@ -63,8 +63,8 @@ def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, sqlite_engi
     assert recover_stale(sqlite_engine, 60, now=db_now(sqlite_engine) + timedelta(seconds=30)) == []
 
     # A new worker checks for lost runs as it starts (with --stale-after 0 any old heartbeat
-    # counts as lost, so no waiting is needed).
-    second = WorkerProcess(str(db_path), "--exit-when-idle", "--stale-after", "0")
+    # counts as lost, so no waiting is needed). --retries 0: fail it, don't train it again.
+    second = WorkerProcess(str(db_path), "--exit-when-idle", "--stale-after", "0", "--retries", "0")
     assert second.wait() == 0, second.output
     assert f"marked run {run_id} failed: worker lost" in second.output
 

@@ -101,6 +101,8 @@ def config_section(sel: db_gateway.Selection) -> None:
         st.dataframe(diff, width="stretch")
     # Values are typed text (a CSV dataset's path, a label column): shown as typed.
     st.caption(escape_markdown("Shared: " + ", ".join(f"{k} = {v}" for k, v in shared.items())))
+    tries = zip(sel.runs["run_label"], sel.runs["attempts"], strict=True)
+    st.caption(escape_markdown("Attempts: " + ", ".join(f"{label}: {n}" for label, n in tries)))
 
 
 def curves_section(epochs: pd.DataFrame) -> None:

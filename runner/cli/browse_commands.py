@@ -173,6 +173,9 @@ def show(
     console.print(header, highlight=False)
     if doc["error"]:
         console.print(Text("error: " + printable(doc["error"]), style="red"), highlight=False)
+    console.print(
+        printable(f"attempts: {doc['attempts']}  host: {doc['hostname'] or '-'}"), highlight=False
+    )
     config = " ".join(f"{k}={v}" for k, v in doc["config"].items())
     console.print(printable(config), highlight=False)
     console.print()

@@ -126,13 +126,68 @@ def worker(
     ] = 60.0,
     poll: Annotated[float, seconds_option("Seconds between looks at an empty queue.", 0.01)] = 1.0,
     max_csv_mb: MaxCsvOption = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="A lost run (stale heartbeat) is queued again up to this many times; its "
+            "partial epochs are discarded.",
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the workers as actors on a Ray cluster: auto, ray://host:10001, "
+            "host:6379, or 'local' (a private Ray instance on this machine).",
+            show_default=False,
+        ),
+    ] = None,
+    cpus_per_worker: Annotated[
+        float, typer.Option(min=0.0, help="With --ray: CPUs each worker actor reserves.")
+    ] = 1.0,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --ray: GPUs each worker actor reserves (0.5 shares one)."),
+    ] = 0.0,
+    max_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=4096,
+            help="With --ray: elastic, as many actors as queued runs (a group counts once) up "
+            "to this many; --concurrency is then ignored.",
+            show_default=False,
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --max-workers: seconds an idle actor stays."),
+    ] = 60.0,
 ) -> None:
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
-    at their next check (within about a second) and marks them interrupted, epochs kept."""
+    at their next check (within about a second) and marks them interrupted, epochs kept.
+    With --ray the workers run as Ray actors, placed by the cluster."""
     from db.engine import resolve_db
     from runner.cli.common import err_console, fail, open_engine
     from runner.worker import WorkerOptions, log, run_worker
 
+    if ray_address is None and (
+        max_workers is not None or (cpus_per_worker, gpus_per_worker) != (1.0, 0.0)
+    ):
+        fail("--max-workers, --cpus-per-worker and --gpus-per-worker need --ray ADDRESS")
+    for name, amount in (("cpus", cpus_per_worker), ("gpus", gpus_per_worker)):
+        if amount > 1 and amount != int(amount):  # Ray's rule for resource quantities
+            fail(f"--{name}-per-worker {amount:g}: above 1 it must be a whole number")
+    if ray_address is not None:
+        from runner.ray_workers import RAY_MISSING, address_problem, ray_installed
+
+        if not ray_installed():
+            fail(RAY_MISSING)
+        if problem := address_problem(resolve_db(db), ray_address):
+            fail(problem)
     open_engine(db).dispose()  # a missing or outdated database fails here, readably
     if stale_after < 3 * heartbeat:
         log(
@@ -147,9 +202,22 @@ def worker(
         heartbeat_s=heartbeat,
         stale_after_s=stale_after,
         poll_s=poll,
+        retries=retries,
     )
     try:
-        handled = run_worker(options)
+        if ray_address is not None:
+            from runner.ray_workers import RayOptions, run_ray_workers
+
+            ray_options = RayOptions(
+                address=ray_address,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                max_workers=max_workers,
+                idle_timeout_s=idle_timeout,
+            )
+            handled = run_ray_workers(options, ray_options)
+        else:
+            handled = run_worker(options)
     except RuntimeError as exc:
         fail(str(exc), code=1)
     plural = "" if handled == 1 else "s"

@@ -1,0 +1,352 @@
+"""`gradscope worker --ray ADDRESS`: the same workers, as Ray actors placed by a Ray cluster.
+
+The driver (this process) connects to a cluster (or starts a private local one), and keeps
+`--concurrency` actors running, or, with `--max-workers`, as many as there is queued work. Each
+actor wraps one `runner.worker.Slot`, the loop a plain worker process runs: it claims from the
+database, trains, heartbeats and recovers lost runs exactly as `gradscope worker` does, so the
+database stays the one source of truth and Ray and plain workers can share a queue. Ray only
+places the actors (by their CPU/GPU resources) and relays their log lines here.
+
+Stopping the driver (SIGTERM, Ctrl-C) asks every actor to stop; their runs end `interrupted`.
+An actor that dies (killed, node lost) leaves its runs `running` until their heartbeat is stale;
+then any worker queues them again (`--retries`) and the driver starts a replacement actor.
+
+Ray is imported lazily: it is an optional extra (`pip install gradscope[ray]`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from db.engine import make_engine, to_url
+from db.errors import StorageError
+from db.lifecycle import queued_demand, recover_lost
+from runner.worker import STOP_SIGNALS, RunBudget, Slot, WorkerOptions, log
+
+LOCAL = "local"
+RAY_MISSING = (
+    "--ray needs Ray, which is not installed: pip install 'gradscope[ray]' "
+    "(or pip install 'ray>=2.60')"
+)
+# Database connections per actor (PostgreSQL): the training loop and the heartbeat thread.
+ACTOR_POOL_SIZE = 1
+LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
+# How long stopped actors get to end their runs `interrupted` before they are killed.
+STOP_GRACE_S = 30.0
+# Actors that die before the driver gives up replacing them (a broken setup, not a fault).
+DEATHS_PER_SLOT = 3
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str  # "local", "auto", "ray://host:10001" or "host:6379"
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_workers: int | None = None  # elastic: 0..max_workers actors, by queued work
+    idle_timeout_s: float = 60.0  # elastic: an actor without work for this long leaves
+
+
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def address_problem(db: str, address: str) -> str | None:
+    """Why `db` cannot serve a cluster at `address`, or None."""
+    if address != LOCAL and to_url(db).startswith("sqlite"):
+        return (
+            f"--ray {address} needs a database every node can reach: a SQLite file cannot be "
+            "shared across machines. Use PostgreSQL (--db postgresql+psycopg://user@host/db), "
+            "or --ray local to use this machine only."
+        )
+    return None
+
+
+# -- what runs inside the actors ------------------------------------------------------------
+
+
+class WorkerActor:
+    """One gradscope worker as a Ray actor: a `Slot` (the plain worker's claim/train loop).
+    Created with max_concurrency=2, so `stop` and `busy` are served while `run` trains."""
+
+    def __init__(self, opts: WorkerOptions, budget: Any) -> None:
+        self.slot = Slot(opts, RemoteBudget(budget) if budget is not None else _unlimited(), None)
+
+    def run(self) -> int:
+        return self.slot.run()
+
+    def stop(self, reason: str = "interrupted") -> None:
+        self.slot.request_stop(reason)
+
+    def busy(self) -> bool:
+        return bool(self.slot._current)
+
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+
+class BudgetActor:
+    """`--max-runs` across actors on any node: the shared counter RunBudget keeps in memory."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.value = 0
+
+    def take(self) -> bool:
+        if self.limit is not None and self.value >= self.limit:
+            return False
+        self.value += 1
+        return True
+
+    def adjust(self, delta: int) -> None:
+        self.value += delta
+
+    def spent(self) -> bool:
+        return self.limit is not None and self.value >= self.limit
+
+
+class RemoteBudget:
+    """RunBudget's two methods, answered by the driver's BudgetActor (one round trip each)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def take(self) -> bool:
+        import ray
+
+        return bool(ray.get(self.actor.take.remote()))
+
+    def adjust(self, delta: int) -> None:
+        import ray
+
+        ray.get(self.actor.adjust.remote(delta))
+
+
+def _unlimited() -> RunBudget:
+    return RunBudget(None, multiprocessing.Value("i", 0))
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+class _Connection:
+    """ray.init for `address`; for "local" a private instance in a private temp dir, shut
+    down (and the dir removed) on close. An already initialised Ray (tests) is reused."""
+
+    def __init__(self, ray: Any, address: str, cpus_needed: float) -> None:
+        self.ray = ray
+        self.owned = False
+        self.temp_dir: str | None = None
+        if ray.is_initialized():
+            return
+        if address == LOCAL:
+            # Short path: Ray's unix sockets live under it (about 100 characters at most).
+            self.temp_dir = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
+                include_dashboard=False,
+                # The driver and actors pass only options and counts through Ray's object
+                # store; Ray's default reserves 30% of memory in /dev/shm.
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                _temp_dir=self.temp_dir,
+            )
+        else:
+            try:
+                ray.init(address=address)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                # Shown as one line by the CLI (e.g. no cluster at that address).
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                raise RuntimeError(f"cannot connect to Ray at {address}: {first}") from exc
+        self.owned = True
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
+    """The `gradscope worker --ray` driver: returns how many runs its actors handled."""
+    # Every worker line matters (which run went where); Ray would fold similar lines together.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    elastic = ray_opts.max_workers is not None
+    slots = ray_opts.max_workers if elastic else opts.concurrency
+    assert slots is not None
+    connection = _Connection(ray, ray_opts.address, slots * ray_opts.cpus_per_worker)
+    stopping = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # (tests drive it from a thread)
+        # After ray.init: it installs a SIGTERM handler of its own in the driver.
+        previous = {sig: signal.signal(sig, lambda _s, _f: stopping.set()) for sig in STOP_SIGNALS}
+    try:
+        return _Driver(ray, opts, ray_opts, stopping).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        connection.close()
+
+
+class _Driver:
+    def __init__(
+        self, ray: Any, opts: WorkerOptions, ray_opts: RayOptions, stopping: threading.Event
+    ) -> None:
+        self.ray = ray
+        self.opts = opts
+        self.ray_opts = ray_opts
+        self.stopping = stopping
+        self.elastic = ray_opts.max_workers is not None
+        self.slots = ray_opts.max_workers if self.elastic else opts.concurrency
+        self.actor_class = ray.remote(WorkerActor).options(
+            num_cpus=ray_opts.cpus_per_worker,
+            num_gpus=ray_opts.gpus_per_worker,
+            max_concurrency=2,
+        )
+        self.budget = (
+            ray.remote(BudgetActor).options(num_cpus=0).remote(opts.max_runs)
+            if opts.max_runs is not None
+            else None
+        )
+        self.actor_opts = replace(
+            opts,
+            concurrency=1,
+            pool_size=ACTOR_POOL_SIZE,
+            idle_exit_s=ray_opts.idle_timeout_s if self.elastic else None,
+        )
+        self.running: dict[Any, Any] = {}  # run() ObjectRef -> actor handle
+        self.handled = 0
+        self.deaths = 0
+        self.engine = make_engine(opts.db, pool_size=ACTOR_POOL_SIZE) if self.elastic else None
+
+    def _start(self, count: int) -> None:
+        for _ in range(count):
+            actor = self.actor_class.remote(self.actor_opts, self.budget)
+            self.running[actor.run.remote()] = actor
+
+    def run(self) -> int:
+        where = self.ray_opts.address
+        size = f"up to {self.slots}" if self.elastic else f"{self.slots}"
+        log(f"ray driver: {size} worker actors on {where} ({self.ray_opts.cpus_per_worker:g} CPU,"
+            f" {self.ray_opts.gpus_per_worker:g} GPU each)")  # fmt: skip
+        self._check_fits()
+        if not self.elastic:
+            self._start(self.slots)
+        next_scale = 0.0
+        recover_every = max(self.opts.heartbeat_s, self.opts.stale_after_s / 4)
+        next_recovery = 0.0
+        try:
+            while not self.stopping.is_set():
+                if self.elastic and time.monotonic() >= next_scale:
+                    next_scale = time.monotonic() + self.opts.poll_s
+                    try:
+                        if time.monotonic() >= next_recovery:
+                            # With no actor alive nobody else would notice a lost run.
+                            next_recovery = time.monotonic() + recover_every
+                            self._recover()
+                        if self._scale() and not self.running:
+                            break
+                    except StorageError as exc:  # transient: look again at the next tick
+                        log(f"ray driver: cannot read the queue: {exc}")
+                if not self.running and not self.elastic:
+                    break
+                self._collect(timeout=min(self.opts.poll_s, 0.5))
+        finally:
+            self._stop_all()
+            if self.engine is not None:
+                self.engine.dispose()
+        return self.handled
+
+    def _check_fits(self) -> None:
+        """Warn when the cluster has no room for one actor: Ray then keeps it pending (for
+        the autoscaler, if there is one) and nothing trains meanwhile."""
+        total = self.ray.cluster_resources()
+        for resource, need in (("CPU", self.ray_opts.cpus_per_worker),
+                               ("GPU", self.ray_opts.gpus_per_worker)):  # fmt: skip
+            if need > total.get(resource, 0):
+                log(f"ray driver: warning: the cluster has {total.get(resource, 0):g} {resource}"
+                    f" in all, a worker actor asks for {need:g}; actors wait until a node with "
+                    "enough joins")  # fmt: skip
+
+    def _collect(self, timeout: float) -> None:
+        if not self.running:
+            self.stopping.wait(timeout)
+            return
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        for ref in ready:
+            self.running.pop(ref)
+            try:
+                runs = self.ray.get(ref)
+            except self.ray.exceptions.RayError as exc:
+                self.deaths += 1
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                log(f"ray driver: a worker actor died ({reason}); its runs are retried once "
+                    "their heartbeat is stale")  # fmt: skip
+                if self.deaths > DEATHS_PER_SLOT * self.slots:
+                    raise RuntimeError(
+                        f"{self.deaths} worker actors died; giving up (last: {reason})"
+                    ) from exc
+                if not self.elastic and not self.stopping.is_set():
+                    self._start(1)  # keep --concurrency actors, as Ray would restart one
+            else:
+                self.handled += runs
+                log(
+                    f"ray driver: a worker actor left after {runs} runs, {len(self.running)} remain"
+                )
+
+    def _recover(self) -> None:
+        assert self.engine is not None
+        lost = recover_lost(self.engine, self.opts.stale_after_s, retries=self.opts.retries)
+        for run_id, outcome in lost.items():
+            done = "queued again" if outcome == "queued" else "failed"
+            log(f"ray driver: run {run_id} lost its worker: {done}")
+
+    def _scale(self) -> bool:
+        """Elastic: start actors for queued work nobody idle will take. True when the driver
+        is done (--exit-when-idle with an empty queue, or --max-runs spent)."""
+        assert self.engine is not None and self.slots is not None
+        demand = queued_demand(self.engine)
+        spent = self.budget is not None and self.ray.get(self.budget.spent.remote())
+        if spent or (self.opts.exit_when_idle and demand == 0):
+            return True
+        # An actor still starting (or busy answering) counts as idle: it will claim soon.
+        actors = list(self.running.values())
+        ready, _ = self.ray.wait([a.busy.remote() for a in actors], num_returns=len(actors),
+                                 timeout=0.5) if actors else ([], [])  # fmt: skip
+        busy = sum(bool(self.ray.get(r)) for r in ready)
+        wanted = min(self.slots - len(actors), demand - (len(actors) - busy))
+        if wanted > 0:
+            log(f"ray driver: {demand} queued, starting {wanted} worker actors")
+            self._start(wanted)
+        return False
+
+    def _stop_all(self) -> None:
+        """Ask every actor to stop (its runs end `interrupted`), wait, then kill stragglers."""
+        if not self.running:
+            return
+        log(f"ray driver: stopping {len(self.running)} worker actors")
+        for actor in self.running.values():
+            actor.stop.remote("interrupted")
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.running and time.monotonic() < deadline:
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                self.running.pop(ref)
+                # One that died while stopping: its runs go stale and are retried.
+                with contextlib.suppress(self.ray.exceptions.RayError):
+                    self.handled += self.ray.get(ref)
+        for actor in self.running.values():
+            log("ray driver: a worker actor did not stop in time; killed")
+            self.ray.kill(actor)
+        self.running.clear()
