@@ -198,8 +198,10 @@ def make_engine(
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision stamped in the database, or None when it has none."""
-    with engine.connect() as conn:
+    """The Alembic revision stamped in the database, or None when it has none. A file that is
+    not a database, or a damaged one, is StorageError in the driver's own words."""
+    where = engine.url.render_as_string(hide_password=True)
+    with storage_errors(f"cannot read the schema version of {where}"), engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         row = conn.execute(text("SELECT version_num FROM alembic_version")).first()

@@ -7,10 +7,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, current_revision
-from db.errors import SchemaVersionError
+from db.errors import SchemaVersionError, StorageError
+from db.session import storage_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -35,7 +37,11 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
             "upgrade gradscope instead"
         )
     cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        with storage_errors(f"cannot upgrade {where}"), engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except CommandError as exc:  # Alembic's own refusal (e.g. an unknown revision)
+        raise StorageError(f"cannot upgrade {where}: {exc}") from exc
     return before, current_revision(engine) or ""

@@ -51,6 +51,14 @@ def pg_server() -> Iterator[PostgresServer]:
 _db_counter = itertools.count(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for PostgreSQL by fixture is a postgres test, marked or not, so
+    `-m "not postgres"` leaves it out and starts no server."""
+    for item in items:
+        if {"pg_url", "pg_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> str:
     """SQLAlchemy URL of an empty database of its own (postgresql+psycopg://...)."""

@@ -361,7 +361,9 @@ def _runs_cli(db: str) -> dict[str, str]:
     return {r["id"]: r["status"] for r in json.loads(result.output)}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_a_live_wal_database_imports_as_it_reads(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:

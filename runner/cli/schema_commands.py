@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import display_url, make_engine, resolve_db
 from db.errors import StorageError
@@ -19,17 +18,13 @@ def register(app: typer.Typer) -> None:
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Upgrade a database's schema to this gradscope's version (creates it if missing)."""
-    from alembic.util import CommandError
-
     from db.migrate import upgrade
 
     target = resolve_db(db)
     try:
         before, after = upgrade(make_engine(target, check_schema=False))
-    except StorageError as exc:
-        fail(str(exc))
-    except (SQLAlchemyError, CommandError) as exc:  # a read-only or malformed file
-        fail(f"cannot upgrade {display_url(target)}: {_reason(exc)}")
+    except StorageError as exc:  # a read-only or malformed file, in the driver's words
+        fail(str(exc).splitlines()[0])
     console.print(f"{display_url(target)}: schema {before or 'none'} -> {after}", highlight=False)
 
 
@@ -41,15 +36,8 @@ def db_current(db: DbOption = None) -> None:
     target = resolve_db(db)
     try:
         revision = current_revision(make_engine(target, check_schema=False, read_only=True))
-    except StorageError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:  # not a database, damaged, unreadable
-        fail(f"cannot read the schema version of {display_url(target)}: {_reason(exc)}")
+    except StorageError as exc:  # not a database, damaged, unreadable
+        fail(str(exc).splitlines()[0])
     console.print(
         f"database: {revision or 'none'}; this gradscope: {SCHEMA_REVISION}", highlight=False
     )
-
-
-def _reason(exc: Exception) -> str:
-    """The driver's own words (\"file is not a database\"), without SQLAlchemy's SQL echo."""
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
