@@ -18,7 +18,14 @@ from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.errors import StorageError
-from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel, RunPointsModel
+from db.models import (
+    DecisionGridModel,
+    EpochMetricModel,
+    LayerStatModel,
+    RunModel,
+    RunPointsModel,
+    RunTagModel,
+)
 from vocab.fields import (
     EPOCH_FIELDS,
     HIST_BINS,
@@ -33,7 +40,7 @@ Labels = Mapping[str, str]
 
 HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
 
-_R, _E, _L = RunModel, EpochMetricModel, LayerStatModel
+_R, _E, _L, _T = RunModel, EpochMetricModel, LayerStatModel, RunTagModel
 
 RUN_COLUMNS = (
     "id",
@@ -100,16 +107,27 @@ def _label_runs(frame: pd.DataFrame, labels: Labels) -> pd.DataFrame:
 
 
 def runs(engine: Engine) -> pd.DataFrame:
-    """Every run, newest first: the columns of the runs table plus a short error preview."""
+    """Every run, newest first (runs created together in reverse creation order): the columns
+    of the runs table, a short error preview, the notes, and `tags` (a sorted list per run)."""
     cols = [getattr(_R, c) for c in RUN_COLUMNS]
     error = func.substr(_R.error, 1, ERROR_PREVIEW_CHARS).label("error")
-    rows = _read(select(*cols, error).order_by(_R.created_at.desc(), _R.id), engine)
-    frame = _frame(rows, (*RUN_COLUMNS, "error"), floats=("final_test_acc",))
+    newest_first = (_R.created_at.desc(), _R.seq.desc(), _R.id)
+    rows = _read(select(*cols, error, _R.notes).order_by(*newest_first), engine)
+    frame = _frame(rows, (*RUN_COLUMNS, "error", "notes"), floats=("final_test_acc",))
+    tag_rows = _read(select(_T.run_id, _T.tag).order_by(_T.run_id, _T.tag), engine, plain=True)
+    tags: dict[str, list[str]] = {}
+    for run_id, tag in tag_rows:
+        tags.setdefault(run_id, []).append(tag)
+    frame["tags"] = [tags.get(run_id, []) for run_id in frame["id"]]
     frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
     for col in ("depth", "width", "seed", "epochs_done", "epochs_total"):
         frame[col] = frame[col].astype("int64")
     _utc(frame, "created_at", "finished_at")
     return frame
+
+
+def _len(column: object) -> object:
+    return func.coalesce(func.length(column), 0)
 
 
 def data_version(engine: Engine) -> tuple[str, ...]:
@@ -123,6 +141,10 @@ def data_version(engine: Engine) -> tuple[str, ...]:
         func.max(_R.started_at),
         func.max(_R.finished_at),
         func.coalesce(cancels, 0),
+        # Annotations (names, notes, tags) change none of the above. Lengths and the tag
+        # count catch nearly every edit (the dashboard's own edits also clear its caches).
+        func.coalesce(func.sum(_len(_R.name) + _len(_R.notes)), 0),
+        select(func.count()).select_from(_T).scalar_subquery(),
     )
     return tuple(str(v) for v in _read(stmt, engine)[0])
 
@@ -134,7 +156,7 @@ def queue(engine: Engine) -> pd.DataFrame:
     stmt = (
         select(*[getattr(_R, c) for c in names])
         .where(_R.status.in_(("queued", "running")))
-        .order_by(_R.status.desc(), _R.created_at, _R.id)  # running before queued
+        .order_by(_R.status.desc(), _R.created_at, _R.seq, _R.id)  # running before queued
     )
     frame = _frame(_read(stmt, engine, plain=True), names)
     frame["cancel_requested"] = frame["cancel_requested"].astype(bool)

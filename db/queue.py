@@ -120,7 +120,7 @@ def _running_values(engine: Engine, worker: str) -> dict[str, Any]:
 
 
 def claim_next(engine: Engine, worker: str) -> Claim | None:
-    """Claim the oldest queued run (by created_at, then id) for `worker`, or None when the queue
+    """Claim the oldest queued run (in creation order) for `worker`, or None when the queue
     is empty. When that run belongs to a group, every queued member of the group is claimed in
     the same transaction and returned together."""
     for _ in range(CLAIM_ATTEMPTS):
@@ -138,7 +138,8 @@ def _try_claim(engine: Engine, worker: str) -> Claim | None:
     candidate = (
         select(RunModel.id, RunModel.group_id)
         .where(RunModel.status == "queued")
-        .order_by(RunModel.created_at, RunModel.id)
+        # Creation order (seq), not UUID order, for runs created together.
+        .order_by(RunModel.created_at, RunModel.seq, RunModel.id)
         .limit(1)
         # PostgreSQL locks the row and skips rows other claimers hold; SQLite ignores this
         # (its writers are serialised, and the guarded update below decides).

@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 CHUNK = 500  # ids per IN (...) list: well under every backend's parameter limit
+# Annotations (name, notes, tags) are left out of the digest; see `_merge_annotations`.
+ANNOTATION_TABLES = ("run_tags",)
 DIGEST_RUN_COLUMNS = (
     "config",
     "status",
@@ -197,6 +199,8 @@ def run_digest(run: SourceRun) -> str:
     head = _normal_rows(TABLES["runs"], [run.run], DIGEST_RUN_COLUMNS)
     digest.update(json.dumps(head).encode())
     for name in CHILD_TABLES:
+        if name in ANNOTATION_TABLES:
+            continue  # what people wrote on a run is not its content: merged, not compared
         table = TABLES[name]
         columns = [c.name for c in table.columns if c.name != "run_id"]
         digest.update(f"\n{name}\n".encode())
@@ -346,6 +350,8 @@ class ImportReport:
     already_present: tuple[ImportedRun, ...] = ()
     conflicting: tuple[ImportedRun, ...] = ()
     refused: tuple[ImportedRun, ...] = field(default=())
+    # Already-present runs that gained tags, a name or notes from the file.
+    annotated: tuple[ImportedRun, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -356,6 +362,8 @@ class ImportReport:
             f"{len(self.already_present)} already present; "
             f"{len(self.conflicting)} conflicting (skipped); {len(self.refused)} refused."
         ]
+        if self.annotated:
+            lines.append(f"{len(self.annotated)} present run(s) took tags, names or notes")
         if self.upgraded_from:
             lines.append(f"(the file's schema {self.upgraded_from} was upgraded in a copy)")
         for title, runs in (("conflicting", self.conflicting), ("refused", self.refused)):
@@ -376,6 +384,7 @@ class ImportReport:
             "already_present": listed(self.already_present),
             "conflicting": listed(self.conflicting),
             "refused": listed(self.refused),
+            "annotated": listed(self.annotated),
         }
 
 
@@ -433,6 +442,46 @@ def _insert_runs(conn: Connection, runs: list[SourceRun], source_file: str) -> N
             conn.execute(insert(TABLES[name]), batch[start : start + 5_000])
 
 
+def _merge_annotations(
+    conn: Connection, runs: list[SourceRun], present: list[ImportedRun], *, write: bool
+) -> list[ImportedRun]:
+    """The conflict rule for runs already here with the same content (README, "Sharing"):
+    tags are united; this database's name and notes are kept, the file's fill them only
+    where this database has none. Returns the runs that gain something."""
+    ids = {p.id for p in present}
+    if not ids:
+        return []
+    from_file = {r.id: r for r in runs if r.id in ids}
+    runs_t, tags_t = TABLES["runs"], TABLES["run_tags"]
+    here: dict[str, dict[str, Any]] = {}
+    here_tags: dict[str, set[str]] = {i: set() for i in ids}
+    for chunk in _chunks(sorted(ids)):
+        stmt = select(runs_t.c.id, runs_t.c.name, runs_t.c.notes).where(runs_t.c.id.in_(chunk))
+        for row in conn.execute(stmt).mappings():
+            here[row["id"]] = dict(row)
+        for run_id, tag in conn.execute(
+            select(tags_t.c.run_id, tags_t.c.tag).where(tags_t.c.run_id.in_(chunk))
+        ):
+            here_tags[run_id].add(tag)
+    gained: list[ImportedRun] = []
+    for run_id in sorted(ids):
+        source, mine = from_file[run_id], here[run_id]
+        fill = {
+            k: source.run.get(k) for k in ("name", "notes") if not mine[k] and source.run.get(k)
+        }
+        new_tags = [
+            t["tag"] for t in source.children["run_tags"] if t["tag"] not in here_tags[run_id]
+        ]
+        if not fill and not new_tags:
+            continue
+        gained.append(ImportedRun(run_id, mine["name"] or source.run["name"]))
+        if write and fill:
+            conn.execute(runs_t.update().where(runs_t.c.id == run_id).values(**fill))
+        if write and new_tags:
+            conn.execute(insert(tags_t), [{"run_id": run_id, "tag": t} for t in new_tags])
+    return gained
+
+
 # An arbitrary constant naming the PostgreSQL advisory lock that serialises imports.
 _IMPORT_LOCK_KEY = 0x67736970
 
@@ -471,6 +520,8 @@ def import_file(
     source = source_name or path.name
     checked = read_source(path, source, max_bytes)
 
+    annotated: list[ImportedRun] = []
+
     def transaction() -> Classified:
         try:
             with engine.begin() as conn:
@@ -478,6 +529,8 @@ def import_file(
                 add, present, conflicting, refused = _classify(conn, checked.runs)
                 if add and not dry_run:
                     _insert_runs(conn, add, source[:500])
+                # Issue 11: names, notes and tags of runs already here merge (see the rule).
+                annotated[:] = _merge_annotations(conn, checked.runs, present, write=not dry_run)
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"importing {source} failed, nothing was imported: "
@@ -497,6 +550,7 @@ def import_file(
         already_present=tuple(present),
         conflicting=tuple(conflicting),
         refused=tuple(refused),
+        annotated=tuple(annotated),
     )
 
 

@@ -26,6 +26,7 @@ from db.errors import StorageError
 from db.models import Base
 from vocab.config import ConfigError, make_config
 from vocab.fields import HIST_SLOTS, RUN_STATUSES
+from vocab.text import has_unsafe_chars
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -231,6 +232,9 @@ def _check_run(row: dict[str, Any]) -> None:
     name = row["name"]
     if name is not None and any(ord(c) < 32 for c in name):
         raise _Bad("name contains control characters")
+    notes = row.get("notes")  # schema 0002; newlines and tabs are allowed in notes
+    if notes is not None and has_unsafe_chars(notes.replace("\n", "").replace("\t", "")):
+        raise _Bad("notes contain control characters")
     try:
         cfg = make_config(row["config"])
     except ConfigError as exc:
@@ -262,6 +266,9 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
         for key in ("fan_in", "fan_out", "n_params"):
             if row[key] < (0 if key == "n_params" else 1):
                 raise _Bad(f"{key} {row[key]} is out of range")
+    elif table == "run_tags":
+        if not row["tag"].strip() or has_unsafe_chars(row["tag"]):
+            raise _Bad("tag is empty or contains control characters")
     elif table == "layer_stats":
         hist = row["grad_hist"]
         if hist is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from db.clock import now_expr
 from db.errors import NotFoundError
@@ -77,6 +77,12 @@ class RunStore:
         if not rows:
             return []
         with transaction(self.engine) as s:
+            # Creation order: runs created together share created_at, so `seq` (max + 1, ...)
+            # keeps the order they were given in for tables, the queue and training. Not
+            # unique: two concurrent creators may reuse numbers, but each batch stays ordered.
+            first = s.execute(select(func.coalesce(func.max(_runs.c.seq), 0))).scalar_one() + 1
+            for offset, row in enumerate(rows):
+                row["seq"] = first + offset
             s.execute(insert(_runs).values(created_at=self._now), rows)
         return ids
 

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, db_gateway, state, view
+from dashboard import annotations, charts, db_gateway, state, view
 from dashboard.diagnosis import Finding, diagnose
 from dashboard.tables import config_diff, escape_markdown
 from vocab.fields import ACTIVE_STATUSES, HIST_LOG10_MAX, HIST_LOG10_MIN
@@ -38,6 +38,10 @@ def pick_runs() -> list[str]:
         placeholder="Choose runs to compare",
     )
     state.select_runs(picked)
+    if picked:
+        with st.expander("Names, notes and tags", icon=":material/edit_note:"):
+            run_id = st.selectbox("Run", picked, key="compare_annotate_run", format_func=names.get)
+            annotations.annotate_form(run_id, runs.set_index("id"), key="compare_annotate")
     return picked
 
 

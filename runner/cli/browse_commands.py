@@ -11,6 +11,7 @@ from rich.text import Text
 from db.engine import display_url, resolve_db
 from db.errors import StorageError
 from runner.cli.common import DbOption, JsonOption, console, fail, fmt, open_engine, print_json
+from vocab.text import printable
 
 
 def register(app: typer.Typer) -> None:
@@ -25,12 +26,15 @@ def runs(
         list[str] | None, typer.Option(help="Only runs with this status (repeatable).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many runs.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Only runs carrying this tag (repeatable).")
+    ] = None,
 ) -> None:
     """List runs, newest first: id, name, arch, depth, dataset, status, epochs, test accuracy."""
     from db.queries import list_runs
 
     try:
-        found = list_runs(open_engine(db), status, limit)
+        found = list_runs(open_engine(db), status, limit, tags=tag)
     except StorageError as exc:
         fail(str(exc))
     if json_out:
@@ -51,7 +55,9 @@ def runs(
             fmt(r.test_acc),
         )
     console.print(table)
-    if not found:
+    if not found and tag:
+        console.print(f"No runs tagged {', '.join(tag)}.")
+    elif not found:
         console.print("No runs yet. Try: gradscope train --arch sigmoid")
 
 
@@ -75,6 +81,12 @@ def show(
         Text(doc["id"], style="bold") + Text(f" {doc['name'] or ''}  status: {doc['status']}"),
         highlight=False,
     )
+    if doc["tags"]:
+        console.print("tags: " + printable(", ".join(doc["tags"])), highlight=False)
+    if doc["notes"]:
+        # An imported file's notes may hold escapes: shown, never obeyed (newlines kept).
+        shown = "\n".join(printable(line) for line in doc["notes"].splitlines())
+        console.print(f"notes: {shown}", highlight=False)
     if doc["error"]:
         console.print(f"error: {doc['error']}", highlight=False, markup=False)
     console.print(
