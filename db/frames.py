@@ -59,6 +59,7 @@ RUN_COLUMNS = (
     "cancel_requested",
     "created_at",
     "finished_at",
+    "seq",  # creation order; a run's colour on every page (dashboard.colors)
 )
 ERROR_PREVIEW_CHARS = 300
 
