@@ -20,7 +20,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from dashboard.colors import ARCH_COLORS, PALETTE, Colors
+from dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
 from dashboard.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
 
 HEIGHT = 260
@@ -496,6 +496,20 @@ def decision_map(grid: pd.DataFrame, points: pd.DataFrame, size: int = 360) -> a
 # --- Sweeps -------------------------------------------------------------------------------------
 
 
+def _x_encoding(data: pd.DataFrame, x: str) -> alt.X:
+    """Numbers on a quantitative axis (log when they span two decades: lr), words in order."""
+    if x == "depth":
+        return alt.X("depth:Q", title="depth (hidden layers)", axis=alt.Axis(tickMinStep=1))
+    values = pd.to_numeric(data[x], errors="coerce")
+    if len(data) and values.notna().all():
+        positive = values[values > 0]
+        wide = len(positive) == len(values) and positive.max() >= 100 * positive.min()
+        scale = alt.Scale(type="log") if wide else alt.Scale(zero=False)
+        axis = alt.Axis(format=LOG_FORMAT) if wide else alt.Axis()
+        return alt.X(f"{x}:Q", title=x, scale=scale, axis=axis)
+    return alt.X(f"{x}:O", title=x)
+
+
 def _sweep(
     summary: pd.DataFrame,
     field: str,
@@ -504,16 +518,30 @@ def _sweep(
     rule: float,
     rule_label: str,
     y_scale: alt.Scale | None = None,
+    x: str = "depth",
+    color: str = "arch",
+    colors: Colors | None = None,
 ) -> alt.LayerChart:
-    """Median over seeds per (arch, depth) with a min-max band and a dashed reference line."""
+    """Median over seeds per (x, colour) with a min-max band and a dashed reference line."""
     y_scale = y_scale if y_scale is not None else alt.Scale(zero=False)
-    data, dropped = _finite(summary[["arch", "depth", "seed", field]], field, positive=False)
+    cols = list(dict.fromkeys([color, x, "seed", field]))
+    data, dropped = _finite(summary[cols], field, positive=False)
+    data[color] = data[color].astype(str)  # legend keys are text (a scale matches strings)
+    if colors is None:  # architectures keep their colours on every page
+        fixed = ARCH_COLORS if color == "arch" else {}
+        mapping = value_colors([str(v) for v in data[color]], fixed)
+        colors = Colors(
+            color,
+            "architecture" if color == "arch" else color,
+            tuple(mapping),
+            tuple(mapping.values()),
+        )
     base = alt.Chart(data).encode(
-        x=alt.X("depth:Q", title="depth (hidden layers)", axis=alt.Axis(tickMinStep=1)),
+        x=_x_encoding(data, x),
         color=alt.Color(
-            "arch:N",
-            title="architecture",
-            scale=alt.Scale(domain=list(ARCH_COLORS), range=list(ARCH_COLORS.values())),
+            f"{color}:N",
+            title=colors.title,
+            scale=alt.Scale(domain=list(colors.domain), range=list(colors.range)),
         ),
     )
     band = base.mark_area(opacity=0.2).encode(
@@ -522,8 +550,8 @@ def _sweep(
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"median({field}):Q", title=y_title, scale=y_scale),
         tooltip=[
-            alt.Tooltip("arch:N"),
-            alt.Tooltip("depth:Q"),
+            alt.Tooltip(f"{color}:N"),
+            alt.Tooltip(f"{x}:N" if x != "depth" else "depth:Q"),
             alt.Tooltip(f"median({field}):Q", title="median", format=".2f"),
             alt.Tooltip(f"min({field}):Q", title="min", format=".2f"),
             alt.Tooltip(f"max({field}):Q", title="max", format=".2f"),
@@ -546,26 +574,36 @@ def _sweep(
     )
 
 
-def sweep_grad_ratio(summary: pd.DataFrame) -> alt.LayerChart:
-    """log10(grad norm first layer / output layer) at epoch 1 against depth, one line per arch."""
+def sweep_grad_ratio(
+    summary: pd.DataFrame, x: str = "depth", color: str = "arch", colors: Colors | None = None
+) -> alt.LayerChart:
+    """log10(grad norm first layer / output layer) at epoch 1 against `x`, a line per `color`."""
     return _sweep(
         summary,
         "grad_ratio_log10",
-        "Gradient ratio vs depth",
+        f"Gradient ratio vs {x}",
         "log10(first-layer / output-layer grad norm)",
         -math.log10(VANISH_FACTOR),
         f"vanishing ({VANISH_FACTOR:.0f}x smaller)",
+        x=x,
+        color=color,
+        colors=colors,
     )
 
 
-def sweep_accuracy(summary: pd.DataFrame) -> alt.LayerChart:
-    """Final test accuracy against depth, one line per arch."""
+def sweep_accuracy(
+    summary: pd.DataFrame, x: str = "depth", color: str = "arch", colors: Colors | None = None
+) -> alt.LayerChart:
+    """Final test accuracy against `x`, a line per `color`."""
     return _sweep(
         summary,
         "final_test_acc",
-        "Test accuracy vs depth",
+        f"Test accuracy vs {x}",
         "final test accuracy (fraction correct)",
         CHANCE_ACC,
         "chance",
         alt.Scale(domain=[0, 1]),
+        x=x,
+        color=color,
+        colors=colors,
     )
