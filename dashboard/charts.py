@@ -30,7 +30,10 @@ LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")
 # One column: two columns of long run names overflow the half-width charts on Compare.
 _RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
 # Dash legends drawn as dashed strokes, so "train" and "test" are told apart in the legend.
-_DASH_LEGEND = alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=300)
+# Grey symbols: the colour is the run's (one shared legend), and grey reads on both themes.
+_DASH_LEGEND = alt.Legend(
+    symbolType="stroke", symbolStrokeWidth=2, symbolSize=300, symbolStrokeColor="#8a8d93"
+)
 # 1e-7 style on every log axis (d3's default mixes 0.000001 and 1e-7).
 LOG_FORMAT = "~e"
 BAND_OPACITY = 0.18
@@ -58,21 +61,48 @@ def _bands(frame: pd.DataFrame, *fields: str) -> list[str]:
     return [f"{f}_{end}" for f in fields for end in ("lo", "hi") if f"{f}_lo" in frame]
 
 
+def _per_line(field: str) -> list[alt.Detail]:
+    return [alt.Detail("run_id:N"), alt.Detail(f"{field}:N")]
+
+
+def _dashed_with_points(
+    base: alt.Chart, field: str, title: str, band: alt.Chart | None = None
+) -> alt.LayerChart:
+    """Lines dashed by `field` with a dot at each value (and a band under them, if given).
+    Two layers, not mark_line(point=True): a line's overlaid points make Vega-Lite draw the
+    dash legend's symbols as (invisible or identical) dots; a plain line layer gets a legend
+    of dashed strokes."""
+    line = base.mark_line().encode(
+        strokeDash=alt.StrokeDash(f"{field}:N", title=title, legend=_DASH_LEGEND),
+        detail=_per_line(field),
+    )
+    dots = base.mark_point(filled=True, size=30).encode(detail=_per_line(field))
+    return alt.layer(*([band] if band is not None else []), line, dots)
+
+
 def _log_y(field: str, title: str) -> alt.Y:
     return alt.Y(
         f"{field}:Q", title=title, scale=alt.Scale(type="log"), axis=alt.Axis(format=LOG_FORMAT)
     )
 
 
+def _band(
+    base: alt.Chart, data: pd.DataFrame, field: str, y: alt.Y, detail: list | None = None
+) -> alt.Chart | None:
+    """The min-max band of grouped seeds under a line (None when the data has no band)."""
+    if f"{field}_lo" not in data:
+        return None
+    band_y = alt.Y(**{**y.to_dict(), "field": f"{field}_lo"})  # the line's axis and scale
+    encoding = {"y": band_y, "y2": f"{field}_hi:Q", "tooltip": alt.value(None)}
+    if detail is not None:
+        encoding["detail"] = detail
+    return base.mark_area(opacity=BAND_OPACITY).encode(**encoding)
+
+
 def _with_band(line: alt.Chart, data: pd.DataFrame, field: str, y: alt.Y) -> alt.Chart:
     """`line` with a min-max band under it when the data holds grouped seeds."""
-    if f"{field}_lo" not in data:
-        return line
-    band_y = alt.Y(**{**y.to_dict(), "field": f"{field}_lo"})  # the line's axis and scale
-    band = line.mark_area(opacity=BAND_OPACITY).encode(
-        y=band_y, y2=f"{field}_hi:Q", tooltip=alt.value(None)
-    )
-    return alt.layer(band, line)
+    band = _band(line, data, field, y)
+    return line if band is None else alt.layer(band, line)
 
 
 def _finite(frame: pd.DataFrame, column: str, *, positive: bool) -> tuple[pd.DataFrame, int]:
@@ -131,25 +161,20 @@ def _curves(
     else:
         title = "Accuracy"
         y = alt.Y("value:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1]))
-    line = (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
-            y=y,
-            color=_color(colors),
-            detail=alt.Detail("run_id:N"),
-            strokeDash=alt.StrokeDash("split:N", title="split", legend=_DASH_LEGEND),
-            shape=alt.Shape("split:N", title="split"),  # marker too: dots alone look the same
-            tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
-                alt.Tooltip("epoch:Q"),
-                alt.Tooltip("split:N"),
-                alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
-            ],
-        )
+    base = alt.Chart(long).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
+        y=y,
+        color=_color(colors),
+        detail=alt.Detail("run_id:N"),
+        tooltip=[
+            alt.Tooltip("run_label:N", title="run"),
+            alt.Tooltip("epoch:Q"),
+            alt.Tooltip("split:N"),
+            alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
+        ],
     )
-    return _with_band(line, long, "value", y).properties(
+    band = _band(base, long, "value", y, _per_line("split"))
+    return _dashed_with_points(base, "split", "split", band).properties(
         title=alt.Title(f"{title}: train vs test", subtitle=note),
         width="container",
         height=HEIGHT,
@@ -371,24 +396,22 @@ def unit_health(
     )
     long["measure"] = long["measure"].map({"saturated_frac": "saturated", "dead_frac": "dead"})
     long, _ = _finite(long, "fraction", positive=False)  # NaN: not measured for this activation
-    return (
-        alt.Chart(long, title=alt.Title("Saturated and dead units", subtitle=when))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
-            y=alt.Y("fraction:Q", title="fraction of units", scale=alt.Scale(domain=[0, 1])),
-            color=_color(colors),
-            detail=alt.Detail("run_id:N"),
-            strokeDash=alt.StrokeDash("measure:N", title="units", legend=_DASH_LEGEND),
-            shape=alt.Shape("measure:N", title="units"),
-            tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
-                alt.Tooltip("layer:Q"),
-                alt.Tooltip("measure:N"),
-                alt.Tooltip("fraction:Q", format=".1%"),
-            ],
-        )
-        .properties(width="container", height=HEIGHT)
+    base = alt.Chart(long).encode(
+        x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
+        y=alt.Y("fraction:Q", title="fraction of units", scale=alt.Scale(domain=[0, 1])),
+        color=_color(colors),
+        detail=alt.Detail("run_id:N"),
+        tooltip=[
+            alt.Tooltip("run_label:N", title="run"),
+            alt.Tooltip("layer:Q"),
+            alt.Tooltip("measure:N"),
+            alt.Tooltip("fraction:Q", format=".1%"),
+        ],
+    )
+    return _dashed_with_points(base, "measure", "units").properties(
+        title=alt.Title("Saturated and dead units", subtitle=when),
+        width="container",
+        height=HEIGHT,
     )
 
 

@@ -144,7 +144,7 @@ def test_view_lives_in_the_url(
     assert at.slider(key="compare_epoch").value == 3
     assert at.selectbox(key="compare_layer").value == 2
     (loss,) = chart_titled(at, "Loss")
-    assert loss.spec["encoding"]["y"]["scale"]["type"] == "log"
+    assert loss.spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
     assert labels_in(loss) == {lbl for lbl in labels_in(loss) if "seed resnet" not in lbl}
 
     at.slider(key="compare_epoch").set_value(4).run()

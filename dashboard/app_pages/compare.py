@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,9 +23,9 @@ from vocab.fields import (
 
 REFRESH_S = 2.0
 PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
+FOLD_AFTER = 12  # more per-run charts than this fold into an expander
 MAP_SIZE = 200  # pixels: a decision map with its legends fits a third of a wide page
 MAX_OPTIONS = 300  # the run picker lists the newest runs (and the chosen ones)
-LEGEND_COLUMNS = 3
 SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
 
 
@@ -72,6 +73,16 @@ def offer_latest(runs: pd.DataFrame) -> None:
             # The picker is drawn already: drop its state so the next run reads the URL.
             st.session_state.pop("compare_runs", None)
             st.rerun()
+
+
+def per_row_for(n: int) -> int:
+    """Per-run charts side by side: three for a few runs, six for many (one screen wide)."""
+    return PER_ROW if n <= 2 * PER_ROW else 2 * PER_ROW
+
+
+def folded(n: int, label: str) -> contextlib.AbstractContextManager:
+    """Many per-run charts fold into an expander, so 36 runs stay quick to scan."""
+    return st.expander(label) if n > FOLD_AFTER else contextlib.nullcontext()
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -230,7 +241,12 @@ def gradient_flow_section(view_: CompareView, epoch: int) -> None:
         "Gradient norm of each layer's weights at the chosen epoch. A line that falls "
         "towards layer 0 means the gradient vanishes before it reaches the first layers."
     )
-    view.chart(charts.gradient_flow(view_.layers, epoch, view_.colors))
+    # The page's one legend sits beside the signature picture (no chart draws its own).
+    flow, key = st.columns([3, 1])
+    with flow:
+        view.chart(charts.gradient_flow(view_.layers, epoch, view_.colors))
+    with key:
+        view.chart(charts.legend(view_.colors, columns=1))
 
 
 def gradient_sections(sel: db_gateway.Selection, view_: CompareView, epoch: int) -> None:
@@ -242,10 +258,13 @@ def gradient_sections(sel: db_gateway.Selection, view_: CompareView, epoch: int)
     )
     domain = charts.shared_log10_domain(layers)
     by_run = dict(tuple(layers.groupby("run_id", sort=False)))
-    for group in chunks([i for i in sel.label_map if i in by_run], PER_ROW):
-        for col, run_id in zip(st.columns(PER_ROW), group, strict=False):
-            with col:
-                view.chart(charts.grad_heatmap(by_run[run_id], domain))
+    shown = [i for i in sel.label_map if i in by_run]
+    per_row = per_row_for(len(shown))
+    with folded(len(shown), f"Show the {len(shown)} heatmaps"):
+        for group in chunks(shown, per_row):
+            for col, run_id in zip(st.columns(per_row), group, strict=False):
+                with col:
+                    view.chart(charts.grad_heatmap(by_run[run_id], domain))
 
     st.subheader("Gradient histograms")
     n_layers = int(layers["layer"].max()) + 1
@@ -302,11 +321,15 @@ def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
     )
     grids = dict(tuple(maps.grid.groupby("run_id", sort=False)))
     points = dict(tuple(maps.points.groupby("run_id", sort=False)))
-    for group in chunks([i for i in sel.label_map if i in grids], PER_ROW):
-        for col, run_id in zip(st.columns(PER_ROW), group, strict=False):
-            with col:
-                pts = points.get(run_id, maps.points.iloc[:0])
-                view.chart(charts.decision_map(grids[run_id], pts, size=MAP_SIZE), stretch=False)
+    shown = [i for i in sel.label_map if i in grids]
+    per_row = per_row_for(len(shown))
+    size = MAP_SIZE if per_row == PER_ROW else MAP_SIZE * PER_ROW // per_row + 20
+    with folded(len(shown), f"Show the {len(shown)} decision maps"):
+        for group in chunks(shown, per_row):
+            for col, run_id in zip(st.columns(per_row), group, strict=False):
+                with col:
+                    pts = points.get(run_id, maps.points.iloc[:0])
+                    view.chart(charts.decision_map(grids[run_id], pts, size=size), stretch=False)
 
 
 @dataclass(frozen=True)
@@ -393,8 +416,6 @@ def compare(run_ids: list[str]) -> None:
         return
     by, grouped = colour_controls(sel)
     view_ = build_view(sel, epochs, layers, by, grouped)
-    # One legend for every chart on the page (the charts draw none of their own).
-    view.chart(charts.legend(view_.colors, columns=LEGEND_COLUMNS))
     # The signature picture first: where the gradient goes, then what that means per run.
     epoch = epoch_control(int(layers["epoch"].max()))
     gradient_flow_section(view_, epoch)

@@ -13,7 +13,12 @@ REFRESH_S = 2.0
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),
     "progress": st.column_config.ProgressColumn(
-        "progress", min_value=0.0, max_value=1.0, format="percent", width="small"
+        "progress",
+        min_value=0.0,
+        max_value=1.0,
+        format="percent",
+        width="small",
+        color="blue",  # the theme's red would read as an error on completed runs
     ),
     "test acc": st.column_config.NumberColumn(
         "test acc", format="%.3f", width="small", help="Test accuracy at the last epoch"
