@@ -317,6 +317,15 @@ class DecisionMaps:
     points: pd.DataFrame  # run_id, run_label, x, y, label
 
 
+def _column(parts: list) -> np.ndarray:
+    """One column from per-run parts: arrays, or (run_id, count) pairs repeated at once (one
+    np.repeat of the ids, not a filled string array per run)."""
+    if parts and isinstance(parts[0], tuple):
+        ids, counts = zip(*parts, strict=True)
+        return np.repeat(np.array(ids, dtype=object), counts)
+    return np.concatenate(parts)
+
+
 def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
     """Each run's probability grid at the latest recorded grid epoch at or before `epoch`
     (grids are kept at a few epochs only), and its test points."""
@@ -334,34 +343,34 @@ def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
         ),
         engine,
     )
-    grids = []
+    # Built as whole columns (one numpy concatenate per column), not one DataFrame per run:
+    # with 50 runs the per-run frames and their concat cost more than reading the blobs.
+    grid_cols: dict[str, list] = {"run_id": [], "epoch": [], "x": [], "y": [], "prob": []}
     for run_id, grid_epoch, size, x_min, x_max, y_min, y_max, blob in grid_rows:
         probs = np.frombuffer(blob, dtype="<f2", count=size * size).astype(float)
         gx, gy = np.meshgrid(np.linspace(x_min, x_max, size), np.linspace(y_min, y_max, size))
-        grids.append(
-            pd.DataFrame(
-                {"run_id": run_id, "epoch": grid_epoch, "x": gx.ravel(), "y": gy.ravel()}
-                | {"prob": probs}  # row-major [y, x], like the meshgrid
-            )
-        )
+        grid_cols["run_id"].append((run_id, size * size))
+        grid_cols["epoch"].append(np.full(size * size, grid_epoch, dtype=np.int64))
+        grid_cols["x"].append(gx.ravel())
+        grid_cols["y"].append(gy.ravel())
+        grid_cols["prob"].append(probs)  # row-major [y, x], like the meshgrid
     p = RunPointsModel
     point_rows = _read(select(p.run_id, p.n, p.points).where(p.run_id.in_(ids)), engine, plain=True)
-    points = []
+    point_cols: dict[str, list] = {"run_id": [], "x": [], "y": [], "label": []}
     for run_id, n, blob in point_rows:
         xyl = np.frombuffer(blob, dtype="<f4", count=3 * n).reshape(n, 3).astype(float)
-        points.append(
-            pd.DataFrame(
-                {"run_id": run_id, "x": xyl[:, 0], "y": xyl[:, 1], "label": xyl[:, 2].astype(int)}
-            )
-        )
+        point_cols["run_id"].append((run_id, n))
+        point_cols["x"].append(xyl[:, 0])
+        point_cols["y"].append(xyl[:, 1])
+        point_cols["label"].append(xyl[:, 2].astype(np.int64))
     grid = (
-        pd.concat(grids, ignore_index=True)
-        if grids
+        pd.DataFrame({k: _column(v) for k, v in grid_cols.items()})
+        if grid_rows
         else _frame([], ("run_id", "epoch", "x", "y", "prob"))
     )
     pts = (
-        pd.concat(points, ignore_index=True)
-        if points
+        pd.DataFrame({k: _column(v) for k, v in point_cols.items()})
+        if point_rows
         else _frame([], ("run_id", "x", "y", "label"))
     )
     return DecisionMaps(_label_runs(grid, labels), _label_runs(pts, labels))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import pandas as pd
@@ -23,7 +22,7 @@ from vocab.fields import (
 
 REFRESH_S = 2.0
 PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
-FOLD_AFTER = 12  # more per-run charts than this fold into an expander
+FOLD_AFTER = 12  # more per-run charts than this are drawn only on request
 MAP_SIZE = 200  # pixels: a decision map with its legends fits a third of a wide page
 MAX_OPTIONS = 300  # the run picker lists the newest runs (and the chosen ones)
 SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
@@ -80,9 +79,10 @@ def per_row_for(n: int) -> int:
     return PER_ROW if n <= 2 * PER_ROW else 2 * PER_ROW
 
 
-def folded(n: int, label: str) -> contextlib.AbstractContextManager:
-    """Many per-run charts fold into an expander, so 36 runs stay quick to scan."""
-    return st.expander(label) if n > FOLD_AFTER else contextlib.nullcontext()
+def shown_per_run(n: int, label: str, key: str) -> bool:
+    """Per-run charts for many runs are drawn only on request: 36 heatmaps or maps would make
+    the page long and slow (each chart costs its own render), so 36 runs stay quick to scan."""
+    return n <= FOLD_AFTER or st.toggle(label, key=key)
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -260,7 +260,7 @@ def gradient_sections(sel: db_gateway.Selection, view_: CompareView, epoch: int)
     by_run = dict(tuple(layers.groupby("run_id", sort=False)))
     shown = [i for i in sel.label_map if i in by_run]
     per_row = per_row_for(len(shown))
-    with folded(len(shown), f"Show the {len(shown)} heatmaps"):
+    if shown_per_run(len(shown), f"Show the {len(shown)} heatmaps", "compare_heatmaps"):
         for group in chunks(shown, per_row):
             for col, run_id in zip(st.columns(per_row), group, strict=False):
                 with col:
@@ -308,10 +308,18 @@ def health_section(view_: CompareView, epoch: int) -> None:
 
 
 def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
+    n = len(sel.label_map)
+    if n > FOLD_AFTER:  # asked for first: the maps are not even read until then
+        st.subheader("Decision boundaries")
+        if not shown_per_run(n, f"Show the decision maps of the {n} runs", "compare_maps"):
+            return
     maps = db_gateway.decision_maps(sel, epoch)
     if maps.grid.empty:
+        if n > FOLD_AFTER:
+            st.caption("None of these runs has a decision map (two-feature datasets only).")
         return
-    st.subheader("Decision boundaries")
+    if n <= FOLD_AFTER:
+        st.subheader("Decision boundaries")
     shown = maps.grid.groupby("run_id", sort=False)["epoch"].first()
     st.caption(
         f"P(class 1) over the input plane with the test points, at the last recorded map "
@@ -324,12 +332,11 @@ def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
     shown = [i for i in sel.label_map if i in grids]
     per_row = per_row_for(len(shown))
     size = MAP_SIZE if per_row == PER_ROW else MAP_SIZE * PER_ROW // per_row + 20
-    with folded(len(shown), f"Show the {len(shown)} decision maps"):
-        for group in chunks(shown, per_row):
-            for col, run_id in zip(st.columns(per_row), group, strict=False):
-                with col:
-                    pts = points.get(run_id, maps.points.iloc[:0])
-                    view.chart(charts.decision_map(grids[run_id], pts, size=size), stretch=False)
+    for group in chunks(shown, per_row):
+        for col, run_id in zip(st.columns(per_row), group, strict=False):
+            with col:
+                pts = points.get(run_id, maps.points.iloc[:0])
+                view.chart(charts.decision_map(grids[run_id], pts, size=size), stretch=False)
 
 
 @dataclass(frozen=True)
