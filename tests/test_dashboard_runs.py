@@ -190,3 +190,17 @@ def test_rename_notes_and_tags_from_the_runs_page_and_filter_by_tag(
     assert list(runs_table(at).set_index("name").loc["after", "tags"]) == ["baseline", "keep"]
     at.multiselect(key="runs_tags").set_value(["keep"]).run()
     assert list(runs_table(at)["name"]) == ["after"]
+
+
+def test_selected_runs_hidden_by_a_filter_are_named_not_dropped(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    shown = add_run(engine, arch="relu", name="visible one")
+    hidden = add_run(engine, arch="sigmoid", name="filtered out")
+    at = open_app(monkeypatch, db_path, params={"runs": f"{shown},{hidden}"})
+    at.pills(key="runs_arch").select("relu").run()
+    assert list(runs_table(at)["name"]) == ["visible one"]
+    text = shown_text(at)
+    assert "Selected (2, 1 of them outside the current filters)" in text
+    assert "filtered out" in text  # named, so Delete cannot surprise anyone
+    assert set(at.query_params["runs"].split(",")) == {shown, hidden}

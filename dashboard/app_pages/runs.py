@@ -97,12 +97,14 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def actions(chosen: list[str], table: pd.DataFrame) -> None:
+def actions(chosen: list[str], table: pd.DataFrame, hidden: int = 0) -> None:
     n = len(chosen)
     if n:
         # Name what the buttons act on: ticked rows may have scrolled out of view.
+        outside = f", {hidden} of them outside the current filters" if hidden else ""
         st.caption(
-            f"**Selected ({n}):** " + tables.escape_markdown(tables.selection_text(table, chosen))
+            f"**Selected ({n}{outside}):** "
+            + tables.escape_markdown(tables.selection_text(table, chosen))
         )
     cols = st.columns(4)
     if cols[0].button(
@@ -179,14 +181,17 @@ def runs_view() -> None:
         column_config=COLUMNS,
         height=min(38 + 35 * len(view), 560),
     )
-    chosen = [view.index[pos] for pos in event.selection.rows]
+    # Runs ticked earlier and now hidden by the filters stay selected, and the actions say so
+    # (they are named under the table), rather than vanishing from the selection unseen.
+    hidden = [i for i in state.selected_runs() if i in table.index and i not in view.index]
+    chosen = [view.index[pos] for pos in event.selection.rows] + hidden
     if set(chosen) != selected:
         state.select_runs(chosen)
     st.caption(
         f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
         "click a column header to sort."
     )
-    actions(chosen, table)
+    actions(chosen, table, hidden=len(hidden))
     if len(chosen) == 1:
         annotate_form(chosen[0], db_gateway.runs().set_index("id"))
 
