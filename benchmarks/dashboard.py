@@ -12,6 +12,10 @@ inserts, not by training). With the 10 deep runs chosen for Compare:
    dashboard keeps its engine; the OS file cache is warm).
 3. A full AppTest render of the Compare page for the 10 runs, Streamlit caches cleared first.
    Target: under 3 s.
+4. Compare with 50 runs (10 configs x 5 seeds, depth 10 x 20 epochs, a database of their
+   own): its data against plain sqlite3 (ungrouped, and grouped: the seed medians and bands
+   computed in pandas on top), and a full cold AppTest render, ungrouped and grouped.
+   Targets: data under 2x, render under 3 s.
 
     python benchmarks/dashboard.py [--db PATH (reused if it exists)] [--rounds 5]
 """
@@ -37,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The project, not this folder (its queue.py would shadow the standard library's queue).
 sys.path[0] = str(ROOT)
 
-from dashboard import tables  # noqa: E402
+from dashboard import seeds, tables  # noqa: E402
 from db import frames  # noqa: E402
 from db.engine import make_engine  # noqa: E402
 from db.models import (  # noqa: E402
@@ -212,8 +216,9 @@ def raw_runs_page(conn: sqlite3.Connection) -> None:
     conn.execute(
         "SELECT id, name, status, arch, dataset, depth, width, seed, sweep_id, sweep_name, "
         "epochs_done, epochs_total, final_test_acc, cancel_requested, created_at, finished_at, "
-        "substr(error, 1, 300) FROM runs ORDER BY created_at DESC, id"
+        "seq, substr(error, 1, 300), notes FROM runs ORDER BY created_at DESC, seq DESC, id"
     ).fetchall()
+    conn.execute("SELECT run_id, tag FROM run_tags ORDER BY run_id, tag").fetchall()
     conn.execute(
         "SELECT l.run_id, l.epoch, l.layer, l.grad_norm, l.grad_max_abs, l.act_std, "
         f"l.saturated_frac, l.dead_frac FROM {ENDS} "
@@ -225,16 +230,35 @@ def raw_runs_page(conn: sqlite3.Connection) -> None:
     ).fetchall()
 
 
-def gradscope_compare_page(engine: Engine, ids: list[str]) -> None:
+def gradscope_compare_page(
+    engine: Engine,
+    ids: list[str],
+    epoch: int = CHOSEN_EPOCH,
+    layer: int = CHOSEN_LAYER,
+    grouped: bool = False,
+    maps: bool = True,
+) -> None:
     chosen = frames.selected_runs(engine, ids)
     labels = frames.run_labels(chosen)
-    frames.epochs(engine, labels)
-    frames.layer_stats(engine, labels)
-    frames.histograms(engine, labels, CHOSEN_EPOCH, CHOSEN_LAYER)
-    frames.decision_maps(engine, labels, CHOSEN_EPOCH)
+    epochs = frames.epochs(engine, labels)
+    layers = frames.layer_stats(engine, labels)
+    hist = frames.histograms(engine, labels, epoch, layer)
+    if maps:
+        frames.decision_maps(engine, labels, epoch)
+    if grouped:  # what "Group seeds" adds: medians and bands of every per-epoch/layer frame
+        groups = seeds.seed_groups(chosen)
+        seeds.aggregate(epochs, groups, ("epoch",), EPOCH_FIELDS)
+        seeds.aggregate(layers, groups, ("epoch", "layer"), LAYER_STAT_FIELDS)
+        seeds.aggregate(hist, groups, ("bin_left", "bin_right"), ("fraction", "count"))
 
 
-def raw_compare_page(conn: sqlite3.Connection, ids: list[str]) -> None:
+def raw_compare_page(
+    conn: sqlite3.Connection,
+    ids: list[str],
+    epoch: int = CHOSEN_EPOCH,
+    layer: int = CHOSEN_LAYER,
+    maps: bool = True,
+) -> None:
     marks = ",".join("?" * len(ids))
     conn.execute(f"SELECT *, config FROM runs WHERE id IN ({marks})", ids).fetchall()
     conn.execute(
@@ -250,14 +274,16 @@ def raw_compare_page(conn: sqlite3.Connection, ids: list[str]) -> None:
     conn.execute(
         f"SELECT run_id, grad_hist FROM layer_stats WHERE run_id IN ({marks}) AND epoch = ? "
         "AND layer = ?",
-        [*ids, CHOSEN_EPOCH, CHOSEN_LAYER],
+        [*ids, epoch, layer],
     ).fetchall()
+    if not maps:
+        return
     conn.execute(
         f"SELECT g.run_id, g.epoch, g.size, g.x_min, g.x_max, g.y_min, g.y_max, g.probs "
         f"FROM decision_grids g JOIN (SELECT run_id, max(epoch) AS epoch FROM decision_grids "
         f"WHERE run_id IN ({marks}) AND epoch <= ? GROUP BY run_id) m "
         "ON m.run_id = g.run_id AND m.epoch = g.epoch",
-        [*ids, CHOSEN_EPOCH],
+        [*ids, epoch],
     ).fetchall()
     conn.execute(
         f"SELECT run_id, n, points FROM run_points WHERE run_id IN ({marks})", ids
@@ -280,6 +306,96 @@ def paired(ours: Callable[[], None], raw: Callable[[], None], rounds: int) -> tu
         theirs.append(median_seconds(raw, 1))
         mine.append(median_seconds(ours, 1))
     return statistics.median(mine), statistics.median(theirs)
+
+
+# -- Compare with 50 runs (10 configs x 5 seeds) -------------------------------------------------
+
+FIFTY = {"depth": 10, "epochs": 20}
+FIFTY_CONFIGS = [(a, d) for a in ("sigmoid", "relu", "resnet") for d in (5, 10, 20)] + [
+    ("relu", 30)
+]
+FIFTY_EPOCH, FIFTY_LAYER = 10, 3
+
+
+def build_fifty(path: Path) -> list[str]:
+    """50 runs: 10 configurations x 5 seeds, depth 5..30, 20 epochs each; returns their ids."""
+    engine = make_engine(str(path))
+    rng = np.random.default_rng(1)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    runs, children = [], []
+    for k, (arch, depth) in enumerate(FIFTY_CONFIGS):
+        for seed in range(5):
+            shape = {"depth": depth, "epochs": FIFTY["epochs"]}
+            row = _run_row(k * 5 + seed, arch, shape, now)
+            row["config"] = make_config({"arch": arch, "seed": seed, **shape}).model_dump()
+            row["seed"], row["seq"] = seed, len(runs) + 1
+            runs.append(row)
+            children.append(_run_children(row["id"], depth, FIFTY["epochs"], rng))
+    models = (RunLayerModel, LayerStatModel, EpochMetricModel, DecisionGridModel, RunPointsModel)
+    with engine.begin() as conn:
+        conn.execute(insert(RunModel), runs)
+        for i, model in enumerate(models):
+            conn.execute(insert(model), [row for parts in children for row in parts[i]])
+    engine.dispose()
+    return [r["id"] for r in runs]
+
+
+def fifty_runs(rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="gradscope-bench50-") as tmp:
+        path = Path(tmp) / "fifty.db"
+        ids = build_fifty(path)
+        engine = make_engine(str(path))
+        conn = sqlite3.connect(path)
+        # With more than 12 runs the page reads the decision maps only when asked to show
+        # them: measured both ways (what the page reads, and with the maps too).
+        for grouped, maps in ((False, False), (True, False), (False, True)):
+            ours, raw = paired(
+                lambda g=grouped, m=maps: gradscope_compare_page(
+                    engine, ids, FIFTY_EPOCH, FIFTY_LAYER, grouped=g, maps=m
+                ),
+                lambda m=maps: raw_compare_page(conn, ids, FIFTY_EPOCH, FIFTY_LAYER, maps=m),
+                rounds,
+            )
+            what = ("grouped" if grouped else "ungrouped") + (
+                ", with decision maps" if maps else ", as the page reads (no maps)"
+            )
+            print(
+                f"Compare data, 50 runs ({what}): {ours * 1e3:.0f} ms vs sqlite3 "
+                f"{raw * 1e3:.0f} ms -> ratio {ours / raw:.2f} (target < 2)"
+            )
+        conn.close()
+        engine.dispose()
+        for grouped in (False, True):
+            seconds, n_charts = render_compare_only(path, ids, FIFTY_EPOCH, grouped)
+            print(
+                f"AppTest render of Compare, 50 runs ({'grouped' if grouped else 'ungrouped'}), "
+                f"cold caches: {seconds:.2f} s with {n_charts} charts (target < 3 s)"
+            )
+
+
+def render_compare_only(path: Path, ids: list[str], epoch: int, grouped: bool) -> tuple[float, int]:
+    """Seconds for AppTest to render Compare on `ids` with cold Streamlit caches (after one
+    warm-up run for imports and the engine), and how many charts it drew."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["GRADSCOPE_DB"] = str(path)
+    os.environ.pop("GRADSCOPE_WORKER_PID", None)
+    AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
+    at.query_params["runs"] = ",".join(ids)
+    at.query_params["epoch"] = str(epoch)
+    at.session_state["compare_group_seeds"] = grouped
+    at.run()  # the Runs page (the router's default); Compare below is what is timed
+    st.cache_data.clear()
+    at.switch_page("app_pages/compare.py")
+    start = time.perf_counter()
+    at.run()
+    seconds = time.perf_counter() - start
+    assert not at.exception, at.exception
+    assert at.toggle(key="compare_group_seeds").value is grouped
+    return seconds, len(at.get("vega_lite_chart"))
 
 
 def render_compare(path: Path, ids: list[str]) -> tuple[float, float, int]:
@@ -313,7 +429,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, help="database file to use (built if missing)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--only-fifty", action="store_true", help="only part 4 (Compare with 50 runs)"
+    )
     args = parser.parse_args()
+    fifty_runs(args.rounds)
+    if args.only_fifty:
+        return
     tmp = tempfile.TemporaryDirectory(prefix="gradscope-bench-")
     path = args.db or Path(tmp.name) / "bench.db"
     if not path.exists():

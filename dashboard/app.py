@@ -22,7 +22,10 @@ import streamlit as st  # noqa: E402
 from dashboard import sidebar, view  # noqa: E402
 from db.errors import StorageError  # noqa: E402
 
-st.set_page_config(page_title="gradscope", page_icon=":material/trending_down:", layout="wide")
+# A local image: a Material icon as page_icon is fetched from Google's font CDN on every rerun,
+# and a local tool makes no outbound requests.
+FAVICON = Path(__file__).resolve().parent / "favicon.png"
+st.set_page_config(page_title="gradscope", page_icon=str(FAVICON), layout="wide")
 
 PAGES = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/table_rows:", default=True),

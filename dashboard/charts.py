@@ -1,6 +1,11 @@
 """Pure chart builders: pandas DataFrame in, Altair chart out (no Streamlit, no database).
 
-Every chart colours runs by the `run_label` column. Log-scale charts drop zero, negative and
+Every chart colours its lines as `colors` (dashboard.colors.Colors) says: by default one colour
+per `run_label`; pages pass each run's own colour, or colour by architecture or a config field
+(a `colour` column in the data), and may hide the legend to show one shared legend instead.
+Lines are drawn per `run_id` (a seed group's id when seeds are grouped); where the data has
+`<field>_lo` and `<field>_hi` columns (grouped seeds: min and max) a band is drawn under the line
+(the median). Log-scale charts drop zero, negative and
 non-finite values in pandas before plotting (a log scale cannot show them; zero gradients are
 float32 underflow in deep sigmoid nets, inf/NaN come from diverged runs) and say how many were
 dropped in the subtitle. Single-view charts use `width="container"` so pages can stretch them.
@@ -15,6 +20,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
 from runner.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
 
 HEIGHT = 260
@@ -23,14 +29,80 @@ EPOCH_AXIS = alt.Axis(tickMinStep=1, format="d")
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")
 # One column: two columns of long run names overflow the half-width charts on Compare.
 _RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
+# Dash legends drawn as dashed strokes, so "train" and "test" are told apart in the legend.
+# Grey symbols: the colour is the run's (one shared legend), and grey reads on both themes.
+_DASH_LEGEND = alt.Legend(
+    symbolType="stroke", symbolStrokeWidth=2, symbolSize=300, symbolStrokeColor="#8a8d93"
+)
+# 1e-7 style on every log axis (d3's default mixes 0.000001 and 1e-7).
+LOG_FORMAT = "~e"
+BAND_OPACITY = 0.18
 
 
-def _run_color() -> alt.Color:
-    # tableau10: ten clearly different hues (the theme's default put relu and resnet in two
-    # similar blues).
-    return alt.Color(
-        "run_label:N", title="run", legend=_RUN_LEGEND, scale=alt.Scale(scheme="tableau10")
+def _color(colors: Colors | None) -> alt.Color:
+    colors = colors or Colors()
+    if colors.domain:
+        scale = alt.Scale(domain=list(colors.domain), range=list(colors.range))
+    else:
+        scale = alt.Scale(range=list(PALETTE))
+    legend = _RUN_LEGEND if colors.legend else None
+    return alt.Color(f"{colors.field}:N", title=colors.title, scale=scale, legend=legend)
+
+
+def _ids(frame: pd.DataFrame, colors: Colors | None) -> list[str]:
+    """The id columns a chart keeps: run_id, run_label and the colour key column."""
+    cols = ["run_id", "run_label"]
+    field = (colors or Colors()).field
+    return cols if field in cols or field not in frame else [*cols, field]
+
+
+def _bands(frame: pd.DataFrame, *fields: str) -> list[str]:
+    """The min/max columns of grouped seeds present for these fields."""
+    return [f"{f}_{end}" for f in fields for end in ("lo", "hi") if f"{f}_lo" in frame]
+
+
+def _per_line(field: str) -> list[alt.Detail]:
+    return [alt.Detail("run_id:N"), alt.Detail(f"{field}:N")]
+
+
+def _dashed_with_points(
+    base: alt.Chart, field: str, title: str, band: alt.Chart | None = None
+) -> alt.LayerChart:
+    """Lines dashed by `field` with a dot at each value (and a band under them, if given).
+    Two layers, not mark_line(point=True): a line's overlaid points make Vega-Lite draw the
+    dash legend's symbols as (invisible or identical) dots; a plain line layer gets a legend
+    of dashed strokes."""
+    line = base.mark_line().encode(
+        strokeDash=alt.StrokeDash(f"{field}:N", title=title, legend=_DASH_LEGEND),
+        detail=_per_line(field),
     )
+    dots = base.mark_point(filled=True, size=30).encode(detail=_per_line(field))
+    return alt.layer(*([band] if band is not None else []), line, dots)
+
+
+def _log_y(field: str, title: str) -> alt.Y:
+    return alt.Y(
+        f"{field}:Q", title=title, scale=alt.Scale(type="log"), axis=alt.Axis(format=LOG_FORMAT)
+    )
+
+
+def _band(
+    base: alt.Chart, data: pd.DataFrame, field: str, y: alt.Y, detail: list | None = None
+) -> alt.Chart | None:
+    """The min-max band of grouped seeds under a line (None when the data has no band)."""
+    if f"{field}_lo" not in data:
+        return None
+    band_y = alt.Y(**{**y.to_dict(), "field": f"{field}_lo"})  # the line's axis and scale
+    encoding = {"y": band_y, "y2": f"{field}_hi:Q", "tooltip": alt.value(None)}
+    if detail is not None:
+        encoding["detail"] = detail
+    return base.mark_area(opacity=BAND_OPACITY).encode(**encoding)
+
+
+def _with_band(line: alt.Chart, data: pd.DataFrame, field: str, y: alt.Y) -> alt.Chart:
+    """`line` with a min-max band under it when the data holds grouped seeds."""
+    band = _band(line, data, field, y)
+    return line if band is None else alt.layer(band, line)
 
 
 def _finite(frame: pd.DataFrame, column: str, *, positive: bool) -> tuple[pd.DataFrame, int]:
@@ -66,48 +138,59 @@ def _one_run(frame: pd.DataFrame, what: str) -> str:
 # --- Per-epoch curves ---------------------------------------------------------------------------
 
 
-def _curves(epochs: pd.DataFrame, stem: Literal["loss", "acc"]) -> alt.Chart:
+def _curves(
+    epochs: pd.DataFrame,
+    stem: Literal["loss", "acc"],
+    colors: Colors | None = None,
+    log: bool = False,
+) -> alt.Chart | alt.LayerChart:
+    ids = _ids(epochs, colors)
+    fields = [f"train_{stem}", f"test_{stem}"]
     long = epochs.melt(
-        id_vars=["run_id", "run_label", "epoch"],
-        value_vars=[f"train_{stem}", f"test_{stem}"],
-        var_name="split",
-        value_name="value",
+        id_vars=[*ids, "epoch"], value_vars=fields, var_name="split", value_name="value"
     )
     long["split"] = long["split"].str.split("_").str[0]  # "train_loss" -> "train"
-    long, dropped = _finite(long, "value", positive=False)
+    for end in ("lo", "hi") if f"train_{stem}_lo" in epochs else ():  # grouped seeds: the band
+        long[f"value_{end}"] = np.concatenate([epochs[f"{f}_{end}"].to_numpy() for f in fields])
+    long, dropped = _finite(long, "value", positive=log)
     note = f"{dropped} non-finite value(s) (diverged) not drawn" if dropped else ""
-    if stem == "loss":
+    if stem == "loss" and log:
+        title, y = "Loss", _log_y("value", "binary cross-entropy (nats, log scale)")
+    elif stem == "loss":
         title, y = "Loss", alt.Y("value:Q", title="binary cross-entropy (nats)")
     else:
         title = "Accuracy"
         y = alt.Y("value:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1]))
-    return (
-        alt.Chart(long, title=alt.Title(f"{title}: train vs test", subtitle=note))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
-            y=y,
-            color=_run_color(),
-            strokeDash=alt.StrokeDash("split:N", title="split"),
-            tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
-                alt.Tooltip("epoch:Q"),
-                alt.Tooltip("split:N"),
-                alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
-            ],
-        )
-        .properties(width="container", height=HEIGHT)
+    base = alt.Chart(long).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
+        y=y,
+        color=_color(colors),
+        detail=alt.Detail("run_id:N"),
+        tooltip=[
+            alt.Tooltip("run_label:N", title="run"),
+            alt.Tooltip("epoch:Q"),
+            alt.Tooltip("split:N"),
+            alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
+        ],
+    )
+    band = _band(base, long, "value", y, _per_line("split"))
+    return _dashed_with_points(base, "split", "split", band).properties(
+        title=alt.Title(f"{title}: train vs test", subtitle=note),
+        width="container",
+        height=HEIGHT,
     )
 
 
-def loss_curves(epochs: pd.DataFrame) -> alt.Chart:
-    """Train and test loss per epoch; colour = run, dash = split."""
-    return _curves(epochs, "loss")
+def loss_curves(
+    epochs: pd.DataFrame, colors: Colors | None = None, *, log: bool = False
+) -> alt.Chart:
+    """Train and test loss per epoch (log axis if `log`); colour = run, dash and marker = split."""
+    return _curves(epochs, "loss", colors, log)
 
 
-def accuracy_curves(epochs: pd.DataFrame) -> alt.Chart:
+def accuracy_curves(epochs: pd.DataFrame, colors: Colors | None = None) -> alt.Chart:
     """Train and test accuracy per epoch on a fixed 0-1 axis; colour = run, dash = split."""
-    return _curves(epochs, "acc")
+    return _curves(epochs, "acc", colors)
 
 
 def learning_curves(epochs: pd.DataFrame) -> alt.HConcatChart:
@@ -118,19 +201,19 @@ def learning_curves(epochs: pd.DataFrame) -> alt.HConcatChart:
     )
 
 
-def prediction_spread(epochs: pd.DataFrame) -> alt.LayerChart:
+def prediction_spread(epochs: pd.DataFrame, colors: Colors | None = None) -> alt.LayerChart:
     """Std of predicted probabilities per epoch (log), with the collapse threshold as a rule."""
-    data, dropped = _finite(
-        epochs[["run_id", "run_label", "epoch", "pred_std"]], "pred_std", positive=True
-    )
-    y_scale = alt.Scale(type="log")
+    cols = [*_ids(epochs, colors), "epoch", "pred_std", *_bands(epochs, "pred_std")]
+    data, dropped = _finite(epochs[cols], "pred_std", positive=True)
+    y = _log_y("pred_std", "std of predicted probability (log scale)")
     line = (
         alt.Chart(data)
         .mark_line(point=True)
         .encode(
             x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
-            y=alt.Y("pred_std:Q", title="std of predicted probability (log scale)", scale=y_scale),
-            color=_run_color(),
+            y=y,
+            color=_color(colors),
+            detail=alt.Detail("run_id:N"),
             tooltip=[
                 alt.Tooltip("run_label:N", title="run"),
                 alt.Tooltip("epoch:Q"),
@@ -142,7 +225,7 @@ def prediction_spread(epochs: pd.DataFrame) -> alt.LayerChart:
         alt.Chart(pd.DataFrame({"threshold": [COLLAPSE_PRED_STD], "meaning": ["collapse"]}))
         .mark_rule(strokeDash=[4, 4], color="gray")
         .encode(
-            y=alt.Y("threshold:Q", title="std of predicted probability (log scale)", scale=y_scale),
+            y=alt.Y(**{**y.to_dict(), "field": "threshold"}),
             tooltip=[alt.Tooltip("meaning:N"), alt.Tooltip("threshold:Q", format=".0e")],
         )
     )
@@ -151,7 +234,7 @@ def prediction_spread(epochs: pd.DataFrame) -> alt.LayerChart:
         "for every input",
         _log_note(dropped) + " (0 = exactly constant output)",
     ]
-    return alt.layer(line, rule).properties(
+    return alt.layer(_with_band(line, data, "pred_std", y), rule).properties(
         title=alt.Title("Prediction spread", subtitle=subtitle), width="container", height=HEIGHT
     )
 
@@ -159,30 +242,58 @@ def prediction_spread(epochs: pd.DataFrame) -> alt.LayerChart:
 # --- Per-layer pictures -------------------------------------------------------------------------
 
 
-def gradient_flow(layers: pd.DataFrame, epoch: int | None = 1) -> alt.Chart:
-    """Gradient norm (log) against layer index at one epoch, one line per run.
-
-    `epoch=None` takes each run's last epoch. A line falling towards layer 0 is vanishing.
-    """
+def _per_layer(
+    layers: pd.DataFrame,
+    epoch: int | None,
+    field: str,
+    title: str,
+    y_title: str,
+    tip: str,
+    colors: Colors | None,
+) -> alt.Chart | alt.LayerChart:
+    """A log-scale line per run of `field` against layer index at one epoch."""
     at, when = _at_epoch(layers, epoch)
-    data, dropped = _finite(
-        at[["run_id", "run_label", "epoch", "layer", "grad_norm"]], "grad_norm", positive=True
-    )
-    return (
-        alt.Chart(data, title=alt.Title("Gradient flow", subtitle=f"{when}; {_log_note(dropped)}"))
+    cols = [*_ids(at, colors), "epoch", "layer", field, *_bands(at, field)]
+    data, dropped = _finite(at[cols], field, positive=True)
+    y = _log_y(field, y_title)
+    line = (
+        alt.Chart(data)
         .mark_line(point=True)
         .encode(
             x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
-            y=alt.Y("grad_norm:Q", title="weight-gradient L2 norm", scale=alt.Scale(type="log")),
-            color=_run_color(),
+            y=y,
+            color=_color(colors),
+            detail=alt.Detail("run_id:N"),
             tooltip=[
                 alt.Tooltip("run_label:N", title="run"),
                 alt.Tooltip("epoch:Q"),
                 alt.Tooltip("layer:Q"),
-                alt.Tooltip("grad_norm:Q", title="grad norm", format=".2e"),
+                alt.Tooltip(f"{field}:Q", title=tip, format=".2e"),
             ],
         )
-        .properties(width="container", height=HEIGHT)
+    )
+    return _with_band(line, data, field, y).properties(
+        title=alt.Title(title, subtitle=f"{when}; {_log_note(dropped)}"),
+        width="container",
+        height=HEIGHT,
+    )
+
+
+def gradient_flow(
+    layers: pd.DataFrame, epoch: int | None = 1, colors: Colors | None = None
+) -> alt.Chart | alt.LayerChart:
+    """Gradient norm (log) against layer index at one epoch, one line per run.
+
+    `epoch=None` takes each run's last epoch. A line falling towards layer 0 is vanishing.
+    """
+    return _per_layer(
+        layers,
+        epoch,
+        "grad_norm",
+        "Gradient flow",
+        "weight-gradient L2 norm",
+        "grad norm",
+        colors,
     )
 
 
@@ -228,9 +339,9 @@ def grad_heatmap(layers: pd.DataFrame, domain: tuple[float, float]) -> alt.Chart
     )
 
 
-def grad_histograms(hist: pd.DataFrame) -> alt.Chart:
+def grad_histograms(hist: pd.DataFrame, colors: Colors | None = None) -> alt.Chart:
     """Overlaid histograms of log10|g|: fraction of gradient entries per bin, one colour per run."""
-    cols = ["run_id", "run_label", "bin_left", "bin_right", "count", "fraction"]
+    cols = [*_ids(hist, colors), "bin_left", "bin_right", "count", "fraction"]
     data = hist[cols]
     keep = np.isfinite(data[["bin_left", "bin_right", "fraction"]].to_numpy(dtype=float)).all(1)
     dropped = int((~keep).sum())
@@ -247,7 +358,8 @@ def grad_histograms(hist: pd.DataFrame) -> alt.Chart:
             y=alt.Y("fraction:Q", title="fraction of entries", stack=None),
             # With x2 set and no y2, Vega-Lite draws thin horizontal bars at each fraction.
             y2=alt.datum(0),
-            color=_run_color(),
+            color=_color(colors),
+            detail=alt.Detail("run_id:N"),
             tooltip=[
                 alt.Tooltip("run_label:N", title="run"),
                 alt.Tooltip("bin_left:Q", title="from log10", format=".2f"),
@@ -260,59 +372,46 @@ def grad_histograms(hist: pd.DataFrame) -> alt.Chart:
     )
 
 
-def activation_spread(layers: pd.DataFrame, epoch: int | None = None) -> alt.Chart:
+def activation_spread(
+    layers: pd.DataFrame, epoch: int | None = None, colors: Colors | None = None
+) -> alt.Chart | alt.LayerChart:
     """Std of activations across inputs per layer (log): shrinking means the signal contracts."""
-    at, when = _at_epoch(layers, epoch)
-    data, dropped = _finite(
-        at[["run_id", "run_label", "epoch", "layer", "act_std"]], "act_std", positive=True
-    )
-    return (
-        alt.Chart(
-            data, title=alt.Title("Activation spread", subtitle=f"{when}; {_log_note(dropped)}")
-        )
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
-            y=alt.Y("act_std:Q", title="std of activations", scale=alt.Scale(type="log")),
-            color=_run_color(),
-            tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
-                alt.Tooltip("epoch:Q"),
-                alt.Tooltip("layer:Q"),
-                alt.Tooltip("act_std:Q", title="act std", format=".2e"),
-            ],
-        )
-        .properties(width="container", height=HEIGHT)
+    return _per_layer(
+        layers, epoch, "act_std", "Activation spread", "std of activations", "act std", colors
     )
 
 
-def unit_health(layers: pd.DataFrame, epoch: int | None = None) -> alt.Chart:
-    """Fraction of saturated (sigmoid) and dead (ReLU) units per layer; NaN = not applicable."""
+def unit_health(
+    layers: pd.DataFrame, epoch: int | None = None, colors: Colors | None = None
+) -> alt.Chart:
+    """Fraction of saturated (sigmoid) and dead (ReLU) units per hidden layer; NaN = not
+    applicable. The output layer has no activation: it is left out (it drew lone dots)."""
     at, when = _at_epoch(layers, epoch)
-    long = at.melt(
-        id_vars=["run_id", "run_label", "epoch", "layer"],
+    hidden = at[at["layer"] < at.groupby("run_id")["layer"].transform("max")]
+    long = hidden.melt(
+        id_vars=[*_ids(hidden, colors), "epoch", "layer"],
         value_vars=["saturated_frac", "dead_frac"],
         var_name="measure",
         value_name="fraction",
     )
     long["measure"] = long["measure"].map({"saturated_frac": "saturated", "dead_frac": "dead"})
     long, _ = _finite(long, "fraction", positive=False)  # NaN: not measured for this activation
-    return (
-        alt.Chart(long, title=alt.Title("Saturated and dead units", subtitle=when))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
-            y=alt.Y("fraction:Q", title="fraction of units", scale=alt.Scale(domain=[0, 1])),
-            color=_run_color(),
-            strokeDash=alt.StrokeDash("measure:N", title="units"),
-            tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
-                alt.Tooltip("layer:Q"),
-                alt.Tooltip("measure:N"),
-                alt.Tooltip("fraction:Q", format=".1%"),
-            ],
-        )
-        .properties(width="container", height=HEIGHT)
+    base = alt.Chart(long).encode(
+        x=alt.X("layer:Q", title="layer (0 = input side, output last)", axis=LAYER_AXIS),
+        y=alt.Y("fraction:Q", title="fraction of units", scale=alt.Scale(domain=[0, 1])),
+        color=_color(colors),
+        detail=alt.Detail("run_id:N"),
+        tooltip=[
+            alt.Tooltip("run_label:N", title="run"),
+            alt.Tooltip("layer:Q"),
+            alt.Tooltip("measure:N"),
+            alt.Tooltip("fraction:Q", format=".1%"),
+        ],
+    )
+    return _dashed_with_points(base, "measure", "units").properties(
+        title=alt.Title("Saturated and dead units", subtitle=when),
+        width="container",
+        height=HEIGHT,
     )
 
 
@@ -321,6 +420,38 @@ def activation_health(layers: pd.DataFrame, epoch: int | None = None) -> alt.HCo
     return alt.hconcat(
         activation_spread(layers, epoch).properties(width=CONCAT_WIDTH),
         unit_health(layers, epoch).properties(width=CONCAT_WIDTH),
+    )
+
+
+def legend(colors: Colors, columns: int = 3) -> alt.LayerChart:
+    """One shared legend for a page's charts: a coloured line and its label per key, in
+    `columns` columns (a chart, so labels stay text: never Markdown or HTML)."""
+    n = len(colors.domain)
+    rows = max(1, -(-n // columns))
+    data = pd.DataFrame(
+        {
+            "key": list(colors.domain),
+            "col": [i // rows for i in range(n)],
+            "row": [i % rows for i in range(n)],
+        }
+    )
+    x = alt.X("col:Q", axis=None, scale=alt.Scale(domain=[0, columns]))
+    y = alt.Y("row:O", axis=None)
+    color = alt.Color(
+        "key:N",
+        scale=alt.Scale(domain=list(colors.domain), range=list(colors.range)),
+        legend=None,
+    )
+    base = alt.Chart(data).encode(
+        x=x, y=y, color=color, tooltip=[alt.Tooltip("key:N", title=colors.title)]
+    )
+    marks = base.mark_tick(orient="horizontal", thickness=3, size=18, xOffset=0)
+    # Labels in their run's colour: the palette is readable on both themes.
+    text = base.mark_text(align="left", dx=16, limit=300, fontSize=12).encode(text="key:N")
+    return alt.layer(marks, text).properties(
+        title=alt.Title(colors.title, anchor="start", fontSize=12),
+        width="container",
+        height=18 * rows,
     )
 
 
@@ -388,6 +519,20 @@ def decision_map(grid: pd.DataFrame, points: pd.DataFrame, size: int = 360) -> a
 # --- Sweeps -------------------------------------------------------------------------------------
 
 
+def _x_encoding(data: pd.DataFrame, x: str) -> alt.X:
+    """Numbers on a quantitative axis (log when they span two decades: lr), words in order."""
+    if x == "depth":
+        return alt.X("depth:Q", title="depth (hidden layers)", axis=alt.Axis(tickMinStep=1))
+    values = pd.to_numeric(data[x], errors="coerce")
+    if len(data) and values.notna().all():
+        positive = values[values > 0]
+        wide = len(positive) == len(values) and positive.max() >= 100 * positive.min()
+        scale = alt.Scale(type="log") if wide else alt.Scale(zero=False)
+        axis = alt.Axis(format=LOG_FORMAT) if wide else alt.Axis()
+        return alt.X(f"{x}:Q", title=x, scale=scale, axis=axis)
+    return alt.X(f"{x}:O", title=x)
+
+
 def _sweep(
     summary: pd.DataFrame,
     field: str,
@@ -396,13 +541,31 @@ def _sweep(
     rule: float,
     rule_label: str,
     y_scale: alt.Scale | None = None,
+    x: str = "depth",
+    color: str = "arch",
+    colors: Colors | None = None,
 ) -> alt.LayerChart:
-    """Median over seeds per (arch, depth) with a min-max band and a dashed reference line."""
+    """Median over seeds per (x, colour) with a min-max band and a dashed reference line."""
     y_scale = y_scale if y_scale is not None else alt.Scale(zero=False)
-    data, dropped = _finite(summary[["arch", "depth", "seed", field]], field, positive=False)
+    cols = list(dict.fromkeys([color, x, "seed", field]))
+    data, dropped = _finite(summary[cols], field, positive=False)
+    data[color] = data[color].astype(str)  # legend keys are text (a scale matches strings)
+    if colors is None:  # architectures keep their colours on every page
+        fixed = ARCH_COLORS if color == "arch" else {}
+        mapping = value_colors([str(v) for v in data[color]], fixed)
+        colors = Colors(
+            color,
+            "architecture" if color == "arch" else color,
+            tuple(mapping),
+            tuple(mapping.values()),
+        )
     base = alt.Chart(data).encode(
-        x=alt.X("depth:Q", title="depth (hidden layers)", axis=alt.Axis(tickMinStep=1)),
-        color=alt.Color("arch:N", title="architecture"),
+        x=_x_encoding(data, x),
+        color=alt.Color(
+            f"{color}:N",
+            title=colors.title,
+            scale=alt.Scale(domain=list(colors.domain), range=list(colors.range)),
+        ),
     )
     band = base.mark_area(opacity=0.2).encode(
         y=alt.Y(f"min({field}):Q", title=y_title, scale=y_scale), y2=f"max({field}):Q"
@@ -410,8 +573,8 @@ def _sweep(
     line = base.mark_line(point=True).encode(
         y=alt.Y(f"median({field}):Q", title=y_title, scale=y_scale),
         tooltip=[
-            alt.Tooltip("arch:N"),
-            alt.Tooltip("depth:Q"),
+            alt.Tooltip(f"{color}:N"),
+            alt.Tooltip(f"{x}:N" if x != "depth" else "depth:Q"),
             alt.Tooltip(f"median({field}):Q", title="median", format=".2f"),
             alt.Tooltip(f"min({field}):Q", title="min", format=".2f"),
             alt.Tooltip(f"max({field}):Q", title="max", format=".2f"),
@@ -434,26 +597,36 @@ def _sweep(
     )
 
 
-def sweep_grad_ratio(summary: pd.DataFrame) -> alt.LayerChart:
-    """log10(grad norm first layer / output layer) at epoch 1 against depth, one line per arch."""
+def sweep_grad_ratio(
+    summary: pd.DataFrame, x: str = "depth", color: str = "arch", colors: Colors | None = None
+) -> alt.LayerChart:
+    """log10(grad norm first layer / output layer) at epoch 1 against `x`, a line per `color`."""
     return _sweep(
         summary,
         "grad_ratio_log10",
-        "Gradient ratio vs depth",
+        f"Gradient ratio vs {x}",
         "log10(first-layer / output-layer grad norm)",
         -math.log10(VANISH_FACTOR),
         f"vanishing ({VANISH_FACTOR:.0f}x smaller)",
+        x=x,
+        color=color,
+        colors=colors,
     )
 
 
-def sweep_accuracy(summary: pd.DataFrame) -> alt.LayerChart:
-    """Final test accuracy against depth, one line per arch."""
+def sweep_accuracy(
+    summary: pd.DataFrame, x: str = "depth", color: str = "arch", colors: Colors | None = None
+) -> alt.LayerChart:
+    """Final test accuracy against `x`, a line per `color`."""
     return _sweep(
         summary,
         "final_test_acc",
-        "Test accuracy vs depth",
+        f"Test accuracy vs {x}",
         "final test accuracy (fraction correct)",
         CHANCE_ACC,
         "chance",
         alt.Scale(domain=[0, 1]),
+        x=x,
+        color=color,
+        colors=colors,
     )

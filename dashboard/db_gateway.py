@@ -316,6 +316,31 @@ def delete_runs(run_ids: Sequence[str]) -> int:
     return delete(_writable(), run_ids)
 
 
+def _annotated() -> None:
+    """After an edit here: the runs list is read again at once (the fingerprint in
+    `version()` sees most edits, not a rename to a name of the same length)."""
+    _runs.clear()
+    _runs_table.clear()
+
+
+def annotate_run(run_id: str, *, name: str | None, notes: str | None, tags: Sequence[str]) -> None:
+    """Store a run's name, notes and tags as edited on a page (db.annotate checks them first;
+    AnnotationError says what is wrong, and nothing is written then)."""
+    from db import annotate
+
+    # Check everything before the first write, so a bad tag does not leave a half-saved edit.
+    annotate.check_name(name)
+    annotate.check_notes(notes)
+    [annotate.check_tag(t) for t in tags]
+    eng = engine()
+    try:
+        annotate.rename_run(eng, run_id, name)
+        annotate.set_notes(eng, run_id, notes)
+        annotate.replace_tags(eng, run_id, tags)
+    finally:
+        _annotated()
+
+
 # -- the worker ---------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ def runs_table(runs: pd.DataFrame, run_badges: pd.Series) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "name": runs["name"].fillna(""),
+            "tags": runs["tags"] if "tags" in runs else [[] for _ in range(len(runs))],
             "status": runs["status"],
             "progress": (runs["epochs_done"] / total).clip(0, 1).to_numpy(),
             "epochs": [
@@ -61,6 +62,7 @@ def filter_runs(
     diagnoses: list[str] | None = None,
     sweep: str | None = None,
     depth: tuple[int, int] | None = None,
+    tags: list[str] | None = None,
 ) -> pd.DataFrame:
     """Rows of `runs_table` matching every given filter; `text` searches name and id."""
     keep = pd.Series(True, index=table.index)
@@ -76,11 +78,25 @@ def filter_runs(
     if diagnoses:
         wanted = set(diagnoses)
         keep &= table["diagnosis"].map(lambda found: bool(wanted.intersection(found)))
+    if tags:  # every chosen tag, as `gradscope runs --tag` does
+        wanted_tags = set(tags)
+        keep &= table["tags"].map(lambda have: wanted_tags.issubset(have))
     if sweep:
         keep &= table["sweep"].eq(sweep)
     if depth is not None:
         keep &= table["depth"].between(*depth)
     return table[keep]
+
+
+def selection_text(table: pd.DataFrame, chosen: list[str], limit: int = 8) -> str:
+    """The chosen runs named for people ("relu d6 · 1a2b3c4d, ... and 3 more"), so an action
+    says what it will act on even when the ticked rows have scrolled out of view."""
+    names = [
+        f"{table.at[i, 'name'] or table.at[i, 'arch'] + ' d' + str(table.at[i, 'depth'])} · {i[:8]}"
+        for i in chosen[:limit]
+    ]
+    more = f" and {len(chosen) - limit} more" if len(chosen) > limit else ""
+    return ", ".join(names) + more
 
 
 def _cell(value: object) -> str:

@@ -24,15 +24,37 @@ FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
 OWN_SIZE = alt.AutoSizeParams(type="pad")
 
 
+# Streamlit's chart theme colours titles and axes but not subtitles, which Vega draws black:
+# unreadable on the dark theme. They take the theme's text colour (Streamlit's defaults).
+TEXT_COLORS = {"light": "#31333f", "dark": "#fafafa"}
+
+
+def text_color() -> str:
+    """The page theme's text colour (light when the browser has not said)."""
+    try:
+        kind = st.context.theme.type
+    except (AttributeError, RuntimeError):  # outside a script run (tests of pure helpers)
+        kind = None
+    return TEXT_COLORS.get(kind or "light", TEXT_COLORS["light"])
+
+
 def chart(figure: alt.TopLevelMixin, *, stretch: bool = True) -> None:
-    """Show an Altair chart stretched to its column (or at its own size)."""
+    """Show an Altair chart stretched to its column (or at its own size), its subtitles in the
+    theme's text colour."""
+    subtitle = text_color()
     if stretch:
-        st.altair_chart(figure.properties(autosize=FIT_WIDTH), width="stretch")
+        st.altair_chart(
+            figure.properties(autosize=FIT_WIDTH).configure_title(subtitleColor=subtitle),
+            width="stretch",
+        )
     else:
         # A title no wider than the plot, so charts side by side do not run into each other.
         limit = figure.width + 60 if isinstance(figure.width, int) else 0
         st.altair_chart(
-            figure.properties(autosize=OWN_SIZE).configure_title(limit=limit), width="content"
+            figure.properties(autosize=OWN_SIZE).configure_title(
+                limit=limit, subtitleColor=subtitle
+            ),
+            width="content",
         )
 
 

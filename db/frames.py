@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
 
-from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel, RunPointsModel
+from db.models import (
+    DecisionGridModel,
+    EpochMetricModel,
+    LayerStatModel,
+    RunModel,
+    RunPointsModel,
+    RunTagModel,
+)
 from db.session import storage_errors
 from vocab.fields import (
     DIVERGENCE_LAYER_FIELDS,
@@ -33,7 +40,7 @@ Labels = Mapping[str, str]
 
 HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
 
-_R, _E, _L = RunModel, EpochMetricModel, LayerStatModel
+_R, _E, _L, _T = RunModel, EpochMetricModel, LayerStatModel, RunTagModel
 
 RUN_COLUMNS = (
     "id",
@@ -52,6 +59,7 @@ RUN_COLUMNS = (
     "cancel_requested",
     "created_at",
     "finished_at",
+    "seq",  # creation order; a run's colour on every page (dashboard.colors)
 )
 ERROR_PREVIEW_CHARS = 300
 
@@ -97,16 +105,27 @@ def _label_runs(frame: pd.DataFrame, labels: Labels) -> pd.DataFrame:
 
 
 def runs(engine: Engine) -> pd.DataFrame:
-    """Every run, newest first: the columns of the runs table plus a short error preview."""
+    """Every run, newest first (runs created together in reverse creation order): the columns
+    of the runs table, a short error preview, the notes, and `tags` (a sorted list per run)."""
     cols = [getattr(_R, c) for c in RUN_COLUMNS]
     error = func.substr(_R.error, 1, ERROR_PREVIEW_CHARS).label("error")
-    rows = _read(select(*cols, error).order_by(_R.created_at.desc(), _R.id), engine)
-    frame = _frame(rows, (*RUN_COLUMNS, "error"), floats=("final_test_acc",))
+    newest_first = (_R.created_at.desc(), _R.seq.desc(), _R.id)
+    rows = _read(select(*cols, error, _R.notes).order_by(*newest_first), engine)
+    frame = _frame(rows, (*RUN_COLUMNS, "error", "notes"), floats=("final_test_acc",))
+    tag_rows = _read(select(_T.run_id, _T.tag).order_by(_T.run_id, _T.tag), engine, plain=True)
+    tags: dict[str, list[str]] = {}
+    for run_id, tag in tag_rows:
+        tags.setdefault(run_id, []).append(tag)
+    frame["tags"] = [tags.get(run_id, []) for run_id in frame["id"]]
     frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
     for col in ("depth", "width", "seed", "epochs_done", "epochs_total"):
         frame[col] = frame[col].astype("int64")
     _utc(frame, "created_at", "finished_at")
     return frame
+
+
+def _len(column: object) -> object:
+    return func.coalesce(func.length(column), 0)
 
 
 def data_version(engine: Engine) -> tuple[str, ...]:
@@ -120,6 +139,10 @@ def data_version(engine: Engine) -> tuple[str, ...]:
         func.max(_R.started_at),
         func.max(_R.finished_at),
         func.coalesce(cancels, 0),
+        # Annotations (names, notes, tags) change none of the above. Lengths and the tag
+        # count catch nearly every edit (the dashboard's own edits also clear its caches).
+        func.coalesce(func.sum(_len(_R.name) + _len(_R.notes)), 0),
+        select(func.count()).select_from(_T).scalar_subquery(),
     )
     return tuple(str(v) for v in _read(stmt, engine)[0])
 
@@ -131,7 +154,7 @@ def queue(engine: Engine) -> pd.DataFrame:
     stmt = (
         select(*[getattr(_R, c) for c in names])
         .where(_R.status.in_(("queued", "running")))
-        .order_by(_R.status.desc(), _R.created_at, _R.id)  # running before queued
+        .order_by(_R.status.desc(), _R.created_at, _R.seq, _R.id)  # running before queued
     )
     frame = _frame(_read(stmt, engine, plain=True), names)
     frame["cancel_requested"] = frame["cancel_requested"].astype(bool)
@@ -300,6 +323,15 @@ class DecisionMaps:
     points: pd.DataFrame  # run_id, run_label, x, y, label
 
 
+def _column(parts: list) -> np.ndarray:
+    """One column from per-run parts: arrays, or (run_id, count) pairs repeated at once (one
+    np.repeat of the ids, not a filled string array per run)."""
+    if parts and isinstance(parts[0], tuple):
+        ids, counts = zip(*parts, strict=True)
+        return np.repeat(np.array(ids, dtype=object), counts)
+    return np.concatenate(parts)
+
+
 def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
     """Each run's probability grid at the latest recorded grid epoch at or before `epoch`
     (grids are kept at a few epochs only), and its test points."""
@@ -317,34 +349,34 @@ def decision_maps(engine: Engine, labels: Labels, epoch: int) -> DecisionMaps:
         ),
         engine,
     )
-    grids = []
+    # Built as whole columns (one numpy concatenate per column), not one DataFrame per run:
+    # with 50 runs the per-run frames and their concat cost more than reading the blobs.
+    grid_cols: dict[str, list] = {"run_id": [], "epoch": [], "x": [], "y": [], "prob": []}
     for run_id, grid_epoch, size, x_min, x_max, y_min, y_max, blob in grid_rows:
         probs = np.frombuffer(blob, dtype="<f2", count=size * size).astype(float)
         gx, gy = np.meshgrid(np.linspace(x_min, x_max, size), np.linspace(y_min, y_max, size))
-        grids.append(
-            pd.DataFrame(
-                {"run_id": run_id, "epoch": grid_epoch, "x": gx.ravel(), "y": gy.ravel()}
-                | {"prob": probs}  # row-major [y, x], like the meshgrid
-            )
-        )
+        grid_cols["run_id"].append((run_id, size * size))
+        grid_cols["epoch"].append(np.full(size * size, grid_epoch, dtype=np.int64))
+        grid_cols["x"].append(gx.ravel())
+        grid_cols["y"].append(gy.ravel())
+        grid_cols["prob"].append(probs)  # row-major [y, x], like the meshgrid
     p = RunPointsModel
     point_rows = _read(select(p.run_id, p.n, p.points).where(p.run_id.in_(ids)), engine, plain=True)
-    points = []
+    point_cols: dict[str, list] = {"run_id": [], "x": [], "y": [], "label": []}
     for run_id, n, blob in point_rows:
         xyl = np.frombuffer(blob, dtype="<f4", count=3 * n).reshape(n, 3).astype(float)
-        points.append(
-            pd.DataFrame(
-                {"run_id": run_id, "x": xyl[:, 0], "y": xyl[:, 1], "label": xyl[:, 2].astype(int)}
-            )
-        )
+        point_cols["run_id"].append((run_id, n))
+        point_cols["x"].append(xyl[:, 0])
+        point_cols["y"].append(xyl[:, 1])
+        point_cols["label"].append(xyl[:, 2].astype(np.int64))
     grid = (
-        pd.concat(grids, ignore_index=True)
-        if grids
+        pd.DataFrame({k: _column(v) for k, v in grid_cols.items()})
+        if grid_rows
         else _frame([], ("run_id", "epoch", "x", "y", "prob"))
     )
     pts = (
-        pd.concat(points, ignore_index=True)
-        if points
+        pd.DataFrame({k: _column(v) for k, v in point_cols.items()})
+        if point_rows
         else _frame([], ("run_id", "x", "y", "label"))
     )
     return DecisionMaps(_label_runs(grid, labels), _label_runs(pts, labels))

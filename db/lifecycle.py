@@ -233,6 +233,12 @@ def create_runs(
 
     def action() -> None:
         with transaction(engine) as s:
+            # Creation order: runs created together share created_at, so `seq` (max + 1, ...)
+            # keeps the order they were given in for tables, the queue and training. Not
+            # unique: two concurrent creators may reuse numbers, but each batch stays ordered.
+            first = s.execute(select(func.coalesce(func.max(_runs.c.seq), 0))).scalar_one() + 1
+            for offset, row in enumerate(rows):
+                row["seq"] = first + offset
             s.execute(insert(_runs).values(**stamps), rows)
 
     with_retry(action)
@@ -248,7 +254,7 @@ def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
 
 
 def claim_next(engine: Engine, worker: str) -> Claim | None:
-    """Claim the oldest queued run (by created_at, then id) for `worker`, or None when the queue
+    """Claim the oldest queued run (in creation order) for `worker`, or None when the queue
     is empty. When that run belongs to a group, every queued member of the group is claimed in
     the same transaction and returned together."""
     for _ in range(CLAIM_ATTEMPTS):
@@ -266,7 +272,8 @@ def _try_claim(engine: Engine, worker: str) -> Claim | None:
     candidate = (
         select(RunModel.id, RunModel.group_id)
         .where(RunModel.status == "queued")
-        .order_by(RunModel.created_at, RunModel.id)
+        # Creation order (seq), not UUID order, for runs created together.
+        .order_by(RunModel.created_at, RunModel.seq, RunModel.id)
         .limit(1)
         # PostgreSQL locks the row and skips rows other claimers hold; SQLite ignores this
         # (its writers are serialised, and the guarded update below decides).

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, or_, select
 from db.clock import as_utc
 from db.errors import NotFoundError, StorageError
 from db.floats import from_db
-from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
+from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel, RunTagModel
 from db.session import session_scope
 from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
 
@@ -45,12 +45,16 @@ class RunSummary:
     cancel_requested: bool
     attempts: int = 0  # times claimed by a worker (a lost run may be queued again)
     hostname: str | None = None  # the machine (node) that trained it
+    notes: str | None = None
+    tags: tuple[str, ...] = ()
+    seq: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("created_at", "started_at", "finished_at", "heartbeat_at"):
             out[key] = out[key].isoformat() if out[key] else None
         out["test_acc"] = json_number(self.test_acc)
+        out["tags"] = list(self.tags)
         return out
 
 
@@ -61,7 +65,7 @@ def json_number(value: float | None) -> float | None:
     return value
 
 
-def _summary(row: RunModel) -> RunSummary:
+def _summary(row: RunModel, tags: Sequence[str] = ()) -> RunSummary:
     return RunSummary(
         id=row.id,
         name=row.name,
@@ -89,7 +93,30 @@ def _summary(row: RunModel) -> RunSummary:
         cancel_requested=bool(row.cancel_requested),
         attempts=row.attempts or 0,
         hostname=row.hostname,
+        notes=row.notes,
+        tags=tuple(tags),
+        seq=row.seq,
     )
+
+
+# Creation order, oldest first: runs created together share created_at; `seq` keeps the order
+# they were created in (NULL for runs older than schema 0002), the id breaks any tie.
+CREATION_ORDER = (RunModel.created_at, RunModel.seq, RunModel.id)
+NEWEST_FIRST = (RunModel.created_at.desc(), RunModel.seq.desc(), RunModel.id)
+
+
+def _tags_by_run(s: Any, run_ids: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(run_ids), 500):  # well under every backend's parameter limit
+        chunk = list(run_ids[start : start + 500])
+        stmt = (
+            select(RunTagModel.run_id, RunTagModel.tag)
+            .where(RunTagModel.run_id.in_(chunk))
+            .order_by(RunTagModel.run_id, RunTagModel.tag)
+        )
+        for run_id, tag in s.execute(stmt):
+            out.setdefault(run_id, []).append(tag)
+    return out
 
 
 def list_runs(
@@ -100,10 +127,12 @@ def list_runs(
     sweep: str | None = None,
     archs: Sequence[str] | None = None,
     name: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> list[RunSummary]:
-    """Runs, newest first, optionally only those with the given statuses, of one sweep (its
-    name or id), of the given archs, or whose name contains `name` (literally, any case)."""
-    stmt = select(RunModel).order_by(RunModel.created_at.desc(), RunModel.id)
+    """Runs, newest first (creation order within a batch), optionally only those with the
+    given statuses, of one sweep (its name or id), of the given archs, whose name contains
+    `name` (literally, any case), and carrying every one of `tags`."""
+    stmt = select(RunModel).order_by(*NEWEST_FIRST)
     if statuses:
         stmt = stmt.where(RunModel.status.in_(list(statuses)))
     if sweep:
@@ -112,10 +141,15 @@ def list_runs(
         stmt = stmt.where(RunModel.arch.in_(list(archs)))
     if name:
         stmt = stmt.where(RunModel.name.icontains(name, autoescape=True))
+    for tag in dict.fromkeys(tags or ()):
+        tagged = select(RunTagModel.run_id).where(RunTagModel.tag == tag)
+        stmt = stmt.where(RunModel.id.in_(tagged))
     if limit:
         stmt = stmt.limit(limit)
     with session_scope(engine) as s:
-        return [_summary(r) for r in s.scalars(stmt)]
+        rows = list(s.scalars(stmt))
+        found = _tags_by_run(s, [r.id for r in rows])
+        return [_summary(r, found.get(r.id, ())) for r in rows]
 
 
 def resolve_run_id(engine: Engine, run_id: str) -> str:
@@ -140,7 +174,7 @@ def get_run(engine: Engine, run_id: str) -> RunSummary:
         row = s.get(RunModel, run_id)
         if row is None:
             raise NotFoundError(f"no run with id {run_id!r}")
-        return _summary(row)
+        return _summary(row, _tags_by_run(s, [run_id]).get(run_id, ()))
 
 
 def run_document(engine: Engine, run_id: str) -> dict[str, Any]:

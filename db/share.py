@@ -58,6 +58,7 @@ from db.lifecycle import with_retry
 from db.models import RunModel
 from db.queries import resolve_run_id
 from db.session import session_scope, storage_errors
+from db.session import transaction as db_transaction
 from db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
 from db.share_validate import (
     CHILD_TABLES,
@@ -92,6 +93,8 @@ CHUNK = 500  # ids per IN (...) list: well under every backend's parameter limit
 BATCH_ROWS = 5_000
 BATCH_BYTES = 32 * 2**20
 BATCH_PAUSE_S = 0.05
+# Annotations (name, notes, tags) are left out of the digest; see `_merge_annotations`.
+ANNOTATION_TABLES = ("run_tags",)
 DIGEST_RUN_COLUMNS = (
     "config",
     "status",
@@ -212,6 +215,8 @@ def run_digest(run: SourceRun) -> str:
     head = _normal_rows(TABLES["runs"], [run.run], DIGEST_RUN_COLUMNS)
     digest.update(json.dumps(head).encode())
     for name in CHILD_TABLES:
+        if name in ANNOTATION_TABLES:
+            continue  # what people wrote on a run is not its content: merged, not compared
         table = TABLES[name]
         columns = [c.name for c in table.columns if c.name != "run_id"]
         digest.update(f"\n{name}\n".encode())
@@ -362,6 +367,8 @@ class ImportReport:
     refused: tuple[ImportedRun, ...] = field(default=())
     # The longest write transaction (on SQLite: the longest hold of the write lock), seconds.
     longest_write_s: float = 0.0
+    # Already-present runs that gained tags, a name or notes from the file.
+    annotated: tuple[ImportedRun, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -372,6 +379,8 @@ class ImportReport:
             f"{len(self.already_present)} already present; "
             f"{len(self.conflicting)} conflicting (skipped); {len(self.refused)} refused."
         ]
+        if self.annotated:
+            lines.append(f"{len(self.annotated)} present run(s) took tags, names or notes")
         if self.upgraded_from:
             lines.append(f"(the file's schema {self.upgraded_from} was upgraded in a copy)")
         for title, runs in (("conflicting", self.conflicting), ("refused", self.refused)):
@@ -392,6 +401,7 @@ class ImportReport:
             "already_present": listed(self.already_present),
             "conflicting": listed(self.conflicting),
             "refused": listed(self.refused),
+            "annotated": listed(self.annotated),
         }
 
 
@@ -471,6 +481,68 @@ def _classify(engine: Engine, checked: SourceFile) -> Classified:
         else:
             add.append(run)
     return add, present, conflicting, refused
+
+
+def _merge_annotations(
+    engine: Engine, checked: SourceFile, present: list[ImportedRun], *, write: bool
+) -> list[ImportedRun]:
+    """The conflict rule for runs already here with the same content (README, "Sharing"):
+    tags are united; this database's name and notes are kept, the file's fill them only
+    where this database has none. Returns the runs that gain something. One short
+    transaction per chunk of runs."""
+    ids = sorted({p.id for p in present})
+    if not ids:
+        return []
+    from_file = {r.id: r for r in checked.runs if r.id in set(ids)}
+    runs_t, tags_t = TABLES["runs"], TABLES["run_tags"]
+    gained: list[ImportedRun] = []
+    for chunk in _chunks(ids):
+        marks = ", ".join("?" * len(chunk))
+        # The checked private copy; its tags passed validation like every other row.
+        file_tags: dict[str, list[str]] = {i: [] for i in chunk}
+        for run_id, tag in checked.conn.execute(
+            f"SELECT run_id, tag FROM run_tags WHERE run_id IN ({marks}) ORDER BY run_id, tag",
+            chunk,
+        ):
+            file_tags[run_id].append(tag)
+
+        def merge(chunk: list[str] = chunk, file_tags: dict = file_tags) -> list[ImportedRun]:
+            found: list[ImportedRun] = []
+            with db_transaction(engine, "merging names, notes and tags failed") as conn:
+                if write:
+                    _begin_import(conn, write=True)
+                stmt = select(runs_t.c.id, runs_t.c.name, runs_t.c.notes).where(
+                    runs_t.c.id.in_(chunk)
+                )
+                here = {row["id"]: dict(row) for row in conn.execute(stmt).mappings()}
+                here_tags: dict[str, set[str]] = {i: set() for i in chunk}
+                for run_id, tag in conn.execute(
+                    select(tags_t.c.run_id, tags_t.c.tag).where(tags_t.c.run_id.in_(chunk))
+                ):
+                    here_tags[run_id].add(tag)
+                for run_id in chunk:
+                    source, mine = from_file[run_id], here.get(run_id)
+                    if mine is None:  # deleted meanwhile: nothing to merge into
+                        continue
+                    fill = {
+                        k: source.run.get(k)
+                        for k in ("name", "notes")
+                        if not mine[k] and source.run.get(k)
+                    }
+                    new_tags = [t for t in file_tags[run_id] if t not in here_tags[run_id]]
+                    if not fill and not new_tags:
+                        continue
+                    found.append(ImportedRun(run_id, mine["name"] or source.run["name"]))
+                    if write and fill:
+                        conn.execute(runs_t.update().where(runs_t.c.id == run_id).values(**fill))
+                    if write and new_tags:
+                        conn.execute(
+                            insert(tags_t), [{"run_id": run_id, "tag": t} for t in new_tags]
+                        )
+            return found
+
+        gained += with_retry(merge)
+    return gained
 
 
 # An arbitrary constant naming the PostgreSQL advisory lock that serialises imports.
@@ -614,6 +686,8 @@ def import_file(
                 _write_runs(writer, checked, add)
             except StorageError as exc:
                 _undo(writer, source, exc)
+        # Names, notes and tags of runs already here merge (the rule: _merge_annotations).
+        annotated = _merge_annotations(engine, checked, present, write=not dry_run)
     skipped = writer.skipped
     return ImportReport(
         source=source,
@@ -629,6 +703,7 @@ def import_file(
         conflicting=tuple(conflicting),
         refused=tuple(refused),
         longest_write_s=writer.longest_s,
+        annotated=tuple(annotated),
     )
 
 

@@ -298,6 +298,9 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
         for key in ("fan_in", "fan_out", "n_params"):
             if row[key] < (0 if key == "n_params" else 1):
                 raise _Bad(f"{key} {row[key]} is out of range")
+    elif table == "run_tags":
+        if not row["tag"].strip() or has_unsafe_chars(row["tag"]):
+            raise _Bad("tag is empty or contains control characters")
     elif table == "layer_stats":
         hist = row["grad_hist"]
         if hist is not None:

@@ -141,6 +141,7 @@ def add_run(
     name: str | None = None,
     recorded: int | None = None,
     dataset: str = "moons",
+    settings: dict[str, Any] | None = None,
 ) -> str:
     """A run of `depth` hidden layers (depth + 1 Linear layers) whose gradient norms per layer
     are `grad_norms` at every epoch, recorded epoch by epoch and finished with `status`
@@ -155,6 +156,7 @@ def add_run(
             "name": name,
             "dataset": dataset,
         }
+        | (settings or {})
     )
     spec = RunSpec(
         cfg.model_dump(),

@@ -86,8 +86,12 @@ def layers_frame(epochs: int = 3, n_layers: int = 4) -> pd.DataFrame:
 def test_loss_curves_encodings_and_rows() -> None:
     epochs = epochs_frame()
     spec = spec_of(charts.loss_curves(epochs))
-    assert mark(spec) == "line" and spec["width"] == "container"
-    enc = spec["encoding"]
+    line, dots = spec["layer"]
+    assert mark(line) == "line" and mark(dots) == "point" and spec["width"] == "container"
+    enc = line["encoding"]
+    # The dash legend shows strokes (dashed), not dots that all look alike.
+    assert enc["strokeDash"]["legend"]["symbolType"] == "stroke"
+    assert "strokeDash" not in dots["encoding"]
     assert enc["x"]["field"] == "epoch" and enc["color"]["field"] == "run_label"
     assert enc["strokeDash"]["field"] == "split"
     got = {(r["run_id"], r["epoch"], r["split"]): r["value"] for r in rows(spec)}
@@ -109,7 +113,7 @@ def test_curves_drop_non_finite_values_and_say_so() -> None:
 
 def test_accuracy_axis_is_fixed_and_learning_curves_pair() -> None:
     spec = spec_of(charts.accuracy_curves(epochs_frame()))
-    assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
     assert {r["split"] for r in rows(spec)} == {"train", "test"}
     pair = spec_of(charts.learning_curves(epochs_frame()))
     assert len(pair["hconcat"]) == 2
@@ -247,7 +251,7 @@ def test_activation_spread_is_log_and_drops_zero() -> None:
 def test_unit_health_skips_nan_fractions() -> None:
     layers = layers_frame()
     spec = spec_of(charts.unit_health(layers, epoch=1))
-    assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
     got = {(r["run_id"], r["measure"]) for r in rows(spec)}
     # run a is sigmoid (dead_frac NaN), run b is ReLU (saturated_frac NaN)
     assert got == {("a", "saturated"), ("b", "dead")}

@@ -145,7 +145,7 @@ def test_view_lives_in_the_url(
     assert at.slider(key="compare_epoch").value == 3
     assert at.selectbox(key="compare_layer").value == 2
     (loss,) = chart_titled(at, "Loss")
-    assert loss.spec["encoding"]["y"]["scale"]["type"] == "log"
+    assert loss.spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
     assert labels_in(loss) == {lbl for lbl in labels_in(loss) if "seed resnet" not in lbl}
 
     at.slider(key="compare_epoch").set_value(4).run()
@@ -174,13 +174,106 @@ def test_out_of_range_url_values_are_clamped(
     assert at.query_params["runs"] == ",".join(ids)
 
 
-def test_compare_without_a_choice_shows_the_newest_runs(
-    monkeypatch: pytest.MonkeyPatch, seeded_db: Path
+def test_compare_without_a_choice_says_so_and_offers_the_latest_runs(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
 ) -> None:
-    at = open_app(monkeypatch, seeded_db, "compare")
-    assert "Showing the newest runs" in shown_text(at)
+    engine = make_engine(str(db_path))
+    add_run(engine, name="older")
+    sweep = [add_run(engine, sweep=("s1", "depth sweep"), seed=i) for i in range(3)]
+    engine.dispose()
+    at = open_app(monkeypatch, db_path, "compare")
+    assert "No runs chosen" in shown_text(at)
+    assert not chart_titled(at, "Gradient flow")  # not an arbitrary few
+    (offer,) = [b for b in at.button if "latest sweep" in b.label]
+    assert "depth sweep" in offer.label and "3 runs" in offer.label
+    offer.click().run()
+    assert_ok(at)
+    assert set(at.query_params["runs"].split(",")) == set(sweep)
     (flow,) = chart_titled(at, "Gradient flow")
     assert len(labels_in(flow)) == 3
+
+
+def flow_colours(at) -> dict[str, str]:  # noqa: ANN001
+    """run label -> colour in the gradient-flow chart."""
+    (flow,) = chart_titled(at, "Gradient flow")
+    scale = flow.spec["encoding"]["color"]["scale"]
+    return dict(zip(scale["domain"], scale["range"], strict=True))
+
+
+def test_a_run_keeps_its_colour_in_different_selections(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    engine = make_engine(str(db_path))
+    a, b, c = (add_run(engine, name=n) for n in ("run a", "run b", "run c"))
+    engine.dispose()
+    first = flow_colours(open_compare(monkeypatch, db_path, [a, b]))
+    second = flow_colours(open_compare(monkeypatch, db_path, [c, b]))
+    label_b = next(k for k in first if k.startswith("run b"))
+    # b is second in one selection and last in the other: its colour follows the run.
+    assert first[label_b] == second[label_b]
+    assert len(set(first.values())) == 2 and len(set(second.values())) == 2
+    # The legend is drawn once for the page, not under each chart.
+    (flow,) = chart_titled(open_compare(monkeypatch, db_path, [a, b, c]), "Gradient flow")
+    assert flow.spec["encoding"]["color"]["legend"] is None
+
+
+def test_colour_by_architecture_uses_the_fixed_architecture_colours(
+    monkeypatch: pytest.MonkeyPatch, seeded_db: Path, seeded_ids: dict[str, str]
+) -> None:
+    from dashboard.colors import ARCH_COLORS
+
+    at = open_compare(monkeypatch, seeded_db, list(seeded_ids.values()))
+    at.selectbox(key="compare_colour_by").set_value("architecture").run()
+    assert_ok(at)
+    assert flow_colours(at) == {a: ARCH_COLORS[a] for a in sorted(ARCH_COLORS)}
+    (flow,) = chart_titled(at, "Gradient flow")
+    by_run = flow.data.groupby("run_label")["colour"].first()
+    assert by_run[by_run.index.str.startswith("seed relu")].item() == "relu"
+
+
+def test_grouped_seeds_draw_the_median_with_a_min_max_band(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    engine = make_engine(str(db_path))
+    norms = [(0.1, 0.2, 0.4), (0.3, 0.1, 0.5), (0.2, 0.6, 0.9)]  # per seed, per layer
+    seeded = [add_run(engine, seed=i, grad_norms=g) for i, g in enumerate(norms)]
+    other = add_run(engine, arch="sigmoid", grad_norms=(0.01, 0.1, 1.0))
+    engine.dispose()
+    at = open_compare(monkeypatch, db_path, [*seeded, other], epoch="1")
+    at.toggle(key="compare_group_seeds").set_value(True).run()
+    assert_ok(at)
+    (flow,) = chart_titled(at, "Gradient flow")
+    data = flow.data
+    assert data["run_label"].nunique() == 2
+    group = data[data["run_label"].str.contains("3 seeds")].sort_values("layer")
+    expected = np.median(np.array(norms), axis=0)
+    assert group["grad_norm"].tolist() == pytest.approx(expected.tolist())
+    assert group["grad_norm_lo"].tolist() == pytest.approx(np.min(norms, axis=0).tolist())
+    assert group["grad_norm_hi"].tolist() == pytest.approx(np.max(norms, axis=0).tolist())
+    assert any(mark_type(layer) == "area" for layer in flow.spec["layer"])  # the band
+    (loss,) = chart_titled(at, "Loss")
+    assert loss.data["run_label"].nunique() == 2
+
+
+def mark_type(view: dict) -> str:
+    return view["mark"]["type"] if isinstance(view["mark"], dict) else view["mark"]
+
+
+def test_many_runs_get_a_compact_diagnosis_table_under_the_gradient_flow(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    engine = make_engine(str(db_path))
+    ids = [add_run(engine, seed=i, name=f"r{i}") for i in range(5)]
+    ids.append(add_run(engine, grad_norms=(1e-6, 1e-3, 1.0), name="vanisher"))
+    engine.dispose()
+    at = open_compare(monkeypatch, db_path, ids)
+    (table,) = [df.value for df in at.dataframe if "finding" in df.value.columns]
+    assert len(table) == 6
+    row = table.set_index("run").filter(like="vanisher", axis=0).iloc[0]
+    assert "anishing" in row["summary"]
+    subheaders = [h.value for h in at.subheader]
+    assert subheaders.index("Gradient flow") < subheaders.index("Diagnosis")
+    assert subheaders[0] == "Gradient flow"  # the signature picture comes first
 
 
 def test_a_running_run_updates_as_its_epochs_land(

@@ -145,3 +145,54 @@ def test_cancel_counts_only_the_runs_it_cancelled(
     assert [t.value for t in at.toast] == [
         "Cancelled 1 run(s); 1 had already finished or were deleted"
     ]
+
+
+def test_delete_confirmation_lists_the_runs_and_the_selection_is_named(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    first = add_run(engine, name="first to go")
+    second = add_run(engine, name="second to go")
+    add_run(engine, name="stays")
+    at = open_app(monkeypatch, db_path, params={"runs": f"{first},{second}"})
+    assert "first to go" in shown_text(at) and "Selected (2)" in shown_text(at)
+    (button,) = [b for b in at.button if b.label == "Delete 2 run(s)"]
+    button.click().run()
+    (listed,) = [df.value for df in at.dataframe if "diagnosis" not in df.value.columns]
+    assert sorted(listed["name"]) == ["first to go", "second to go"]
+    at.button(key="delete_no").click().run()
+    assert len(frames.runs(engine)) == 3  # "Keep them" deletes nothing
+
+
+def test_rename_notes_and_tags_from_the_runs_page_and_filter_by_tag(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    run = add_run(engine, name="before")
+    add_run(engine, name="other")
+    at = open_app(monkeypatch, db_path, params={"runs": run})
+    # A form: set every widget, then submit (an at.run() in between would drop the values).
+    (name,) = [t for t in at.text_input if t.label == "Name"]
+    name.set_value("after")
+    at.text_area[0].set_value("lr too high?\nretry with 1e-4")
+    (tags,) = [m for m in at.multiselect if m.label == "Tags" and m.key is None]
+    tags.set_value(["keep", "baseline"])
+    at.button(key="FormSubmitter:annotate_" + run + "-Save").click().run()
+    row = frames.runs(engine).set_index("id").loc[run]
+    assert row["name"] == "after" and row["notes"] == "lr too high?\nretry with 1e-4"
+    assert row["tags"] == ["baseline", "keep"]
+    assert list(runs_table(at).set_index("name").loc["after", "tags"]) == ["baseline", "keep"]
+    at.multiselect(key="runs_tags").set_value(["keep"]).run()
+    assert list(runs_table(at)["name"]) == ["after"]
+
+
+def test_selected_runs_hidden_by_a_filter_are_named_not_dropped(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    shown = add_run(engine, arch="relu", name="visible one")
+    hidden = add_run(engine, arch="sigmoid", name="filtered out")
+    at = open_app(monkeypatch, db_path, params={"runs": f"{shown},{hidden}"})
+    at.pills(key="runs_arch").select("relu").run()
+    assert list(runs_table(at)["name"]) == ["visible one"]
+    text = shown_text(at)
+    assert "Selected (2, 1 of them outside the current filters)" in text
+    assert "filtered out" in text  # named, so Delete cannot surprise anyone
+    assert set(at.query_params["runs"].split(",")) == {shown, hidden}

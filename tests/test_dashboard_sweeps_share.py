@@ -62,6 +62,31 @@ def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
     assert at.query_params["sweep"] == sweep[0]
 
 
+def test_sweeps_page_puts_any_swept_setting_on_the_x_axis(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+) -> None:
+    from dashboard.colors import ARCH_COLORS
+
+    sweep = (str(uuid.uuid4()), "lr sweep")
+    for lr in (1e-4, 1e-3, 1e-1):
+        for arch in ("relu", "sigmoid"):
+            for seed in (0, 1):
+                add_run(engine, arch=arch, sweep=sweep, seed=seed, settings={"lr": lr})
+    at = open_app(monkeypatch, db_path, "sweeps")
+    assert at.selectbox(key="sweep_x").options == ["arch", "lr"]  # what was swept, not seed
+    at.selectbox(key="sweep_x").set_value("lr").run()
+    (ratio,) = chart_titled(at, "Gradient ratio vs lr")
+    line = ratio.spec["layer"][1]
+    assert line["encoding"]["x"]["field"] == "lr"
+    assert line["encoding"]["x"]["scale"]["type"] == "log"  # lr spans three decades
+    scale = line["encoding"]["color"]["scale"]
+    assert dict(zip(scale["domain"], scale["range"], strict=True)) == {
+        a: ARCH_COLORS[a] for a in ("relu", "sigmoid")
+    }
+    assert len(ratio.data) == 12
+    assert "depth = 2" in shown_text(at) and "Fixed settings" in shown_text(at)
+
+
 def test_sweeps_page_without_sweeps_says_how_to_make_one(
     monkeypatch: pytest.MonkeyPatch, seeded_db: Path
 ) -> None:

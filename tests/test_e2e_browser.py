@@ -144,13 +144,25 @@ def test_classic_comparison_end_to_end(browser, dashboard) -> None:  # noqa: ANN
         wait_until(lambda: drawn.count() >= 13, 60, "every chart to draw")
         assert page.locator(CHART).count() >= 13  # curves, flow, 3 heatmaps, ..., 3 maps
 
-        # The diagnosis: one column per run (chart titles are drawn, not text, so only the
-        # diagnosis cards' columns hold the run names as text).
+        # The diagnosis: one column per run (chart titles are drawn, not text; the shared
+        # legend's column names every run, a card names one).
+        archs = ("sigmoid", "relu", "resnet")
         cards = page.locator('[data-testid="stColumn"]')
-        assert "Vanishing gradients" in cards.filter(has_text="arch=sigmoid").first.inner_text()
+
+        def card(arch: str) -> str:
+            one = cards.filter(has_text=f"arch={arch}")
+            for other in archs:
+                if other != arch:
+                    one = one.filter(has_not_text=f"arch={other}")
+            return one.first.inner_text()
+
+        assert "Vanishing gradients" in card("sigmoid")
         for arch in ("relu", "resnet"):
-            card = cards.filter(has_text=f"arch={arch}").first.inner_text()
-            assert "Vanishing gradients" not in card
+            assert "Vanishing gradients" not in card(arch)
+        # The signature picture is at the top: above the diagnosis and the learning curves.
+        flow = page.get_by_role("heading", name="Gradient flow").bounding_box()
+        curves = page.get_by_role("heading", name="Learning curves").bounding_box()
+        assert flow and curves and flow["y"] < curves["y"]
         assert "runs=" in page.url  # the view is a link
 
         # Streamlit scrolls inside its main area: make the window as tall as the whole page.
@@ -169,3 +181,81 @@ def test_classic_comparison_end_to_end(browser, dashboard) -> None:  # noqa: ANN
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
     wait_until(lambda: not any(alive(pid) for pid in children), 30, "children to stop")
+
+
+@pytest.fixture
+def many_runs_dashboard(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """`gradscope dashboard --no-worker` on a database of 32 recorded runs (8 configs x 4
+    seeds, written through RunStore: no training), stopped with SIGTERM after."""
+    from dashboard_helpers import add_run
+
+    db = tmp_path / "many.db"
+    engine = make_engine(str(db))
+    ids = []
+    for k, arch in enumerate(("sigmoid", "relu", "resnet", "relu")):
+        for depth in (2, 3):
+            for seed in range(4):
+                first = 10.0 ** -(k + depth + 0.3 * seed)  # different flows per config
+                norms = [first * 10.0 ** (i * (k + 1) / depth) for i in range(depth + 1)]
+                ids.append(
+                    add_run(engine, arch=arch, depth=depth, seed=seed, grad_norms=norms, epochs=3)
+                )
+    engine.dispose()
+    port = free_port()
+    gradscope = Path(sys.executable).with_name("gradscope")
+    log = (tmp_path / "dashboard.log").open("wb")
+    args = [str(gradscope), "dashboard", "--db", str(db), "--port", str(port), "--no-worker"]
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
+        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+        yield url, ids
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        log.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_compare_with_many_runs_in_both_themes(browser, many_runs_dashboard, scheme) -> None:  # noqa: ANN001
+    """Compare with 32 runs: no exception, the gradient flow is at the top, one shared legend,
+    and no request leaves the machine (favicon and fonts are local)."""
+    url, ids = many_runs_dashboard
+    # Streamlit follows the browser's colour scheme when no theme is configured.
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, color_scheme=scheme)
+    page = context.new_page()
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            None
+            if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            else outside.append(r.url)
+        ),
+    )
+    try:
+        page.goto(f"{url}/compare?runs={','.join(ids)}&epoch=2")
+        page.get_by_text("Gradient flow").first.wait_for(timeout=60_000)
+        drawn = page.locator(f"{CHART} canvas, {CHART} svg")
+        wait_until(lambda: drawn.count() >= 8, 60, "the charts to draw")
+        assert page.locator('[data-testid="stException"]').count() == 0
+        flow = page.get_by_role("heading", name="Gradient flow").bounding_box()
+        diagnosis = page.get_by_role("heading", name="Diagnosis").bounding_box()
+        curves = page.get_by_role("heading", name="Learning curves").bounding_box()
+        assert flow and diagnosis and curves
+        assert flow["y"] < diagnosis["y"] < curves["y"]
+        assert flow["y"] < 900  # on the first screen, above everything but the controls
+        # With many runs the diagnosis is one compact table, not a grid of cards, and the 32
+        # heatmaps wait behind a switch: the charts are the eight shared ones.
+        assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+        assert page.get_by_text("Show the 32 heatmaps").count() == 1
+        tall = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": 1500, "height": int(tall) + 40})
+        wait_until(lambda: drawn.count() >= 8, 30, "charts after resizing")
+        save(page, f"04-compare-32-runs-{scheme}")
+        print(f"Compare with {len(ids)} runs, {scheme} theme: page {tall} px tall")
+        assert not outside, outside
+    finally:
+        context.close()

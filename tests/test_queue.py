@@ -34,14 +34,15 @@ def spec(seed: int = 0, group: str | None = None, index: int | None = None) -> R
 
 
 def queue_one_by_one(engine: Engine, specs: list[RunSpec]) -> list[str]:
-    """Separate transactions, so created_at orders them (ties broken by id)."""
+    """Separate transactions, so created_at orders them (ties broken by creation seq)."""
     store = RunStore(engine)
     return [store.create_run(s) for s in specs]
 
 
 def test_claims_oldest_first_and_each_run_once(engine: Engine) -> None:
     ids = queue_one_by_one(engine, [spec(i) for i in range(3)])
-    by_created = sorted(ids, key=lambda i: (get_run(engine, i).created_at, i))
+    by_created = sorted(ids, key=lambda i: (get_run(engine, i).created_at, get_run(engine, i).seq))
+    assert by_created == ids  # creation order, whatever the UUIDs
     claims = [claim_next(engine, "w1") for _ in range(3)]
     assert [c.run_ids for c in claims] == [(i,) for i in by_created]
     assert claims[0].group_id is None

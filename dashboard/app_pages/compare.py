@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-import altair as alt
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, db_gateway, state, view
+from dashboard import annotations, charts, db_gateway, seeds, state, view
+from dashboard.colors import Colors, colors_for
+from dashboard.seeds import SeedGroups
 from dashboard.tables import config_diff, escape_markdown
 from runner.diagnosis import Finding, diagnose
-from vocab.fields import ACTIVE_STATUSES, HIST_LOG10_MAX, HIST_LOG10_MIN
+from vocab.fields import (
+    ACTIVE_STATUSES,
+    EPOCH_FIELDS,
+    HIST_LOG10_MAX,
+    HIST_LOG10_MIN,
+    LAYER_STAT_FIELDS,
+)
 
 REFRESH_S = 2.0
 PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
+FOLD_AFTER = 12  # more per-run charts than this are drawn only on request
 MAP_SIZE = 200  # pixels: a decision map with its legends fits a third of a wide page
 MAX_OPTIONS = 300  # the run picker lists the newest runs (and the chosen ones)
 SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
@@ -22,10 +32,6 @@ def pick_runs() -> list[str]:
     runs = db_gateway.runs()
     known = set(runs["id"])
     chosen = [i for i in state.selected_runs() if i in known]
-    if not chosen:  # nothing chosen yet: the newest runs that have recorded something
-        chosen = list(runs.loc[runs["epochs_done"] > 0, "id"].head(3))
-        if chosen:
-            st.caption("Showing the newest runs. Pick others here or on the Runs page.")
     names = db_gateway.labels(runs["id"].head(MAX_OPTIONS).tolist() + chosen)
     state.bound_widget_value("compare_runs", chosen)
     # A run deleted meanwhile must leave the widget's state before the widget is drawn.
@@ -38,7 +44,45 @@ def pick_runs() -> list[str]:
         placeholder="Choose runs to compare",
     )
     state.select_runs(picked)
+    if picked:
+        with st.expander("Names, notes and tags", icon=":material/edit_note:"):
+            run_id = st.selectbox("Run", picked, key="compare_annotate_run", format_func=names.get)
+            annotations.annotate_form(run_id, runs.set_index("id"), key="compare_annotate")
     return picked
+
+
+def offer_latest(runs: pd.DataFrame) -> None:
+    """No runs in the URL or this session: say so and offer the latest sweep and the latest
+    runs created together (not an arbitrary few)."""
+    st.info("No runs chosen. Pick some above, tick them on the Runs page, or open:")
+    offers: list[tuple[str, list[str]]] = []
+    swept = runs[runs["sweep_id"].notna()]
+    if not swept.empty:
+        sweep_id = swept.iloc[0]["sweep_id"]  # runs are newest first
+        members = runs[runs["sweep_id"] == sweep_id]
+        name = members.iloc[0]["sweep_name"] or "unnamed sweep"
+        offers.append((f"the latest sweep: {name} ({len(members)} runs)", list(members["id"])))
+    batch = runs[runs["created_at"] == runs["created_at"].max()]
+    ids = list(batch["id"])[::-1]  # creation order
+    if not offers or set(ids) != set(offers[0][1]):
+        offers.append((f"the latest {len(ids)} run(s) created together", ids))
+    for i, (label, ids) in enumerate(offers):
+        if st.button(escape_markdown(label), key=f"compare_offer_{i}", icon=":material/history:"):
+            state.select_runs(ids)
+            # The picker is drawn already: drop its state so the next run reads the URL.
+            st.session_state.pop("compare_runs", None)
+            st.rerun()
+
+
+def per_row_for(n: int) -> int:
+    """Per-run charts side by side: three for a few runs, six for many (one screen wide)."""
+    return PER_ROW if n <= 2 * PER_ROW else 2 * PER_ROW
+
+
+def shown_per_run(n: int, label: str, key: str) -> bool:
+    """Per-run charts for many runs are drawn only on request: 36 heatmaps or maps would make
+    the page long and slow (each chart costs its own render), so 36 runs stay quick to scan."""
+    return n <= FOLD_AFTER or st.toggle(label, key=key)
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -47,47 +91,102 @@ def chunks(items: list, size: int) -> list[list]:
 
 def findings_card(label: str, findings: list[Finding]) -> None:
     """Every finding as a coloured label, the most serious one explained; the rest and the
-    usual cures one click away."""
+    usual cures (each cure once) one click away."""
     with st.container(border=True):
         st.markdown(f"**{escape_markdown(label)}**")
         st.markdown(" ".join(f":{SEVERITY_COLOR[f.severity]}-badge[{f.title}]" for f in findings))
         st.markdown(findings[0].detail)
-        with st.expander("Details and usual cures"):
-            for f in findings:
-                if f is not findings[0]:
+        rest = [f for f in findings if f is not findings[0]]
+        cures = list(dict.fromkeys(c for f in findings for c in f.cures))
+        if rest or cures:
+            with st.expander("Details and usual cures"):
+                for f in rest:
                     st.markdown(f"**{f.title}.** {f.detail}")
-                if f.cures:
-                    st.markdown(
-                        f"*{f.title}* usually cured by:\n" + "\n".join(f"- {c}" for c in f.cures)
-                    )
-                if f.evidence:
-                    # The numbers the text cites, as recorded (e.g. the moment of divergence).
-                    numbers = ", ".join(f"{k} = {_number(v)}" for k, v in f.evidence.items())
-                    st.caption(escape_markdown(numbers))
+                if cures:
+                    st.markdown("Usually cured by:\n" + "\n".join(f"- {c}" for c in cures))
+                for f in findings:
+                    if f.evidence:
+                        # The numbers the text cites, as recorded (e.g. the moment of divergence).
+                        numbers = ", ".join(f"{k} = {_number(v)}" for k, v in f.evidence.items())
+                        st.caption(escape_markdown(f"{f.title}: {numbers}"))
 
 
 def _number(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def diagnose_all(
+    sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame
+) -> dict[str, list[Finding]]:
+    """Each chosen run's findings, most serious first."""
+    by_run_e = dict(tuple(epochs.groupby("run_id", sort=False)))
+    by_run_l = dict(tuple(layers.groupby("run_id", sort=False)))
+    empty_e, empty_l = epochs.iloc[:0], layers.iloc[:0]
+    return {
+        run.id: diagnose(
+            by_run_e.get(run.id, empty_e),
+            by_run_l.get(run.id, empty_l),
+            arch=run.arch,
+            status=run.status,
+            depth=int(run.depth),
+        )
+        for run in sel.runs.itertuples()
+    }
+
+
 def diagnosis_section(
     sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame
 ) -> None:
     st.subheader("Diagnosis")
-    by_run_e = dict(tuple(epochs.groupby("run_id", sort=False)))
-    by_run_l = dict(tuple(layers.groupby("run_id", sort=False)))
-    empty_e, empty_l = epochs.iloc[:0], layers.iloc[:0]
-    for group in chunks(list(sel.runs.itertuples()), PER_ROW):
-        for col, run in zip(st.columns(PER_ROW), group, strict=False):
-            found = diagnose(
-                by_run_e.get(run.id, empty_e),
-                by_run_l.get(run.id, empty_l),
-                arch=run.arch,
-                status=run.status,
-                depth=int(run.depth),
-            )
+    found = diagnose_all(sel, epochs, layers)
+    if len(found) <= PER_ROW:
+        for col, run in zip(st.columns(PER_ROW), sel.runs.itertuples(), strict=False):
             with col:
-                findings_card(run.run_label, found)
+                findings_card(run.run_label, found[run.id])
+        return
+    # Many runs: one row per run, so 36 runs stay one screen; details below, once per finding.
+    st.dataframe(
+        diagnosis_table(sel, found),
+        hide_index=True,
+        width="stretch",
+        key="diagnosis_table",
+        height=min(38 + 35 * len(found), 420),
+        column_config={
+            "finding": st.column_config.MultiselectColumn(
+                "finding", options=list(SEVERITY_COLOR), color=list(SEVERITY_COLOR.values())
+            ),
+            "test acc": st.column_config.NumberColumn("test acc", format="%.3f"),
+        },
+    )
+    distinct: dict[str, Finding] = {}
+    for findings in found.values():
+        for f in findings:
+            distinct.setdefault(f.title, f)
+    with st.expander("What the findings mean, and the usual cures"):
+        for f in distinct.values():
+            cures = "".join(f"\n- {c}" for c in f.cures)
+            st.markdown(
+                f"**{f.title}** — " + (f"usually cured by:{cures}" if cures else "no cure needed.")
+            )
+
+
+def diagnosis_table(sel: db_gateway.Selection, found: dict[str, list[Finding]]) -> pd.DataFrame:
+    """One row per run: its most serious finding as a badge and that finding's title, plus
+    the other findings' titles. Text cells (never Markdown): names are shown as typed."""
+    rows = []
+    for run in sel.runs.itertuples():
+        findings = found[run.id]
+        top = findings[0]
+        rows.append(
+            {
+                "run": run.run_label,
+                "finding": [top.severity],
+                "summary": top.title,
+                "also": ", ".join(f.title for f in findings[1:]),
+                "test acc": run.final_test_acc,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def config_section(sel: db_gateway.Selection) -> None:
@@ -105,27 +204,18 @@ def config_section(sel: db_gateway.Selection) -> None:
     st.caption(escape_markdown("Attempts: " + ", ".join(f"{label}: {n}" for label, n in tries)))
 
 
-def curves_section(epochs: pd.DataFrame) -> None:
+def curves_section(view_: CompareView) -> None:
     st.subheader("Learning curves")
     scale = state.choice_param(state.SCALE, state.SCALES, "linear")
     state.bound_widget_value("compare_scale", scale)
     scale = st.segmented_control("Loss axis", state.SCALES, key="compare_scale") or "linear"
     state.set_param(state.SCALE, scale)
-    loss = charts.loss_curves(epochs)
-    if scale == "log":
-        loss = loss.encode(
-            y=alt.Y(
-                "value:Q",
-                title="binary cross-entropy (nats, log scale)",
-                scale=alt.Scale(type="log"),
-            )
-        )
     left, right = st.columns(2)
     with left:
-        view.chart(loss)
+        view.chart(charts.loss_curves(view_.epochs, view_.colors, log=scale == "log"))
     with right:
-        view.chart(charts.accuracy_curves(epochs))
-    view.chart(charts.prediction_spread(epochs))
+        view.chart(charts.accuracy_curves(view_.epochs, view_.colors))
+    view.chart(charts.prediction_spread(view_.epochs, view_.colors))
 
 
 def epoch_control(max_epoch: int) -> int:
@@ -156,14 +246,22 @@ def layer_control(n_layers: int) -> int:
     return layer
 
 
-def gradient_sections(sel: db_gateway.Selection, layers: pd.DataFrame, epoch: int) -> None:
+def gradient_flow_section(view_: CompareView, epoch: int) -> None:
     st.subheader("Gradient flow")
     st.caption(
         "Gradient norm of each layer's weights at the chosen epoch. A line that falls "
         "towards layer 0 means the gradient vanishes before it reaches the first layers."
     )
-    view.chart(charts.gradient_flow(layers, epoch))
+    # The page's one legend sits beside the signature picture (no chart draws its own).
+    flow, key = st.columns([3, 1])
+    with flow:
+        view.chart(charts.gradient_flow(view_.layers, epoch, view_.colors))
+    with key:
+        view.chart(charts.legend(view_.colors, columns=1))
 
+
+def gradient_sections(sel: db_gateway.Selection, view_: CompareView, epoch: int) -> None:
+    layers = view_.run_layers
     st.subheader("Gradient norm by layer and epoch")
     st.caption(
         "One heatmap per run, all on the same colour scale: dark cells are layers that "
@@ -171,10 +269,13 @@ def gradient_sections(sel: db_gateway.Selection, layers: pd.DataFrame, epoch: in
     )
     domain = charts.shared_log10_domain(layers)
     by_run = dict(tuple(layers.groupby("run_id", sort=False)))
-    for group in chunks([i for i in sel.label_map if i in by_run], PER_ROW):
-        for col, run_id in zip(st.columns(PER_ROW), group, strict=False):
-            with col:
-                view.chart(charts.grad_heatmap(by_run[run_id], domain))
+    shown = [i for i in sel.label_map if i in by_run]
+    per_row = per_row_for(len(shown))
+    if shown_per_run(len(shown), f"Show the {len(shown)} heatmaps", "compare_heatmaps"):
+        for group in chunks(shown, per_row):
+            for col, run_id in zip(st.columns(per_row), group, strict=False):
+                with col:
+                    view.chart(charts.grad_heatmap(by_run[run_id], domain))
 
     st.subheader("Gradient histograms")
     n_layers = int(layers["layer"].max()) + 1
@@ -183,7 +284,12 @@ def gradient_sections(sel: db_gateway.Selection, layers: pd.DataFrame, epoch: in
     if hist.empty:
         st.info(f"No histograms recorded for layer {layer} at epoch {epoch}.")
         return
-    view.chart(charts.grad_histograms(hist))
+    view.chart(
+        charts.grad_histograms(
+            view_.runs_to_lines(hist, ("bin_left", "bin_right"), ("fraction", "count")),
+            view_.colors,
+        )
+    )
     st.caption(
         f"Bins are a quarter decade wide; the leftmost also counts entries below "
         f"1e{HIST_LOG10_MIN:.0f} and the rightmost those above 1e{HIST_LOG10_MAX:.0f}."
@@ -198,7 +304,7 @@ def gradient_sections(sel: db_gateway.Selection, layers: pd.DataFrame, epoch: in
         st.caption("Not on the log axis: " + "; ".join(notes))
 
 
-def health_section(layers: pd.DataFrame, epoch: int) -> None:
+def health_section(view_: CompareView, epoch: int) -> None:
     st.subheader("Activation health")
     st.caption(
         "Signal spread: how much each layer's output varies across inputs (it shrinks "
@@ -207,16 +313,24 @@ def health_section(layers: pd.DataFrame, epoch: int) -> None:
     )
     left, right = st.columns(2)
     with left:
-        view.chart(charts.activation_spread(layers, epoch))
+        view.chart(charts.activation_spread(view_.layers, epoch, view_.colors))
     with right:
-        view.chart(charts.unit_health(layers, epoch))
+        view.chart(charts.unit_health(view_.layers, epoch, view_.colors))
 
 
 def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
+    n = len(sel.label_map)
+    if n > FOLD_AFTER:  # asked for first: the maps are not even read until then
+        st.subheader("Decision boundaries")
+        if not shown_per_run(n, f"Show the decision maps of the {n} runs", "compare_maps"):
+            return
     maps = db_gateway.decision_maps(sel, epoch)
     if maps.grid.empty:
+        if n > FOLD_AFTER:
+            st.caption("None of these runs has a decision map (two-feature datasets only).")
         return
-    st.subheader("Decision boundaries")
+    if n <= FOLD_AFTER:
+        st.subheader("Decision boundaries")
     shown = maps.grid.groupby("run_id", sort=False)["epoch"].first()
     st.caption(
         f"P(class 1) over the input plane with the test points, at the last recorded map "
@@ -226,11 +340,90 @@ def decision_section(sel: db_gateway.Selection, epoch: int) -> None:
     )
     grids = dict(tuple(maps.grid.groupby("run_id", sort=False)))
     points = dict(tuple(maps.points.groupby("run_id", sort=False)))
-    for group in chunks([i for i in sel.label_map if i in grids], PER_ROW):
-        for col, run_id in zip(st.columns(PER_ROW), group, strict=False):
+    shown = [i for i in sel.label_map if i in grids]
+    per_row = per_row_for(len(shown))
+    size = MAP_SIZE if per_row == PER_ROW else MAP_SIZE * PER_ROW // per_row + 20
+    for group in chunks(shown, per_row):
+        for col, run_id in zip(st.columns(per_row), group, strict=False):
             with col:
                 pts = points.get(run_id, maps.points.iloc[:0])
-                view.chart(charts.decision_map(grids[run_id], pts, size=MAP_SIZE), stretch=False)
+                view.chart(charts.decision_map(grids[run_id], pts, size=size), stretch=False)
+
+
+@dataclass(frozen=True)
+class CompareView:
+    """What the charts draw: per run, or per seed group (median and band), with a colour key."""
+
+    epochs: pd.DataFrame
+    layers: pd.DataFrame
+    run_layers: pd.DataFrame  # always per run (heatmaps)
+    colors: Colors
+    groups: SeedGroups | None
+    keys: dict[str, str]  # run id or group id -> colour key
+
+    def runs_to_lines(
+        self, frame: pd.DataFrame, keys: tuple[str, ...], fields: tuple[str, ...]
+    ) -> pd.DataFrame:
+        """A per-run frame as the charts' lines: grouped when seeds are grouped, coloured."""
+        if self.groups is not None:
+            frame = seeds.aggregate(frame, self.groups, keys, fields)
+        return frame.assign(colour=frame["run_id"].map(self.keys))
+
+
+def colour_controls(sel: db_gateway.Selection) -> tuple[str, bool]:
+    """Colour-by and group-seeds controls (their choices are UI state, not the URL)."""
+    fields = sorted({k for cfg in sel.runs["config"] for k in cfg if k != "name"})
+    left, right = st.columns([3, 2])
+    by = left.selectbox(
+        "Colour by",
+        ["run", "architecture", *[f for f in fields if f != "arch"]],
+        key="compare_colour_by",
+        help="Each run keeps its own colour on every page; or colour by a setting.",
+    )
+    grouped = right.toggle(
+        "Group seeds",
+        key="compare_group_seeds",
+        help="Runs that differ only in seed become one line: the median, with a min-max band.",
+    )
+    return by, grouped
+
+
+def build_view(
+    sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame, by: str, grouped: bool
+) -> CompareView:
+    groups = seeds.seed_groups(sel.runs) if grouped else None
+    colors, run_keys = colors_for(sel.runs, by, legend=False)
+    if groups is None:
+        keys = run_keys
+    else:
+        if by == "run":  # a group takes its first run's colour, under the group's label
+            mapping = colors.mapping()
+            firsts = {g: members[0] for g, members in groups.members.items()}
+            keys = {g: groups.labels[g] for g in firsts}
+            colour_of = {groups.labels[g]: mapping[run_keys[r]] for g, r in firsts.items()}
+            colors = Colors(
+                "colour", "seed group", tuple(colour_of), tuple(colour_of.values()), False
+            )
+        else:
+            keys = {g: run_keys[members[0]] for g, members in groups.members.items()}
+        epochs = seeds.aggregate(epochs, groups, ("epoch",), EPOCH_FIELDS)
+        layers = seeds.aggregate(layers, groups, ("epoch", "layer"), LAYER_STAT_FIELDS)
+    used = set(keys.values())
+    colors = Colors(
+        colors.field,
+        colors.title,
+        tuple(k for k in colors.domain if k in used),
+        tuple(c for k, c in zip(colors.domain, colors.range, strict=True) if k in used),
+        False,
+    )
+    return CompareView(
+        epochs.assign(colour=epochs["run_id"].map(keys)),
+        layers.assign(colour=layers["run_id"].map(keys)),
+        db_gateway.layer_stats(sel),
+        colors,
+        groups,
+        keys,
+    )
 
 
 def compare(run_ids: list[str]) -> None:
@@ -239,12 +432,16 @@ def compare(run_ids: list[str]) -> None:
     if layers.empty:
         st.info("The chosen runs have not recorded an epoch yet; this page updates as they do.")
         return
-    diagnosis_section(sel, epochs, layers)
-    config_section(sel)
-    curves_section(epochs)
+    by, grouped = colour_controls(sel)
+    view_ = build_view(sel, epochs, layers, by, grouped)
+    # The signature picture first: where the gradient goes, then what that means per run.
     epoch = epoch_control(int(layers["epoch"].max()))
-    gradient_sections(sel, layers, epoch)
-    health_section(layers, epoch)
+    gradient_flow_section(view_, epoch)
+    diagnosis_section(sel, epochs, layers)
+    curves_section(view_)
+    config_section(sel)
+    gradient_sections(sel, view_, epoch)
+    health_section(view_, epoch)
     decision_section(sel, epoch)
 
 
@@ -255,7 +452,7 @@ if db_gateway.runs().empty:
     st.stop()
 chosen = pick_runs()
 if not chosen:
-    st.info("Choose runs above, or tick them on the Runs page.")
+    offer_latest(db_gateway.runs())
     st.stop()
 live = db_gateway.selection(chosen).runs["status"].isin(ACTIVE_STATUSES).any()
 st.fragment(view.guarded(compare), run_every=REFRESH_S if live else None)(chosen)

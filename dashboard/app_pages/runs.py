@@ -6,14 +6,19 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import db_gateway, state, tables, view
+from dashboard import annotations, db_gateway, state, tables, view
 from vocab.fields import ACTIVE_STATUSES
 
 REFRESH_S = 2.0
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),
     "progress": st.column_config.ProgressColumn(
-        "progress", min_value=0.0, max_value=1.0, format="percent", width="small"
+        "progress",
+        min_value=0.0,
+        max_value=1.0,
+        format="percent",
+        width="small",
+        color="blue",  # the theme's red would read as an error on completed runs
     ),
     "test acc": st.column_config.NumberColumn(
         "test acc", format="%.3f", width="small", help="Test accuracy at the last epoch"
@@ -24,6 +29,7 @@ COLUMNS = {
         options=tables.BADGES,
         color=tables.BADGE_COLORS,
     ),
+    "tags": st.column_config.ListColumn("tags", width="small"),
     "created": st.column_config.DatetimeColumn("created", format="distance"),
     "error": st.column_config.TextColumn("error", width="large"),
 }
@@ -72,6 +78,12 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
         )
     lo, hi = int(table["depth"].min()), int(table["depth"].max())
     depth = more[3].slider("Depth", lo, hi, (lo, hi), key="runs_depth") if hi > lo else None
+    known_tags = sorted({t for have in table["tags"] for t in have})
+    tags = None
+    if known_tags:
+        tags = st.multiselect(
+            "Tags", known_tags, key="runs_tags", placeholder="runs carrying every tag chosen"
+        )
     return tables.filter_runs(
         table,
         text=text,
@@ -81,11 +93,19 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
         diagnoses=diagnoses,
         sweep=sweep,
         depth=depth,
+        tags=tags,
     )
 
 
-def actions(chosen: list[str], table: pd.DataFrame) -> None:
+def actions(chosen: list[str], table: pd.DataFrame, hidden: int = 0) -> None:
     n = len(chosen)
+    if n:
+        # Name what the buttons act on: ticked rows may have scrolled out of view.
+        outside = f", {hidden} of them outside the current filters" if hidden else ""
+        st.caption(
+            f"**Selected ({n}{outside}):** "
+            + tables.escape_markdown(tables.selection_text(table, chosen))
+        )
     cols = st.columns(4)
     if cols[0].button(
         f"Compare {n} run(s)", type="primary", disabled=not n, icon=":material/compare_arrows:"
@@ -121,6 +141,13 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
         f"Delete {len(deletable)} run(s) and everything recorded for them? This cannot be undone.",
         icon=":material/warning:",
     )
+    # Every run that would go, by name, id and status (a table: names are never Markdown).
+    st.dataframe(
+        table.loc[deletable, ["name", "status", "arch", "depth", "id"]],
+        hide_index=True,
+        key="delete_list",
+        height=min(38 + 35 * len(deletable), 300),
+    )
     yes, no = st.columns([1, 5])
     if yes.button("Delete", type="primary", disabled=not deletable, key="delete_yes"):
         deleted = db_gateway.delete_runs(deletable)
@@ -154,14 +181,24 @@ def runs_view() -> None:
         column_config=COLUMNS,
         height=min(38 + 35 * len(view), 560),
     )
-    chosen = [view.index[pos] for pos in event.selection.rows]
+    # Runs ticked earlier and now hidden by the filters stay selected, and the actions say so
+    # (they are named under the table), rather than vanishing from the selection unseen.
+    hidden = [i for i in state.selected_runs() if i in table.index and i not in view.index]
+    chosen = [view.index[pos] for pos in event.selection.rows] + hidden
     if set(chosen) != selected:
         state.select_runs(chosen)
     st.caption(
         f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
         "click a column header to sort."
     )
-    actions(chosen, table)
+    actions(chosen, table, hidden=len(hidden))
+    if len(chosen) == 1:
+        annotate_form(chosen[0], db_gateway.runs().set_index("id"))
+
+
+def annotate_form(run_id: str, runs: pd.DataFrame) -> None:
+    with st.expander("Name, notes and tags of the selected run", icon=":material/edit_note:"):
+        annotations.annotate_form(run_id, runs, key="annotate")
 
 
 st.title("Runs")

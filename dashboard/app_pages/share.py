@@ -82,4 +82,8 @@ if upload is not None and st.button(
             f"{len(report.already_present)} already present, {len(report.conflicting)} "
             f"conflicting, {len(report.refused)} refused."
         )
-        st.text(report.summary)  # run names and file names stay plain text
+        # The counts are above; below only what they do not say (each run not added, merged
+        # notes and tags). Run names and file names stay plain text.
+        details = report.summary.splitlines()[1:]
+        if details:
+            st.text("\n".join(details))

@@ -60,6 +60,10 @@ def runs(
     name: Annotated[
         str | None, typer.Option(help="Only runs whose name contains this text.", metavar="TEXT")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="Only runs carrying this tag (repeatable).", metavar="TAG"),
+    ] = None,
 ) -> None:
     """List runs, newest first: id, name, model, dataset, status, epochs, test accuracy and
     the diagnosis (the most serious finding; `gradscope show ID` explains it)."""
@@ -67,7 +71,9 @@ def runs(
 
     engine = open_engine(db, read_only=True)
     try:
-        found = list_runs(engine, status, limit, sweep=sweep, archs=arch, name=name)
+        found = list_runs(
+            engine, status, limit, sweep=sweep, archs=arch, name=name, tags=tag
+        )
         labels = _badges(engine, found)
     except StorageError as exc:
         fail(str(exc))
@@ -118,7 +124,7 @@ def runs(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    if not found and (status or sweep or arch or name):
+    if not found and (status or sweep or arch or name or tag):
         err_console.print("No runs match these filters.")
     elif not found:
         err_console.print("No runs yet. Try: gradscope train --arch sigmoid")
@@ -171,6 +177,12 @@ def show(
     header = Text(doc["id"], style="bold")
     header.append(printable(f" {doc['name'] or ''}  status: {doc['status']}"))
     console.print(header, highlight=False)
+    if doc["tags"]:
+        console.print("tags: " + printable(", ".join(doc["tags"])), highlight=False)
+    if doc["notes"]:
+        # An imported file's notes may hold escapes: shown, never obeyed (newlines kept).
+        shown = "\n".join(printable(line) for line in doc["notes"].splitlines())
+        console.print(f"notes: {shown}", highlight=False)
     if doc["error"]:
         console.print(Text("error: " + printable(doc["error"]), style="red"), highlight=False)
     console.print(

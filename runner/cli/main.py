@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from runner.cli import (
+    annotate_commands,
     browse_commands,
     dashboard_commands,
     queue_commands,
@@ -31,6 +32,7 @@ for _module in (
     share_commands,
     dashboard_commands,
     schema_commands,
+    annotate_commands,
 ):
     _module.register(app)
 
