@@ -95,7 +95,10 @@ def test_cli_tag_note_rename_delete(db_path: Path) -> None:
 
 def test_annotations_travel_and_merge_on_import(tmp_path: Path) -> None:
     home, away = make_engine(str(tmp_path / "home.db")), make_engine(str(tmp_path / "away.db"))
-    ids = RunStore(home).create_runs(_specs(2), status="completed")
+    store = RunStore(home)
+    ids = store.create_runs(_specs(2), status="running")
+    for run_id in ids:  # an import takes finished runs only
+        store.finish_run(run_id, "completed")
     set_tags(home, ids[0], add=["mine"])
     set_notes(home, ids[0], "home notes")
     export_runs(home, ids, tmp_path / "out.db")

@@ -19,8 +19,10 @@ from db.engine import make_engine
 from db.errors import NotFoundError
 from db.lifecycle import (
     WORKER_LOST,
+    Runtime,
     cancel_runs,
     claim_next,
+    create_runs,
     db_now,
     queued_demand,
     recover_lost,
@@ -125,10 +127,12 @@ def test_no_retries_and_cancel_requested_runs_fail(engine: Engine) -> None:
         cancelled: "failed",
     }
     # A foreground run (never claimed from the queue) is not queued again either.
-    foreground = RunStore(engine).create_run(
-        RunSpec(make_config(SMALL).model_dump()), status="running"
+    [foreground] = create_runs(
+        engine,
+        [RunSpec(make_config(SMALL).model_dump())],
+        status="running",
+        runtime=Runtime(worker="fg", device="cpu", torch_version=""),
     )
-    RunStore(engine).mark_running(foreground, worker="fg", device="cpu", torch_version="")
     assert recover_lost(engine, 60, now=_later(engine), retries=3) == {foreground: "failed"}
     # A fresh heartbeat is not lost, whatever the retries.
     [alive] = queue_runs(engine, 1)

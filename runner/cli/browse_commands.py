@@ -71,9 +71,7 @@ def runs(
 
     engine = open_engine(db, read_only=True)
     try:
-        found = list_runs(
-            engine, status, limit, sweep=sweep, archs=arch, name=name, tags=tag
-        )
+        found = list_runs(engine, status, limit, sweep=sweep, archs=arch, name=name, tags=tag)
         labels = _badges(engine, found)
     except StorageError as exc:
         fail(str(exc))
