@@ -187,6 +187,7 @@ def end_to_end(args: argparse.Namespace) -> None:
                 else:
                     flag = "--batch" if side == "batched" else "--no-batch"
                     times[side].append(ours(tmp, f"{side}{i}", flag))
+                print(f"  round {i}: {side} {times[side][-1]:.2f} s", flush=True)
     for side in sides:
         print(f"  {side:<9} median {statistics.median(times[side]):7.2f} s  {times[side]}")
 
