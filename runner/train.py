@@ -1,4 +1,7 @@
-"""The training loop: data, model, optimizer, epochs. Knows nothing of SQL or Streamlit.
+"""The autograd training loop: data, model, torch.optim, epochs. Knows nothing of SQL or Streamlit.
+
+Runs of the built-in architectures train on the hand-written engine (`runner.ensemble`, a solo
+run being a group of one); this loop is the reference the tests compare that engine with.
 
 `train()` calls a recorder once per epoch with everything measured; the recorder decides where
 it goes (the database, a list in a test). One CPU-device sync per epoch, none per step.
