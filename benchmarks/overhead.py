@@ -1,11 +1,14 @@
-"""What does recording cost? Issue 2's benchmark; prints ratios (targets: <= 1.10 in training,
-<= 1.15 for the whole process).
+"""What does recording cost? Issues 2 and 15; prints ratios (targets: <= 1.05 in training,
+<= 1.10 for the whole process).
 
 1. Training: depth 20, width 64, sigmoid, 4096 moons samples, batch 64, SGD, 5 epochs, one
    thread; full recording (statistics + a real SQLite file) against a plain loop of the same
    model and data, alternating over several rounds in fresh processes; median paired ratio.
-   A third variant, `train()` with a recorder that stores nothing, splits the cost between
-   measuring (per-step statistics, the end-of-epoch test pass, decision grids) and storing.
+   A third variant, the solo engine (`train_group` of one, what `execute_run` runs) with a
+   recorder that stores nothing, splits the cost between measuring (per-step statistics, the
+   end-of-epoch test pass, decision grids) and storing. The plain loop is autograd with
+   torch.optim, what a user writes; solo runs train on the hand-written engine, which is faster
+   than that loop, so the recorded side can come out below 1.
 2. Whole process: `gradscope train` (imports, database set-up, recording) against a bare PyTorch
    script of the same workload (benchmarks/bare_train.py).
 
@@ -51,12 +54,12 @@ def child(mode: str) -> None:
 
     torch.set_num_threads(1)
     cfg = make_config(WORKLOAD)
-    # Every side times from warm imports (scikit-learn, and torch._dynamo, which torch.optim
-    # imports on first use); each then loads its own data and builds its own model.
+    # Every side times from warm imports (torch._dynamo, which torch.optim imports on first
+    # use, for the plain loop); each then loads its own data and builds its own model.
     load_dataset(cfg)
     make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
     if mode == "measured":
-        from runner.train import train
+        from runner.ensemble import train_group
 
         class Discard:
             def start(self, *args: object) -> None: ...
@@ -65,7 +68,7 @@ def child(mode: str) -> None:
                 return False
 
         started = time.perf_counter()
-        train(cfg, Discard())
+        train_group([cfg], [Discard()])
         elapsed = time.perf_counter() - started
     elif mode == "recorded":
         from db.engine import make_engine
@@ -141,7 +144,7 @@ def main() -> None:
             f"{mode} / plain ({what}), median of {args.rounds} paired rounds: "
             f"{statistics.median(ratios):.3f}"
         )
-    print("   [target for recorded / plain: <= 1.10, goal 1.05]")
+    print("   [target for recorded / plain: <= 1.05]")
 
     gradscope = str(Path(sys.executable).with_name("gradscope"))
     whole_ratios = []
@@ -155,7 +158,7 @@ def main() -> None:
             whole_ratios.append(ours / bare)
     print(
         f"whole process: gradscope train / bare PyTorch script, median of {args.rounds}: "
-        f"{statistics.median(whole_ratios):.3f}   [target <= 1.15]"
+        f"{statistics.median(whole_ratios):.3f}   [target <= 1.10]"
     )
 
 

@@ -11,13 +11,22 @@ involved. With --sqlite both go through a real SQLite RunStore (execute_run agai
 execute_group), as a worker would. The machine may be shared: the CPU-time ratio (this process
 only) is printed as well, with the load average.
 
+With --end-to-end, the yardstick users know, in fresh processes (paired rounds, medians): the
+same 48 runs queued by `gradscope sweep` and drained by `gradscope worker --exit-when-idle`
+(recording everything into SQLite), with --batch and with --no-batch, against
+benchmarks/bare_sweep.py, a plain PyTorch script training them one after another and recording
+nothing. Targets: bare / batched >= 5x; --no-batch / batched >= 2x.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py [--sqlite] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py --end-to-end [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +35,15 @@ from pathlib import Path
 
 # As a script, Python puts benchmarks/ first on the path, where benchmarks/queue.py shadows the
 # standard library's queue module (torch imports it): the repository root goes there instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)
 
 import torch  # noqa: E402
 
 from db.engine import make_engine  # noqa: E402
 from db.store import RunStore  # noqa: E402
-from runner.ensemble import execute_group, train_group  # noqa: E402
-from runner.execute import execute_run  # noqa: E402
+from runner.ensemble import train_group  # noqa: E402
+from runner.execute import execute_group, execute_run  # noqa: E402
 from runner.train import train  # noqa: E402
 from vocab.config import RunConfig, make_config  # noqa: E402
 from vocab.grouping import plan_groups  # noqa: E402
@@ -128,12 +138,66 @@ def main() -> None:
     parser.add_argument("--sizes", default="4,16,64", help="group sizes for the K table")
     parser.add_argument("--sqlite", action="store_true", help="record through SQLite")
     parser.add_argument("--quick", action="store_true", help="5 epochs, sizes 4,16")
+    parser.add_argument("--end-to-end", action="store_true", help="whole processes, see above")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds (--end-to-end)")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.sizes = 5, "4,16"
+    if args.end_to_end:
+        end_to_end(args)
+        return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         run(args, Runner(Path(tmp) if args.sqlite else None))
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """`gradscope sweep` + `gradscope worker --exit-when-idle` (batched and not) against the
+    plain script, each a fresh process, in rotating order; medians of paired ratios."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    gradscope = [sys.executable, "-P", "-m", "runner.cli"]
+    grid = ["--arch", ",".join(ARCHS), "--seed", ",".join(str(s) for s in range(args.seeds))]
+    grid += ["--depth", str(args.depth), "--width", str(args.width), "--epochs", str(args.epochs)]
+    grid += ["--samples", str(args.samples), "--device", args.device]
+
+    def wall(*commands: list[str]) -> float:
+        started = time.perf_counter()
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+        return time.perf_counter() - started
+
+    def ours(tmp: str, name: str, batch: str) -> float:
+        db = ["--db", str(Path(tmp) / f"{name}.db")]
+        drain = [*gradscope, "worker", *db, "--exit-when-idle"]
+        return wall([*gradscope, "sweep", *db, batch, *grid], drain)
+
+    bare = [sys.executable, "-P", str(ROOT / "benchmarks" / "bare_sweep.py")]
+    bare += ["--seeds", str(args.seeds), "--epochs", str(args.epochs)]
+    sides = ("batched", "no-batch", "bare")
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    print(
+        f"end to end: {len(ARCHS)} archs x {args.seeds} seeds, depth {args.depth}, width "
+        f"{args.width}, {args.epochs} epochs; load average before {os.getloadavg()[0]:.2f}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            for side in sides[i % 3 :] + sides[: i % 3]:
+                if side == "bare":
+                    times[side].append(wall(bare))
+                else:
+                    flag = "--batch" if side == "batched" else "--no-batch"
+                    times[side].append(ours(tmp, f"{side}{i}", flag))
+                print(f"  round {i}: {side} {times[side][-1]:.2f} s", flush=True)
+    for side in sides:
+        print(f"  {side:<9} median {statistics.median(times[side]):7.2f} s  {times[side]}")
+
+    def ratio(slow: str, fast: str) -> float:
+        return statistics.median(s / f for s, f in zip(times[slow], times[fast], strict=True))
+
+    print(f"bare script / gradscope batched: {ratio('bare', 'batched'):.2f}x  [target >= 5x]")
+    print(f"--no-batch / batched:            {ratio('no-batch', 'batched'):.2f}x  [target >= 2x]")
+    print(f"bare script / --no-batch:        {ratio('bare', 'no-batch'):.2f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f} (medians of {args.rounds} paired rounds)")
 
 
 def run(args: argparse.Namespace, runner: Runner) -> None:

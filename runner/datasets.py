@@ -14,6 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
+from runner import synthetic
 from runner.csv_limits import max_csv_bytes
 from vocab.config import ConfigError, RunConfig
 
@@ -172,21 +173,19 @@ def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
 
 def raw_data(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels before splitting and scaling, seeded by cfg.seed."""
-    # Imported here: scikit-learn's datasets module costs import time on every path otherwise.
-    from sklearn import datasets
-
     if cfg.dataset == "moons":
-        return datasets.make_moons(cfg.samples, noise=cfg.noise, random_state=cfg.seed)
+        return synthetic.make_moons(cfg.samples, cfg.noise, cfg.seed)
     if cfg.dataset == "circles":
-        return datasets.make_circles(
-            cfg.samples, noise=cfg.noise * 0.5, factor=0.5, random_state=cfg.seed
-        )
+        return synthetic.make_circles(cfg.samples, cfg.noise * 0.5, 0.5, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.dataset == "xor":
         return _xor(cfg.samples, cfg.noise, rng)
     if cfg.dataset == "spirals":
         return _spirals(cfg.samples, cfg.noise, rng)
     if cfg.dataset == "breast_cancer":
+        # Imported here: scikit-learn costs about a second; only this dataset needs it.
+        from sklearn import datasets
+
         bunch = datasets.load_breast_cancer()
         return bunch.data, bunch.target
     return _read_csv(cfg.csv_path, cfg.label)
@@ -194,17 +193,14 @@ def raw_data(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def load_dataset(cfg: RunConfig) -> Dataset:
     """The run's data: seeded stratified split, standardized on the training split."""
-    from sklearn.model_selection import train_test_split
-
     x, y = raw_data(cfg)
     if len(np.unique(y)) < 2:
         raise DatasetError(f"{cfg.dataset}: needs examples of both classes")
     try:
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            x, y, test_size=cfg.test_fraction, random_state=cfg.seed, stratify=y
-        )
+        train_rows, test_rows = synthetic.stratified_split(len(y), y, cfg.test_fraction, cfg.seed)
     except ValueError as exc:
         raise DatasetError(f"{cfg.dataset}: cannot split into train and test ({exc})") from None
+    x_tr, x_te, y_tr, y_te = x[train_rows], x[test_rows], y[train_rows], y[test_rows]
     mean = x_tr.mean(axis=0)
     std = x_tr.std(axis=0)
     std[std == 0] = 1.0  # a constant column carries no signal; keep it finite

@@ -7,14 +7,13 @@ recorder exactly as a solo run would be. Nothing is computed across members (no 
 clipping), so a diverging or cancelled member cannot change the others' numbers; members that
 finish (completed, diverged, cancelled, failed) leave the stack at the end of the epoch.
 
-`execute_group()` is `runner.execute.execute_run()` for a claimed group; `vocab.grouping` says
-which runs may share a group.
+A solo run is a group of one: `runner.execute` trains every built-in run through this engine
+(`execute_run` and `execute_group` side by side there); `runner.train.train()` is the autograd
+reference the tests compare it with. `vocab.grouping` says which runs may share a group.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -24,17 +23,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from db.store import RunStore
 from runner.datasets import Dataset, load_dataset
 from runner.ensemble_model import StackedMLP, StackedOptimizer
-from runner.execute import DbRecorder
 from runner.networks import build_model
 from runner.probes import EpochGradStats, activation_stats, divergence, epoch_rows
 from runner.recording import DecisionGridMaker, Recorder, grid_epochs, test_points
 from runner.train import STOP_CHECK_SECONDS, TrainResult, resolve_device
 from vocab.config import RunConfig
 from vocab.grouping import group_key
-from vocab.records import EpochRecord, FinalMetrics
+from vocab.records import EpochRecord
 
 EVAL_CHUNK_ELEMENTS = 1 << 17  # floats per activation tensor in the end-of-epoch passes
 
@@ -55,7 +52,7 @@ class _Member:
     result: TrainResult | None = None
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
@@ -146,7 +143,7 @@ class _GroupTraining:
         try:
             return bool(call())
         except Exception as exc:  # noqa: BLE001 - one member's storage failing is its own
-            self._end(k, TrainResult("failed", -1, {}, _error_text(exc)))
+            self._end(k, TrainResult("failed", -1, {}, error_text(exc)))
             return True
 
     def _stack_data(self) -> None:
@@ -358,75 +355,3 @@ class _GroupTraining:
                 self._end(k, TrainResult("completed", epoch, member.last))
             elif reason:
                 self._end(k, TrainResult(reason, epoch, member.last))
-
-
-# -- with the database -----------------------------------------------------------------------
-
-
-class CancelRequests:
-    """The group's cancel requests, read for all members at once and reused for a moment: a
-    mid-epoch check asks every member, and that should be one query, not one per member."""
-
-    def __init__(self, store: RunStore, run_ids: Sequence[str], max_age_s: float = 0.5) -> None:
-        self.store = store
-        self.run_ids = list(run_ids)
-        self.max_age_s = max_age_s
-        self._read_at = -math.inf
-        self._requested: set[str] = set()
-
-    def __contains__(self, run_id: object) -> bool:
-        if time.monotonic() - self._read_at > self.max_age_s:
-            self._requested = self.store.cancel_requests(self.run_ids)
-            self._read_at = time.monotonic()
-        return run_id in self._requested
-
-
-class GroupMemberRecorder(DbRecorder):
-    """A member's DbRecorder that also reports its cancellation mid-epoch (a read only: the
-    worker's own heartbeat thread keeps every claimed member's heartbeat fresh)."""
-
-    def __init__(self, store: RunStore, run_id: str, requests: CancelRequests) -> None:
-        super().__init__(store, run_id)
-        self.requests = requests
-
-    def poll(self) -> bool:
-        return self.run_id in self.requests
-
-
-def execute_group(
-    store: RunStore,
-    run_ids: Sequence[str],
-    cfgs: Sequence[RunConfig],
-    should_stop: Callable[[], str | None] = lambda: None,
-) -> list[TrainResult]:
-    """Train a claimed group (every member already `running`) as one batched model and give
-    each member its own final status, as `execute_run` does for a solo run.
-
-    Each member is finished as soon as it ends (others may still be training). An exception
-    outside one member's recording ends every member not yet finished `failed` with its text.
-    """
-    if len(run_ids) != len(cfgs):
-        raise ValueError("execute_group needs one config per run id")
-    # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
-    torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
-    results: list[TrainResult | None] = [None] * len(run_ids)
-
-    def finish(k: int, result: TrainResult) -> None:
-        results[k] = result
-        store.finish_run(
-            run_ids[k],
-            result.status,
-            final=FinalMetrics.from_metrics(result.final),
-            error=result.error,
-        )
-
-    requests = CancelRequests(store, run_ids)
-    recorders = [GroupMemberRecorder(store, run_id, requests) for run_id in run_ids]
-    try:
-        train_group(cfgs, recorders, should_stop, on_done=finish)
-    except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
-        detail = _error_text(exc)
-        for k, result in enumerate(results):
-            if result is None:
-                finish(k, TrainResult("failed", -1, {}, detail))
-    return [r for r in results if r is not None]

@@ -1,20 +1,26 @@
-"""Run one queued or foreground run end to end: train it, record it, give it a final status.
+"""Run queued or foreground runs end to end: train, record, give each its final status.
 
-Shared by `gradscope train` and the background worker, so both record runs identically.
+`execute_run` (one run) and `execute_group` (a claimed group of same-shape runs) side by side;
+shared by `gradscope train` and the background worker, so both record runs identically. Both
+train through the batched hand-written engine (`runner.ensemble.train_group`): a solo run is a
+group of one, recorded by the same code as a group's members, so the two paths cannot drift.
+`runner.train.train()`'s autograd loop is the reference the tests compare that engine with.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import traceback
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 
 from db.queries import get_run
 from db.store import RunStore
-from runner.train import TrainResult, train
-from vocab.config import RunConfig
+from runner.ensemble import error_text, train_group
+from runner.train import TrainResult
+from vocab.config import RunConfig, make_config
 from vocab.records import EpochRecord, FinalMetrics, LayerInfo
 
 
@@ -39,6 +45,30 @@ class DbRecorder:
         return cancelled
 
 
+class _Discard:
+    """A recorder that keeps nothing (for `warm_up`)."""
+
+    def start(self, layers: list[LayerInfo], points: tuple[int, bytes] | None, device: str) -> None:
+        pass
+
+    def epoch(self, record: EpochRecord) -> bool:
+        return False
+
+
+def warm_up() -> None:
+    """Train a tiny run in memory: torch's first calls of each kernel (bmm, the fused Adam,
+    the statistics) set things up once per process; an idle worker pays that before a claim."""
+    _one_thread()
+    tiny = {"samples": 64, "depth": 2, "width": 4, "epochs": 1, "device": "cpu"}
+    for optimizer in ("adam", "sgd"):
+        train_group([make_config({**tiny, "optimizer": optimizer})], [_Discard()])
+
+
+def _one_thread() -> None:
+    # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
+    torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
+
+
 def execute_run(
     store: RunStore,
     run_id: str,
@@ -52,18 +82,89 @@ def execute_run(
     KeyboardInterrupt ends it `interrupted` and goes on up. If the run stopped being ours
     meanwhile (another worker marked it lost), its stored status is returned, not overwritten.
     """
-    # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
-    torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
+    _one_thread()
     try:
-        result = train(cfg, DbRecorder(store, run_id, on_epoch), should_stop)
+        # A group of one: the same step and recording as a batched member. A recorder that
+        # fails ends the run `failed` inside train_group, as an exception here would.
+        [result] = train_group([cfg], [DbRecorder(store, run_id, on_epoch)], should_stop)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", error="interrupted (Ctrl-C)")
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        result = TrainResult("failed", -1, {}, detail)
+        result = TrainResult("failed", -1, {}, error_text(exc))
     final = FinalMetrics.from_metrics(result.final)
     if not store.finish_run(run_id, result.status, final=final, error=result.error):
         stored = get_run(store.engine, run_id)
         return TrainResult(stored.status, stored.epochs_done, result.final, stored.error)
     return result
+
+
+# -- groups ----------------------------------------------------------------------------------
+
+
+class CancelRequests:
+    """The group's cancel requests, read for all members at once and reused for a moment: a
+    mid-epoch check asks every member, and that should be one query, not one per member."""
+
+    def __init__(self, store: RunStore, run_ids: Sequence[str], max_age_s: float = 0.5) -> None:
+        self.store = store
+        self.run_ids = list(run_ids)
+        self.max_age_s = max_age_s
+        self._read_at = -math.inf
+        self._requested: set[str] = set()
+
+    def __contains__(self, run_id: object) -> bool:
+        if time.monotonic() - self._read_at > self.max_age_s:
+            self._requested = self.store.cancel_requests(self.run_ids)
+            self._read_at = time.monotonic()
+        return run_id in self._requested
+
+
+class GroupMemberRecorder(DbRecorder):
+    """A member's DbRecorder that also reports its cancellation mid-epoch (a read only: the
+    worker's own heartbeat thread keeps every claimed member's heartbeat fresh)."""
+
+    def __init__(self, store: RunStore, run_id: str, requests: CancelRequests) -> None:
+        super().__init__(store, run_id)
+        self.requests = requests
+
+    def poll(self) -> bool:
+        return self.run_id in self.requests
+
+
+def execute_group(
+    store: RunStore,
+    run_ids: Sequence[str],
+    cfgs: Sequence[RunConfig],
+    should_stop: Callable[[], str | None] = lambda: None,
+) -> list[TrainResult]:
+    """Train a claimed group (every member already `running`) as one batched model and give
+    each member its own final status, as `execute_run` does for a solo run.
+
+    Each member is finished as soon as it ends (others may still be training). An exception
+    outside one member's recording ends every member not yet finished `failed` with its text.
+    """
+    if len(run_ids) != len(cfgs):
+        raise ValueError("execute_group needs one config per run id")
+    _one_thread()
+    results: list[TrainResult | None] = [None] * len(run_ids)
+
+    def finish(k: int, result: TrainResult) -> None:
+        results[k] = result
+        store.finish_run(
+            run_ids[k],
+            result.status,
+            final=FinalMetrics.from_metrics(result.final),
+            error=result.error,
+        )
+
+    requests = CancelRequests(store, run_ids)
+    recorders = [GroupMemberRecorder(store, run_id, requests) for run_id in run_ids]
+    try:
+        train_group(cfgs, recorders, should_stop, on_done=finish)
+    except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
+        detail = error_text(exc)
+        for k, result in enumerate(results):
+            if result is None:
+                finish(k, TrainResult("failed", -1, {}, detail))
+    return [r for r in results if r is not None]

@@ -1,4 +1,7 @@
-"""The training loop: data, model, optimizer, epochs. Knows nothing of SQL or Streamlit.
+"""The autograd training loop: data, model, torch.optim, epochs. Knows nothing of SQL or Streamlit.
+
+Runs of the built-in architectures train on the hand-written engine (`runner.ensemble`, a solo
+run being a group of one); this loop is the reference the tests compare that engine with.
 
 `train()` calls a recorder once per epoch with everything measured; the recorder decides where
 it goes (the database, a list in a test). One CPU-device sync per epoch, none per step.
@@ -83,49 +86,49 @@ def train(
     kinds = [info.activation for info in layers]
     recorder.start(layers, test_points(data) if grid else None, str(device))
 
-    loss_sum = torch.zeros((), device=device)
     threaded = os.environ.get("GRADSCOPE_MEASURE_THREAD", "1") != "0"
     measurer = EpochMeasurer(model, kinds, x_test, y_test, grid, recorder, threaded)
     probe = EpochGradStats(flat.weight_sizes, 1, device, measurer.executor)
+    run = _Training(
+        cfg, model, flat, optimizer, loss_fn, shuffle, x_train, y_train, probe, measurer, grid_at
+    )
     try:
-        return _epochs(
-            cfg,
-            model,
-            flat,
-            optimizer,
-            loss_fn,
-            shuffle,
-            x_train,
-            y_train,
-            probe,
-            measurer,
-            grid_at,
-            loss_sum,
-            should_stop,
-        )
+        return _epochs(run, should_stop)
     finally:
         measurer.close()
 
 
-def _epochs(
-    cfg: RunConfig,
-    model: MLP,
-    flat: FlatParameters,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: torch.nn.Module,
-    shuffle: torch.Generator,
-    x_train: Tensor,
-    y_train: Tensor,
-    probe: EpochGradStats,
-    measurer: EpochMeasurer,
-    grid_at: set[int],
-    loss_sum: Tensor,
-    should_stop: Callable[[], str | None],
-) -> TrainResult:
+@dataclass
+class _Training:
+    """What the epoch loop works with, built by `train()`."""
+
+    cfg: RunConfig
+    model: MLP
+    flat: FlatParameters
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    shuffle: torch.Generator
+    x_train: Tensor
+    y_train: Tensor
+    probe: EpochGradStats
+    measurer: EpochMeasurer
+    grid_at: set[int]
+
+
+def _epochs(run: _Training, should_stop: Callable[[], str | None]) -> TrainResult:
     """The epoch loop. Epoch e is measured and stored while epoch e+1 trains; its outcome
     (non-finite test loss, cancellation) is acted on at the end of epoch e+1, before that epoch
     is recorded, so a run stops with exactly the epochs it stored."""
+    cfg, flat, probe, measurer, x_train, y_train = (
+        run.cfg,
+        run.flat,
+        run.probe,
+        run.measurer,
+        run.x_train,
+        run.y_train,
+    )
     n_train = len(x_train)
+    loss_sum = torch.zeros((), device=x_train.device)
     last: dict[str, float] = {}
     last_epoch = 0  # the newest epoch stored
 
@@ -148,17 +151,17 @@ def _epochs(
         next_check = time.monotonic() + STOP_CHECK_SECONDS
         probe.begin(flat.weights)
         loss_sum.zero_()
-        order, batches = _shuffled(n_train, cfg.batch_size, shuffle)
+        order, batches = _shuffled(n_train, cfg.batch_size, run.shuffle)
         epoch_logits: list[Tensor] = []  # for the accuracy, counted once at the epoch's end
         for idx in batches:
             xb, yb = x_train[idx], y_train[idx]
             flat.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
+            logits = run.model(xb)
+            loss = run.loss_fn(logits, yb)
             (loss / len(idx)).backward()
             # Gradients are read here, after backward() and before step(): no hooks needed.
             probe.step(flat.weight_grads)
-            optimizer.step()
+            run.optimizer.step()
             loss_sum.add_(loss.detach())
             epoch_logits.append(logits.detach())
             if time.monotonic() > next_check:
@@ -181,7 +184,7 @@ def _epochs(
             train_loss,
             correct / n_train,
             seconds,
-            with_grid=epoch in grid_at,
+            with_grid=epoch in run.grid_at,
             last=epoch == cfg.epochs,
         )
         if not math.isfinite(float(train_loss)):  # one sync per epoch; the rest is deferred

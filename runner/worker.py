@@ -88,20 +88,21 @@ class RunBudget:
 
 
 def _load_execute_group() -> Callable[..., Any] | None:
-    """runner.ensemble.execute_group when that module provides it (batched ensembles)."""
+    """runner.execute.execute_group when that module provides it (batched ensembles)."""
     try:
-        from runner.ensemble import execute_group
+        from runner.execute import execute_group
     except ImportError:
         return None
     return execute_group
 
 
 def warm_up() -> None:
-    """Import what the first training run would import lazily."""
-    import sklearn.datasets  # noqa: F401 - runner.datasets's generators
-    import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimizer
+    """Import what the first training run needs (torch, the engine: ~2 s) and run one tiny
+    training in memory (~50 ms), so the first claimed run pays neither imports nor torch's
+    first-call set-up of its kernels."""
+    from runner.execute import warm_up as warm_training
 
-    import runner.execute  # noqa: F401
+    warm_training()
 
 
 class Slot:
@@ -151,8 +152,8 @@ class Slot:
         except StorageError as exc:  # transient; the housekeeping thread tries again
             log(f"worker {self.name} could not check for lost runs: {exc}")
         if not self.opts.exit_when_idle:
-            # A long-lived worker pays the first run's imports (torch, its compiler stack via
-            # the optimizer, scikit-learn: several seconds) now, not while a run waits. A
+            # A long-lived worker pays the first run's imports (torch and the training engine,
+            # about two seconds) now, while idle, not while a run waits. A
             # worker that may find the queue empty and exit pays them only if it trains.
             warm_up()
         log(f"worker {self.name} ready, waiting for runs in {display_url(self.opts.db)}")

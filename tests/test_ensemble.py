@@ -25,14 +25,15 @@ from db.models import RunModel
 from db.queries import run_document
 from db.store import RunStore
 from runner import ensemble
-from runner.ensemble import execute_group, train_group
-from runner.execute import execute_run
+from runner import execute as execute_module
+from runner.ensemble import train_group
+from runner.execute import execute_group, execute_run
 from runner.probes import activation_stats
 from runner.train import TrainResult, train
 from vocab.config import RunConfig, make_config
 from vocab.fields import LAYER_STAT_FIELDS
 from vocab.grouping import group_key, plan_groups
-from vocab.records import EpochRecord, LayerInfo, RunSpec
+from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 SMALL = {"depth": 5, "width": 16, "samples": 256, "epochs": 3, "batch_size": 32, "device": "cpu"}
 SEEDS = (0, 1, 2, 3)
@@ -192,6 +193,44 @@ def test_a_group_of_one_is_its_solo_run() -> None:
     cfg = make_config({**SMALL, "arch": "resnet", "optimizer": "sgd", "lr": 0.1, "seed": 7})
     results, recs = group([cfg])
     assert_same_run((results[0], recs[0]), solo(cfg))
+
+
+@pytest.mark.parametrize("arch", ["sigmoid", "relu", "resnet"])
+@pytest.mark.parametrize(
+    "optimizer", [{"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}, {"optimizer": "adam"}]
+)
+def test_a_solo_run_on_the_fast_engine_matches_the_autograd_reference(
+    arch: str, optimizer: dict[str, Any]
+) -> None:
+    """Solo runs train as a group of one (runner.execute); train() is the reference: every
+    metric and statistic of every epoch within the README's tolerances."""
+    cfg = make_config({**SMALL, "arch": arch, **optimizer, "seed": 3})
+    results, recs = group([cfg])
+    assert results[0].status == "completed"
+    assert_same_run((results[0], recs[0]), solo(cfg))
+
+
+def test_execute_run_trains_a_solo_run_as_a_group_of_one(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """execute_run goes through train_group, and stores what train() would have stored."""
+    engine = make_engine(str(db_path))
+    store = RunStore(engine)
+    cfg = make_config({**SMALL, "arch": "relu", "optimizer": "sgd", "momentum": 0.9, "seed": 5})
+    calls: list[int] = []
+
+    def spy(cfgs: list[RunConfig], *args: Any, **kwargs: Any) -> list[TrainResult]:
+        calls.append(len(cfgs))
+        return train_group(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(execute_module, "train_group", spy)
+    fast_id, reference_id = create_running(store, [cfg, cfg], group_id=None)
+    assert execute_run(store, fast_id, cfg).status == "completed"
+    assert calls == [1]
+    result = train(cfg, execute_module.DbRecorder(store, reference_id))
+    store.finish_run(reference_id, result.status, final=FinalMetrics.from_metrics(result.final))
+    assert_documents_match(run_document(engine, fast_id), run_document(engine, reference_id))
+    engine.dispose()
 
 
 # -- members that end early --------------------------------------------------------------------
