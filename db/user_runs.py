@@ -1,0 +1,98 @@
+"""Writes peculiar to a run recorded from a user's own loop (the `gradscope` API).
+
+Such a run is created already running (nobody claims it from the queue), learns its model only
+when `watch()` is called, and learns its length as epochs are logged. Everything else (epochs,
+heartbeats, finishing) goes through db.store.RunStore and db.queue like any run.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, update
+
+from db.clock import now_expr
+from db.models import RunLayerModel, RunModel
+from db.session import transaction
+from db.store import new_id
+from vocab.custom import CUSTOM_ARCH, CUSTOM_DATASET
+from vocab.records import LayerInfo
+
+_runs = RunModel.__table__
+_layers = RunLayerModel.__table__
+
+
+def create_custom_run(
+    engine: Engine,
+    *,
+    name: str | None,
+    config: dict[str, Any],
+    seed: int,
+    worker: str,
+    torch_version: str,
+) -> str:
+    """Insert a running custom run with a fresh heartbeat, in one transaction (no moment where
+    a worker could claim it or recovery could see it without a heartbeat). Returns its id."""
+    run_id = new_id()
+    now = now_expr(engine.dialect.name)
+    with transaction(engine) as s:
+        s.execute(
+            insert(_runs).values(
+                id=run_id,
+                name=name,
+                status="running",
+                config=config,
+                arch=CUSTOM_ARCH,
+                dataset=CUSTOM_DATASET,
+                depth=0,
+                width=0,
+                seed=seed,
+                epochs_total=0,
+                epochs_done=0,
+                cancel_requested=False,
+                worker=worker,
+                hostname=socket.gethostname()[:200],
+                torch_version=torch_version[:64],
+                device="",
+                attempts=1,
+                created_at=now,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+    return run_id
+
+
+def describe_model(
+    engine: Engine,
+    run_id: str,
+    *,
+    config: dict[str, Any],
+    layers: Sequence[LayerInfo],
+    width: int,
+    device: str,
+) -> None:
+    """The watched model: the config with its summary, depth (layers recorded), widest layer,
+    device, and one run_layers row per layer. One transaction; watch() may be called again."""
+    with transaction(engine) as s:
+        s.execute(
+            update(_runs)
+            .where(_runs.c.id == run_id)
+            .values(config=config, depth=len(layers), width=width, device=device[:64])
+        )
+        s.execute(delete(_layers).where(_layers.c.run_id == run_id))
+        if layers:
+            s.execute(insert(_layers), [{"run_id": run_id, **vars(li)} for li in layers])
+
+
+def extend_epochs(engine: Engine, run_id: str, epochs_total: int) -> None:
+    """A custom run's length is the epochs logged so far: raised before each epoch is stored,
+    so epochs_done <= epochs_total holds at every moment."""
+    with transaction(engine) as s:
+        s.execute(
+            update(_runs)
+            .where(_runs.c.id == run_id, _runs.c.epochs_total < epochs_total)
+            .values(epochs_total=epochs_total)
+        )

@@ -1,0 +1,363 @@
+"""The public API (gradscope.init / run.watch) on a user's own model: every recorded statistic
+against a direct computation from .grad, the statuses, and a killed process marked lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from db.engine import make_engine
+from db.queue import WORKER_LOST, db_now, recover_stale
+from vocab.custom import CustomConfigError
+from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Custom(nn.Module):
+    """Conv, embedding, norm and linear layers, one frozen layer, a functional activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2 = nn.Conv2d(1, 3, 3)
+        self.relu = nn.ReLU()
+        self.emb = nn.Embedding(10, 4)
+        self.conv1 = nn.Conv1d(4, 5, 3, padding=1)
+        self.bn = nn.BatchNorm1d(5)
+        self.frozen = nn.Linear(5 + 3, 6)
+        self.frozen.requires_grad_(False)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, 1, 6, 6]
+        img = self.relu(self.conv2(x)).mean(dim=(2, 3))  # [N, 3]
+        tokens = (x[:, 0, 0, :].abs() * 3).long().clamp(0, 9)  # [N, 6]
+        seq = torch.sigmoid(self.bn(self.conv1(self.emb(tokens).transpose(1, 2)))).mean(dim=2)
+        return self.head(self.norm(self.frozen(torch.cat([img, seq], dim=1))))
+
+
+LAYERS = ["conv2", "emb", "conv1", "bn", "norm", "head"]  # module order; frozen is skipped
+
+
+def rows(db: Path, sql: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def run_row(db: Path, run_id: str) -> dict:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+
+
+def log_histogram(magnitudes: np.ndarray) -> np.ndarray:
+    """Counts of log10 of the non-zero magnitudes over the shared bins, in float64."""
+    logs = np.log10(magnitudes[magnitudes > 0].astype(np.float64))
+    edges = np.linspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)
+    counts, _ = np.histogram(np.clip(logs, HIST_LOG10_MIN, HIST_LOG10_MAX - 1e-9), bins=edges)
+    return counts
+
+
+def test_every_statistic_matches_a_direct_computation_from_grad(db_path: Path) -> None:
+    """Two epochs of Adam steps, each step accumulating two micro-batches: the stored
+    statistics equal ones computed here from each step's .grad (float32 tolerance)."""
+    torch.manual_seed(0)
+    model = Custom()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(24, 1, 6, 6), torch.randint(0, 3, (24,))
+    weights = [model.get_submodule(name).weight for name in LAYERS]
+    seen: list[list[torch.Tensor]] = []  # per step, each layer's gradient as the step uses it
+    snapshots = [[w.detach().clone() for w in weights]]
+    with gradscope.init(db=str(db_path), name="custom", config={"lr": 0.01, "seed": 7}) as run:
+        run.watch(model, optimizer)
+        # The test's own hook, registered after watch's: it sees the same gradients.
+        optimizer.register_step_pre_hook(
+            lambda *_: seen.append([w.grad.detach().clone() for w in weights])
+        )
+        for _epoch in range(2):
+            for step in range(3):
+                rows_ = slice(step * 8, step * 8 + 8)
+                for half in (slice(0, 4), slice(4, 8)):  # gradient accumulation
+                    xb, yb = x[rows_][half], y[rows_][half]
+                    nn.functional.cross_entropy(model(xb), yb).div(2).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            run.log_epoch(train_loss=0.5, train_acc=torch.tensor(0.25))
+            snapshots.append([w.detach().clone() for w in weights])
+
+    run_info = run_row(db_path, run.id)
+    assert run_info["status"] == "completed" and run_info["arch"] == "custom"
+    assert (run_info["depth"], run_info["epochs_total"], run_info["epochs_done"]) == (6, 2, 2)
+    assert run_info["seed"] == 7
+    config = json.loads(run_info["config"])
+    assert config["user"] == {"lr": 0.01, "seed": 7}
+    assert config["model"]["parameters"] == sum(p.numel() for p in model.parameters())
+    layers = rows(
+        db_path,
+        "SELECT name, kind, activation, shape FROM run_layers WHERE run_id = ? ORDER BY layer",
+        run.id,
+    )
+    assert [r[0] for r in layers] == LAYERS
+    assert [r[1] for r in layers] == [
+        "Conv2d",
+        "Embedding",
+        "Conv1d",
+        "BatchNorm1d",
+        "LayerNorm",
+        "Linear",
+    ]
+    assert layers[0][2] == "relu" and layers[3][2] == "none"  # nn.ReLU follows conv2 only
+    assert [json.loads(r[3]) for r in layers] == [list(w.shape) for w in weights]
+
+    assert len(seen) == 6
+    stored = rows(
+        db_path,
+        f"SELECT epoch, layer, {', '.join(LAYER_STAT_FIELDS)}, grad_hist FROM layer_stats "
+        "WHERE run_id = ? ORDER BY epoch, layer",
+        run.id,
+    )
+    assert len(stored) == 2 * len(LAYERS)
+    for epoch, layer, *values, hist_bytes in stored:
+        got = dict(zip(LAYER_STAT_FIELDS, values, strict=True))
+        steps = torch.stack([seen[(epoch - 1) * 3 + s][layer].reshape(-1) for s in range(3)])
+        start, end = snapshots[epoch - 1][layer], snapshots[epoch][layer]
+        want = {
+            "grad_norm": float(steps.norm(dim=1).mean()),
+            "grad_mean_abs": float(steps.abs().mean()),
+            "grad_std": float(steps.double().std(unbiased=False)),
+            "grad_max_abs": float(steps.abs().max()),
+            "weight_norm": float(end.norm()),
+            "update_ratio": float((end - start).norm() / end.norm()),
+        }
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=2e-4, abs=1e-9), (epoch, layer, key)
+        for key in ("act_mean", "act_std", "saturated_frac", "dead_frac"):
+            assert got[key] is None  # no probe batch given
+        last = steps[-1].numpy()
+        hist = np.frombuffer(hist_bytes, dtype="<i4")
+        assert hist.sum() == last.size and hist[HIST_BINS] == int((last == 0).sum())
+        assert np.abs(hist[:HIST_BINS] - log_histogram(np.abs(last))).sum() <= 2
+    metrics = rows(
+        db_path,
+        "SELECT train_loss, train_acc, test_loss FROM epoch_metrics WHERE run_id = ?",
+        run.id,
+    )
+    assert metrics == [(0.5, 0.25, None), (0.5, 0.25, None)]
+
+
+def test_probe_batch_measures_activation_health_and_prediction_spread(db_path: Path) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1)
+    )
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every ReLU unit dead for every input
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    probe = torch.randn(32, 4)
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(model, optimizer, probe=probe)
+        model(probe).sum().backward()
+        optimizer.step()
+        run.log_epoch()
+    stats = rows(
+        db_path,
+        "SELECT layer, act_mean, act_std, saturated_frac, dead_frac FROM layer_stats "
+        "WHERE run_id = ? ORDER BY layer",
+        run.id,
+    )
+    assert stats[0][4] == 1.0 and stats[0][3] is None  # relu layer: dead, saturation n/a
+    with torch.no_grad():
+        sig = torch.sigmoid(model[2](model[1](model[0](probe))))
+        out = model(probe)
+    assert stats[1][1] == pytest.approx(float(sig.mean()), rel=1e-5)
+    assert stats[1][3] == pytest.approx(float(((sig < 0.01) | (sig > 0.99)).float().mean()))
+    assert stats[2][3] is None and stats[2][4] is None  # output layer: activation unknown
+    (pred_std,) = rows(db_path, "SELECT pred_std FROM epoch_metrics WHERE run_id = ?", run.id)[0]
+    assert pred_std == pytest.approx(float(out.std(unbiased=False)), rel=1e-5)
+
+
+def _tiny(db_path: Path, **init) -> tuple[gradscope.Run, nn.Module, torch.optim.Optimizer]:
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = gradscope.init(db=str(db_path), **init)
+    run.watch(model, optimizer)
+    return run, model, optimizer
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, scale: float = 1.0) -> None:
+    optimizer.zero_grad()
+    (model(torch.ones(4, 3)).sum() * scale).backward()
+    optimizer.step()
+
+
+def test_exception_in_with_block_fails_the_run_with_its_text(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="boom"), gradscope.init(db=str(db_path)) as run:
+        run.log_epoch(train_loss=1.0)
+        raise ValueError("boom at epoch 2")
+    row = run_row(db_path, run.id)
+    assert row["status"] == "failed" and row["error"] == "ValueError: boom at epoch 2"
+    assert row["epochs_done"] == 1 and row["final_train_loss"] == 1.0
+
+
+def test_keyboard_interrupt_marks_the_run_interrupted(db_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), gradscope.init(db=str(db_path)) as run:
+        raise KeyboardInterrupt
+    assert run_row(db_path, run.id)["status"] == "interrupted"
+
+
+def test_non_finite_loss_marks_diverged_without_stopping_the_loop(db_path: Path) -> None:
+    run, model, optimizer = _tiny(db_path)
+    _step(model, optimizer)
+    run.log_epoch(train_loss=0.3)
+    assert not run.diverged
+    run.log_epoch(train_loss=float("nan"))
+    assert run.diverged
+    run.log_epoch(train_loss=0.2)  # the loop goes on and is still recorded
+    assert run.finish() == "diverged"
+    row = run_row(db_path, run.id)
+    assert row["status"] == "diverged" and "train_loss" in row["error"]
+    assert (row["epochs_done"], row["epochs_total"]) == (3, 3)
+
+
+def test_non_finite_gradient_marks_diverged(db_path: Path) -> None:
+    run, model, optimizer = _tiny(db_path)
+    _step(model, optimizer, scale=float("inf"))
+    run.log_epoch()  # no loss given: the statistics tell
+    assert run.diverged
+    assert run.finish() == "diverged"
+
+
+def test_finish_twice_is_harmless_and_logging_after_is_refused(db_path: Path) -> None:
+    run, model, optimizer = _tiny(db_path)
+    _step(model, optimizer)
+    run.log_epoch(test_acc=0.5)
+    assert run.finish() == "completed"
+    assert run.finish() == "completed"
+    with pytest.raises(RuntimeError, match="has finished"):
+        run.log_epoch()
+    _step(model, optimizer)  # the hook is gone: training goes on unrecorded
+    row = run_row(db_path, run.id)
+    assert row["status"] == "completed" and row["final_test_acc"] == 0.5
+
+
+def test_config_must_be_json_able_and_small(db_path: Path) -> None:
+    with pytest.raises(CustomConfigError, match="JSON-able"):
+        gradscope.init(db=str(db_path), config={"fn": print})
+    with pytest.raises(CustomConfigError, match="at most"):
+        gradscope.init(db=str(db_path), config={"x": "a" * 10_000})
+    assert not db_path.exists() or rows(db_path, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_a_frozen_model_is_refused(db_path: Path) -> None:
+    model = nn.Linear(2, 2).requires_grad_(False)
+    with gradscope.init(db=str(db_path)) as run, pytest.raises(ValueError, match="frozen"):
+        run.watch(model, torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1))
+
+
+def test_low_precision_gradients_are_upcast(db_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4).to(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(model, optimizer)
+        optimizer.zero_grad()
+        model(torch.randn(8, 16, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+        grad = model.weight.grad.float()
+        optimizer.step()
+        run.log_epoch()
+    (norm,) = rows(db_path, "SELECT grad_norm FROM layer_stats WHERE run_id = ?", run.id)[0]
+    assert norm == pytest.approx(float(grad.norm()), rel=1e-5)
+
+
+def test_grad_scaler_scale_is_undone(db_path: Path) -> None:
+    """scaler.step() unscales before optimizer.step(), so the hook sees true gradients."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 5)
+    (true,) = torch.autograd.grad(model(x).pow(2).mean(), model.weight)
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(model, optimizer)
+        scaler.scale(model(x).pow(2).mean()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        run.log_epoch()
+    (norm,) = rows(db_path, "SELECT grad_norm FROM layer_stats WHERE run_id = ?", run.id)[0]
+    assert norm == pytest.approx(float(true.norm()), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_model_is_recorded_under_its_own_names(db_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    compiled = torch.compile(model, backend="eager")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(compiled, optimizer, probe=torch.randn(8, 3))
+        compiled(torch.randn(8, 3)).sum().backward()
+        optimizer.step()
+        run.log_epoch()
+    names = rows(db_path, "SELECT name FROM run_layers WHERE run_id = ? ORDER BY layer", run.id)
+    assert names == [("0",), ("2",)]
+    dead = rows(db_path, "SELECT dead_frac FROM layer_stats WHERE run_id = ? AND layer=0", run.id)
+    assert dead[0][0] is not None
+
+
+def test_import_gradscope_does_not_load_torch() -> None:
+    code = "import sys, gradscope; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+KILLED = """
+import sys, torch, gradscope
+run = gradscope.init(db=sys.argv[1], name="doomed", heartbeat_s=0.1)
+model = torch.nn.Linear(2, 1)
+run.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+run.log_epoch(train_loss=1.0)
+run.diverged  # waits until the epoch is stored
+print(run.id, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_process_is_marked_lost_by_stale_recovery(db_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(db_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        run_id = proc.stdout.readline().strip()
+        assert run_id, "the child printed no run id"
+        engine = make_engine(str(db_path))
+        # Alive: its heartbeat is fresh, so recovery at the database's time leaves it alone.
+        assert recover_stale(engine, 60.0) == []
+        proc.kill()  # SIGKILL: no atexit, no finally
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    later = db_now(engine) + timedelta(seconds=120)
+    assert recover_stale(engine, 60.0, now=later) == [run_id]
+    row = run_row(db_path, run_id)
+    assert row["status"] == "failed" and row["error"] == WORKER_LOST
+    assert row["epochs_done"] == 1
