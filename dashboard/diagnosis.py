@@ -49,6 +49,14 @@ _ADAM = "Train with Adam, which scales each parameter's step by its own gradient
 _LOWER_LR = "Lower the learning rate."
 _CLIP = "Clip gradients by norm (e.g. max norm 1.0)."
 _DIVERGED_CURES = (_LOWER_LR, _CLIP, _ADAM, _INIT)
+# A user's own model (arch "custom", recorded with the gradscope API): cures name what to change
+# in their code, not a built-in architecture.
+_CUSTOM = "custom"
+_CUSTOM_RELU = "Use ReLU (or GELU) activations: their slope is 1 where active, sigmoid's <= 0.25."
+_CUSTOM_SKIP = (
+    "Add residual connections or normalisation layers (BatchNorm, LayerNorm) so the gradient "
+    "can skip or be rescaled at each layer."
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ def _vanishing_cures(arch: str) -> tuple[str, ...]:
         return (_RELU, _RESIDUAL, _INIT, _ADAM)
     if arch == "relu":
         return (_HE, _RESIDUAL, _ADAM)
+    if arch == _CUSTOM:
+        return (_CUSTOM_SKIP, _INIT, _ADAM)
     return (_INIT, _ADAM, "Use fewer layers.")
 
 
@@ -194,7 +204,7 @@ def _gradient_findings(
     return findings
 
 
-def _unit_findings(layers_last: pd.DataFrame, e_last: int) -> list[Finding]:
+def _unit_findings(layers_last: pd.DataFrame, e_last: int, arch: str = "") -> list[Finding]:
     # The output layer is left out: a confident classifier's output sigmoid is meant to sit
     # near 0 or 1, which is not a fault.
     hidden = layers_last[layers_last["layer"] < layers_last["layer"].max()]
@@ -205,7 +215,7 @@ def _unit_findings(layers_last: pd.DataFrame, e_last: int) -> list[Finding]:
             SATURATED_FRAC,
             "Saturated sigmoid units",
             "saturated (output near 0 or 1, where the sigmoid's slope is almost 0)",
-            (_INIT, _LOWER_LR, _RELU),
+            (_INIT, _LOWER_LR, _CUSTOM_RELU if arch == _CUSTOM else _RELU),
         ),
         (
             "dead",
@@ -240,6 +250,14 @@ def _collapse_finding(last: pd.Series, arch: str, e_last: int) -> Finding | None
     if not (math.isfinite(std) and std < COLLAPSE_PRED_STD):
         return None
     acc = float(last["test_acc"])
+    if arch == _CUSTOM:  # no known chance level; pred_std is from the user's probe batch
+        detail = (
+            f"At the last epoch ({e_last}) the model's output varies by only {_sci(std)} over "
+            f"the probe batch (limit {_sci(COLLAPSE_PRED_STD)}): nearly the same output for "
+            "every input."
+        )
+        cures = (*_vanishing_cures(arch), _LOWER_LR)
+        return Finding("collapsed", "warn", "Nearly constant output", detail, cures)
     spread = (
         f"At the last epoch ({e_last}) the predicted probability varies by only {_sci(std)} "
         f"(std over the test set, limit {_sci(COLLAPSE_PRED_STD)})"
@@ -256,7 +274,17 @@ def _collapse_finding(last: pd.Series, arch: str, e_last: int) -> Finding | None
     return Finding("collapsed", "warn", "Nearly constant output", detail, cures)
 
 
-def _divergence_finding(epochs: pd.DataFrame, status: str) -> Finding | None:
+def _divergence_finding(epochs: pd.DataFrame, status: str, arch: str = "") -> Finding | None:
+    if arch == _CUSTOM:
+        # Its losses are optional (an empty one reads as NaN): the API sets the status when a
+        # logged loss or a statistic becomes non-finite, and the user's loop goes on.
+        if status != "diverged":
+            return None
+        detail = (
+            "A logged loss or a gradient statistic became non-finite (NaN or inf); the run is "
+            "marked diverged (training was not stopped)."
+        )
+        return Finding("diverged", "bad", "Training diverged", detail, _DIVERGED_CURES)
     if epochs.empty:
         bad_rows = pd.Series(dtype=int)
     else:
@@ -291,12 +319,12 @@ def diagnose(
         return [Finding("empty", "warn", "No data yet", "No epochs have been recorded yet.")]
 
     findings: list[Finding] = []
-    if (div := _divergence_finding(epochs, status)) is not None:
+    if (div := _divergence_finding(epochs, status, arch)) is not None:
         findings.append(div)
     if not layers.empty:
         e_first, e_last = int(layers["epoch"].min()), int(layers["epoch"].max())
         findings += _gradient_findings(layers, arch, depth, e_first, e_last)
-        findings += _unit_findings(layers[layers["epoch"] == e_last], e_last)
+        findings += _unit_findings(layers[layers["epoch"] == e_last], e_last, arch)
     if not epochs.empty:
         last = epochs.loc[epochs["epoch"].idxmax()]
         if (col := _collapse_finding(last, arch, int(last["epoch"]))) is not None:

@@ -73,6 +73,9 @@ def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd
     if not epochs.empty:
         e = epochs.set_index("run_id")
         losses_ok = np.isfinite(e["train_loss"]) & np.isfinite(e["test_loss"])
+        if "arch" in runs.columns:  # a custom run's losses are optional: its status tells
+            custom = set(runs.loc[runs["arch"].eq("custom"), "id"])
+            losses_ok |= pd.Series([i in custom for i in e.index], index=e.index, dtype=bool)
         flags["diverged"] = (~losses_ok).reindex(index, fill_value=False)
         collapsed = np.isfinite(e["pred_std"]) & (e["pred_std"] < COLLAPSE_PRED_STD)
         flags["collapsed"] = collapsed.reindex(index, fill_value=False)

@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard import charts, db_gateway, state, view
 from dashboard.diagnosis import Finding, diagnose
 from dashboard.tables import config_diff, escape_markdown
+from vocab.custom import display_config
 from vocab.fields import ACTIVE_STATUSES, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 REFRESH_S = 2.0
@@ -85,7 +86,10 @@ def diagnosis_section(
 def config_section(sel: db_gateway.Selection) -> None:
     st.subheader("Configuration")
     # The name is in every label already.
-    configs = [{k: v for k, v in cfg.items() if k != "name"} for cfg in sel.runs["config"]]
+    # A custom run's config (the user's dict and a model summary) is shown flat beside RunConfigs.
+    configs = [
+        {k: v for k, v in display_config(cfg).items() if k != "name"} for cfg in sel.runs["config"]
+    ]
     diff, shared = config_diff(dict(zip(sel.runs["run_label"], configs, strict=True)))
     if diff.empty:
         st.caption("All chosen runs have the same configuration.")

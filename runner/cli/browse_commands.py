@@ -11,6 +11,8 @@ from rich.text import Text
 from db.engine import display_url, resolve_db
 from db.errors import StorageError
 from runner.cli.common import DbOption, JsonOption, console, fail, fmt, open_engine, print_json
+from vocab.custom import display_config
+from vocab.text import printable
 
 
 def register(app: typer.Typer) -> None:
@@ -77,8 +79,11 @@ def show(
     )
     if doc["error"]:
         console.print(f"error: {doc['error']}", highlight=False, markup=False)
+    # A custom run's config is the user's dict and a model summary: shown flat, escaped (it is
+    # free text from a user's script).
+    config = display_config(doc["config"])
     console.print(
-        " ".join(f"{k}={v}" for k, v in doc["config"].items()), highlight=False, markup=False
+        printable(" ".join(f"{k}={v}" for k, v in config.items())), highlight=False, markup=False
     )
     table = Table()
     for col in ("epoch", "train loss", "train acc", "test loss", "test acc", "pred std"):
