@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from torch import nn
 import gradscope
 from db.engine import make_engine
 from db.queue import WORKER_LOST, db_now, recover_stale
+from db.share import ImportRefused, export_runs, import_file
+from db.share_tables import export_tables
 from vocab.custom import CustomConfigError
 from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
 
@@ -361,3 +364,44 @@ def test_a_killed_process_is_marked_lost_by_stale_recovery(db_path: Path) -> Non
     row = run_row(db_path, run_id)
     assert row["status"] == "failed" and row["error"] == WORKER_LOST
     assert row["epochs_done"] == 1
+
+
+def test_custom_run_exports_imports_and_tabulates(db_path: Path, tmp_path: Path) -> None:
+    """A custom run passes the import's checks (its config is not a RunConfig) and appears in
+    the CSV/Parquet tables with its layers' names and shapes."""
+    torch.manual_seed(0)
+    model = Custom()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    with gradscope.init(db=str(db_path), name="shared", config={"lr": 0.1}) as run:
+        run.watch(model, optimizer, probe=x)
+        for _ in range(2):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            run.log_epoch(train_loss=1.0)
+    source = make_engine(str(db_path))
+    export_runs(source, [run.id], tmp_path / "out.db")
+    target = make_engine(str(tmp_path / "target.db"))
+    report = import_file(target, tmp_path / "out.db")
+    assert [r.id for r in report.added] == [run.id]
+    layers = export_tables(target, [run.id], tmp_path / "csv")[2]
+    table = pd.read_csv(layers)
+    assert list(table[table["epoch"] == 1]["layer_name"]) == LAYERS
+    assert json.loads(table["shape"].iloc[0]) == [3, 1, 3, 3]
+    source.dispose()
+    target.dispose()
+
+
+def test_import_refuses_a_custom_run_with_a_bad_layer(db_path: Path, tmp_path: Path) -> None:
+    run, model, optimizer = _tiny(db_path)
+    _step(model, optimizer)
+    run.log_epoch()
+    run.finish()
+    engine = make_engine(str(db_path))
+    export_runs(engine, [run.id], tmp_path / "out.db")
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        conn.execute("UPDATE run_layers SET activation = 'tanh', shape = '[2, \"x\"]'")
+    with pytest.raises(ImportRefused, match="activation 'tanh' is not one of none, sigmoid"):
+        import_file(make_engine(str(tmp_path / "target.db")), tmp_path / "out.db")
+    engine.dispose()
