@@ -405,3 +405,34 @@ def test_import_refuses_a_custom_run_with_a_bad_layer(db_path: Path, tmp_path: P
     with pytest.raises(ImportRefused, match="activation 'tanh' is not one of none, sigmoid"):
         import_file(make_engine(str(tmp_path / "target.db")), tmp_path / "out.db")
     engine.dispose()
+
+
+UNFINISHED = """
+import sys, gradscope
+run = gradscope.init(db=sys.argv[1], name=sys.argv[2])
+run.log_epoch(train_loss=1.0)
+print(run.id, flush=True)
+if sys.argv[2] == "raise":
+    raise RuntimeError("crashed in the loop")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "status", "error"),
+    [("end", "completed", None), ("raise", "failed", "RuntimeError: crashed in the loop")],
+)
+def test_a_script_that_never_finishes_its_run_is_finished_at_exit(
+    db_path: Path, how: str, status: str, error: str | None
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", UNFINISHED, str(db_path), how],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == (0 if how == "end" else 1), out.stderr
+    row = run_row(db_path, out.stdout.split()[0])
+    assert (row["status"], row["error"], row["epochs_done"]) == (status, error, 1)
