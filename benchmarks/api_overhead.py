@@ -10,7 +10,7 @@ the median over paired rounds. A third, in-process pass says where the time goes
 pre-hook on the training thread, log_epoch on the training thread, and finish() (waiting for
 the measuring thread's last epoch and the final database write).
 
-    python benchmarks/api_overhead.py [--rounds 7]
+    python benchmarks/api_overhead.py [--rounds 7] [--only mlp|cnn]
 """
 
 from __future__ import annotations
@@ -133,12 +133,15 @@ def run_child(name: str, mode: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", choices=("mlp", "cnn"), help="Run one workload only.")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"))
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     for name, what in (("mlp", "(a) 20-layer sigmoid MLP"), ("cnn", "(b) small CNN")):
+        if args.only not in (None, name):
+            continue
         ratios, plain_s = [], []
         for i in range(args.rounds):
             order = ("plain", "watched") if i % 2 == 0 else ("watched", "plain")

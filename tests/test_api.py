@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import gradscope
+import gradscope.watch as gradscope_watch
 from db.engine import make_engine
 from db.queue import WORKER_LOST, db_now, recover_stale
 from db.share import ImportRefused, export_runs, import_file
@@ -51,6 +52,7 @@ class Custom(nn.Module):
 
 
 LAYERS = ["conv2", "emb", "conv1", "bn", "norm", "head"]  # module order; frozen is skipped
+STEPS = 18  # optimizer steps per epoch
 
 
 def rows(db: Path, sql: str, *args: object) -> list[tuple]:
@@ -72,13 +74,18 @@ def log_histogram(magnitudes: np.ndarray) -> np.ndarray:
     return counts
 
 
-def test_every_statistic_matches_a_direct_computation_from_grad(db_path: Path) -> None:
+@pytest.mark.parametrize("reduce", ["in line", "on the measuring thread"])
+def test_every_statistic_matches_a_direct_computation_from_grad(
+    db_path: Path, reduce: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two epochs of Adam steps, each step accumulating two micro-batches: the stored
-    statistics equal ones computed here from each step's .grad (float32 tolerance)."""
+    statistics equal ones computed here from each step's .grad (float32 tolerance), whether
+    blocks of steps are reduced in line (small models) or on the measuring thread."""
+    monkeypatch.setattr(gradscope_watch, "INLINE_BELOW", 10**9 if reduce == "in line" else 0)
     torch.manual_seed(0)
     model = Custom()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    x, y = torch.randn(24, 1, 6, 6), torch.randint(0, 3, (24,))
+    x, y = torch.randn(8 * STEPS, 1, 6, 6), torch.randint(0, 3, (8 * STEPS,))
     weights = [model.get_submodule(name).weight for name in LAYERS]
     seen: list[list[torch.Tensor]] = []  # per step, each layer's gradient as the step uses it
     snapshots = [[w.detach().clone() for w in weights]]
@@ -89,7 +96,7 @@ def test_every_statistic_matches_a_direct_computation_from_grad(db_path: Path) -
             lambda *_: seen.append([w.grad.detach().clone() for w in weights])
         )
         for _epoch in range(2):
-            for step in range(3):
+            for step in range(STEPS):  # a full ring block (16 steps) and a partial one
                 rows_ = slice(step * 8, step * 8 + 8)
                 for half in (slice(0, 4), slice(4, 8)):  # gradient accumulation
                     xb, yb = x[rows_][half], y[rows_][half]
@@ -123,7 +130,7 @@ def test_every_statistic_matches_a_direct_computation_from_grad(db_path: Path) -
     assert layers[0][2] == "relu" and layers[3][2] == "none"  # nn.ReLU follows conv2 only
     assert [json.loads(r[3]) for r in layers] == [list(w.shape) for w in weights]
 
-    assert len(seen) == 6
+    assert len(seen) == 2 * STEPS
     stored = rows(
         db_path,
         f"SELECT epoch, layer, {', '.join(LAYER_STAT_FIELDS)}, grad_hist FROM layer_stats "
@@ -133,7 +140,9 @@ def test_every_statistic_matches_a_direct_computation_from_grad(db_path: Path) -
     assert len(stored) == 2 * len(LAYERS)
     for epoch, layer, *values, hist_bytes in stored:
         got = dict(zip(LAYER_STAT_FIELDS, values, strict=True))
-        steps = torch.stack([seen[(epoch - 1) * 3 + s][layer].reshape(-1) for s in range(3)])
+        steps = torch.stack(
+            [seen[(epoch - 1) * STEPS + s][layer].reshape(-1) for s in range(STEPS)]
+        )
         start, end = snapshots[epoch - 1][layer], snapshots[epoch][layer]
         want = {
             "grad_norm": float(steps.norm(dim=1).mean()),
