@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import os
 import socket
 import sys
@@ -117,7 +118,8 @@ class Run:
     def watch(self, model: Any, optimizer: Any, probe: Any = None) -> Run:
         """Measure every `optimizer.step()` of `model`'s trainable weights (any module with a
         weight: Linear, Conv, Embedding, norms, RNN...). `probe`, an input batch, is run
-        through the model at each log_epoch for activation health and prediction spread."""
+        through the model at each log_epoch for activation health and prediction spread
+        (a tuple is passed as `model(*probe)`, a dict as `model(**probe)`)."""
         self._check_open()
         import torch
 
@@ -165,16 +167,16 @@ class Run:
         goes on (check `run.diverged` to stop)."""
         self._check_open()
         self._raise_failed()
+        given = {
+            "train_loss": _metric("train_loss", train_loss),
+            "train_acc": _metric("train_acc", train_acc),
+            "test_loss": _metric("test_loss", test_loss),
+            "test_acc": _metric("test_acc", test_acc),
+        }
         now = time.perf_counter()
         seconds, self._epoch_started = now - self._epoch_started, now
         self._epochs += 1
         epoch = self._epochs
-        given = {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-        }
         part = self._watcher.end_epoch() if self._watcher is not None else None
         layers = self._watcher.layers if self._watcher is not None else []
         job = self._pool.submit(self._record, epoch, given, seconds, part, layers)
@@ -300,6 +302,19 @@ class Run:
         if failure is not None and not quiet:
             raise failure
         return status
+
+
+def _metric(name: str, value: Any) -> Any:
+    """A metric as handed in, checked now (a bad one is the caller's error, raised here, not
+    on the measuring thread): None, a real number, or a one-element tensor (detached; read
+    later, off this thread)."""
+    if value is None or isinstance(value, numbers.Real):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numel"):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor")
+        return value.detach()
+    raise TypeError(f"{name} must be a number or a one-element tensor, got {type(value).__name__}")
 
 
 def _divergence(

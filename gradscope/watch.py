@@ -219,7 +219,13 @@ class Watcher:
         was_training = model.training
         model.eval()
         try:
-            output = model(self.probe)
+            probe = self.probe
+            if isinstance(probe, dict):  # several inputs: model(**probe) or model(*probe)
+                output = model(**probe)
+            elif isinstance(probe, tuple):
+                output = model(*probe)
+            else:
+                output = model(probe)
         finally:
             for handle in handles:
                 handle.remove()

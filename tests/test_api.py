@@ -445,3 +445,57 @@ def test_a_script_that_never_finishes_its_run_is_finished_at_exit(
     assert out.returncode == (0 if how == "end" else 1), out.stderr
     row = run_row(db_path, out.stdout.split()[0])
     assert (row["status"], row["error"], row["epochs_done"]) == (status, error, 1)
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 10)
+        self.head.weight = self.emb.weight  # tied: one layer
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.emb(tokens))
+        h, _ = self.att(h, h, h)
+        return self.head(h)
+
+
+def test_recurrent_attention_and_tied_weights_are_layers(db_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Recurrent()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tokens = torch.randint(0, 10, (4, 5))
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(model, optimizer, probe=(tokens,))
+        loss = nn.functional.cross_entropy(model(tokens).reshape(-1, 10), tokens.reshape(-1))
+        loss.backward()
+        want = float(model.lstm.weight_hh_l0.grad.norm())
+        optimizer.step()
+        run.log_epoch()
+    got = rows(
+        db_path,
+        "SELECT l.name, l.kind, s.grad_norm FROM run_layers l JOIN layer_stats s "
+        "ON s.run_id = l.run_id AND s.layer = l.layer WHERE l.run_id = ? ORDER BY l.layer",
+        run.id,
+    )
+    assert [(name, kind) for name, kind, _ in got] == [
+        ("emb", "Embedding"),
+        ("lstm.weight_ih_l0", "LSTM"),
+        ("lstm.weight_hh_l0", "LSTM"),
+        ("att.in_proj_weight", "MultiheadAttention"),
+        ("att.out_proj", "NonDynamicallyQuantizableLinear"),
+    ]
+    assert got[2][2] == pytest.approx(want, rel=1e-5)
+
+
+def test_bad_metrics_are_refused_at_once(db_path: Path) -> None:
+    with gradscope.init(db=str(db_path)) as run:
+        with pytest.raises(ValueError, match="one-element"):
+            run.log_epoch(train_loss=torch.ones(3))
+        with pytest.raises(TypeError, match="test_acc must be a number"):
+            run.log_epoch(test_acc="high")
+        run.log_epoch(train_loss=torch.tensor(0.5, requires_grad=True) * 1, test_acc=np.float32(1))
+    row = run_row(db_path, run.id)
+    assert (row["status"], row["epochs_done"], row["final_test_acc"]) == ("completed", 1, 1.0)
