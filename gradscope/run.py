@@ -106,6 +106,7 @@ class Run:
         self._diverged: str | None = None
         self._status: str | None = None  # set once finished
         self._lost = False  # another process marked the run lost: stop writing
+        self._cancel = False  # someone asked to cancel it (dashboard, `gradscope cancel`)
         self._epoch_started = time.perf_counter()
         self._stop = threading.Event()
         self._beat = threading.Thread(
@@ -190,6 +191,12 @@ class Run:
         return self._diverged is not None
 
     @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this run (the dashboard, `gradscope cancel`),
+        as learnt by the heartbeat. Your loop decides: `if run.cancel_requested: break`."""
+        return self._cancel
+
+    @property
     def status(self) -> str:
         return self._status or "running"
 
@@ -246,20 +253,27 @@ class Run:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _heartbeats(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            try:
-                beat = heartbeat(self.engine, [self.id], self._worker)[self.id]
-            except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
-                print(f"gradscope: heartbeat failed: {exc}", file=sys.stderr)
-                continue
-            if not beat.owned:
-                self._lost = True
-                print(
-                    f"gradscope: run {self.id[:8]} was marked lost or finished elsewhere; "
-                    "no more epochs are recorded",
-                    file=sys.stderr,
-                )
-                return
+        while not self._stop.wait(every_s) and self._beat_once():
+            pass
+
+    def _beat_once(self) -> bool:
+        """One heartbeat; learns of cancel requests and of the run being taken away (marked
+        lost). Returns False when there is nothing more to beat for."""
+        try:
+            beat = heartbeat(self.engine, [self.id], self._worker)[self.id]
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried next time
+            print(f"gradscope: heartbeat failed: {exc}", file=sys.stderr)
+            return True
+        self._cancel = self._cancel or beat.cancel_requested
+        if not beat.owned:
+            self._lost = True
+            print(
+                f"gradscope: run {self.id[:8]} was marked lost or finished elsewhere; "
+                "no more epochs are recorded",
+                file=sys.stderr,
+            )
+            return False
+        return True
 
     def _wait(self) -> None:
         """Wait for every logged epoch to be recorded; re-raise the first error."""

@@ -499,3 +499,31 @@ def test_bad_metrics_are_refused_at_once(db_path: Path) -> None:
         run.log_epoch(train_loss=torch.tensor(0.5, requires_grad=True) * 1, test_acc=np.float32(1))
     row = run_row(db_path, run.id)
     assert (row["status"], row["epochs_done"], row["final_test_acc"]) == ("completed", 1, 1.0)
+
+
+def test_a_cancel_request_reaches_the_loop_through_the_heartbeat(db_path: Path) -> None:
+    from db.queue import cancel_runs
+
+    with gradscope.init(db=str(db_path)) as run:
+        assert run._beat_once() and not run.cancel_requested
+        engine = make_engine(str(db_path))
+        assert cancel_runs(engine, [run.id])[run.id] == "cancel requested"
+        assert run._beat_once()  # what the heartbeat thread does every 2 s
+        assert run.cancel_requested
+    engine.dispose()
+
+
+def test_a_run_marked_lost_stops_recording(db_path: Path) -> None:
+    """Another worker marked it lost (the process stalled past the stale limit): the run's
+    rows stay as recovery left them, and its later epochs are not written."""
+    run = gradscope.init(db=str(db_path))
+    run.log_epoch(train_loss=1.0)
+    run.diverged  # noqa: B018 - waits until the epoch is stored
+    engine = make_engine(str(db_path))
+    assert recover_stale(engine, 60.0, now=db_now(engine) + timedelta(seconds=120)) == [run.id]
+    assert not run._beat_once()
+    run.log_epoch(train_loss=0.5)
+    run.finish()
+    row = run_row(db_path, run.id)
+    assert (row["status"], row["error"], row["epochs_done"]) == ("failed", WORKER_LOST, 1)
+    engine.dispose()
