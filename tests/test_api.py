@@ -327,6 +327,7 @@ def test_compiled_model_is_recorded_under_its_own_names(db_path: Path) -> None:
     assert dead[0][0] is not None
 
 
+@pytest.mark.slow
 def test_import_gradscope_does_not_load_torch() -> None:
     code = "import sys, gradscope; print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
