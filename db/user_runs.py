@@ -1,8 +1,8 @@
 """Writes peculiar to a run recorded from a user's own loop (the `gradscope` API).
 
 Such a run is created already running (nobody claims it from the queue), learns its model only
-when `watch()` is called, and learns its length as epochs are logged. Everything else (epochs,
-heartbeats, finishing) goes through db.store.RunStore and db.queue like any run.
+when `watch()` is called. Everything else (epochs, with its length growing as they are logged;
+heartbeats; finishing) goes through db.store.RunStore and db.queue like any run.
 """
 
 from __future__ import annotations
@@ -85,14 +85,3 @@ def describe_model(
         s.execute(delete(_layers).where(_layers.c.run_id == run_id))
         if layers:
             s.execute(insert(_layers), [{"run_id": run_id, **vars(li)} for li in layers])
-
-
-def extend_epochs(engine: Engine, run_id: str, epochs_total: int) -> None:
-    """A custom run's length is the epochs logged so far: raised before each epoch is stored,
-    so epochs_done <= epochs_total holds at every moment."""
-    with transaction(engine) as s:
-        s.execute(
-            update(_runs)
-            .where(_runs.c.id == run_id, _runs.c.epochs_total < epochs_total)
-            .values(epochs_total=epochs_total)
-        )

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from db.engine import make_engine, resolve_db
 from db.queue import heartbeat
 from db.store import RunStore
-from db.user_runs import create_custom_run, describe_model, extend_epochs
+from db.user_runs import create_custom_run, describe_model
 from vocab.custom import model_summary, user_config
 from vocab.fields import EPOCH_FIELDS, MAX_NAME_CHARS
 from vocab.records import EpochRecord, FinalMetrics
@@ -246,9 +246,8 @@ class Run:
             self._diverged = reason
         if self._lost:
             return
-        extend_epochs(self.engine, self.id, epoch)
         record = EpochRecord(epoch, {k: metrics.get(k) for k in EPOCH_FIELDS}, stats)
-        self._store.record_epoch(self.id, record)  # type: ignore[arg-type]
+        self._store.record_epoch(self.id, record, epochs_total=epoch)  # type: ignore[arg-type]
         self._last_metrics = {k: v for k, v in metrics.items() if v is not None}
 
     # -- lifecycle --------------------------------------------------------------------------
