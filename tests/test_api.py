@@ -528,3 +528,23 @@ def test_a_run_marked_lost_stops_recording(db_path: Path) -> None:
     row = run_row(db_path, run.id)
     assert (row["status"], row["error"], row["epochs_done"]) == ("failed", WORKER_LOST, 1)
     engine.dispose()
+
+
+def test_runs_and_show_list_a_custom_run(db_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    run, model, optimizer = _tiny(db_path, name="cli run", config={"lr": 0.1, "tag": "\x1b[2J"})
+    _step(model, optimizer)
+    run.log_epoch(train_loss=0.25)
+    run.finish()
+    cli = CliRunner()
+    listed = cli.invoke(app, ["runs", "--db", str(db_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert (row["arch"], row["status"], row["depth"]) == ("custom", "completed", 1)
+    shown = cli.invoke(app, ["show", run.id[:8], "--db", str(db_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "lr=0.1" in shown.output and "model layers=1" in shown.output
+    assert "\x1b" not in shown.output and "tag=\\x1b[2J" in shown.output  # escaped, not obeyed
