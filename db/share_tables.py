@@ -1,9 +1,9 @@
 """The chosen runs' tables as CSV or Parquet files, for people who analyse runs in pandas.
 
 Three tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch) and
-`layers` (per run, epoch and layer, with the layer's kind and activation joined in). Gradient
-histograms, decision grids and test points stay in the `.db` export. NaN is NaN (an empty cell in
-CSV), infinities are `inf`/`-inf`; Parquet keeps every float exactly.
+`layers` (per run, epoch and layer, with the layer's kind, activation, name and shape joined
+in). Gradient histograms, decision grids and test points stay in the `.db` export. NaN is NaN
+(an empty cell in CSV), infinities are `inf`/`-inf`; Parquet keeps every float exactly.
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
                     *stat_cols,
                     RunLayerModel.kind,
                     RunLayerModel.activation,
+                    # A user's model (gradscope API): the module path and the weight's shape.
+                    RunLayerModel.name,
+                    RunLayerModel.shape,
                 )
                 .outerjoin(
                     RunLayerModel,
@@ -109,7 +112,17 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
     epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_FIELDS])
     epoch_frame = _floats(epoch_frame, EPOCH_FIELDS).sort_values(["run_id", "epoch"])
     layer_frame = pd.DataFrame(
-        layers, columns=["run_id", "epoch", "layer", *LAYER_STAT_FIELDS, "kind", "activation"]
+        layers,
+        columns=[
+            "run_id",
+            "epoch",
+            "layer",
+            *LAYER_STAT_FIELDS,
+            "kind",
+            "activation",
+            "layer_name",
+            "shape",
+        ],
     )
     layer_frame = _floats(layer_frame, LAYER_STAT_FIELDS).sort_values(["run_id", "epoch", "layer"])
     for frame in (epoch_frame, layer_frame):

@@ -27,6 +27,7 @@ from db.clock import as_utc
 from db.errors import StorageError
 from db.models import Base
 from vocab.config import ConfigError, make_config
+from vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
 from vocab.fields import HIST_SLOTS, RUN_STATUSES
 from vocab.text import has_unsafe_chars
 
@@ -265,6 +266,10 @@ def _check_run(row: dict[str, Any]) -> None:
         raise _Bad(f"id must be a UUID, got {_shown(row['id'])}")
     if row["status"] not in RUN_STATUSES:
         raise _Bad(f"status {_shown(row['status'])} is not one of {', '.join(RUN_STATUSES)}")
+    if row["arch"] == CUSTOM_ARCH:
+        _check_custom_run(row)
+        _check_ranges(row)
+        return
     try:
         cfg = make_config(row["config"])
     except ConfigError as exc:
@@ -282,6 +287,40 @@ def _check_run(row: dict[str, Any]) -> None:
     _check_ranges(row)
 
 
+def _check_custom_run(row: dict[str, Any]) -> None:
+    """A run recorded with the gradscope API: its config is the user's dict and a model
+    summary (vocab.custom), not a RunConfig; its length is the epochs it logged."""
+    problem = custom_config_problem(row["config"])
+    if problem:
+        raise _Bad(f"config is not a valid custom run's configuration: {_cut(problem, 300)}")
+    for column in ("depth", "width", "seed"):
+        if row[column] < 0:
+            raise _Bad(f"{column} {row[column]} is negative")
+    if not 0 <= row["epochs_done"] <= row["epochs_total"]:
+        raise _Bad(f"epochs_done {row['epochs_done']} is outside 0..{row['epochs_total']}")
+
+
+def _check_custom_layer(row: dict[str, Any]) -> None:
+    """A custom run's layer: any module type as its kind, an activation when one was seen,
+    the weight's shape as a JSON list of sizes."""
+    if has_unsafe_chars(row["kind"]) or has_unsafe_chars(row["name"]):
+        raise _Bad("name or kind contains control characters")
+    if row["activation"] not in CUSTOM_ACTIVATIONS:
+        raise _Bad(
+            f"activation {_shown(row['activation'])} is not one of {', '.join(CUSTOM_ACTIVATIONS)}"
+        )
+    if row["shape"] is not None:
+        try:
+            shape = json.loads(row["shape"], parse_constant=_no_nan)
+        except (ValueError, RecursionError):
+            raise _Bad(f"shape is not valid JSON: {_shown(row['shape'])}") from None
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise _Bad(f"shape must be a list of sizes, got {_shown(shape)}")
+    for key in ("fan_in", "fan_out", "n_params"):
+        if row[key] < 0:
+            raise _Bad(f"{key} {row[key]} is out of range")
+
+
 def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
     """A child row's meaning, against its run: epochs, layers, blob lengths."""
     epochs, depth = run["epochs_total"], run["depth"]
@@ -290,7 +329,9 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
     if "layer" in row and not 0 <= row["layer"] <= depth:
         raise _Bad(f"layer {row['layer']} is outside the run's 0..{depth} (depth {depth})")
     _check_ranges(row)
-    if table == "run_layers":
+    if table == "run_layers" and run["arch"] == CUSTOM_ARCH:
+        _check_custom_layer(row)
+    elif table == "run_layers":
         if row["kind"] not in LAYER_KINDS:
             raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(LAYER_KINDS)}")
         if row["activation"] not in LAYER_ACTIVATIONS:

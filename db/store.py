@@ -113,14 +113,21 @@ class RunStore:
                 )
 
     # -- per epoch --------------------------------------------------------------------------
-    def record_epoch(self, run_id: str, record: EpochRecord) -> bool:
-        """Write one epoch in one transaction and heartbeat the run.
+    def record_epoch(
+        self, run_id: str, record: EpochRecord, *, epochs_total: int | None = None
+    ) -> bool:
+        """Write one epoch in one transaction and heartbeat the run. `epochs_total` (a run
+        recorded with the gradscope API, whose length is the epochs logged so far) is set in
+        the same update, so epochs_done <= epochs_total always holds.
 
         Returns True when cancellation of the run was requested meanwhile.
         """
         metrics: dict = {k: to_db(record.metrics.get(k)) for k in EPOCH_FIELDS}
         bad_step = record.metrics.get("first_nonfinite_step")
         metrics["first_nonfinite_step"] = int(bad_step) if bad_step else None
+        progress: dict = {"epochs_done": record.epoch, "heartbeat_at": self._now}
+        if epochs_total is not None:
+            progress["epochs_total"] = epochs_total
         stats = []
         for layer, values in enumerate(record.layer_stats):
             row: dict = {"run_id": run_id, "epoch": record.epoch, "layer": layer}
@@ -133,7 +140,7 @@ class RunStore:
             cancel = s.execute(
                 update(_runs)
                 .where(self._ours(_runs.c.id == run_id, _runs.c.status, _runs.c.worker))
-                .values(epochs_done=record.epoch, heartbeat_at=self._now)
+                .values(**progress)
                 .returning(_runs.c.cancel_requested)
             ).scalar_one_or_none()
             if cancel is None:

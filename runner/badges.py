@@ -25,6 +25,7 @@ from runner.diagnosis import (
     SATURATED_FRAC,
     VANISH_FACTOR,
 )
+from vocab.custom import CUSTOM_ARCH
 
 _EDGE = 1e-9  # as diagnosis.at_chance: the chance edge stays inclusive despite rounding
 
@@ -71,9 +72,13 @@ def badges(runs: pd.DataFrame, layers: pd.DataFrame, epochs: pd.DataFrame) -> pd
     if not epochs.empty:
         e = epochs.set_index("run_id")
         losses_ok = np.isfinite(e["train_loss"]) & np.isfinite(e["test_loss"])
-        flags["diverged"] = (~losses_ok).reindex(index, fill_value=False)
+        # A custom run (gradscope.init) logs losses if it likes and has no known chance level:
+        # its status says whether it diverged, and it is never "at chance" (as diagnose()).
+        custom = set(runs.loc[runs["arch"].eq(CUSTOM_ARCH), "id"]) if "arch" in runs else set()
+        is_custom = pd.Series([i in custom for i in e.index], index=e.index, dtype=bool)
+        flags["diverged"] = (~(losses_ok | is_custom)).reindex(index, fill_value=False)
         acc = e["test_acc"]
-        chance = np.isfinite(acc) & ((acc - CHANCE_ACC).abs() <= CHANCE_MARGIN + _EDGE)
+        chance = np.isfinite(acc) & ((acc - CHANCE_ACC).abs() <= CHANCE_MARGIN + _EDGE) & ~is_custom
         at_chance = chance.reindex(index, fill_value=False).astype(bool)
         flat = np.isfinite(e["pred_std"]) & (e["pred_std"] < COLLAPSE_PRED_STD)
         collapsed = flat.reindex(index, fill_value=False).astype(bool)

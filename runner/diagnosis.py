@@ -23,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from vocab.custom import CUSTOM_ARCH
+
 # --- Thresholds (one place, so the rules, the runs table's badges and the captions agree) -------
 VANISH_FACTOR = 1e3  # first layer's grad norm at least this many times below the output's
 EXPLODE_FACTOR = 1e3  # first layer's grad norm more than this many times above the output's
@@ -82,6 +84,13 @@ _ADAM = "Train with Adam, which scales each parameter's step by its own gradient
 _LOWER_LR = "Lower the learning rate."
 _CLIP = "Clip gradients by norm (e.g. max norm 1.0)."
 _DIVERGED_CURES = (_LOWER_LR, _CLIP, _ADAM, _INIT)
+# A user's own model (arch "custom", recorded with the gradscope API): cures name what to change
+# in their code, not a built-in architecture; its task (and so its chance level) is unknown.
+_CUSTOM_RELU = "Use ReLU (or GELU) activations: their slope is 1 where active, sigmoid's <= 0.25."
+_CUSTOM_SKIP = (
+    "Add residual connections or normalisation layers (BatchNorm, LayerNorm) so the gradient "
+    "can skip or be rescaled at each layer."
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ def _vanishing_cures(arch: str) -> tuple[str, ...]:
         return (_RELU, _RESIDUAL, _INIT, _ADAM)
     if arch == "relu":
         return (_HE, _RESIDUAL, _ADAM)
+    if arch == CUSTOM_ARCH:
+        return (_CUSTOM_SKIP, _INIT, _ADAM)
     return (_INIT, _ADAM, "Use fewer layers.")
 
 
@@ -408,7 +419,7 @@ def _divergence_moment(epochs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, 
     }
 
 
-def _unit_findings(layers_last: pd.DataFrame, e_last: int) -> list[Finding]:
+def _unit_findings(layers_last: pd.DataFrame, e_last: int, arch: str = "") -> list[Finding]:
     # The output layer is left out: a confident classifier's output sigmoid is meant to sit
     # near 0 or 1, which is not a fault.
     hidden = layers_last[layers_last["layer"] < layers_last["layer"].max()]
@@ -419,7 +430,7 @@ def _unit_findings(layers_last: pd.DataFrame, e_last: int) -> list[Finding]:
             SATURATED_FRAC,
             "Saturated sigmoid units",
             "saturated (output near 0 or 1, where the sigmoid's slope is almost 0)",
-            (_INIT, _LOWER_LR, _RELU),
+            (_INIT, _LOWER_LR, _CUSTOM_RELU if arch == CUSTOM_ARCH else _RELU),
         ),
         (
             "dead",
@@ -456,6 +467,15 @@ def _collapse_finding(
     std, acc = outcome.pred_std, outcome.test_acc
     if not collapsed_output(std):
         return None
+    if arch == CUSTOM_ARCH:  # no known chance level; pred_std is from the user's probe batch
+        detail = (
+            f"At the last epoch ({outcome.epoch}) the model's output varies by only {_sci(std)} "
+            f"over the probe batch (limit {_sci(COLLAPSE_PRED_STD)}): nearly the same output "
+            "for every input."
+        )
+        cures = (*_vanishing_cures(arch), _LOWER_LR)
+        evidence = {"pred_std": std}
+        return Finding("collapsed", "warn", "Nearly constant output", detail, cures, evidence)
     spread = (
         f"At the last epoch ({outcome.epoch}) the predicted probability varies by only "
         f"{_sci(std)} (std over the test set, limit {_sci(COLLAPSE_PRED_STD)})"
@@ -489,8 +509,10 @@ def _not_learning_finding(outcome: _Outcome) -> Finding:
     )
 
 
-def _divergence_finding(epochs: pd.DataFrame, status: str) -> Finding | None:
-    if epochs.empty:
+def _divergence_finding(epochs: pd.DataFrame, status: str, arch: str = "") -> Finding | None:
+    if epochs.empty or arch == CUSTOM_ARCH:
+        # A custom run's losses are optional (one never logged reads back as NaN): the API sets
+        # the status when a logged loss or a statistic becomes non-finite.
         bad_rows = pd.Series(dtype=int)
     else:
         losses = epochs[["train_loss", "test_loss"]].astype(float)
@@ -542,9 +564,12 @@ def diagnose(
     outcome = None
     if not epochs.empty:
         last = epochs.loc[epochs["epoch"].idxmax()]
-        outcome = _Outcome(int(last["epoch"]), float(last["test_acc"]), float(last["pred_std"]))
+        # A custom run's task, and so its chance level, is unknown: its accuracy says nothing
+        # about chance (NaN never counts as at chance).
+        acc = math.nan if arch == CUSTOM_ARCH else float(last["test_acc"])
+        outcome = _Outcome(int(last["epoch"]), acc, float(last["pred_std"]))
     findings: list[Finding] = []
-    if (div := _divergence_finding(epochs, status)) is not None:
+    if (div := _divergence_finding(epochs, status, arch)) is not None:
         findings.append(div)
     layers_last = layers.iloc[:0]
     van = None
@@ -555,7 +580,7 @@ def diagnose(
         findings += [van] if van is not None else []
         boom = _exploding_finding(epochs, layers, arch, depth, e_first, e_last)
         findings += [boom] if boom is not None else []
-        findings += _unit_findings(layers_last, e_last)
+        findings += _unit_findings(layers_last, e_last, arch)
     if outcome is not None:
         # The contraction is told once: with the vanishing finding when there is one.
         told = van is not None and "contraction_per_layer" in van.evidence

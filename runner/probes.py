@@ -180,11 +180,16 @@ class EpochGradStats:
         self._start_weights = weights.detach().clone()
         self._reducing = []
 
-    def step(self, grads: Tensor) -> None:
-        """Take one step's weight gradients (flat, layer-major): one copy."""
+    def step(self, grads: Tensor | Sequence[Tensor]) -> None:
+        """Take one step's weight gradients (flat, layer-major): one copy. A sequence of flat
+        tensors (a user's model, whose gradients are separate tensors) is concatenated
+        straight into the ring: still one op, and fp16/bf16 are upcast to float32 on the way."""
         if self._fill == 0:
             self._claim(self._half)
-        self._slots[self._half][self._fill].copy_(grads)
+        if isinstance(grads, Tensor):
+            self._slots[self._half][self._fill].copy_(grads)
+        else:
+            torch.cat(list(grads), out=self._slots[self._half][self._fill])
         self._fill += 1
         self._steps += 1
         if self._fill == self.block:
@@ -334,7 +339,8 @@ class EpochGradStats:
 def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:
     """Per-layer activation health from one pass over the test split.
 
-    `acts[l]` is [K, N, units] (K members, N inputs); `kinds[l]` is "sigmoid" or "relu".
+    `acts[l]` is [K, N, units] (K members, N inputs); `kinds[l]` is "sigmoid" or "relu", or
+    "none" (a user's layer followed by neither: both fractions are NaN).
     act_std is the mean over units of each unit's std across inputs: the signal's spread, which
     in a deep sigmoid net shrinks ~7x per layer until the output is constant. Saturation applies
     to sigmoid layers, death (0 for every input) to ReLU layers; the other is NaN. A NaN
@@ -359,6 +365,9 @@ def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:
             # |a - 0.5| > 0.49 is "below 0.01 or above 0.99" in two passes instead of four.
             sat = ((a - 0.5).abs_() > SATURATED_HIGH - 0.5).float().mean(dim=(1, 2))
             out["saturated_frac"].append(sat)
+            out["dead_frac"].append(nan.expand(a.shape[0]))
+        elif kind == "none":
+            out["saturated_frac"].append(nan.expand(a.shape[0]))
             out["dead_frac"].append(nan.expand(a.shape[0]))
         else:
             # max |a| == 0 is "0 for every input"; NaN propagates through amax, so a NaN

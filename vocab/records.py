@@ -9,7 +9,8 @@ from vocab.fields import FINAL_FIELDS
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One nn.Linear of a model, index 0 nearest the input."""
+    """One layer of a model, index 0 nearest the input: an nn.Linear of a built-in run, or
+    any weight of a user's model (gradscope.watch), with its shape as JSON."""
 
     layer: int
     name: str
@@ -18,6 +19,7 @@ class LayerInfo:
     fan_in: int
     fan_out: int
     n_params: int
+    shape: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dashboard.colors import Colors, colors_for
 from dashboard.seeds import SeedGroups
 from dashboard.tables import config_diff, escape_markdown
 from runner.diagnosis import Finding, diagnose
+from vocab.custom import display_config
 from vocab.fields import (
     ACTIVE_STATUSES,
     EPOCH_FIELDS,
@@ -192,7 +193,10 @@ def diagnosis_table(sel: db_gateway.Selection, found: dict[str, list[Finding]]) 
 def config_section(sel: db_gateway.Selection) -> None:
     st.subheader("Configuration")
     # The name is in every label already.
-    configs = [{k: v for k, v in cfg.items() if k != "name"} for cfg in sel.runs["config"]]
+    # A custom run's config (the user's dict and a model summary) is shown flat beside RunConfigs.
+    configs = [
+        {k: v for k, v in display_config(cfg).items() if k != "name"} for cfg in sel.runs["config"]
+    ]
     diff, shared = config_diff(dict(zip(sel.runs["run_label"], configs, strict=True)))
     if diff.empty:
         st.caption("All chosen runs have the same configuration.")

@@ -25,6 +25,7 @@ from runner.cli.common import (
     print_json,
 )
 from runner.cli.options import config_metavar
+from vocab.custom import display_config
 from vocab.text import printable
 
 
@@ -137,7 +138,13 @@ def _badges(engine: Engine, found: list[RunSummary]) -> dict[str, str]:
 
     if not found:
         return {}
-    runs = pd.DataFrame({"id": [r.id for r in found], "status": [r.status for r in found]})
+    runs = pd.DataFrame(
+        {
+            "id": [r.id for r in found],
+            "status": [r.status for r in found],
+            "arch": [r.arch for r in found],
+        }
+    )
     ends = run_ends(engine)
     labels = badges(runs, ends.layers, ends.epochs)
     return {run_id: ("" if b == "empty" else b) for run_id, b in labels.items()}
@@ -186,7 +193,9 @@ def show(
     console.print(
         printable(f"attempts: {doc['attempts']}  host: {doc['hostname'] or '-'}"), highlight=False
     )
-    config = " ".join(f"{k}={v}" for k, v in doc["config"].items())
+    # A custom run's config is the user's dict and a model summary: shown flat, escaped (it is
+    # free text from a user's script).
+    config = " ".join(f"{k}={v}" for k, v in display_config(doc["config"]).items())
     console.print(printable(config), highlight=False)
     console.print()
     console.print(diagnosis_view(findings), highlight=False)
