@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# benchmarks/queue.py would hide the standard library's queue module: put the root first.
+# The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(HERE.parent)
 EPOCHS = 5
 

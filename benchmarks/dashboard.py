@@ -38,7 +38,7 @@ import numpy as np
 from sqlalchemy import Engine, insert
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project, not this folder (its queue.py would shadow the standard library's queue).
+# The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(ROOT)
 
 from dashboard import seeds, tables  # noqa: E402

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/queue.py would
-# hide the standard library's queue module from torch: put the repository root there instead.
+# The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(HERE.parent)
 WORKLOAD = {
     "arch": "sigmoid",
@@ -153,7 +152,7 @@ def main() -> None:
         for i in range(args.rounds):
             db = str(Path(tmp) / f"w{i}.db")
             ours = wall([gradscope, "train", "--quiet", "--db", db, *options])
-            # -P: don't put benchmarks/ (and its queue.py) on the bare script's path.
+            # -P: the bare script sees nothing of this folder, as a user's script would.
             bare = wall([sys.executable, "-P", str(HERE / "bare_train.py")])
             whole_ratios.append(ours / bare)
     print(

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project, not this folder (its queue.py would shadow the standard library's queue).
+# The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(ROOT)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 GRADSCOPE = [sys.executable, "-P", "-m", "runner.cli"]

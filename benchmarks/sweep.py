@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# As a script, Python puts benchmarks/ first on the path, where benchmarks/queue.py shadows the
-# standard library's queue module (torch imports it): the repository root goes there instead.
+# The repository root first: the benchmark runs from a checkout.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 

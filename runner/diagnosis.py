@@ -510,9 +510,17 @@ def _not_learning_finding(outcome: _Outcome) -> Finding:
 
 
 def _divergence_finding(epochs: pd.DataFrame, status: str, arch: str = "") -> Finding | None:
-    if epochs.empty or arch == CUSTOM_ARCH:
+    if arch == CUSTOM_ARCH:
         # A custom run's losses are optional (one never logged reads back as NaN): the API sets
         # the status when a logged loss or a statistic becomes non-finite.
+        if status != "diverged":
+            return None
+        detail = (
+            "A logged loss or a gradient statistic became non-finite (NaN or inf); the run is "
+            "marked diverged (the training loop was not stopped)."
+        )
+        return Finding("diverged", "bad", "Training diverged", detail, _DIVERGED_CURES)
+    if epochs.empty:
         bad_rows = pd.Series(dtype=int)
     else:
         losses = epochs[["train_loss", "test_loss"]].astype(float)

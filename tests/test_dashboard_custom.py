@@ -74,9 +74,10 @@ def test_compare_draws_a_custom_run_beside_built_in_runs(
     (table,) = [d.value for d in at.dataframe if "note" in d.value.columns]
     row = table.loc[[i for i in table.index if i.startswith("my cnn")][0]]
     assert row["note"] == "<b>x</b>" and row["model layers"] == "3"
-    # Its own findings card, between its label and the next run's.
-    card = shown_text(at).split("**my cnn", 1)[1].split("**seed", 1)[0]
-    assert "Healthy" in card
+    # Its own row of the diagnosis (four runs: one row per run, not a card each).
+    (diagnosis,) = [d.value for d in at.dataframe if "summary" in d.value.columns]
+    mine = diagnosis[diagnosis["run"].str.startswith("my cnn")]
+    assert list(mine["summary"]) == ["Healthy"]
 
 
 def test_diagnosis_of_a_custom_run_gives_cures_that_fit_a_custom_model() -> None:

@@ -148,12 +148,12 @@ def test_cancel_counts_only_the_runs_it_cancelled(
 
 
 def test_delete_confirmation_lists_the_runs_and_the_selection_is_named(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     first = add_run(engine, name="first to go")
     second = add_run(engine, name="second to go")
     add_run(engine, name="stays")
-    at = open_app(monkeypatch, db_path, params={"runs": f"{first},{second}"})
+    at = open_app(monkeypatch, database, params={"runs": f"{first},{second}"})
     assert "first to go" in shown_text(at) and "Selected (2)" in shown_text(at)
     (button,) = [b for b in at.button if b.label == "Delete 2 run(s)"]
     button.click().run()
@@ -164,11 +164,11 @@ def test_delete_confirmation_lists_the_runs_and_the_selection_is_named(
 
 
 def test_rename_notes_and_tags_from_the_runs_page_and_filter_by_tag(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     run = add_run(engine, name="before")
     add_run(engine, name="other")
-    at = open_app(monkeypatch, db_path, params={"runs": run})
+    at = open_app(monkeypatch, database, params={"runs": run})
     # A form: set every widget, then submit (an at.run() in between would drop the values).
     (name,) = [t for t in at.text_input if t.label == "Name"]
     name.set_value("after")
@@ -185,11 +185,11 @@ def test_rename_notes_and_tags_from_the_runs_page_and_filter_by_tag(
 
 
 def test_selected_runs_hidden_by_a_filter_are_named_not_dropped(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     shown = add_run(engine, arch="relu", name="visible one")
     hidden = add_run(engine, arch="sigmoid", name="filtered out")
-    at = open_app(monkeypatch, db_path, params={"runs": f"{shown},{hidden}"})
+    at = open_app(monkeypatch, database, params={"runs": f"{shown},{hidden}"})
     at.pills(key="runs_arch").select("relu").run()
     assert list(runs_table(at)["name"]) == ["visible one"]
     text = shown_text(at)

@@ -63,7 +63,7 @@ def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
 
 
 def test_sweeps_page_puts_any_swept_setting_on_the_x_axis(
-    monkeypatch: pytest.MonkeyPatch, engine: Engine, db_path: Path
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
     from dashboard.colors import ARCH_COLORS
 
@@ -72,7 +72,7 @@ def test_sweeps_page_puts_any_swept_setting_on_the_x_axis(
         for arch in ("relu", "sigmoid"):
             for seed in (0, 1):
                 add_run(engine, arch=arch, sweep=sweep, seed=seed, settings={"lr": lr})
-    at = open_app(monkeypatch, db_path, "sweeps")
+    at = open_app(monkeypatch, database, "sweeps")
     assert at.selectbox(key="sweep_x").options == ["arch", "lr"]  # what was swept, not seed
     at.selectbox(key="sweep_x").set_value("lr").run()
     (ratio,) = chart_titled(at, "Gradient ratio vs lr")

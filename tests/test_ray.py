@@ -207,8 +207,19 @@ def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_
         actor_engine = make_engine(pg_url, pool_size=1)
         assert (actor_engine.pool.size(), actor_engine.pool._max_overflow) == (1, 1)
         actor_engine.dispose()
-        ids = queue_runs(engine, 16, epochs=4) + _sweep(engine, "0,1,2,3", epochs=3)
+        # The oldest run is long: the plain worker claims it first and is busy with it while
+        # the Ray actors drain the rest, so neither kind can take the whole queue.
+        ids = queue_runs(engine, 1, epochs=150)
+        ids += queue_runs(engine, 15, epochs=4) + _sweep(engine, "0,1,2,3", epochs=3)
         plain = WorkerProcess(pg_url, "--exit-when-idle", "--poll", "0.05")
+        plain_name = f"{socket.gethostname()}:{plain.pid}"
+        # The Ray driver starts once the plain worker holds a run: both kinds then share the
+        # queue whatever either one's start-up costs on a loaded machine.
+        wait_for(
+            lambda: any(r.worker == plain_name for r in list_runs(engine)),
+            timeout=120,
+            what="the plain worker's first claim",
+        )
         opts = WorkerOptions(db=pg_url, exit_when_idle=True, poll_s=0.05)
         thread, _ = _driver_thread(opts, RayOptions("local", cpus_per_worker=1))
         assert plain.wait(timeout=240) == 0, plain.output
@@ -220,7 +231,6 @@ def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_
         assert {runs[i].attempts for i in ids} == {1}
         for run_id in ids:
             assert epoch_rows(engine, run_id) == list(range(1, runs[run_id].epochs_total + 1))
-        plain_name = f"{socket.gethostname()}:{plain.pid}"
         by_plain = [i for i in ids if runs[i].worker == plain_name]
         assert 0 < len(by_plain) < len(ids), "both kinds of worker should have trained runs"
     finally:

@@ -2,7 +2,7 @@
 trained back-to-back in one process, on SQLite and on PostgreSQL; and the per-run scheduling
 overhead (claim + heartbeat + final status write) measured directly.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/queue.py [--runs 100] [--workers N] [--ray]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/queue_bench.py [--runs 100] [--workers N] [--ray]
 
 Target: scheduling overhead under 5% of a one-second run (i.e. under 50 ms per run).
 With --ray, the same queue is also drained by `gradscope worker --ray local` (the workers as
@@ -14,22 +14,16 @@ PostgreSQL is started privately with tests/pg_server.py; without its binaries it
 
 from __future__ import annotations
 
+import argparse
+import os
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-
-# This file is named queue.py, and Python puts its folder first on sys.path, where it would
-# shadow the standard library's `queue` (torch imports it). Take the folder off the path.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
