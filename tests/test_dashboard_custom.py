@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from dashboard_helpers import assert_ok, chart_titled, charts, open_app, shown_text
+from dashboard_helpers import assert_ok, chart_titled, charts, open_app
 from torch import nn
 
 import gradscope
