@@ -10,17 +10,9 @@ import torch
 
 from gradscope.watch import EpochPart, Layer, prediction_spread, probe_statistics
 from runner.probes import EPOCH_VALUE_FIELDS, epoch_rows
+from vocab.fields import ACTIVATION_STAT_FIELDS as ACT_FIELDS
+from vocab.fields import GRAD_STAT_FIELDS as GRAD_FIELDS
 from vocab.fields import HIST_SLOTS, LAYER_STAT_FIELDS
-
-GRAD_FIELDS = (
-    "grad_norm",
-    "grad_mean_abs",
-    "grad_std",
-    "grad_max_abs",
-    "weight_norm",
-    "update_ratio",
-)
-ACT_FIELDS = tuple(f for f in LAYER_STAT_FIELDS if f not in GRAD_FIELDS)
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ imports torch: `import gradscope` stays cheap, and torch is loaded by `watch()`.
 from __future__ import annotations
 
 import atexit
-import math
 import numbers
 import os
 import socket
@@ -38,9 +37,6 @@ if TYPE_CHECKING:
     from gradscope.watch import EpochPart, Watcher
 
 HEARTBEAT_S = 2.0  # a worker marks a run lost after 60 s without one (runner.worker)
-LOSS_FIELDS = ("train_loss", "test_loss")
-# Statistics that are finite for any trainable model (runner.probes.DIVERGENCE_FIELDS).
-DIVERGENCE_STATS = ("grad_norm", "grad_mean_abs", "grad_std", "grad_max_abs", "weight_norm")
 
 _active: set[Run] = set()
 _uncaught: list[BaseException] = []
@@ -241,7 +237,9 @@ class Run:
         }
         metrics["pred_std"] = pred_std
         metrics["seconds"] = seconds
-        reason = _divergence(epoch, metrics, stats)
+        from runner.probes import divergence  # torch: a run that logs epochs has a model
+
+        reason = divergence(epoch, metrics, stats)
         if reason and self._diverged is None:
             self._diverged = reason
         if self._lost:
@@ -328,22 +326,6 @@ def _metric(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be a number or a one-element tensor")
         return value.detach()
     raise TypeError(f"{name} must be a number or a one-element tensor, got {type(value).__name__}")
-
-
-def _divergence(
-    epoch: int, metrics: dict[str, float | None], stats: list[dict[str, float | bytes | None]]
-) -> str | None:
-    """The built-in rule (runner.probes.divergence) for a run whose losses are optional."""
-    for key in LOSS_FIELDS:
-        value = metrics.get(key)
-        if value is not None and not math.isfinite(value):
-            return f"{key} became non-finite in epoch {epoch}"
-    for layer, row in enumerate(stats):
-        for key in DIVERGENCE_STATS:
-            value = row.get(key)
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"{key} of layer {layer} became non-finite in epoch {epoch}"
-    return None
 
 
 # -- a run the script never finished ----------------------------------------------------------

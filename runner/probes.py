@@ -384,13 +384,18 @@ DIVERGENCE_FIELDS = ("grad_norm", "grad_mean_abs", "grad_std", "grad_max_abs", "
 
 
 def divergence(
-    epoch: int, metrics: dict[str, float], layer_stats: list[dict[str, float | bytes | None]]
+    epoch: int,
+    metrics: dict[str, float | None],
+    layer_stats: list[dict[str, float | bytes | None]],
 ) -> str | None:
     """Why an epoch counts as diverged, or None: a non-finite train or test loss, or a
-    non-finite gradient or weight statistic. Solo runs and ensemble members use this one rule."""
+    non-finite gradient or weight statistic. Solo runs, ensemble members and runs recorded with
+    the `gradscope` API use this one rule (an API run's losses are optional: None is not
+    logged, not diverged)."""
     for key in ("train_loss", "test_loss"):
-        if not math.isfinite(metrics[key]):
-            return f"loss became non-finite in epoch {epoch}"
+        value = metrics.get(key)
+        if value is not None and not math.isfinite(value):
+            return f"{key} became non-finite in epoch {epoch}"
     for layer, stats in enumerate(layer_stats):
         for key in DIVERGENCE_FIELDS:
             value = stats.get(key)

@@ -152,7 +152,7 @@ def test_divergence_is_a_non_finite_loss_or_gradient_statistic() -> None:
     healthy = [{"grad_norm": 1.0, "saturated_frac": math.nan, "update_ratio": math.nan}]
     assert divergence(3, fine, healthy) is None  # not-applicable NaNs are not divergence
     assert divergence(3, {**fine, "test_loss": math.inf}, healthy) == (
-        "loss became non-finite in epoch 3"
+        "test_loss became non-finite in epoch 3"
     )
     exploded = [*healthy, {"grad_norm": 2.0, "grad_max_abs": math.inf}]
     assert divergence(4, fine, exploded) == "grad_max_abs of layer 1 became non-finite in epoch 4"

@@ -13,18 +13,18 @@ FINISHED_STATUSES = tuple(s for s in RUN_STATUSES if s not in ACTIVE_STATUSES)
 EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std", "seconds")
 # The run's final metrics: the last recorded epoch's, kept on the run as final_<field>.
 FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
-LAYER_STAT_FIELDS = (
+# Per layer and epoch: the gradient and weight statistics (from the training steps), then the
+# activation health (from a pass over held-out data).
+GRAD_STAT_FIELDS = (
     "grad_norm",
     "grad_mean_abs",
     "grad_std",
     "grad_max_abs",
     "weight_norm",
     "update_ratio",
-    "act_mean",
-    "act_std",
-    "saturated_frac",
-    "dead_frac",
 )
+ACTIVATION_STAT_FIELDS = ("act_mean", "act_std", "saturated_frac", "dead_frac")
+LAYER_STAT_FIELDS = (*GRAD_STAT_FIELDS, *ACTIVATION_STAT_FIELDS)
 
 # Histogram of log10|g|: fixed bins shared by every run so histograms compare across runs.
 HIST_LOG10_MIN = -12.0
