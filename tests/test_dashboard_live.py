@@ -1,0 +1,76 @@
+"""While runs train (AppTest): unfinished runs show a dash where a number is missing, never
+"None" or "nan"; the sidebar's queue and the Runs table read one state, and the queue's ticker
+reruns the whole app when the table is behind (so they cannot drift apart on two clocks)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from dashboard_helpers import add_run, open_app
+from sqlalchemy import Engine
+from streamlit.testing.v1 import AppTest
+
+from dashboard import db_gateway, tables
+from db import frames
+from db.store import RunStore
+from vocab.records import FinalMetrics
+
+
+def table(at: AppTest):  # noqa: ANN201
+    (runs_table,) = [d for d in at.dataframe if "progress" in d.value.columns]
+    return runs_table
+
+
+def test_unfinished_runs_show_a_dash_not_none(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
+) -> None:
+    running = add_run(engine, status="running", epochs=3, recorded=1, name="training")
+    add_run(engine, status="queued", name="waiting")
+    at = open_app(monkeypatch, database)
+    shown = table(at)
+    assert math.isnan(shown.value.loc[shown.value["name"] == "training", "test acc"].iloc[0])
+    # The cell's text for a missing value: Streamlit's default is the word "None".
+    assert shown.proto.placeholder == tables.MISSING == "—"
+    assert [tables.number_text(v) for v in (None, math.nan, 0.5, 3)] == ["—", "—", "0.5", "3"]
+    # Compare with more runs than cards: the diagnosis table holds the unfinished ones too.
+    others = [add_run(engine, name=f"done {i}") for i in range(3)]
+    at = open_app(monkeypatch, database, "compare", {"runs": ",".join([running, *others])})
+    (diagnosis,) = [d for d in at.dataframe if "finding" in d.value.columns]
+    assert diagnosis.value["test acc"].isna().sum() == 1
+    assert diagnosis.proto.placeholder == "—"
+    captions = " ".join(c.value for c in at.caption)
+    assert "None" not in captions and "nan" not in captions
+
+
+def test_sidebar_queue_and_runs_table_read_one_state(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
+) -> None:
+    first = add_run(engine, status="running", epochs=3, recorded=1, name="first")
+    second = add_run(engine, status="queued", name="second")
+    at = open_app(monkeypatch, database)
+    rows = table(at).value.set_index("name")
+    assert rows.loc["first", "status"] == "running" and rows.loc["second", "status"] == "queued"
+    bars = at.sidebar.progress
+    assert [b.proto.text for b in bars] == ["1/3 epochs, running", "0/2 epochs, queued"]
+    assert rows.loc["first", "progress"] == pytest.approx(1 / 3)
+    assert "Queue: 1 running, 1 queued" in [c.value for c in at.sidebar.caption]
+    # The Runs page says which state its table shows; the queue compares it with the database.
+    drawn = at.session_state[db_gateway.TABLE_VERSION_KEY]
+    assert drawn == frames.data_version(engine)
+
+    # The worker finishes the first run and starts the second: the table is now behind, which is
+    # what makes the queue's next tick rerun the app (a timer AppTest cannot fire: run()).
+    store = RunStore(engine)
+    store.finish_run(first, "completed", final=FinalMetrics(test_acc=0.9, pred_std=0.2))
+    assert frames.data_version(engine) != drawn
+    at.run()
+    rows = table(at).value.set_index("name")
+    assert rows.loc["first", "status"] == "completed"
+    assert [b.proto.text for b in at.sidebar.progress] == ["0/2 epochs, queued"]
+    assert at.session_state[db_gateway.TABLE_VERSION_KEY] == frames.data_version(engine)
+    assert [t.value for t in at.sidebar.text] == [f"second ({second[:8]})"]
+
+    # Other pages draw no runs table: nothing recorded, so the queue never reruns them.
+    at.switch_page("app_pages/sweeps.py").run()
+    assert db_gateway.TABLE_VERSION_KEY not in at.session_state
