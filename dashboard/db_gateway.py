@@ -25,7 +25,7 @@ from dashboard import access, tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db, to_url
 from db.errors import StorageError
-from db.share_source import MAX_IMPORT_MB
+from db.share_source import DASHBOARD_UPLOAD_MB
 from vocab.fields import ACTIVE_STATUSES
 from vocab.records import RunSpec
 
@@ -390,8 +390,8 @@ def worker_status() -> WorkerStatus:
 
 # -- sharing (db.share) -------------------------------------------------------------------------
 
-# db.share_source's import limit; `gradscope dashboard` gives the server the same one.
-MAX_UPLOAD_MB = MAX_IMPORT_MB
+# db.share_source's dashboard upload limit; `gradscope dashboard` gives the server the same one.
+MAX_UPLOAD_MB = DASHBOARD_UPLOAD_MB
 UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
 
 

@@ -1,6 +1,7 @@
-"""While runs train (AppTest): unfinished runs show a dash where a number is missing, never
+"""Issue 11's small things (AppTest): unfinished runs show a dash where a number is missing, never
 "None" or "nan"; the sidebar's queue and the Runs table read one state, and the queue's ticker
-reruns the whole app when the table is behind (so they cannot drift apart on two clocks)."""
+reruns the whole app when the table is behind (so they cannot drift apart on two clocks); the
+uploader's limit text is true; an import's result is said once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import db_gateway, tables
 from db import frames
+from db.engine import make_engine
+from db.share import export_runs_bytes
+from db.share_source import MAX_IMPORT_MB
 from db.store import RunStore
 from vocab.records import FinalMetrics
 
@@ -74,3 +78,45 @@ def test_sidebar_queue_and_runs_table_read_one_state(
     # Other pages draw no runs table: nothing recorded, so the queue never reruns them.
     at.switch_page("app_pages/sweeps.py").run()
     assert db_gateway.TABLE_VERSION_KEY not in at.session_state
+
+
+def streamlit_size_text(mb: int, windows: bool) -> str:
+    """The uploader's "... per file" size, as Streamlit 1.67's frontend writes it (utils.*.js):
+    decimal units outside Windows, up one unit past half of it, no decimals."""
+    base = 1024 if windows else 1000
+    value, units = float(mb * base**2), ["GB", "MB", "KB", "B"]
+    unit = len(units) - 1
+    while unit and value > base / 2:
+        value, unit = value / base, unit - 1
+    return f"{value:.0f}{units[unit]}"
+
+
+def test_the_uploader_states_its_real_limit(monkeypatch: pytest.MonkeyPatch, db_path) -> None:  # noqa: ANN001
+    assert streamlit_size_text(512, windows=False) == "1GB"  # the old limit's text: wrong
+    at = open_app(monkeypatch, db_path, "share")
+    offered = at.file_uploader(key="share_upload").proto.max_upload_size_mb
+    assert offered == db_gateway.MAX_UPLOAD_MB
+    for windows in (False, True):
+        assert streamlit_size_text(offered, windows) == f"{offered}MB"
+    # Whatever the browser checks (500e6 bytes, or 500 MiB on Windows), an import accepts it.
+    assert offered * 2**20 <= MAX_IMPORT_MB * 2**20
+
+
+def test_the_import_result_is_shown_once(
+    monkeypatch: pytest.MonkeyPatch,
+    seeded_db,
+    engine: Engine,
+    database: str,  # noqa: ANN001
+) -> None:
+    seeded = make_engine(str(seeded_db))
+    ids = list(frames.runs(seeded)["id"])
+    content = export_runs_bytes(seeded, ids)
+    seeded.dispose()
+    add_run(engine, name="mine")
+    at = open_app(monkeypatch, database, "share")
+    at.file_uploader(key="share_upload").set_value(("teammate.db", content, "x")).run()
+    at.button(key="share_import").click().run()
+    shown = [e.value for kind in ("success", "text", "markdown", "caption", "info", "toast")
+             for e in at.get(kind)]  # fmt: skip
+    assert sum("3 run(s)" in text for text in shown) == 1, shown
+    assert sum("already present" in text for text in shown) == 1, shown
