@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from dashboard_helpers import add_run, open_app
+from dashboard_helpers import add_run, chart_titled, open_app
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
@@ -120,3 +120,43 @@ def test_the_import_result_is_shown_once(
              for e in at.get(kind)]  # fmt: skip
     assert sum("3 run(s)" in text for text in shown) == 1, shown
     assert sum("already present" in text for text in shown) == 1, shown
+
+
+def tooltip_fields(spec: object) -> set[str]:
+    """Every field named in a tooltip anywhere in a Vega-Lite spec."""
+    found: set[str] = set()
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if key == "tooltip":
+                tips = value if isinstance(value, list) else [value]
+                found |= {t["field"] for t in tips if isinstance(t, dict) and "field" in t}
+            else:
+                found |= tooltip_fields(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            found |= tooltip_fields(item)
+    return found
+
+
+def test_grouped_seeds_say_how_many_seeds_each_line_holds(
+    monkeypatch: pytest.MonkeyPatch,
+    db_path,  # noqa: ANN001
+) -> None:
+    engine = make_engine(str(db_path))
+    ids = [add_run(engine, seed=i) for i in range(3)]
+    ids += [add_run(engine, arch="sigmoid", seed=i, grad_norms=(0.01, 0.1, 1.0)) for i in (0, 1)]
+    engine.dispose()
+    at = open_app(monkeypatch, db_path, "compare", {"runs": ",".join(ids), "epoch": "1"})
+    at.selectbox(key="compare_colour_by").set_value("architecture")
+    at.toggle(key="compare_group_seeds").set_value(True).run()
+    assert not at.exception
+    # Coloured by architecture the legend says "relu"/"sigmoid": the caption names the lines.
+    captions = [c.value.replace("\\", "") for c in at.caption]  # Markdown escapes
+    (caption,) = [c for c in captions if "line(s) from 5 run(s)" in c]
+    assert "3 seeds" in caption and "2 seeds" in caption
+    for title in ("Gradient flow", "Loss", "Prediction spread"):
+        (chart,) = chart_titled(at, title)
+        assert {"run_label", "seeds"} <= tooltip_fields(chart.spec), title
+        labels = chart.data.groupby("run_label")["seeds"].max()
+        assert sorted(labels.tolist()) == [2, 3]
+        assert all(label.endswith(f"· {n} seeds") for label, n in labels.items())

@@ -439,6 +439,15 @@ def compare(run_ids: list[str]) -> None:
         return
     by, grouped = colour_controls(sel)
     view_ = build_view(sel, epochs, layers, by, grouped)
+    if view_.groups is not None:
+        # Coloured by a setting, the legend names the setting: here each line and its seeds.
+        labels = list(view_.groups.labels.values())
+        st.caption(
+            escape_markdown(
+                f"{len(labels)} line(s) from {len(sel.runs)} run(s), each the median of its "
+                "seeds with a min-max band: " + "; ".join(labels)
+            )
+        )
     # The signature picture first: where the gradient goes, then what that means per run.
     epoch = epoch_control(int(layers["epoch"].max()))
     gradient_flow_section(view_, epoch)
