@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st  # noqa: E402
 
-from dashboard import sidebar, view  # noqa: E402
+from dashboard import db_gateway, sidebar, view  # noqa: E402
 from db.errors import StorageError  # noqa: E402
 
 # A local image: a Material icon as page_icon is fetched from Google's font CDN on every rerun,
@@ -36,6 +36,8 @@ PAGES = [
 
 
 page = st.navigation(PAGES)
+# Set again by the Runs page when it is the one drawn (see db_gateway.TABLE_VERSION_KEY).
+st.session_state.pop(db_gateway.TABLE_VERSION_KEY, None)
 try:
     view.database_changed_notice()
     sidebar.render()

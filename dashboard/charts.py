@@ -53,7 +53,17 @@ def _ids(frame: pd.DataFrame, colors: Colors | None) -> list[str]:
     """The id columns a chart keeps: run_id, run_label and the colour key column."""
     cols = ["run_id", "run_label"]
     field = (colors or Colors()).field
-    return cols if field in cols or field not in frame else [*cols, field]
+    cols = cols if field in cols or field not in frame else [*cols, field]
+    return [*cols, "seeds"] if "seeds" in frame else cols  # grouped seeds: for the tooltip
+
+
+def _run_tips(frame: pd.DataFrame) -> list[alt.Tooltip]:
+    """The tooltip lines naming a point's run, or its seed group and how many seeds the point
+    is the median of (fewer than the group holds where a seed has not recorded it yet)."""
+    tips = [alt.Tooltip("run_label:N", title="run")]
+    return (
+        [*tips, alt.Tooltip("seeds:Q", title="seeds in this point")] if "seeds" in frame else tips
+    )
 
 
 def _bands(frame: pd.DataFrame, *fields: str) -> list[str]:
@@ -167,7 +177,7 @@ def _curves(
         color=_color(colors),
         detail=alt.Detail("run_id:N"),
         tooltip=[
-            alt.Tooltip("run_label:N", title="run"),
+            *_run_tips(long),
             alt.Tooltip("epoch:Q"),
             alt.Tooltip("split:N"),
             alt.Tooltip("value:Q", title=title.lower(), format=".4f"),
@@ -215,7 +225,7 @@ def prediction_spread(epochs: pd.DataFrame, colors: Colors | None = None) -> alt
             color=_color(colors),
             detail=alt.Detail("run_id:N"),
             tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
+                *_run_tips(data),
                 alt.Tooltip("epoch:Q"),
                 alt.Tooltip("pred_std:Q", title="pred std", format=".2e"),
             ],
@@ -265,7 +275,7 @@ def _per_layer(
             color=_color(colors),
             detail=alt.Detail("run_id:N"),
             tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
+                *_run_tips(data),
                 alt.Tooltip("epoch:Q"),
                 alt.Tooltip("layer:Q"),
                 alt.Tooltip(f"{field}:Q", title=tip, format=".2e"),
@@ -361,7 +371,7 @@ def grad_histograms(hist: pd.DataFrame, colors: Colors | None = None) -> alt.Cha
             color=_color(colors),
             detail=alt.Detail("run_id:N"),
             tooltip=[
-                alt.Tooltip("run_label:N", title="run"),
+                *_run_tips(data),
                 alt.Tooltip("bin_left:Q", title="from log10", format=".2f"),
                 alt.Tooltip("bin_right:Q", title="to log10", format=".2f"),
                 alt.Tooltip("count:Q"),
@@ -402,7 +412,7 @@ def unit_health(
         color=_color(colors),
         detail=alt.Detail("run_id:N"),
         tooltip=[
-            alt.Tooltip("run_label:N", title="run"),
+            *_run_tips(long),
             alt.Tooltip("layer:Q"),
             alt.Tooltip("measure:N"),
             alt.Tooltip("fraction:Q", format=".1%"),

@@ -25,7 +25,8 @@ from dashboard import access, tables
 from db import frames
 from db.engine import display_url, make_engine, resolve_db, to_url
 from db.errors import StorageError
-from db.share_source import MAX_IMPORT_MB
+from db.share_source import DASHBOARD_UPLOAD_MB
+from vocab.fields import ACTIVE_STATUSES
 from vocab.records import RunSpec
 
 if TYPE_CHECKING:
@@ -165,15 +166,31 @@ def runs() -> pd.DataFrame:
     return _runs(db, version())
 
 
-def runs_table() -> pd.DataFrame:
-    """The Runs page table with diagnosis badges, indexed by run id."""
+def runs_table(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The Runs page table with diagnosis badges, indexed by run id (at `data_version`, a
+    `version()` the caller read, so it can say which state it drew)."""
     db = database()
-    return _runs_table(db, version())
+    return _runs_table(db, data_version or version())
 
 
-def queue() -> pd.DataFrame:
-    """Queued and running runs; uncached (the sidebar polls it, and it is one indexed query)."""
-    return frames.queue(engine())
+# The data version the Runs table was drawn with; set by the Runs page and cleared by the router
+# at every full run, so it is present only while Runs is the page shown. The sidebar's live queue
+# reruns the whole app when the database has moved past it: the queue and the table then show
+# the same state, from the same cached frame, in the same rerun.
+TABLE_VERSION_KEY = "runs_table_version"
+
+
+def queue(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Queued and running runs (running first, then in creation order), cut from the same cached
+    runs frame the Runs table is made of, so the two never disagree about a run's status or
+    progress. (Re-reading every run when an epoch lands costs what the Runs table already pays.)"""
+    frame = _runs(database(), data_version or version())
+    active = frame[frame["status"].isin(ACTIVE_STATUSES)]
+    running_first = (active["status"] != "running").astype(int).rename("_order")
+    ordered = pd.concat([active, running_first], axis=1).sort_values(
+        ["_order", "created_at", "seq", "id"]
+    )
+    return ordered.drop(columns="_order").reset_index(drop=True)
 
 
 # -- the runs being compared --------------------------------------------------------------------
@@ -373,8 +390,8 @@ def worker_status() -> WorkerStatus:
 
 # -- sharing (db.share) -------------------------------------------------------------------------
 
-# db.share_source's import limit; `gradscope dashboard` gives the server the same one.
-MAX_UPLOAD_MB = MAX_IMPORT_MB
+# db.share_source's dashboard upload limit; `gradscope dashboard` gives the server the same one.
+MAX_UPLOAD_MB = DASHBOARD_UPLOAD_MB
 UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
 
 

@@ -57,6 +57,11 @@ def _cancel(run_id: str) -> None:
 @functools.partial(view.guarded, brief=True)
 def _live_queue() -> None:
     """Refreshes itself every few seconds without rerunning the page."""
+    data_version = db_gateway.version()
+    drawn = st.session_state.get(db_gateway.TABLE_VERSION_KEY)
+    if drawn is not None and drawn != data_version:
+        # The Runs table shows an older state than this queue would: redraw both, from one read.
+        st.rerun(scope="app")
     status = db_gateway.worker_status()
     if status.local_pid is not None:
         st.success(f"Worker alive (pid {status.local_pid})", icon=":material/memory:")
@@ -67,8 +72,9 @@ def _live_queue() -> None:
             "Worker not running: queued runs wait. Start one with `gradscope worker`.",
             icon=":material/pause_circle:",
         )
-    queue = db_gateway.queue()
-    st.caption(f"Queue: {status.running} running, {status.queued} queued")
+    queue = db_gateway.queue(data_version)
+    running = int((queue["status"] == "running").sum())  # counted from the rows shown below
+    st.caption(f"Queue: {running} running, {len(queue) - running} queued")
     for run in queue.head(QUEUE_SHOWN).itertuples():
         title = run.name or f"{run.arch} d{run.depth} {run.dataset}"
         st.text(f"{title} ({run.id[:8]})")  # st.text: a user's run name stays plain text

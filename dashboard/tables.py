@@ -17,6 +17,17 @@ from runner.badges import badges as badges
 from runner.diagnosis import BADGE_COLORS as BADGE_COLORS
 from runner.diagnosis import BADGES as BADGES
 
+# What a table cell or caption shows for a value not recorded yet (an unfinished run's accuracy):
+# st.dataframe's own default is the word "None", and Python's formatting gives "nan".
+MISSING = "—"
+
+
+def number_text(value: object) -> str:
+    """A number for a caption: 3 significant digits; None and NaN as MISSING."""
+    if value is None or (isinstance(value, float) and value != value):
+        return MISSING
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
 
 def runs_table(runs: pd.DataFrame, run_badges: pd.Series) -> pd.DataFrame:
     """The Runs page table: one row per run, columns in reading order, indexed by run id.

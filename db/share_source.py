@@ -35,10 +35,14 @@ from db.share_validate import (
 )
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-# The largest file an import accepts unless told otherwise, in MiB: also the dashboard's upload
-# limit, for its uploader and for Streamlit's server (`server.maxUploadSize`, MiB as well).
+# The largest file an import accepts unless told otherwise, in MiB.
 MAX_IMPORT_MB = 512
 DEFAULT_MAX_IMPORT_BYTES = MAX_IMPORT_MB * 2**20
+# The dashboard's upload limit, for its uploader and Streamlit's server (`server.maxUploadSize`).
+# Not 512: Streamlit's uploader writes its limit in decimal units outside Windows and rounds any
+# size over 500 MB up to the next unit, so 512 reads "1GB per file". At 500 it reads "500MB per
+# file" (and checks 500e6 bytes, 500 MiB on Windows), which is true and within MAX_IMPORT_MB.
+DASHBOARD_UPLOAD_MB = 500
 MAX_RUNS = 10_000
 MAX_ROWS_PER_TABLE = 2_000_000
 # SQLite refuses to hand back any string or blob longer than this (the largest legitimate value

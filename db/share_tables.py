@@ -1,9 +1,10 @@
 """The chosen runs' tables as CSV or Parquet files, for people who analyse runs in pandas.
 
-Three tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch) and
-`layers` (per run, epoch and layer, with the layer's kind, activation, name and shape joined
-in). Gradient histograms, decision grids and test points stay in the `.db` export. NaN is NaN
-(an empty cell in CSV), infinities are `inf`/`-inf`; Parquet keeps every float exactly.
+Three tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch, with
+first_nonfinite_step) and `layers` (per run, epoch and layer, with the divergence-moment
+statistics and the layer's kind, activation, name and shape joined in). Gradient histograms,
+decision grids and test points stay in the `.db` export. NaN is NaN (an empty cell in CSV),
+infinities are `inf`/`-inf`; Parquet keeps every float exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from db.clock import as_utc
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
 from db.session import session_scope
 from db.share import CHUNK, ShareError
-from vocab.fields import EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
 
 TableFormat = Literal["csv", "parquet"]
 TABLE_NAMES = ("runs", "epochs", "layers")
@@ -54,6 +55,9 @@ RUN_COLUMNS = (
 )
 RUN_FLOATS = tuple(c for c in RUN_COLUMNS if c.startswith("final_"))
 RUN_TIMES = ("created_at", "started_at", "finished_at", "imported_at")
+# The moment of divergence (NaN where every step was finite or the run predates it).
+EPOCH_COLUMNS = (*EPOCH_FIELDS, "first_nonfinite_step")
+STAT_COLUMNS = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
 
 
 def _floats(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -68,7 +72,7 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
     ids = list(dict.fromkeys(run_ids))
     runs, epochs, layers = [], [], []
     run_cols = [getattr(RunModel, c) for c in RUN_COLUMNS]
-    stat_cols = [getattr(LayerStatModel, c) for c in ("epoch", "layer", *LAYER_STAT_FIELDS)]
+    stat_cols = [getattr(LayerStatModel, c) for c in ("epoch", "layer", *STAT_COLUMNS)]
     with session_scope(engine) as s:
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
@@ -82,7 +86,7 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
                 select(
                     EpochMetricModel.run_id,
                     EpochMetricModel.epoch,
-                    *[getattr(EpochMetricModel, c) for c in EPOCH_FIELDS],
+                    *[getattr(EpochMetricModel, c) for c in EPOCH_COLUMNS],
                 ).where(EpochMetricModel.run_id.in_(chunk))
             ).all()
             layers += s.execute(
@@ -109,22 +113,23 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
         )
     run_frame = _floats(run_frame, RUN_FLOATS).sort_values(["created_at", "id"])
     names = dict(zip(run_frame["id"], run_frame["name"], strict=True))
-    epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_FIELDS])
-    epoch_frame = _floats(epoch_frame, EPOCH_FIELDS).sort_values(["run_id", "epoch"])
+    epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_COLUMNS])
+    # first_nonfinite_step goes through float too: an integer column cannot hold the NaNs.
+    epoch_frame = _floats(epoch_frame, EPOCH_COLUMNS).sort_values(["run_id", "epoch"])
     layer_frame = pd.DataFrame(
         layers,
         columns=[
             "run_id",
             "epoch",
             "layer",
-            *LAYER_STAT_FIELDS,
+            *STAT_COLUMNS,
             "kind",
             "activation",
             "layer_name",
             "shape",
         ],
     )
-    layer_frame = _floats(layer_frame, LAYER_STAT_FIELDS).sort_values(["run_id", "epoch", "layer"])
+    layer_frame = _floats(layer_frame, STAT_COLUMNS).sort_values(["run_id", "epoch", "layer"])
     for frame in (epoch_frame, layer_frame):
         frame.insert(1, "run_name", frame["run_id"].map(names))
     return {

@@ -185,6 +185,7 @@ class Contraction:
     last_std: float
     below_floor: int  # layers whose act_std is at or under ACT_STD_FLOOR (not measured)
     saturated_max: float  # the largest saturated fraction of any layer (0 where not applicable)
+    saturation_measured: bool = True  # False where no layer has a saturated fraction (not sigmoid)
 
 
 def contraction(layers_last: pd.DataFrame) -> Contraction | None:
@@ -210,7 +211,19 @@ def contraction(layers_last: pd.DataFrame) -> Contraction | None:
         float(kept.iloc[-1]),
         int(len(stds) - upto),
         sat_max,
+        bool(sat.notna().any()),
     )
+
+
+def _saturation_phrase(c: Contraction) -> str:
+    """How many units saturate, worded for the number: "at most 0%" reads as a hedge on nothing."""
+    if not c.saturation_measured:
+        return "while saturation does not apply to its units"
+    if c.saturated_max <= 0:
+        return "while no unit is saturated"
+    if c.saturated_max < 0.005:  # would print as 0%
+        return "while under 1% of units are saturated in any layer"
+    return f"while at most {c.saturated_max:.0%} of units are saturated in any layer"
 
 
 def _contraction_text(c: Contraction | None) -> tuple[str, dict[str, Any]]:
@@ -228,7 +241,7 @@ def _contraction_text(c: Contraction | None) -> tuple[str, dict[str, Any]]:
         f" The signal contracts rather than saturates: at the last epoch the spread of the "
         f"activations across inputs shrinks about {c.per_layer:.1f}x per layer (act_std "
         f"{_sci(c.first_std)} at layer {c.first_layer}, {_sci(c.last_std)} at layer "
-        f"{c.last_layer}{below}) while at most {c.saturated_max:.0%} of units are saturated, so "
+        f"{c.last_layer}{below}) {_saturation_phrase(c)}, so "
         f"deep layers see nearly the same input for every example."
     )
     evidence = {

@@ -140,6 +140,25 @@ def test_contraction_is_named_when_spread_shrinks_without_saturation() -> None:
     assert f.evidence["contraction_per_layer"] == pytest.approx(7.0)
 
 
+@pytest.mark.parametrize(
+    ("saturated", "phrase"),
+    [
+        (0.0, "no unit is saturated"),
+        (0.001, "under 1% of units are saturated"),
+        (0.04, "at most 4% of units are saturated"),
+        (NAN, "saturation does not apply"),
+    ],
+)
+def test_contraction_words_the_saturated_share_sensibly(saturated: float, phrase: str) -> None:
+    # "at most 0% of units are saturated" hedges on nothing: a zero share is said plainly.
+    shrinking = [0.08 / 7**i for i in range(len(VANISHING))]
+    layers = layers_frame({1: VANISHING}, act_std=shrinking, saturated=[saturated] * len(VANISHING))
+    f = only(run(epochs_frame(), layers), "vanishing")
+    assert "contracts rather than saturates" in f.detail
+    assert phrase in f.detail
+    assert "0%" not in f.detail.replace("10^", "")
+
+
 def test_no_contraction_claim_when_spread_holds_or_units_saturate() -> None:
     steady = run(epochs_frame(), layers_frame({1: VANISHING}))
     assert "contracts" not in only(steady, "vanishing").detail

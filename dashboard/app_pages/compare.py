@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import annotations, charts, db_gateway, seeds, state, view
 from dashboard.colors import Colors, colors_for
 from dashboard.seeds import SeedGroups
-from dashboard.tables import config_diff, escape_markdown
+from dashboard.tables import MISSING, config_diff, escape_markdown, number_text
 from runner.diagnosis import Finding, diagnose
 from vocab.custom import display_config
 from vocab.fields import (
@@ -113,7 +113,7 @@ def findings_card(label: str, findings: list[Finding]) -> None:
 
 
 def _number(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return number_text(value)
 
 
 def diagnose_all(
@@ -151,6 +151,7 @@ def diagnosis_section(
         hide_index=True,
         width="stretch",
         key="diagnosis_table",
+        placeholder=MISSING,  # an unfinished run has no accuracy yet
         height=min(38 + 35 * len(found), 420),
         column_config={
             "finding": st.column_config.MultiselectColumn(
@@ -201,7 +202,7 @@ def config_section(sel: db_gateway.Selection) -> None:
     if diff.empty:
         st.caption("All chosen runs have the same configuration.")
     else:
-        st.dataframe(diff, width="stretch")
+        st.dataframe(diff, width="stretch", placeholder=MISSING)
     # Values are typed text (a CSV dataset's path, a label column): shown as typed.
     st.caption(escape_markdown("Shared: " + ", ".join(f"{k} = {v}" for k, v in shared.items())))
     tries = zip(sel.runs["run_label"], sel.runs["attempts"], strict=True)
@@ -438,6 +439,15 @@ def compare(run_ids: list[str]) -> None:
         return
     by, grouped = colour_controls(sel)
     view_ = build_view(sel, epochs, layers, by, grouped)
+    if view_.groups is not None:
+        # Coloured by a setting, the legend names the setting: here each line and its seeds.
+        labels = list(view_.groups.labels.values())
+        st.caption(
+            escape_markdown(
+                f"{len(labels)} line(s) from {len(sel.runs)} run(s), each the median of its "
+                "seeds with a min-max band: " + "; ".join(labels)
+            )
+        )
     # The signature picture first: where the gradient goes, then what that means per run.
     epoch = epoch_control(int(layers["epoch"].max()))
     gradient_flow_section(view_, epoch)

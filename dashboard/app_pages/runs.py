@@ -9,7 +9,6 @@ from streamlit.delta_generator import DeltaGenerator
 from dashboard import annotations, db_gateway, state, tables, view
 from vocab.fields import ACTIVE_STATUSES
 
-REFRESH_S = 2.0
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),
     "progress": st.column_config.ProgressColumn(
@@ -146,6 +145,7 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
         table.loc[deletable, ["name", "status", "arch", "depth", "id"]],
         hide_index=True,
         key="delete_list",
+        placeholder=tables.MISSING,
         height=min(38 + 35 * len(deletable), 300),
     )
     yes, no = st.columns([1, 5])
@@ -161,7 +161,9 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
 
 
 def runs_view() -> None:
-    table = db_gateway.runs_table()
+    data_version = db_gateway.version()
+    table = db_gateway.runs_table(data_version)
+    st.session_state[db_gateway.TABLE_VERSION_KEY] = data_version  # see sidebar._live_queue
     view = filters(table)
     if view.empty:
         st.info("No runs match these filters.")
@@ -179,6 +181,7 @@ def runs_view() -> None:
         selection_default={"selection": {"rows": default}},
         hide_index=True,
         column_config=COLUMNS,
+        placeholder=tables.MISSING,  # an unfinished run's accuracy: a dash, not "None"
         height=min(38 + 35 * len(view), 560),
     )
     # Runs ticked earlier and now hidden by the filters stay selected, and the actions say so
@@ -203,7 +206,10 @@ def annotate_form(run_id: str, runs: pd.DataFrame) -> None:
 
 st.title("Runs")
 if db_gateway.runs().empty:
+    # A run queued elsewhere (CLI, another tab) then brings the table (see sidebar._live_queue).
+    st.session_state[db_gateway.TABLE_VERSION_KEY] = db_gateway.version()
     empty_state()
 else:
-    active = db_gateway.runs()["status"].isin(ACTIVE_STATUSES).any()
-    st.fragment(view.guarded(runs_view), run_every=REFRESH_S if active else None)()
+    # No timer of its own: the sidebar's live queue reruns the app when the data moves on, so
+    # the table and the queue refresh together instead of on two clocks that drift apart.
+    st.fragment(view.guarded(runs_view))()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, db_gateway, state, view
-from dashboard.tables import escape_markdown
+from dashboard.tables import MISSING, escape_markdown
 from vocab.fields import FINISHED_STATUSES
 
 st.title("Sweeps")
@@ -92,4 +92,6 @@ if others_swept:
     )
 st.caption(escape_markdown("Fixed settings: " + ", ".join(f"{k} = {v}" for k, v in fixed.items())))
 with st.expander("Per-run numbers"):
-    st.dataframe(summary.drop(columns="run_id"), hide_index=True, width="stretch")
+    st.dataframe(
+        summary.drop(columns="run_id"), hide_index=True, width="stretch", placeholder=MISSING
+    )

@@ -60,7 +60,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def streamlit_command(host: str, port: int) -> list[str]:
-    from db.share_source import MAX_IMPORT_MB
+    from db.share_source import DASHBOARD_UPLOAD_MB
 
     return [
         sys.executable,
@@ -85,7 +85,7 @@ def streamlit_command(host: str, port: int) -> list[str]:
         # The server refuses larger uploads whatever the uploader says (default 200 MB): allow
         # the size the Share page's uploader offers and an import accepts.
         "--server.maxUploadSize",
-        str(MAX_IMPORT_MB),
+        str(DASHBOARD_UPLOAD_MB),
     ]
 
 
