@@ -122,19 +122,10 @@ class RunStore:
 
         Returns True when cancellation of the run was requested meanwhile.
         """
-        metrics: dict = {k: to_db(record.metrics.get(k)) for k in EPOCH_FIELDS}
-        bad_step = record.metrics.get("first_nonfinite_step")
-        metrics["first_nonfinite_step"] = int(bad_step) if bad_step else None
         progress: dict = {"epochs_done": record.epoch, "heartbeat_at": self._now}
         if epochs_total is not None:
             progress["epochs_total"] = epochs_total
-        stats = []
-        for layer, values in enumerate(record.layer_stats):
-            row: dict = {"run_id": run_id, "epoch": record.epoch, "layer": layer}
-            for k in (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS):
-                row[k] = to_db(values.get(k))  # type: ignore[arg-type]
-            row["grad_hist"] = values.get("grad_hist")
-            stats.append(row)
+        epoch_row, stats, grid_row = _epoch_rows(run_id, record)
         with transaction(self.engine) as s:
             # The run's row first: when it is gone (or no longer ours) nothing is written.
             cancel = s.execute(
@@ -144,20 +135,66 @@ class RunStore:
                 .returning(_runs.c.cancel_requested)
             ).scalar_one_or_none()
             if cancel is None:
-                raise NotFoundError(
-                    f"run {run_id} vanished from the database while training"
-                    if self.worker is None
-                    else f"run {run_id} is no longer this worker's (lost, perhaps queued again)"
-                )
-            s.execute(insert(_epochs), [{"run_id": run_id, "epoch": record.epoch, **metrics}])
+                raise NotFoundError(self._gone(run_id))
+            s.execute(insert(_epochs), [epoch_row])
             if stats:
                 s.execute(insert(_layer_stats), stats)
-            if record.grid is not None:
-                s.execute(
-                    insert(_grids),
-                    [{"run_id": run_id, "epoch": record.epoch, **vars(record.grid)}],
-                )
+            if grid_row is not None:
+                s.execute(insert(_grids), [grid_row])
         return bool(cancel)
+
+    def record_epochs(self, items: Sequence[tuple[str, EpochRecord]]) -> list[bool | NotFoundError]:
+        """Several runs' epochs (a batched group's members at one epoch end) in ONE
+        transaction: what `record_epoch` does for each, with one heartbeat update per distinct
+        epoch number and one multi-row insert per table instead of a transaction per run (a
+        member's write was ~20% of a group's time). Returns, per item in order, True when
+        cancellation of that run was requested, or the NotFoundError `record_epoch` would have
+        raised for a run that vanished or is no longer this worker's: nothing is written for
+        that run, the others are written. A database error rolls back every item and raises.
+        """
+        if not items:
+            return []
+        by_epoch: dict[int, list[str]] = {}
+        for run_id, record in items:
+            by_epoch.setdefault(record.epoch, []).append(run_id)
+        with transaction(self.engine) as s:
+            cancels: dict[tuple[str, int], bool] = {}
+            for epoch, run_ids in by_epoch.items():
+                # The runs' rows first, as record_epoch: a run that is gone (or no longer ours)
+                # returns no row and gets nothing written.
+                returned = s.execute(
+                    update(_runs)
+                    .where(self._ours(_runs.c.id.in_(run_ids), _runs.c.status, _runs.c.worker))
+                    .values(epochs_done=epoch, heartbeat_at=self._now)
+                    .returning(_runs.c.id, _runs.c.cancel_requested)
+                ).all()
+                cancels.update(((run_id, epoch), bool(cancel)) for run_id, cancel in returned)
+            epoch_rows, stat_rows, grid_rows = [], [], []
+            out: list[bool | NotFoundError] = []
+            for run_id, record in items:
+                cancel = cancels.get((run_id, record.epoch))
+                if cancel is None:
+                    out.append(NotFoundError(self._gone(run_id)))
+                    continue
+                out.append(cancel)
+                epoch_row, stats, grid_row = _epoch_rows(run_id, record)
+                epoch_rows.append(epoch_row)
+                stat_rows += stats
+                if grid_row is not None:
+                    grid_rows.append(grid_row)
+            for table, rows in (
+                (_epochs, epoch_rows),
+                (_layer_stats, stat_rows),
+                (_grids, grid_rows),
+            ):
+                if rows:
+                    s.execute(insert(table), rows)
+        return out
+
+    def _gone(self, run_id: str) -> str:
+        if self.worker is None:
+            return f"run {run_id} vanished from the database while training"
+        return f"run {run_id} is no longer this worker's (lost, perhaps queued again)"
 
     def cancel_requested(self, run_id: str) -> bool:
         return run_id in self.cancel_requests([run_id])
@@ -172,6 +209,24 @@ class RunStore:
                     )
                 )
             )
+
+
+def _epoch_rows(run_id: str, record: EpochRecord) -> tuple[dict, list[dict], dict | None]:
+    """One run's epoch as rows: epoch_metrics, layer_stats (one per layer), decision_grids."""
+    metrics: dict = {k: to_db(record.metrics.get(k)) for k in EPOCH_FIELDS}
+    bad_step = record.metrics.get("first_nonfinite_step")
+    metrics["first_nonfinite_step"] = int(bad_step) if bad_step else None
+    stats = []
+    for layer, values in enumerate(record.layer_stats):
+        row: dict = {"run_id": run_id, "epoch": record.epoch, "layer": layer}
+        for k in (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS):
+            row[k] = to_db(values.get(k))  # type: ignore[arg-type]
+        row["grad_hist"] = values.get("grad_hist")
+        stats.append(row)
+    grid = None
+    if record.grid is not None:
+        grid = {"run_id": run_id, "epoch": record.epoch, **vars(record.grid)}
+    return {"run_id": run_id, "epoch": record.epoch, **metrics}, stats, grid
 
 
 def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:

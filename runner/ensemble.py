@@ -27,7 +27,7 @@ from runner.datasets import Dataset, load_dataset
 from runner.ensemble_model import StackedMLP, StackedOptimizer
 from runner.networks import build_model
 from runner.probes import EpochGradStats, activation_stats, divergence, epoch_rows
-from runner.recording import DecisionGridMaker, Recorder, grid_epochs, test_points
+from runner.recording import DecisionGridMaker, EpochBatch, Recorder, grid_epochs, test_points
 from runner.train import STOP_CHECK_SECONDS, TrainResult, resolve_device
 from vocab.config import RunConfig
 from vocab.grouping import group_key
@@ -52,6 +52,12 @@ class _Member:
     result: TrainResult | None = None
 
 
+def _raise_or(answer: bool | Exception) -> bool:
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
 def error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
@@ -61,6 +67,7 @@ def train_group(
     recorders: Sequence[Recorder],
     should_stop: Callable[[], str | None] = lambda: None,
     on_done: Callable[[int, TrainResult], None] | None = None,
+    epoch_batch: EpochBatch | None = None,
 ) -> list[TrainResult]:
     """Train same-shape runs as one batched model; returns each member's TrainResult.
 
@@ -70,6 +77,9 @@ def train_group(
     cancels that member (as `should_stop` returning "cancelled" would for a solo run).
     A member's recorder raising ends that member `failed` (as `execute_run` would) and the
     others go on; anything else raises. `on_done(k, result)` is called as each member ends.
+    With `epoch_batch`, the members' epochs are stored by one `epochs()` call per group epoch
+    (one database transaction) instead of each recorder's `epoch()`; its per-member answers
+    are used exactly as the recorders' would be (an exception fails only that member).
     """
     if len(cfgs) != len(recorders) or not cfgs:
         raise ValueError("train_group needs one recorder per config, and at least one config")
@@ -78,7 +88,7 @@ def train_group(
         raise ValueError("configs of one group must share their group_key (shape, data, optimizer)")
     device = resolve_device(cfgs[0].device)
     with torch.no_grad():
-        return _GroupTraining(cfgs, recorders, should_stop, on_done, device).run()
+        return _GroupTraining(cfgs, recorders, should_stop, on_done, device, epoch_batch).run()
 
 
 class _GroupTraining:
@@ -91,8 +101,10 @@ class _GroupTraining:
         should_stop: Callable[[], str | None],
         on_done: Callable[[int, TrainResult], None] | None,
         device: torch.device,
+        epoch_batch: EpochBatch | None = None,
     ) -> None:
         self.device = device
+        self.epoch_batch = epoch_batch
         self.should_stop = should_stop
         self.on_done = on_done
         self.members: list[_Member] = []
@@ -163,6 +175,23 @@ class _GroupTraining:
         self.loss_sum = torch.zeros(k, device=self.device)
         self.correct = torch.zeros(k, device=self.device)
         self.probe = EpochGradStats(self.stack.weight_sizes, k, self.device)
+
+    def _store_epochs(
+        self, members: list[int], records: list[EpochRecord]
+    ) -> list[bool | Exception]:
+        """Each member's answer for its stored epoch: stop it, go on, or what storing raised."""
+        if self.epoch_batch is not None and members:
+            try:
+                return self.epoch_batch.epochs(members, records)
+            except Exception as exc:  # noqa: BLE001 - the write failed for every member in it
+                return [exc] * len(members)
+        answers: list[bool | Exception] = []
+        for k, record in zip(members, records, strict=True):
+            try:
+                answers.append(bool(self.members[k].recorder.epoch(record)))
+            except Exception as exc:  # noqa: BLE001 - one member's storage failing is its own
+                answers.append(exc)
+        return answers
 
     def _compact(self) -> None:
         """Drop members that have ended from the stack (at an epoch boundary)."""
@@ -332,11 +361,16 @@ class _GroupTraining:
 
     def _record(self, epoch: int, records: list[tuple[EpochRecord, dict[str, float]]]) -> None:
         """Each member's epoch to its recorder, then its health and end, as train() decides."""
-        for k, (record, metrics) in zip(list(self.active), records, strict=True):
+        # Cancelled mid-epoch: its unfinished epoch is not recorded.
+        todo = [
+            (k, rec)
+            for k, rec in zip(self.active, records, strict=True)
+            if self.members[k].result is None
+        ]
+        answers = self._store_epochs([k for k, _ in todo], [rec for _, (rec, _) in todo])
+        for (k, (record, metrics)), answer in zip(todo, answers, strict=True):
             member = self.members[k]
-            if member.result is not None:
-                continue  # cancelled mid-epoch: its unfinished epoch is not recorded
-            cancelled = self._call_recorder(k, lambda r=member.recorder, rec=record: r.epoch(rec))
+            cancelled = self._call_recorder(k, lambda a=answer: _raise_or(a))
             if member.result is not None:
                 continue  # its recorder failed
             member.last = metrics

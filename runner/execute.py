@@ -132,6 +132,22 @@ class GroupMemberRecorder(DbRecorder):
         return self.run_id in self.requests
 
 
+class GroupEpochWriter:
+    """Stores a group's members' epochs in ONE transaction per group epoch
+    (`RunStore.record_epochs`), with each run's own heartbeat, cancel flag and worker guard;
+    one transaction per member was about a fifth of a 16-member group's time."""
+
+    def __init__(self, store: RunStore, run_ids: Sequence[str]) -> None:
+        self.store = store
+        self.run_ids = list(run_ids)
+
+    def epochs(
+        self, members: Sequence[int], records: Sequence[EpochRecord]
+    ) -> list[bool | Exception]:
+        items = [(self.run_ids[k], r) for k, r in zip(members, records, strict=True)]
+        return list(self.store.record_epochs(items))
+
+
 def execute_group(
     store: RunStore,
     run_ids: Sequence[str],
@@ -161,7 +177,13 @@ def execute_group(
     requests = CancelRequests(store, run_ids)
     recorders = [GroupMemberRecorder(store, run_id, requests) for run_id in run_ids]
     try:
-        train_group(cfgs, recorders, should_stop, on_done=finish)
+        train_group(
+            cfgs,
+            recorders,
+            should_stop,
+            on_done=finish,
+            epoch_batch=GroupEpochWriter(store, run_ids),
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, not raised
         detail = error_text(exc)
         for k, result in enumerate(results):

@@ -13,7 +13,7 @@ per-step gradients (runner.probes.EpochGradStats), in order with the measurement
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -43,6 +43,18 @@ class Recorder(Protocol):
 
     def epoch(self, record: EpochRecord) -> bool:
         """Store one epoch; return True to stop (cancellation was requested)."""
+        ...
+
+
+class EpochBatch(Protocol):
+    """Stores several group members' epochs at once (one database transaction for a group's
+    epoch end, `runner.execute.GroupEpochWriter`), instead of each member's `Recorder.epoch`."""
+
+    def epochs(
+        self, members: Sequence[int], records: Sequence[EpochRecord]
+    ) -> list[bool | Exception]:
+        """Per member (its index in the group), in order: True to stop it (cancellation was
+        requested), False to go on, or the exception that storing its epoch raised."""
         ...
 
 

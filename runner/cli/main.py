@@ -6,6 +6,8 @@ Each group of commands lives in its own module and registers itself here; shared
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from runner.cli import (
@@ -38,7 +40,16 @@ for _module in (
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # Python's shutdown runs a last garbage collection over every object still alive; with
+        # torch loaded that is ~0.5 s of a command's wall time (measured: a process that
+        # imported the training engine exited 0.7 s after its last line, 0.1 s with this).
+        # Nothing needs it: atexit handlers and reference-counted finalizers still run, and
+        # the process ends right after. Only the command's entry point does this, not `app`.
+        gc.disable()
+        gc.freeze()
 
 
 if __name__ == "__main__":
