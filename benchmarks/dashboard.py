@@ -53,7 +53,12 @@ from db.models import (  # noqa: E402
     RunPointsModel,
 )
 from vocab.config import make_config  # noqa: E402
-from vocab.fields import EPOCH_FIELDS, HIST_BINS, LAYER_STAT_FIELDS  # noqa: E402
+from vocab.fields import (  # noqa: E402
+    DIVERGENCE_LAYER_FIELDS,
+    EPOCH_FIELDS,
+    HIST_BINS,
+    LAYER_STAT_FIELDS,
+)
 
 N_RUNS, N_DEEP = 10_000, 10
 SMALL = {"depth": 4, "epochs": 10}
@@ -259,16 +264,21 @@ def raw_compare_page(
     layer: int = CHOSEN_LAYER,
     maps: bool = True,
 ) -> None:
+    # The same columns db.frames reads (the page needs them all: the divergence ones feed the
+    # diagnosis), so that the ratio is the cost of turning rows into frames.
     marks = ",".join("?" * len(ids))
-    conn.execute(f"SELECT *, config FROM runs WHERE id IN ({marks})", ids).fetchall()
     conn.execute(
-        f"SELECT run_id, epoch, {', '.join(EPOCH_FIELDS)} FROM epoch_metrics "
-        f"WHERE run_id IN ({marks}) ORDER BY run_id, epoch",
+        f"SELECT {', '.join(frames.RUN_COLUMNS)}, config, attempts FROM runs WHERE id IN ({marks})",
         ids,
     ).fetchall()
     conn.execute(
-        f"SELECT run_id, epoch, layer, {', '.join(LAYER_STAT_FIELDS)} FROM layer_stats "
-        f"WHERE run_id IN ({marks}) ORDER BY run_id, epoch, layer",
+        f"SELECT run_id, epoch, {', '.join(EPOCH_FIELDS)}, first_nonfinite_step "
+        f"FROM epoch_metrics WHERE run_id IN ({marks}) ORDER BY run_id, epoch",
+        ids,
+    ).fetchall()
+    conn.execute(
+        f"SELECT run_id, epoch, layer, {', '.join((*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS))} "
+        f"FROM layer_stats WHERE run_id IN ({marks}) ORDER BY run_id, epoch, layer",
         ids,
     ).fetchall()
     conn.execute(
