@@ -5,8 +5,8 @@ The hook runs after backward() and before the optimizer changes anything, so gra
 accumulation over micro-batches and any zero_grad() placement see exactly the gradient the step
 uses (and a GradScaler has already unscaled it: `scaler.step(opt)` unscales before it calls
 `opt.step()`, and skips the step, hook included, when the gradient overflowed). Per step the hook
-only concatenates the weights' gradients into runner.probes.EpochGradStats' ring (one op per
-device: no `.item()`, no host sync); the rings are reduced a block of steps at a time on the
+only copies the weights' gradients into runner.probes.EpochGradStats' ring (one _foreach_copy_
+per device: no `.item()`, no host sync); the rings are reduced a block of steps at a time on the
 run's measuring thread, as the built-in loop does. Statistics stay on each weight's device.
 """
 
@@ -104,23 +104,24 @@ class _DeviceGroup:
         self.device = params[0].device
         sizes = [p.numel() for p in params]
         self.inline = sum(sizes) < INLINE_BELOW
-        self.stats = EpochGradStats(sizes, 1, self.device, None if self.inline else executor)
+        shapes = [p.shape for p in params]
+        self.stats = EpochGradStats(
+            sizes, 1, self.device, None if self.inline else executor, shapes=shapes
+        )
         # A weight without a gradient this step (unused by the forward pass) counts as zeros.
-        self._zeros = [torch.zeros(n, device=self.device) for n in sizes]
+        self._zeros = [torch.zeros(shape, device=self.device) for shape in shapes]
 
     def step(self) -> None:
-        # One concatenation into the ring; a view per weight (reshape copies only when a
-        # gradient is not contiguous, e.g. channels_last convolutions).
-        parts = []
-        for p, zeros in zip(self.params, self._zeros, strict=True):
-            g = p.grad
+        # The gradients as they are, copied by one _foreach_copy_ into per-weight views of the
+        # ring (strided gradients, e.g. channels_last convolutions, are read in logical order;
+        # fp16/bf16 upcast on the way). The loop is Python only (~2 us for 20 weights).
+        grads = [p.grad for p in self.params]
+        for i, g in enumerate(grads):
             if g is None:
-                parts.append(zeros)
+                grads[i] = self._zeros[i]
             elif g.is_sparse:  # nn.Embedding(sparse=True)
-                parts.append(g.to_dense().reshape(-1))
-            else:
-                parts.append(g.reshape(-1))
-        self.stats.step(parts)
+                grads[i] = g.to_dense()
+        self.stats.step(grads)
 
     def weights(self) -> Tensor:
         """The group's weights now, flat and float32 (a copy)."""

@@ -124,6 +124,7 @@ class EpochGradStats:
         members: int,
         device: torch.device,
         executor: Executor | None = None,
+        shapes: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.sizes = weight_sizes
         self.members = members
@@ -133,7 +134,17 @@ class EpochGradStats:
         self.block = max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
         self._ring = [torch.empty(self.block, total, device=device) for _ in range(2)]
         self._slots = [list(block.unbind(0)) for block in self._ring]
-        self._tmp = torch.empty(self.block, total, device=device)  # |g|, for the reducer only
+        # With the weights' shapes (a user's model, members == 1): each ring row as one view
+        # per weight, made once, so a step is one _foreach_copy_ of the gradients as they are
+        # (no reshape list, no cat: ~15 us instead of ~30 us for 20 weights on this CPU).
+        self._weight_slots: list[list[list[Tensor]]] | None = None
+        if shapes is not None:
+            starts = np.cumsum([0, *weight_sizes[:-1]]).tolist()
+            places = list(zip(starts, weight_sizes, shapes, strict=True))
+            self._weight_slots = [
+                [[row[a : a + n].view(shape) for a, n, shape in places] for row in rows]
+                for rows in self._slots
+            ]
         # The last job reading each ring block; a block is refilled only once it has run.
         self._busy: list[Future[object] | None] = [None, None]
         self._half = 0
@@ -183,11 +194,14 @@ class EpochGradStats:
     def step(self, grads: Tensor | Sequence[Tensor]) -> None:
         """Take one step's weight gradients (flat, layer-major): one copy. A sequence of flat
         tensors (a user's model, whose gradients are separate tensors) is concatenated
-        straight into the ring: still one op, and fp16/bf16 are upcast to float32 on the way."""
+        straight into the ring: still one op, and fp16/bf16 are upcast to float32 on the way.
+        Given `shapes`, the sequence holds each weight's gradient in its own shape instead."""
         if self._fill == 0:
             self._claim(self._half)
         if isinstance(grads, Tensor):
             self._slots[self._half][self._fill].copy_(grads)
+        elif self._weight_slots is not None:  # each gradient in its weight's shape
+            torch._foreach_copy_(self._weight_slots[self._half][self._fill], list(grads))
         else:
             torch.cat(list(grads), out=self._slots[self._half][self._fill])
         self._fill += 1
@@ -255,22 +269,25 @@ class EpochGradStats:
 
     def _reduce(self, sums: _Sums, steps: Tensor) -> None:
         """Fold a [n, total] block of steps into the sums: a few whole-block reductions per
-        group of same-size layers."""
-        n = steps.shape[0]
-        magnitude = torch.abs(steps, out=self._tmp[:n])
+        group of same-size layers. Takes |g| in place: the block is not read again except for
+        the epoch's last step's histogram, which bins |g| (a separate |g| buffer cost a cold
+        write of the whole block: ~30% of the reduction, 0.66 -> 0.48 ms for 16 steps of 78k
+        weights on this CPU)."""
         step_norms, step_maxes = [], []
-        for g, grad, mag in zip(
-            self.groups, self._views(steps), self._views(magnitude), strict=True
-        ):
+        views = self._views(steps)
+        for g, grad in zip(self.groups, views, strict=True):
             rows = slice(g.first, g.first + g.count)
             norms = torch.linalg.vector_norm(grad, dim=3)  # [n, count, K]
-            step_max = mag.amax(dim=3)  # [n, count, K]; NaN propagates
             sums.norm[rows] += norms.sum(dim=0)
             sums.sq[rows] += norms.square().sum(dim=0)
-            sums.abs[rows] += mag.sum(dim=(0, 3))
             sums.sum[rows] += grad.sum(dim=(0, 3))
-            torch.maximum(sums.max[rows], step_max.amax(dim=0), out=sums.max[rows])
             step_norms.append(norms)
+        steps.abs_()  # the views now hold |g|
+        for g, mag in zip(self.groups, views, strict=True):
+            rows = slice(g.first, g.first + g.count)
+            step_max = mag.amax(dim=3)  # [n, count, K]; NaN propagates
+            sums.abs[rows] += mag.sum(dim=(0, 3))
+            torch.maximum(sums.max[rows], step_max.amax(dim=0), out=sums.max[rows])
             step_maxes.append(step_max)
         self._track_divergence(sums, torch.cat(step_norms, dim=1), torch.cat(step_maxes, dim=1))
 

@@ -292,6 +292,65 @@ def test_low_precision_gradients_are_upcast(db_path: Path) -> None:
     assert norm == pytest.approx(float(grad.norm()), rel=1e-5)
 
 
+@pytest.mark.parametrize("reduce", ["in line", "on the measuring thread"])
+def test_strided_sparse_and_missing_gradients_are_measured_as_dense_ones(
+    db_path: Path, reduce: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook copies each gradient as it is into its weight's view of the ring: a
+    channels_last convolution's strided gradient, a sparse embedding's gradient and a weight
+    unused on even steps (no gradient: zeros) give the statistics of the dense gradient the
+    next step pre-hook sees."""
+    monkeypatch.setattr(gradscope_watch, "INLINE_BELOW", 10**9 if reduce == "in line" else 0)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    emb = nn.Embedding(10, 5, sparse=True)
+    spare = nn.Linear(5, 5)
+    model = nn.ModuleDict({"conv": conv, "emb": emb, "spare": spare})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    weights = [conv.weight, emb.weight, spare.weight]
+    seen: list[list[torch.Tensor]] = []
+    with gradscope.init(db=str(db_path)) as run:
+        run.watch(model, optimizer)
+        optimizer.register_step_pre_hook(
+            lambda *_: seen.append(
+                [
+                    torch.zeros(w.shape)
+                    if w.grad is None
+                    else w.grad.to_dense()
+                    if w.grad.is_sparse
+                    else w.grad.clone()
+                    for w in weights
+                ]
+            )
+        )
+        for step in range(20):  # a full 16-step block and a partial one
+            optimizer.zero_grad()
+            x = torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last)
+            out = conv(x).mean() + emb(torch.randint(0, 10, (4,))).sum()
+            if step % 2:
+                out = out + spare(torch.randn(3, 5)).pow(2).sum()
+            out.backward()
+            optimizer.step()
+        assert not conv.weight.grad.is_contiguous() and emb.weight.grad.is_sparse  # as meant
+        run.log_epoch()
+    stored = rows(
+        db_path,
+        "SELECT grad_norm, grad_mean_abs, grad_std, grad_max_abs FROM layer_stats "
+        "WHERE run_id = ? ORDER BY layer",
+        run.id,
+    )
+    assert len(stored) == 3 and len(seen) == 20
+    for layer, got in enumerate(stored):
+        steps = torch.stack([step[layer].reshape(-1) for step in seen])
+        want = (
+            float(steps.norm(dim=1).mean()),
+            float(steps.abs().mean()),
+            float(steps.double().std(unbiased=False)),
+            float(steps.abs().max()),
+        )
+        assert got == pytest.approx(want, rel=2e-4, abs=1e-9), layer
+
+
 def test_grad_scaler_scale_is_undone(db_path: Path) -> None:
     """scaler.step() unscales before optimizer.step(), so the hook sees true gradients."""
     torch.manual_seed(0)
