@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from worker_helpers import ENDLESS, SMALL, WorkerProcess, epoch_rows, queue_runs, wait_for
 
 from db.engine import make_engine
-from db.lifecycle import db_now, recover_stale
+from db.lifecycle import cancel_runs, db_now, recover_stale
 from db.queries import get_run, list_runs
 from db.store import queue_sweep
 from vocab.sweep import plan_sweep
@@ -207,32 +207,33 @@ def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_
         actor_engine = make_engine(pg_url, pool_size=1)
         assert (actor_engine.pool.size(), actor_engine.pool._max_overflow) == (1, 1)
         actor_engine.dispose()
-        # The oldest run is long: the plain worker claims it first and is busy with it while
-        # the Ray actors drain the rest, so neither kind can take the whole queue.
-        ids = queue_runs(engine, 1, epochs=150)
-        ids += queue_runs(engine, 15, epochs=4) + _sweep(engine, "0,1,2,3", epochs=3)
+        # The oldest run never ends by itself: the plain worker claims it first (creation
+        # order) and holds it while the Ray actors drain the rest, so both kinds train runs
+        # whatever either one's start-up costs on a loaded machine; then it is cancelled.
+        [held] = queue_runs(engine, 1, **ENDLESS)
+        ids = queue_runs(engine, 16, epochs=4) + _sweep(engine, "0,1,2,3", epochs=3)
         plain = WorkerProcess(pg_url, "--exit-when-idle", "--poll", "0.05")
         plain_name = f"{socket.gethostname()}:{plain.pid}"
-        # The Ray driver starts once the plain worker holds a run: both kinds then share the
-        # queue whatever either one's start-up costs on a loaded machine.
         wait_for(
-            lambda: any(r.worker == plain_name for r in list_runs(engine)),
+            lambda: get_run(engine, held).worker == plain_name,
             timeout=120,
-            what="the plain worker's first claim",
+            what="the plain worker's claim of the oldest run",
         )
         opts = WorkerOptions(db=pg_url, exit_when_idle=True, poll_s=0.05)
         thread, _ = _driver_thread(opts, RayOptions("local", cpus_per_worker=1))
-        assert plain.wait(timeout=240) == 0, plain.output
         thread.join(timeout=240)
         assert not thread.is_alive()
+        assert cancel_runs(engine, [held]) == {held: "cancel requested"}
+        assert plain.wait(timeout=120) == 0, plain.output
         runs = {r.id: r for r in list_runs(engine)}
+        assert runs[held].status == "cancelled" and runs[held].worker == plain_name
         assert {runs[i].status for i in ids} == {"completed"}
         # Claimed once each (a second claim would count 2) and every epoch recorded once.
-        assert {runs[i].attempts for i in ids} == {1}
+        assert {runs[i].attempts for i in [held, *ids]} == {1}
         for run_id in ids:
             assert epoch_rows(engine, run_id) == list(range(1, runs[run_id].epochs_total + 1))
-        by_plain = [i for i in ids if runs[i].worker == plain_name]
-        assert 0 < len(by_plain) < len(ids), "both kinds of worker should have trained runs"
+        # The queue's other runs went to the Ray actors, not to the busy plain worker.
+        assert all(runs[i].worker and runs[i].worker != plain_name for i in ids)
     finally:
         engine.dispose()
 
