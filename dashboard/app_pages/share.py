@@ -84,6 +84,6 @@ if upload is not None and st.button(
         )
         # The counts are above; below only what they do not say (each run not added, merged
         # notes and tags). Run names and file names stay plain text.
-        details = report.summary.splitlines()[1:]
+        details = "\n".join(report.summary.splitlines()[1:])
         if details:
-            st.text("\n".join(details))
+            st.text(details)
