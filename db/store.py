@@ -24,7 +24,6 @@ from db.models import (
 from db.session import transaction
 from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
 from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
-from vocab.sweep import SweepPlan
 
 # Core tables: the store writes with Core statements (see db.session.transaction).
 _runs = RunModel.__table__
@@ -227,8 +226,3 @@ def _epoch_rows(run_id: str, record: EpochRecord) -> tuple[dict, list[dict], dic
     if record.grid is not None:
         grid = {"run_id": run_id, "epoch": record.epoch, **vars(record.grid)}
     return {"run_id": run_id, "epoch": record.epoch, **metrics}, stats, grid
-
-
-def queue_sweep(engine: Engine, plan: SweepPlan) -> list[str]:
-    """Kept for callers of the old name: db.lifecycle.queue_sweep."""
-    return lifecycle.queue_sweep(engine, plan)

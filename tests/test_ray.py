@@ -24,9 +24,8 @@ from sqlalchemy import Engine
 from worker_helpers import ENDLESS, SMALL, WorkerProcess, epoch_rows, queue_runs, wait_for
 
 from db.engine import make_engine
-from db.lifecycle import cancel_runs, db_now, recover_stale
+from db.lifecycle import cancel_runs, db_now, queue_sweep, recover_stale
 from db.queries import get_run, list_runs
-from db.store import queue_sweep
 from vocab.sweep import plan_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e .[ray]")

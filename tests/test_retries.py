@@ -24,6 +24,7 @@ from db.lifecycle import (
     claim_next,
     create_runs,
     db_now,
+    queue_sweep,
     queued_demand,
     recover_lost,
     recover_stale,
@@ -31,7 +32,7 @@ from db.lifecycle import (
 from db.models import LayerStatModel, RunLayerModel
 from db.queries import get_run
 from db.session import session_scope
-from db.store import RunStore, queue_sweep
+from db.store import RunStore
 from runner.cli import app
 from runner.worker import RunBudget, WorkerOptions, run_slot
 from vocab.config import make_config

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from db.engine import make_engine
+from db.lifecycle import queue_sweep
 from db.queries import list_runs
-from db.store import queue_sweep
 from runner.cli import app
 from vocab.config import ConfigError, make_config
 from vocab.grouping import group_key

@@ -24,9 +24,8 @@ from worker_helpers import (
 )
 
 import runner.worker as worker_module
-from db.lifecycle import db_now, recover_stale
+from db.lifecycle import db_now, queue_sweep, recover_stale
 from db.queries import get_run, run_document
-from db.store import queue_sweep
 from runner.cli import app
 from runner.worker import (
     RunBudget,
