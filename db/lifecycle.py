@@ -66,17 +66,13 @@ T = TypeVar("T")
 
 _runs = RunModel.__table__
 # Everything recorded for a run, children first (deleting needs no ON DELETE CASCADE).
-_CHILDREN = tuple(
+# What training recorded for a run (a retry starts these afresh), and everything that hangs
+# off a run (deleting a run takes it all; tags are people's, not training's).
+_RECORDED = tuple(
     m.__table__
-    for m in (
-        LayerStatModel,
-        EpochMetricModel,
-        DecisionGridModel,
-        RunPointsModel,
-        RunLayerModel,
-        RunTagModel,
-    )
+    for m in (LayerStatModel, EpochMetricModel, DecisionGridModel, RunPointsModel, RunLayerModel)
 )
+_CHILDREN = (*_RECORDED, RunTagModel.__table__)
 
 
 @dataclass(frozen=True)
@@ -432,14 +428,8 @@ def recover_lost(
                 )
             )
             if queued:
-                for model in (
-                    LayerStatModel,
-                    EpochMetricModel,
-                    DecisionGridModel,
-                    RunPointsModel,
-                    RunLayerModel,
-                ):
-                    s.execute(delete(model).where(model.run_id.in_(queued)))
+                for table in _RECORDED:
+                    s.execute(delete(table).where(table.c.run_id.in_(queued)))
             failed = list(
                 s.scalars(
                     update(RunModel)
