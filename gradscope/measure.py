@@ -24,8 +24,18 @@ def epoch_layer_stats(
     values: list[list[float | None]] = [[None] * len(LAYER_STAT_FIELDS) for _ in range(n)]
     hists = [[0] * HIST_SLOTS for _ in range(n)]
     has_hist = [False] * n
+    # Every group is finished even if one fails: an unfinished one would keep its ring blocks
+    # claimed and stop the training thread at its next step.
+    finished: list[tuple[list[int], dict[str, torch.Tensor]]] = []
+    failure: BaseException | None = None
     for indices, finish, weights in part.finishers:
-        stats = finish(weights)  # waits for this epoch's block reductions (same thread)
+        try:
+            finished.append((indices, finish(weights)))  # waits for the epoch's block reductions
+        except BaseException as exc:  # noqa: BLE001 - re-raised once all are released
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    for indices, stats in finished:
         hist = stats.pop("grad_hist")[:, 0].to(torch.int32).cpu().tolist()
         table = torch.stack([stats[k][:, 0] for k in GRAD_FIELDS], dim=1).cpu().tolist()
         for row, i in enumerate(indices):

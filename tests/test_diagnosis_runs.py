@@ -217,19 +217,22 @@ def test_batched_members_record_the_moment_of_divergence_as_solo_runs_do() -> No
     assert all(s["finite_max_abs"] is None for s in recs[1].records[0].layer_stats)
 
 
-def test_the_moment_is_tracked_across_blocks_per_member_without_host_copies() -> None:
-    # 2 members, 3 layers, 40 steps (blocks of 16): member 1 turns NaN at step 19.
+@pytest.mark.parametrize("bad", [19, 17, 33])
+def test_the_moment_is_tracked_across_blocks_per_member_without_host_copies(bad: int) -> None:
+    # 2 members, 3 layers, 40 steps (blocks of 16): member 1 turns NaN at step `bad`, inside a
+    # block (19) or at a block's first step (17, 33: the moment's last finite norm is then the
+    # previous block's last step).
     probe = EpochGradStats([4, 4, 6], 2, torch.device("cpu"))
     weights = torch.ones(14 * 2)
     probe.begin(weights)
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(28, generator=gen) * (s + 1) for s in range(40)]
-    steps[18] = steps[18].clone()
-    steps[18][8 + 4 + 1] = math.nan  # layer 1 (offset 4 x 2 members), member 1
+    steps[bad - 1] = steps[bad - 1].clone()
+    steps[bad - 1][8 + 4 + 1] = math.nan  # layer 1 (offset 4 x 2 members), member 1
     for g in steps:
         probe.step(g)
     stats = probe.finish(weights)
-    assert stats["first_nonfinite_step"][0].tolist() == [0.0, 19.0]
+    assert stats["first_nonfinite_step"][0].tolist() == [0.0, float(bad)]
 
     def layer_member(g: torch.Tensor, layer: int, k: int) -> torch.Tensor:
         start = [0, 8, 16][layer]
@@ -238,11 +241,18 @@ def test_the_moment_is_tracked_across_blocks_per_member_without_host_copies() ->
 
     for layer in range(3):
         first = layer_member(steps[0], layer, 1).abs().max()
-        peak = max(layer_member(g, layer, 1).abs().max() for g in steps[:18])
-        last = layer_member(steps[17], layer, 1).norm()
+        peak = max(layer_member(g, layer, 1).abs().max() for g in steps[: bad - 1])
+        last = layer_member(steps[bad - 2], layer, 1).norm()
         assert stats["finite_first_max_abs"][layer, 1] == pytest.approx(float(first))
         assert stats["finite_max_abs"][layer, 1] == pytest.approx(float(peak))
         assert stats["finite_last_norm"][layer, 1] == pytest.approx(float(last))
+        # Member 0 stayed finite: its moment is its whole epoch.
+        assert stats["finite_max_abs"][layer, 0] == pytest.approx(
+            float(max(layer_member(g, layer, 0).abs().max() for g in steps))
+        )
+        assert stats["finite_last_norm"][layer, 0] == pytest.approx(
+            float(layer_member(steps[-1], layer, 0).norm())
+        )
 
 
 # -- the terminal -------------------------------------------------------------------------------
