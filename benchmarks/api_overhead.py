@@ -11,7 +11,11 @@ once-per-run cost, timed apart. A third, in-process pass says where the time goe
 pre-hook on the training thread, log_epoch on the training thread, and finish() (waiting for
 the measuring thread's last epoch and the final database write).
 
-    python benchmarks/api_overhead.py [--rounds 7] [--only mlp|cnn]
+With --noise each round also runs the plain loop a second time: the plain / plain ratios show
+how far two identical processes differ on this machine (on a shared 2-core VM, single pairs
+differ by up to +-10%), the yardstick for reading the watched / plain median.
+
+    python benchmarks/api_overhead.py [--rounds 7] [--only mlp|cnn] [--noise]
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", choices=("mlp", "cnn"), help="Run one workload only.")
+    parser.add_argument("--noise", action="store_true", help="also time plain against plain")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "MODE"))
     args = parser.parse_args()
     if args.child:
@@ -148,19 +153,27 @@ def main() -> None:
     for name, what in (("mlp", "(a) 20-layer sigmoid MLP"), ("cnn", "(b) small CNN")):
         if args.only not in (None, name):
             continue
-        ratios, plain_s = [], []
+        ratios, plain_s, noise = [], [], []
+        sides = ("plain", "watched", "plain again") if args.noise else ("plain", "watched")
         for i in range(args.rounds):
-            order = ("plain", "watched") if i % 2 == 0 else ("watched", "plain")
-            got = {mode: run_child(name, mode)["seconds"] for mode in order}
+            order = sides if i % 2 == 0 else sides[::-1]
+            got = {side: run_child(name, side.split()[0])["seconds"] for side in order}
             ratios.append(got["watched"] / got["plain"])
             plain_s.append(got["plain"])
+            if args.noise:
+                noise.append(got["plain again"] / got["plain"])
         parts = run_child(name, "breakdown")
         step_ms = 1000 * statistics.median(plain_s) / parts["steps"]
         print(
             f"{what}: watched / plain, median of {args.rounds} paired rounds: "
             f"{statistics.median(ratios):.3f}  (plain {statistics.median(plain_s):.2f} s, "
-            f"{step_ms:.2f} ms/step)"
+            f"{step_ms:.2f} ms/step); pairs ranged {min(ratios):.3f}-{max(ratios):.3f}"
         )
+        if noise:
+            print(
+                f"   noise: plain / plain, median {statistics.median(noise):.3f}, pairs ranged "
+                f"{min(noise):.3f}-{max(noise):.3f}"
+            )
         print(
             f"   where the time goes: step hook {1000 * parts['hook'] / parts['steps']:.3f} "
             f"ms/step on the training thread; log_epoch {1000 * parts['log_epoch'] / EPOCHS:.1f}"
