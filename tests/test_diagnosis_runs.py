@@ -217,14 +217,20 @@ def test_batched_members_record_the_moment_of_divergence_as_solo_runs_do() -> No
     assert all(s["finite_max_abs"] is None for s in recs[1].records[0].layer_stats)
 
 
+@pytest.mark.parametrize("path", ["cpu", "device"])
 @pytest.mark.parametrize("bad", [19, 17, 33])
-def test_the_moment_is_tracked_across_blocks_per_member_without_host_copies(bad: int) -> None:
+def test_the_moment_is_tracked_across_blocks_per_member_without_host_copies(
+    bad: int, path: str
+) -> None:
     # 2 members, 3 layers, 40 steps (blocks of 16): member 1 turns NaN at step `bad`, inside a
     # block (19) or at a block's first step (17, 33: the moment's last finite norm is then the
-    # previous block's last step).
+    # previous block's last step). On a CPU finite blocks skip the bookkeeping; "device" runs
+    # the path other devices take (every block tracked on the device, no host check).
     probe = EpochGradStats([4, 4, 6], 2, torch.device("cpu"))
     weights = torch.ones(14 * 2)
     probe.begin(weights)
+    if path == "device":
+        probe._sums.clean = False  # as begin() leaves it on a non-CPU device
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(28, generator=gen) * (s + 1) for s in range(40)]
     steps[bad - 1] = steps[bad - 1].clone()
