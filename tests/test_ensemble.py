@@ -370,6 +370,12 @@ def test_plan_groups_chunks_evenly_in_order() -> None:
     ]
     with pytest.raises(ValueError, match="at least 1"):
         plan_groups(cfgs, max_size=0)
+    # Chunks are cut as numpy's array_split cuts them (grouping no longer imports numpy).
+    for n in (1, 2, 5, 33, 40, 65, 97):
+        for size in (1, 3, 16, 32, 64):
+            same = [make_config({"arch": "sigmoid", "seed": s}) for s in range(n)]
+            want = [list(part) for part in np.array_split(np.arange(n), -(-n // size))]
+            assert plan_groups(same, max_size=size) == want, (n, size)
 
 
 def test_train_group_refuses_members_of_different_shapes() -> None:

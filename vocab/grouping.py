@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from vocab.config import SYNTHETIC_DATASETS, RunConfig
 
 DEFAULT_MAX_GROUP = 32  # on a CPU the gain per model stopped growing at K of about 16-64
@@ -50,6 +48,17 @@ def plan_groups(cfgs: Sequence[RunConfig], max_size: int = DEFAULT_MAX_GROUP) ->
         by_key.setdefault(group_key(cfg), []).append(i)
     groups: list[list[int]] = []
     for members in by_key.values():
-        chunks = math.ceil(len(members) / max_size)
-        groups.extend(list(part) for part in np.array_split(np.array(members), chunks))
-    return [[int(i) for i in g] for g in groups]
+        groups.extend(_split_evenly(members, math.ceil(len(members) / max_size)))
+    return groups
+
+
+def _split_evenly(items: list[int], chunks: int) -> list[list[int]]:
+    """`chunks` consecutive parts whose sizes differ by at most one, the larger ones first (as
+    numpy's array_split cuts them; numpy is not imported for it: queueing stays cheap)."""
+    size, extra = divmod(len(items), chunks)
+    parts, start = [], 0
+    for i in range(chunks):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(items[start:end])
+        start = end
+    return parts
