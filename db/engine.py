@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,10 +97,29 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API 
     # busy_timeout makes writers wait for each other instead of failing at once.
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while the file is locked. Switching needs the
+    file's exclusive lock, and when several processes open a new file at once SQLite answers
+    some of them "database is locked" at once instead of waiting out busy_timeout (each holds
+    a read lock the others wait on). Measured here with SQLite 3.40: 8 processes opening a
+    fresh file together, 36 such errors in 150 rounds, all at this pragma."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # a backoff between attempts, not a wait for something known
+        pause = min(pause * 2, 0.05)
 
 
 def _sqlite_read_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API object)
