@@ -33,10 +33,10 @@ from vocab.config import RunConfig
 from vocab.grouping import group_key
 from vocab.records import EpochRecord
 
-# Floats per activation tensor in the end-of-epoch passes (1 MB: stays in a core's L2). At
-# 1 << 17 a 48x48 decision grid went through one member at a time; 16-member groups of the
-# sweep yardstick (depth 10, width 32, 20 epochs) took 1.21 s here against 1.28 s, and 1 << 20
-# or more brought the page faults back (1.25-1.27 s).
+# Floats per activation tensor in the end-of-epoch passes (1 MB). At 1 << 17 a 48x48 decision
+# grid went through one member at a time; 16-member groups of the sweep yardstick (depth 10,
+# width 32, 20 epochs) took 1.21 s here against 1.28 s, and 1 << 20 or more was slower again
+# (1.25-1.27 s: the big tensors' page faults, see _chunks).
 EVAL_CHUNK_ELEMENTS = 1 << 18
 
 # -- training --------------------------------------------------------------------------------
