@@ -31,6 +31,12 @@ from vocab.fields import (
 )
 
 SATURATED_LOW, SATURATED_HIGH = 0.01, 0.99
+_BINS_PER_DECADE = HIST_BINS / (HIST_LOG10_MAX - HIST_LOG10_MIN)  # 4: exact in binary
+# floor(bins per decade * (log10|g| - MIN)) lies in [-132, 202] for any finite float32 |g| > 0
+# (1.4e-45 to 3.4e38): shifted by _HIST_SHIFT into [1, _HIST_SPAN - 2]; 0 holds exact zeros and
+# _HIST_SPAN - 1 non-finite values.
+_HIST_SHIFT = 140
+_HIST_SPAN = 352
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,9 @@ class EpochGradStats:
         self.device = device
         total = sum(weight_sizes) * members
         self.block = max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
-        self._ring = [torch.empty(self.block, total, device=device) for _ in range(2)]
+        # Zeros, not empty: the pages are touched here, at set-up, not by the first epoch's
+        # steps (filling a new 2 x 5 MB ring took 3.8 ms on this VM, a touched one 1.0-1.6 ms).
+        self._ring = [torch.zeros(self.block, total, device=device) for _ in range(2)]
         self._slots = [list(block.unbind(0)) for block in self._ring]
         # Each full block's per-group views, made once: slicing costs an op call per group.
         self._block_views = [self._views(block) for block in self._ring]
@@ -181,7 +189,9 @@ class EpochGradStats:
         self._steps = 0  # a Python count: no tensor op per step
         self._start_weights: Tensor | None = None
         self._reducing: list[Future[object]] = []  # this epoch's block reductions
-        # For the once-per-epoch histogram: each element's (layer, member) slot.
+        # For the once-per-epoch histogram: each element's (layer, member) slot, as the first of
+        # its _HIST_SPAN counts; float where every index is exact in float32, so the bin is added
+        # before one conversion to integers.
         n_layers = len(weight_sizes)
         slot = torch.cat(
             [
@@ -191,7 +201,11 @@ class EpochGradStats:
                 for i, n in enumerate(weight_sizes)
             ]
         )
-        self._hist_base = slot * HIST_SLOTS
+        self._hist_base = slot * _HIST_SPAN
+        if n_layers * members * _HIST_SPAN < 2**24:
+            self._hist_base = self._hist_base.float()
+        # Each layer's weight count, [L, 1], for the per-entry means.
+        self._numels = torch.tensor(weight_sizes, dtype=torch.float32, device=device).view(-1, 1)
 
     def _views(self, flat: Tensor) -> list[Tensor]:
         """[..., total] as one [..., count, K, n] view per group of same-size layers."""
@@ -351,10 +365,7 @@ class EpochGradStats:
     def _statistics(
         self, sums: _Sums, steps: int, last: Tensor, weights: Tensor, start: Tensor
     ) -> dict[str, Tensor]:
-        counts = torch.cat(
-            [torch.full((g.count, 1), float(g.numel), device=self.device) for g in self.groups]
-        )
-        n = counts * steps
+        n = self._numels * steps
         mean = sums.sum / n
         variance = (sums.sq / n - mean * mean).clamp(min=0)
         weight_norm = torch.cat([torch.linalg.vector_norm(v, dim=2) for v in self._views(weights)])
@@ -380,14 +391,32 @@ class EpochGradStats:
         }
 
     def _histogram(self, grads: Tensor) -> Tensor:
-        magnitude = grads.detach().abs()
-        width = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
-        bins = ((magnitude.log10() - HIST_LOG10_MIN) / width).floor()
-        bins = bins.nan_to_num(0.0).clamp(0, HIST_BINS - 1).long()
-        bins = torch.where(magnitude == 0, HIST_BINS, bins)
-        bins = torch.where(torch.isfinite(magnitude), bins, HIST_BINS + 1)
-        slots = len(self.sizes) * self.members * HIST_SLOTS
-        counts = torch.bincount(self._hist_base + bins, minlength=slots)
+        """Counts per (layer, member) of log10|g| in HIST_BINS bins, then exact zeros, then
+        non-finite values; out-of-range magnitudes go in the edge bins. Every float32 magnitude
+        has a place among _HIST_SPAN counts, so the bins are one bincount and a fold of the
+        small count table, with no per-element branch (where() on every element cost more
+        than the rest together: 0.96 -> 0.44 ms for 78k weights on this CPU)."""
+        x = grads.detach().abs().log10_()  # 0 -> -inf; inf, NaN stay
+        # floor(4 * (log10 + 12)) exactly as (log10 - MIN) / width: scaling by a power of two
+        # commutes with rounding. Shifted so that every finite value lands in [1, SPAN - 2].
+        x.mul_(_BINS_PER_DECADE).sub_(HIST_LOG10_MIN * _BINS_PER_DECADE).floor_()
+        x.add_(_HIST_SHIFT).nan_to_num_(nan=_HIST_SPAN - 1, posinf=_HIST_SPAN - 1, neginf=0)
+        slots = len(self.sizes) * self.members
+        base = self._hist_base
+        index = x.add_(base).long() if base.is_floating_point() else x.long().add_(base)
+        wide = torch.bincount(index, minlength=slots * _HIST_SPAN)
+        wide = wide.view(slots, _HIST_SPAN)
+        first, last = _HIST_SHIFT, _HIST_SHIFT + HIST_BINS - 1  # columns of bins 0 and BINS-1
+        counts = torch.cat(
+            (
+                wide[:, 1 : first + 1].sum(dim=1, keepdim=True),  # below the range: bin 0
+                wide[:, first + 1 : last],
+                wide[:, last : _HIST_SPAN - 1].sum(dim=1, keepdim=True),  # above: the last bin
+                wide[:, :1],  # exact zeros
+                wide[:, _HIST_SPAN - 1 :],  # NaN and inf
+            ),
+            dim=1,
+        )
         return counts.view(len(self.sizes), self.members, HIST_SLOTS)
 
 

@@ -229,3 +229,28 @@ def test_gradients_reduced_in_blocks_equal_per_step_statistics(threaded: bool, m
     finally:
         if executor is not None:
             executor.shutdown()
+
+
+def test_histogram_places_every_float32_magnitude() -> None:
+    # Zeros (of either sign), the smallest subnormal, values beyond both ends of the range,
+    # both infinities and NaN, beside ordinary values, in three layers of two members.
+    sizes, members = [5, 9, 4], 2
+    probe = EpochGradStats(sizes, members, torch.device("cpu"))
+    specials = [0.0, -0.0, 1.4e-45, 3e-30, -1e-12, 99.0, -3.4e38, math.inf, -math.inf, math.nan]
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(sum(sizes) * members, generator=gen) * 1e-3
+    values[: len(specials)] = torch.tensor(specials)
+    values[-len(specials) :] = torch.tensor(specials[::-1])
+    got = probe._histogram(values).numpy()
+    offset = 0
+    for layer, n in enumerate(sizes):
+        for k in range(members):
+            part = values[offset + k * n : offset + (k + 1) * n].double().abs().numpy()
+            finite = np.isfinite(part)
+            per_decade = HIST_BINS / (HIST_LOG10_MAX - HIST_LOG10_MIN)
+            bins = np.floor((np.log10(part[finite & (part > 0)]) - HIST_LOG10_MIN) * per_decade)
+            want = np.bincount(np.clip(bins, 0, HIST_BINS - 1).astype(int), minlength=HIST_BINS)
+            assert got[layer, k, :HIST_BINS].tolist() == want.tolist()
+            assert got[layer, k, HIST_BINS] == int((part == 0).sum())
+            assert got[layer, k, HIST_BINS + 1] == int((~finite).sum())
+        offset += n * members
