@@ -26,13 +26,12 @@ from db.models import (
 )
 from db.session import storage_errors
 from vocab.fields import (
-    DIVERGENCE_LAYER_FIELDS,
-    EPOCH_FIELDS,
+    EPOCH_COLUMNS,
     HIST_BINS,
     HIST_LOG10_MAX,
     HIST_LOG10_MIN,
     HIST_SLOTS,
-    LAYER_STAT_FIELDS,
+    STAT_COLUMNS,
 )
 
 # run_id -> run_label of the runs to read.
@@ -297,9 +296,9 @@ def selected_runs(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def epochs(engine: Engine, labels: Labels) -> pd.DataFrame:
-    """Per-epoch metrics of the labelled runs: run_id, run_label, epoch, EPOCH_FIELDS and
-    first_nonfinite_step (NaN where every step was finite, or not recorded)."""
-    names = (*EPOCH_FIELDS, "first_nonfinite_step")
+    """Per-epoch metrics of the labelled runs: run_id, run_label, epoch and EPOCH_COLUMNS
+    (first_nonfinite_step is NaN where every step was finite, or not recorded)."""
+    names = EPOCH_COLUMNS
     stmt = (
         select(_E.run_id, _E.epoch, *[getattr(_E, c) for c in names])
         .where(_E.run_id.in_(list(labels)))
@@ -310,8 +309,8 @@ def epochs(engine: Engine, labels: Labels) -> pd.DataFrame:
 
 def layer_stats(engine: Engine, labels: Labels) -> pd.DataFrame:
     """Per-epoch, per-layer statistics (no histograms): run_id, run_label, epoch, layer,
-    LAYER_STAT_FIELDS and DIVERGENCE_LAYER_FIELDS."""
-    fields = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
+    STAT_COLUMNS."""
+    fields = STAT_COLUMNS
     cols = [_L.run_id, _L.epoch, _L.layer, *[getattr(_L, c) for c in fields]]
     stmt = (
         select(*cols)

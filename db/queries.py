@@ -14,7 +14,7 @@ from db.errors import NotFoundError, StorageError
 from db.floats import from_db
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel, RunTagModel
 from db.session import session_scope
-from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
             .scalars()
             .all()
         )
-        stat_fields = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
+        stat_fields = STAT_COLUMNS
         stats = s.execute(
             select(*[getattr(LayerStatModel, c) for c in ("epoch", "layer", *stat_fields)])
             .where(LayerStatModel.run_id == run_id)

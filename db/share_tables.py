@@ -25,7 +25,7 @@ from db.clock import as_utc
 from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
 from db.session import session_scope
 from db.share import CHUNK, ShareError
-from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
 
 TableFormat = Literal["csv", "parquet"]
 TABLE_NAMES = ("runs", "epochs", "layers")
@@ -55,9 +55,6 @@ RUN_COLUMNS = (
 )
 RUN_FLOATS = tuple(c for c in RUN_COLUMNS if c.startswith("final_"))
 RUN_TIMES = ("created_at", "started_at", "finished_at", "imported_at")
-# The moment of divergence (NaN where every step was finite or the run predates it).
-EPOCH_COLUMNS = (*EPOCH_FIELDS, "first_nonfinite_step")
-STAT_COLUMNS = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
 
 
 def _floats(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.diagnosis import Finding, diagnose
-from vocab.fields import DIVERGENCE_LAYER_FIELDS, EPOCH_FIELDS, LAYER_STAT_FIELDS
+from vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
 from vocab.text import printable
 
 BAR_WIDTH = 12  # characters for the longest bar: the layer table fits 80 columns
@@ -28,8 +28,8 @@ SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green"}
 
 def frames(doc: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The run's epochs and layer statistics as the frames `diagnose` reads (NULL as NaN)."""
-    epoch_cols = ("epoch", *EPOCH_FIELDS, "first_nonfinite_step")
-    layer_cols = ("epoch", "layer", *LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
+    epoch_cols = ("epoch", *EPOCH_COLUMNS)
+    layer_cols = ("epoch", "layer", *STAT_COLUMNS)
     epochs = pd.DataFrame(doc["epochs"], columns=list(epoch_cols))
     layers = pd.DataFrame(doc["layer_stats"], columns=list(layer_cols))
     for frame, names in ((epochs, epoch_cols[1:]), (layers, layer_cols[2:])):
