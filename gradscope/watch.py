@@ -31,8 +31,8 @@ _ACTIVATIONS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.Sigmoid: "sigmoi
 # Below this many weights on a device, a block of steps is reduced in line: handing it to the
 # measuring thread costs more than the reduction (small CNN, 1.5k weights, on 2 busy cores:
 # 0.22 ms per step threaded, 0.06 ms in line); above it, the thread overlaps the reduction
-# with training (20-layer MLP, 78k weights, fresh processes, 16 paired rounds: 1.13x a bare
-# loop threaded, 1.14x in line; ~1.07x either way in a long in-process run).
+# with training (20-layer MLP, 78k weights, one warm process, 41-61 paired epochs: 1.07-1.09x
+# a bare loop threaded, 1.10-1.12x in line).
 INLINE_BELOW = 16_384
 
 
