@@ -41,6 +41,7 @@ MAX_TAG_CHARS = 64
 # step, max |g| over the finite steps before it, and the last of those steps' gradient norm.
 DIVERGENCE_LAYER_FIELDS = ("finite_first_max_abs", "finite_max_abs", "finite_last_norm")
 
-# Every number stored per epoch and per layer and epoch (the tables' columns after the keys).
+# The numbers stored per epoch, and per layer and epoch: the columns of epoch_metrics and of
+# layer_stats after their keys (run_id, epoch, layer), the histogram apart.
 EPOCH_COLUMNS = (*EPOCH_FIELDS, "first_nonfinite_step")
 STAT_COLUMNS = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
