@@ -40,9 +40,10 @@ def workload(name: str):  # noqa: ANN201 - (model, optimizer, batches, loss_fn, 
     import torch
 
     if name == "mlp":
-        from runner.datasets import load_dataset
-        from runner.networks import build_model
-        from vocab.config import make_config
+        from gradscope.runner.datasets import load_dataset
+        from gradscope.runner.networks import build_model
+
+        from gradscope.vocab.config import make_config
 
         cfg = make_config(
             {"arch": "sigmoid", "depth": 20, "width": 64, "samples": 4096, "batch_size": 64}

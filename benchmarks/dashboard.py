@@ -4,7 +4,8 @@ A SQLite database of 10,000 runs (9,990 of depth 4 x 10 epochs, 10 of depth 50 x
 every layer statistic with its histogram, decision grids and test points; rows made with bulk
 inserts, not by training). With the 10 deep runs chosen for Compare:
 
-1. Runs page data: db.frames.runs + run_ends (every run's first and last epoch, for the badges)
+1. Runs page data: gradscope.db.frames.runs + run_ends (every run's first and last epoch, for the
+badges)
    against plain sqlite3 reading the same rows. Target: under 2x.
 2. Compare page data: selected_runs, epochs, layer_stats, one layer's histograms at one epoch
    and the decision maps, against plain sqlite3 reading the same rows. Target: under 2x.
@@ -41,10 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(ROOT)
 
-from dashboard import seeds, tables  # noqa: E402
-from db import frames  # noqa: E402
-from db.engine import make_engine  # noqa: E402
-from db.models import (  # noqa: E402
+from gradscope.dashboard import seeds, tables  # noqa: E402
+from gradscope.db import frames  # noqa: E402
+from gradscope.db.engine import make_engine  # noqa: E402
+from gradscope.db.models import (  # noqa: E402
     DecisionGridModel,
     EpochMetricModel,
     LayerStatModel,
@@ -52,8 +53,9 @@ from db.models import (  # noqa: E402
     RunModel,
     RunPointsModel,
 )
-from vocab.config import make_config  # noqa: E402
-from vocab.fields import (  # noqa: E402
+
+from gradscope.vocab.config import make_config  # noqa: E402
+from gradscope.vocab.fields import (  # noqa: E402
     DIVERGENCE_LAYER_FIELDS,
     EPOCH_FIELDS,
     HIST_BINS,
@@ -210,7 +212,7 @@ def gradscope_runs_table(engine: Engine) -> None:
     tables.runs_table(runs, tables.badges(runs, ends.layers, ends.epochs))
 
 
-# Every run's first and last epoch, as db.frames reads them (primary-key lookups).
+# Every run's first and last epoch, as gradscope.db.frames reads them (primary-key lookups).
 ENDS = (
     "(SELECT id AS run_id, 1 AS epoch FROM runs "
     "UNION ALL SELECT id, epochs_done FROM runs WHERE epochs_done > 1) AS ends"
@@ -264,7 +266,8 @@ def raw_compare_page(
     layer: int = CHOSEN_LAYER,
     maps: bool = True,
 ) -> None:
-    # The same columns db.frames reads (the page needs them all: the divergence ones feed the
+    # The same columns gradscope.db.frames reads (the page needs them all: the divergence ones feed
+    # the
     # diagnosis), so that the ratio is the cost of turning rows into frames.
     marks = ",".join("?" * len(ids))
     conn.execute(

@@ -51,11 +51,11 @@ WORKLOAD = {
 def child(mode: str) -> None:
     """Runs in a fresh process: time one training of the workload, print seconds as JSON."""
     import torch
+    from gradscope.runner.datasets import load_dataset
+    from gradscope.runner.networks import build_model
+    from reference_loop import make_optimizer
 
-    from runner.datasets import load_dataset
-    from runner.networks import build_model
-    from runner.train import make_optimizer
-    from vocab.config import make_config
+    from gradscope.vocab.config import make_config
 
     torch.set_num_threads(1)
     cfg = make_config(WORKLOAD)
@@ -64,7 +64,7 @@ def child(mode: str) -> None:
     load_dataset(cfg)
     make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
     if mode == "measured":
-        from runner.ensemble import train_group
+        from gradscope.runner.batched import train_group
 
         class Discard:
             def start(self, *args: object) -> None: ...
@@ -76,13 +76,14 @@ def child(mode: str) -> None:
         train_group([cfg], [Discard()])
         elapsed = time.perf_counter() - started
     elif mode == "recorded":
-        from db.engine import make_engine
-        from db.store import RunStore
-        from runner.execute import execute_run
-        from vocab.records import RunSpec
+        from gradscope.db.engine import make_engine
+        from gradscope.db.epoch_writes import EpochWriter
+        from gradscope.runner.execute import execute_run
+
+        from gradscope.vocab.records import RunSpec
 
         with tempfile.TemporaryDirectory() as tmp:
-            store = RunStore(make_engine(str(Path(tmp) / "bench.db")))
+            store = EpochWriter(make_engine(str(Path(tmp) / "bench.db")))
             run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
             started = time.perf_counter()
             execute_run(store, run_id, cfg)
@@ -108,13 +109,13 @@ def child(mode: str) -> None:
 def in_process(rounds: int) -> None:
     """Part 2: recorded (SQLite) vs no-op recorder, the same engine, one process."""
     import torch
+    from gradscope.db.engine import make_engine
+    from gradscope.db.epoch_writes import EpochWriter
+    from gradscope.runner.batched import train_group
+    from gradscope.runner.execute import execute_run, warm_up
 
-    from db.engine import make_engine
-    from db.store import RunStore
-    from runner.ensemble import train_group
-    from runner.execute import execute_run, warm_up
-    from vocab.config import make_config
-    from vocab.records import RunSpec
+    from gradscope.vocab.config import make_config
+    from gradscope.vocab.records import RunSpec
 
     class Discard:
         def start(self, *args: object) -> None: ...
@@ -127,7 +128,7 @@ def in_process(rounds: int) -> None:
     cfg = make_config(WORKLOAD)
     noop, stored = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        store = RunStore(make_engine(str(Path(tmp) / "bench.db")))
+        store = EpochWriter(make_engine(str(Path(tmp) / "bench.db")))
         run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
         execute_run(store, run_id, cfg)  # warm: the database file, SQLAlchemy's caches
         for i in range(rounds):

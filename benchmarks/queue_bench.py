@@ -29,16 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from gradscope.db.engine import make_engine  # noqa: E402
+from gradscope.db.epoch_writes import EpochWriter  # noqa: E402
+from gradscope.db.lifecycle import claim_next, heartbeat  # noqa: E402
+from gradscope.db.models import RunModel  # noqa: E402
+from gradscope.db.queries import list_runs  # noqa: E402
+from gradscope.db.session import session_scope  # noqa: E402
 from sqlalchemy import Engine, func, select  # noqa: E402
 
-from db.engine import make_engine  # noqa: E402
-from db.lifecycle import claim_next, heartbeat  # noqa: E402
-from db.models import RunModel  # noqa: E402
-from db.queries import list_runs  # noqa: E402
-from db.session import session_scope  # noqa: E402
-from db.store import RunStore  # noqa: E402
-from vocab.config import make_config  # noqa: E402
-from vocab.records import RunSpec  # noqa: E402
+from gradscope.vocab.config import make_config  # noqa: E402
+from gradscope.vocab.records import RunSpec  # noqa: E402
 
 TINY = {"depth": "2", "width": "8", "samples": "256", "epochs": "1", "device": "cpu"}
 
@@ -46,13 +46,13 @@ TINY = {"depth": "2", "width": "8", "samples": "256", "epochs": "1", "device": "
 def queue_tiny(db: str, runs: int) -> None:
     engine = make_engine(db)
     specs = [RunSpec(make_config({**TINY, "seed": str(i)}).model_dump()) for i in range(runs)]
-    RunStore(engine).create_runs(specs)
+    EpochWriter(engine).create_runs(specs)
     engine.dispose()
 
 
 def back_to_back(db: str, runs: int) -> float:
     """Seconds for `runs` tiny runs trained one after another in this (warm) process."""
-    from runner.foreground import train_foreground
+    from gradscope.runner.foreground import train_foreground
 
     engine = make_engine(db)
     train_foreground(engine, dict(TINY), progress=False)  # warm-up: imports, first-run costs
@@ -82,7 +82,7 @@ def drain(db: str, runs: int, workers: int, ray: bool = False) -> tuple[float, f
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from runner.cli import main; main()", "worker", "--db", db,
+        [sys.executable, "-c", "from gradscope.cli import main; main()", "worker", "--db", db,
          "--concurrency", str(workers), "--poll", "0.05", *(["--ray", "local"] if ray else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
     )  # fmt: skip
@@ -106,7 +106,7 @@ def scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
     """Median milliseconds per run of the queue's own writes, without training."""
     queue_tiny(db, runs)
     engine = make_engine(db)
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     timings: dict[str, list[float]] = {"claim": [], "heartbeat": [], "finish": []}
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -134,8 +134,7 @@ def ray_scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
-
-    from runner.ray_workers import BudgetActor, RemoteBudget
+    from gradscope.runner.ray_workers import BudgetActor, RemoteBudget
 
     temp_dir = tempfile.mkdtemp(prefix="gs-ray-bench-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=10**8, _temp_dir=temp_dir)

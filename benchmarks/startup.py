@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The repository root first: the benchmark runs from a checkout.
 sys.path[0] = str(ROOT)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-GRADSCOPE = [sys.executable, "-P", "-m", "runner.cli"]
+GRADSCOPE = [sys.executable, "-P", "-m", "gradscope.cli"]
 TINY = ["--samples", "64", "--depth", "2", "--epochs", "1"]
 CLASSIC = {"dataset": "moons", "depth": 10, "width": 32, "optimizer": "adam", "lr": 1e-3}
 
@@ -60,13 +60,14 @@ def statuses(db: Path) -> list[str]:
 
 
 def queue(db: Path, configs: list[dict[str, object]]) -> None:
-    from db.engine import make_engine
-    from db.store import RunStore
-    from vocab.config import make_config
-    from vocab.records import RunSpec
+    from gradscope.db.engine import make_engine
+    from gradscope.db.epoch_writes import EpochWriter
+
+    from gradscope.vocab.config import make_config
+    from gradscope.vocab.records import RunSpec
 
     engine = make_engine(str(db))
-    RunStore(engine).create_runs([RunSpec(make_config(c).model_dump()) for c in configs])
+    EpochWriter(engine).create_runs([RunSpec(make_config(c).model_dump()) for c in configs])
     engine.dispose()
 
 
@@ -137,7 +138,7 @@ def classic_time(tmp: Path, i: int) -> float:
     db = tmp / f"classic{i}.db"
     queue(db, [])
     # The dashboard's worker, as `gradscope dashboard` starts it.
-    from runner.worker import spawn_worker_process
+    from gradscope.runner.worker import spawn_worker_process
 
     log = tmp / f"classic{i}.log"
     worker = spawn_worker_process(str(db), log_path=log)

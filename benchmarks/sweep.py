@@ -7,7 +7,7 @@ whole sweep's wall time both ways, the ratio and models per second, then the gai
 
 Both sides record every epoch of every run. By default into memory: recorders keep each
 EpochRecord, so measuring and building the records is paid on both sides but no database is
-involved. With --sqlite both go through a real SQLite RunStore (execute_run against
+involved. With --sqlite both go through a real SQLite EpochWriter (execute_run against
 execute_group), as a worker would. The machine may be shared: the CPU-time ratio (this process
 only) is printed as well, with the load average.
 
@@ -38,15 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
 import torch  # noqa: E402
+from gradscope.db.engine import make_engine  # noqa: E402
+from gradscope.db.epoch_writes import EpochWriter  # noqa: E402
+from gradscope.runner.batched import train_group  # noqa: E402
+from gradscope.runner.execute import execute_group, execute_run  # noqa: E402
+from reference_loop import train  # noqa: E402
 
-from db.engine import make_engine  # noqa: E402
-from db.store import RunStore  # noqa: E402
-from runner.ensemble import train_group  # noqa: E402
-from runner.execute import execute_group, execute_run  # noqa: E402
-from runner.train import train  # noqa: E402
-from vocab.config import RunConfig, make_config  # noqa: E402
-from vocab.grouping import plan_groups  # noqa: E402
-from vocab.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402
+from gradscope.vocab.config import RunConfig, make_config  # noqa: E402
+from gradscope.vocab.grouping import plan_groups  # noqa: E402
+from gradscope.vocab.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402
 
 ARCHS = ("sigmoid", "relu", "resnet")
 
@@ -81,7 +81,7 @@ class Runner:
     """Trains configs one at a time or as groups, recording to memory or to SQLite."""
 
     def __init__(self, sqlite_dir: Path | None) -> None:
-        self.store = RunStore(make_engine(str(sqlite_dir / "bench.db"))) if sqlite_dir else None
+        self.store = EpochWriter(make_engine(str(sqlite_dir / "bench.db"))) if sqlite_dir else None
 
     def solo(self, cfg: RunConfig) -> str:
         if self.store is None:
@@ -154,7 +154,7 @@ def end_to_end(args: argparse.Namespace) -> None:
     """`gradscope sweep` + `gradscope worker --exit-when-idle` (batched and not) against the
     plain script, each a fresh process, in rotating order; medians of paired ratios."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    gradscope = [sys.executable, "-P", "-m", "runner.cli"]
+    gradscope = [sys.executable, "-P", "-m", "gradscope.cli"]
     grid = ["--arch", ",".join(ARCHS), "--seed", ",".join(str(s) for s in range(args.seeds))]
     grid += ["--depth", str(args.depth), "--width", str(args.width), "--epochs", str(args.epochs)]
     grid += ["--samples", str(args.samples), "--device", args.device]

@@ -6,7 +6,7 @@
 - CSV paths typed into the New run form must lie under `--data-dir`; without one, a dashboard
   reachable from other machines refuses CSV paths from the form (a visitor could probe which
   files exist on the server, or make it read any file);
-- queued runs must fit the parameter budget (`--max-params`, vocab.budget).
+- queued runs must fit the parameter budget (`--max-params`, gradscope.vocab.budget).
 
 Run directly (AppTest, `streamlit run`), none of the variables is set: a local, writable
 dashboard without a data folder, as before.
@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner.access_env import DATA_DIR_ENV, EXPOSED_ENV, WRITES_ENV
-from vocab.config import ConfigError, RunConfig, make_config
+from gradscope.vocab.config import ConfigError, RunConfig, make_config
+from gradscope.vocab.protocol import DATA_DIR_ENV, EXPOSED_ENV, WRITES_ENV
 
 
 def exposed() -> bool:

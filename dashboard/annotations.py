@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from gradscope.dashboard import db_gateway
+from gradscope.dashboard.tables import escape_markdown
+from gradscope.db.annotate import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN, AnnotationError
 
-from dashboard import db_gateway
-from dashboard.tables import escape_markdown
-from db.annotate import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN, AnnotationError
-from vocab.fields import MAX_NAME_CHARS
+from gradscope.vocab.fields import MAX_NAME_CHARS
 
 
 def annotate_form(run_id: str, runs: pd.DataFrame, *, key: str) -> None:

@@ -1,4 +1,5 @@
-"""gradscope's dashboard: `gradscope dashboard` runs `streamlit run dashboard/app.py`.
+"""gradscope's dashboard: `gradscope dashboard` runs `streamlit run` on this file
+(installed as gradscope/dashboard/app.py).
 
 A router: the pages (one file each under app_pages/), the sidebar, and one place that turns
 database failures into a message saying what to do instead of a traceback.
@@ -10,17 +11,11 @@ older directory-based navigation, and a fresh server then answers a first visit 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the project: add it, so the
-# app also runs from a checkout that was not pip-installed.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import db_gateway, sidebar, view  # noqa: E402
-from db.errors import StorageError  # noqa: E402
+import streamlit as st
+from gradscope.dashboard import db_gateway, sidebar, view
+from gradscope.db.errors import StorageError
 
 # A local image: a Material icon as page_icon is fetched from Google's font CDN on every rerun,
 # and a local tool makes no outbound requests.

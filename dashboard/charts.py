@@ -1,6 +1,7 @@
 """Pure chart builders: pandas DataFrame in, Altair chart out (no Streamlit, no database).
 
-Every chart colours its lines as `colors` (dashboard.colors.Colors) says: by default one colour
+Every chart colours its lines as `colors` (gradscope.dashboard.colors.Colors) says: by default one
+colour
 per `run_label`; pages pass each run's own colour, or colour by architecture or a config field
 (a `colour` column in the data), and may hide the legend to show one shared legend instead.
 Lines are drawn per `run_id` (a seed group's id when seeds are grouped); where the data has
@@ -19,9 +20,9 @@ from typing import Literal
 import altair as alt
 import numpy as np
 import pandas as pd
+from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
 
-from dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
-from runner.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+from gradscope.analysis.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
 
 HEIGHT = 260
 CONCAT_WIDTH = 320  # concatenated views cannot use width="container"

@@ -1,4 +1,4 @@
-"""The dashboard's only door to the database: cached reads from `db.frames`, and the few
+"""The dashboard's only door to the database: cached reads from `gradscope.db.frames`, and the few
 writes the pages make (queue runs and sweeps, cancel, delete, import and export runs).
 
 Caching: the engine is a `st.cache_resource`; reads are `st.cache_data` keyed by the database
@@ -18,21 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
+from gradscope.dashboard import access, tables
+from gradscope.db import frames
+from gradscope.db.engine import display_url, make_engine, resolve_db, to_url
+from gradscope.db.errors import StorageError
+from gradscope.db.share_source import DASHBOARD_UPLOAD_MB
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from dashboard import access, tables
-from db import frames
-from db.engine import display_url, make_engine, resolve_db, to_url
-from db.errors import StorageError
-from db.share_source import DASHBOARD_UPLOAD_MB
-from vocab.fields import ACTIVE_STATUSES
-from vocab.records import RunSpec
+from gradscope.vocab.fields import ACTIVE_STATUSES
+from gradscope.vocab.protocol import WORKER_PID_ENV
+from gradscope.vocab.records import RunSpec
 
 if TYPE_CHECKING:
-    from db.share import ImportReport
-
-WORKER_PID_ENV = "GRADSCOPE_WORKER_PID"  # set by `gradscope dashboard` for the worker it started
+    from gradscope.db.share import ImportReport
 
 # The picture the project exists to show: same net, three architectures (see README).
 CLASSIC_COMPARISON = {
@@ -123,7 +122,8 @@ def reconnect() -> None:
 
 
 def _writable() -> Engine:
-    """The engine for a write, refused (StorageError) on a read-only dashboard (dashboard.access)
+    """The engine for a write, refused (StorageError) on a read-only dashboard
+    (gradscope.dashboard.access)
     and when the file was deleted or replaced."""
     if not access.writes_allowed():
         raise StorageError(
@@ -141,7 +141,7 @@ def _writable() -> Engine:
 
 
 def version() -> tuple[str, ...]:
-    """Uncached: changes whenever any run changes (see `db.frames.data_version`)."""
+    """Uncached: changes whenever any run changes (see `gradscope.db.frames.data_version`)."""
     return frames.data_version(engine())
 
 
@@ -161,7 +161,7 @@ def _runs_table(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
 
 
 def runs() -> pd.DataFrame:
-    """Every run (db.frames.runs), newest first."""
+    """Every run (gradscope.db.frames.runs), newest first."""
     db = database()
     return _runs(db, version())
 
@@ -200,7 +200,7 @@ def queue(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
 class Selection:
     """The chosen runs that exist, in the order chosen, and a key that changes with them."""
 
-    runs: pd.DataFrame  # db.frames.selected_runs plus run_label
+    runs: pd.DataFrame  # gradscope.db.frames.selected_runs plus run_label
     labels: tuple[tuple[str, str], ...]  # (run_id, run_label)
     key: tuple[tuple[str, int, str], ...]  # (run_id, epochs_done, status)
 
@@ -290,11 +290,13 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
 
 def queue_run(values: Mapping[str, Any]) -> str:
     """Queue one run from the form's values; returns its id. Raises ConfigError (nothing
-    written) when they are invalid (db.lifecycle.create_runs validates) or over the parameter
-    budget (vocab.budget)."""
-    from db.lifecycle import create_runs
-    from vocab.budget import check_budget
-    from vocab.config import make_config
+    written) when they are invalid (gradscope.db.lifecycle.create_runs validates) or over the
+    parameter
+    budget (gradscope.vocab.budget)."""
+    from gradscope.db.lifecycle import create_runs
+
+    from gradscope.vocab.budget import check_budget
+    from gradscope.vocab.config import make_config
 
     check_budget(make_config(dict(values)))
     [run_id] = create_runs(_writable(), [RunSpec(dict(values))])
@@ -302,12 +304,13 @@ def queue_run(values: Mapping[str, Any]) -> str:
 
 
 def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]:
-    """Queue a grid (each value a comma list) as one sweep, all or nothing (vocab.sweep).
+    """Queue a grid (each value a comma list) as one sweep, all or nothing (gradscope.vocab.sweep).
 
     Raises ConfigError naming every bad value before anything is written.
     """
-    from db.lifecycle import queue_sweep as queue_plan
-    from vocab.sweep import check_plan_budget, plan_sweep
+    from gradscope.db.lifecycle import queue_sweep as queue_plan
+
+    from gradscope.vocab.sweep import check_plan_budget, plan_sweep
 
     plan = plan_sweep(values, name=name)
     check_plan_budget(plan)
@@ -322,13 +325,13 @@ def queue_classic_comparison() -> list[str]:
 
 def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
     """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
-    from db.lifecycle import cancel_runs as cancel
+    from gradscope.db.lifecycle import cancel_runs as cancel
 
     return cancel(_writable(), run_ids)
 
 
 def delete_runs(run_ids: Sequence[str]) -> int:
-    from db.lifecycle import delete_runs as delete
+    from gradscope.db.lifecycle import delete_runs as delete
 
     return delete(_writable(), run_ids)
 
@@ -341,9 +344,10 @@ def _annotated() -> None:
 
 
 def annotate_run(run_id: str, *, name: str | None, notes: str | None, tags: Sequence[str]) -> None:
-    """Store a run's name, notes and tags as edited on a page (db.annotate checks them first;
+    """Store a run's name, notes and tags as edited on a page (gradscope.db.annotate checks them
+    first;
     AnnotationError says what is wrong, and nothing is written then)."""
-    from db import annotate
+    from gradscope.db import annotate
 
     # Check everything before the first write, so a bad tag does not leave a half-saved edit.
     annotate.check_name(name)
@@ -380,7 +384,7 @@ def _alive(pid: int) -> bool:
 
 
 def worker_status() -> WorkerStatus:
-    from db.lifecycle import queue_status
+    from gradscope.db.lifecycle import queue_status
 
     status = queue_status(engine())
     pid_text = os.environ.get(WORKER_PID_ENV, "")
@@ -388,29 +392,32 @@ def worker_status() -> WorkerStatus:
     return WorkerStatus(pid, status.live_workers, status.queued, status.running)
 
 
-# -- sharing (db.share) -------------------------------------------------------------------------
+# -- sharing (gradscope.db.share)
+# -------------------------------------------------------------------------
 
-# db.share_source's dashboard upload limit; `gradscope dashboard` gives the server the same one.
+# gradscope.db.share_source's dashboard upload limit; `gradscope dashboard` gives the server the
+# same one.
 MAX_UPLOAD_MB = DASHBOARD_UPLOAD_MB
 UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
 
 
 def export_db_bytes(run_ids: Sequence[str]) -> bytes:
     """A standalone gradscope database holding these runs."""
-    from db.share import export_runs_bytes
+    from gradscope.db.share import export_runs_bytes
 
     return export_runs_bytes(engine(), run_ids)
 
 
 def export_tables_zip(run_ids: Sequence[str]) -> bytes:
     """runs/epochs/layers as CSV files in a zip."""
-    from db.share_tables import export_tables_zip as tables_zip
+    from gradscope.db.share_tables import export_tables_zip as tables_zip
 
     return tables_zip(engine(), run_ids, "csv")
 
 
 def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> ImportReport:
-    """Merge an uploaded run database (checked as untrusted); returns db.share.ImportReport."""
-    from db.share import import_bytes
+    """Merge an uploaded run database (checked as untrusted); returns
+    gradscope.db.share.ImportReport."""
+    from gradscope.db.share import import_bytes
 
     return import_bytes(_writable(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)

@@ -1,10 +1,11 @@
 """Group seeds: runs whose configs differ only in seed (and name) become one line, the median
 of its seeds with a min-max band. Pure (no Streamlit, no database).
 
-`seed_groups` names the groups; `aggregate` turns a per-run frame (db.frames.epochs,
+`seed_groups` names the groups; `aggregate` turns a per-run frame (gradscope.db.frames.epochs,
 layer_stats, histograms) into a per-group frame with the same columns, where `run_id` is the
 group's id, `run_label` its label ("relu d10 · 5 seeds"), each measured field the median over the
-group's runs and `<field>_lo` / `<field>_hi` its min and max (what dashboard.charts draws as a
+group's runs and `<field>_lo` / `<field>_hi` its min and max (what gradscope.dashboard.charts draws
+as a
 band).
 """
 

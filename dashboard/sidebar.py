@@ -7,17 +7,17 @@ import typing
 from collections import defaultdict
 
 import streamlit as st
+from gradscope.dashboard import access, db_gateway, view
+from gradscope.dashboard.tables import escape_markdown
+from gradscope.db.errors import StorageError
 
-from dashboard import access, db_gateway, view
-from dashboard.tables import escape_markdown
-from db.errors import StorageError
-from runner.datasets import precheck
-from vocab.config import (
+from gradscope.vocab.config import (
     BUILTIN_DATASETS,
     ConfigError,
     RunConfig,
     make_config,
 )
+from gradscope.vocab.csv_files import precheck
 
 QUEUE_REFRESH_S = 2.0
 QUEUE_SHOWN = 8

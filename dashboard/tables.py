@@ -2,7 +2,8 @@
 difference table, and safe display text. No Streamlit, no database.
 
 The badges themselves (`badges()`, the vectorised form of `diagnosis.badge(diagnose(...))`) live
-in `runner.badges`, next to the rules in `runner.diagnosis`, so the CLI shows the same labels.
+in `gradscope.analysis.badges`, next to the rules in `gradscope.analysis.diagnosis`, so the CLI
+shows the same labels.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import re
 import pandas as pd
 
 # Re-exported: the pages and db_gateway read the badges through this module.
-from runner.badges import badges as badges
-from runner.diagnosis import BADGE_COLORS as BADGE_COLORS
-from runner.diagnosis import BADGES as BADGES
+from gradscope.analysis.badges import badges as badges
+from gradscope.analysis.diagnosis import BADGE_COLORS as BADGE_COLORS
+from gradscope.analysis.diagnosis import BADGES as BADGES
 
 # What a table cell or caption shows for a value not recorded yet (an unfinished run's accuracy):
 # st.dataframe's own default is the word "None", and Python's formatting gives "nan".

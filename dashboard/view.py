@@ -9,10 +9,9 @@ from typing import ParamSpec
 
 import altair as alt
 import streamlit as st
-
-from dashboard import db_gateway
-from dashboard.tables import escape_markdown
-from db.errors import SchemaVersionError, StorageError
+from gradscope.dashboard import db_gateway
+from gradscope.dashboard.tables import escape_markdown
+from gradscope.db.errors import SchemaVersionError, StorageError
 
 P = ParamSpec("P")
 

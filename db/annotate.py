@@ -1,7 +1,7 @@
 """What people write on runs after the fact: a name, free-text notes and tags.
 
 Every value is checked before anything is written (one clear error, nothing half-done):
-names and tags refuse control and bidi characters (`vocab.text.has_unsafe_chars`) and are
+names and tags refuse control and bidi characters (`gradscope.vocab.text.has_unsafe_chars`) and are
 capped (MAX_NAME_CHARS, MAX_TAG_CHARS); notes may hold newlines and tabs but no other control
 character and are capped at MAX_NOTES_CHARS. Each write is one short transaction.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from gradscope.db.errors import NotFoundError, StorageError
+from gradscope.db.models import RunModel, RunTagModel
+from gradscope.db.session import session_scope, transaction
 from sqlalchemy import Engine, delete, insert, select, update
 
-from db.errors import NotFoundError, StorageError
-from db.models import RunModel, RunTagModel
-from db.session import session_scope, transaction
-from vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS
-from vocab.text import has_unsafe_chars, printable
+from gradscope.vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS
+from gradscope.vocab.text import has_unsafe_chars, printable
 
 MAX_NOTES_CHARS = 10_000
 MAX_TAGS_PER_RUN = 50

@@ -18,16 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from gradscope.db.errors import SchemaVersionError, StorageError
+from gradscope.db.models import Base
+from gradscope.db.session import storage_errors
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from db.errors import SchemaVersionError, StorageError
-from db.models import Base
-from db.session import storage_errors
+from gradscope.vocab.protocol import DB_ENV
 
 DEFAULT_DB = "gradscope.db"
-ENV_VAR = "GRADSCOPE_DB"
+ENV_VAR = DB_ENV
 # The Alembic revision the models describe; tests check it equals Alembic's head.
 SCHEMA_REVISION = "0002_notes_tags_retries"
 # Every revision this version knows, oldest first.

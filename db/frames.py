@@ -2,7 +2,7 @@
 
 Every function reads all the runs it is given in one or two statements (no per-run loops),
 names the columns it returns (blobs only where it decodes them), and returns plain DataFrames:
-NULL reads back as NaN in numeric columns (see `db.floats`), blobs are decoded with numpy
+NULL reads back as NaN in numeric columns (see `gradscope.db.floats`), blobs are decoded with numpy
 (gradient histograms are int32, decision grids float16, test points float32, all little-endian),
 and every per-run frame carries `run_id` and a readable, unique `run_label` for chart legends.
 """
@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
-
-from db.models import (
+from gradscope.db.models import (
     DecisionGridModel,
     EpochMetricModel,
     LayerStatModel,
@@ -24,8 +22,10 @@ from db.models import (
     RunPointsModel,
     RunTagModel,
 )
-from db.session import storage_errors
-from vocab.fields import (
+from gradscope.db.session import storage_errors
+from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
+
+from gradscope.vocab.fields import (
     EPOCH_COLUMNS,
     HIST_BINS,
     HIST_LOG10_MAX,
@@ -58,7 +58,7 @@ RUN_COLUMNS = (
     "cancel_requested",
     "created_at",
     "finished_at",
-    "seq",  # creation order; a run's colour on every page (dashboard.colors)
+    "seq",  # creation order; a run's colour on every page (gradscope.dashboard.colors)
 )
 ERROR_PREVIEW_CHARS = 300
 

@@ -7,17 +7,20 @@
         └─(foreground `train`: inserted `running` at once, see create_runs(runtime=...))
     delete_runs removes runs of any status.
 
-`create_runs` is the one entry that creates runs: it validates every config (vocab.config),
+`create_runs` is the one entry that creates runs: it validates every config
+(gradscope.vocab.config),
 makes relative CSV paths absolute (so a worker started in another folder trains the same file)
 and inserts them in one transaction. The dashboard, `submit`, `train` and `sweep` all call it.
-db.store.RunStore records what a running run measures (layers, epochs, runtime).
+gradscope.db.epoch_writes.EpochWriter records what a running run measures (layers, epochs, runtime).
 
 Every state change is guarded by the status it expects (`... WHERE status = 'queued'`) and checks
 what it changed, so many workers on one database never train a run twice (Optuna's
-WAITING -> RUNNING). Times come from the database's clock (`db.clock.now_expr`), so workers on
+WAITING -> RUNNING). Times come from the database's clock (`gradscope.db.clock.now_expr`), so
+workers on
 machines whose clocks disagree still agree on which heartbeat is stale.
 
-SQLite: WAL and a busy timeout (db.engine) make writers wait for each other; on top of that every
+SQLite: WAL and a busy timeout (gradscope.db.engine) make writers wait for each other; on top of
+that every
 write here retries a few times on "database is locked" (and PostgreSQL deadlocks), which the busy
 handler cannot always absorb. PostgreSQL: candidates are locked `FOR UPDATE SKIP LOCKED`, so
 concurrent claimers pass each other instead of queueing behind one row.
@@ -34,13 +37,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.exc import OperationalError
-
-from db.clock import as_utc, now_expr
-from db.errors import StorageError
-from db.floats import to_db
-from db.models import (
+from gradscope.db.clock import as_utc, now_expr
+from gradscope.db.errors import StorageError
+from gradscope.db.floats import to_db
+from gradscope.db.models import (
     DecisionGridModel,
     EpochMetricModel,
     LayerStatModel,
@@ -49,11 +49,14 @@ from db.models import (
     RunPointsModel,
     RunTagModel,
 )
-from db.session import transaction
-from vocab.config import make_config, with_absolute_csv
-from vocab.fields import FINISHED_STATUSES
-from vocab.records import FinalMetrics, RunSpec
-from vocab.sweep import SweepPlan
+from gradscope.db.session import transaction
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import OperationalError
+
+from gradscope.vocab.config import make_config, with_absolute_csv
+from gradscope.vocab.fields import FINISHED_STATUSES
+from gradscope.vocab.records import FinalMetrics, RunSpec
+from gradscope.vocab.sweep import SweepPlan
 
 WORKER_LOST = "worker lost"
 LOCK_RETRIES = 8
@@ -182,7 +185,8 @@ def create_runs(
     runtime: Runtime | None = None,
 ) -> list[str]:
     """Validate, make CSV paths absolute, and insert runs in one transaction (all or nothing);
-    returns their ids in order. Raises vocab.config.ConfigError, before anything is written,
+    returns their ids in order. Raises gradscope.vocab.config.ConfigError, before anything is
+    written,
     when any config is invalid.
 
     `status` is "queued" for the queue; "running" for a run trained by its creator (pass

@@ -8,11 +8,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, current_revision
+from gradscope.db.errors import SchemaVersionError, StorageError
+from gradscope.db.session import storage_errors
 from sqlalchemy import Engine
-
-from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, current_revision
-from db.errors import SchemaVersionError, StorageError
-from db.session import storage_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

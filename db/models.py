@@ -1,7 +1,8 @@
 """SQLAlchemy 2.x typed models: the one description of gradscope's schema.
 
 Non-finite numbers: SQLite silently turns NaN into NULL, PostgreSQL keeps it. gradscope decides
-once, here and in `db.floats`: NaN is stored as NULL on every backend and read back as NaN;
+once, here and in `gradscope.db.floats`: NaN is stored as NULL on every backend and read back as
+NaN;
 +/-inf are stored as they are (both backends keep them). A NULL statistic therefore means
 "not a number or not applicable" (e.g. `dead_frac` of a sigmoid layer).
 """
@@ -28,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS, RUN_STATUSES
+from gradscope.vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS, RUN_STATUSES
 
 # Named constraints so Alembic migrations can refer to them on every backend.
 NAMING_CONVENTION = {

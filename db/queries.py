@@ -7,14 +7,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from gradscope.db.clock import as_utc
+from gradscope.db.errors import NotFoundError, StorageError
+from gradscope.db.floats import from_db
+from gradscope.db.models import (
+    EpochMetricModel,
+    LayerStatModel,
+    RunLayerModel,
+    RunModel,
+    RunTagModel,
+)
+from gradscope.db.session import session_scope
 from sqlalchemy import Engine, or_, select
 
-from db.clock import as_utc
-from db.errors import NotFoundError, StorageError
-from db.floats import from_db
-from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel, RunTagModel
-from db.session import session_scope
-from vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
+from gradscope.vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 Export writes a file at the current schema (Alembic-stamped, made by `make_engine`) through a
 temporary file in the same folder that is renamed into place, so a failure leaves nothing
-half-written. Import treats the file as hostile (see `db.share_validate`), keeps run ids, adds
+half-written. Import treats the file as hostile (see `gradscope.db.share_validate`), keeps run ids,
+adds
 only runs the target lacks, and reads and writes the target in ONE transaction: on any refusal
 or error the target is exactly as before. On SQLite that transaction takes the write lock
 before its first read (`BEGIN IMMEDIATE`), so what it found is what it writes against, and a
 worker committing meanwhile waits for it (busy_timeout) rather than failing it; a lock
-conflict that still happens retries the whole transaction (`db.lifecycle.with_retry`).
+conflict that still happens retries the whole transaction (`gradscope.db.lifecycle.with_retry`).
 
 Policy for runs that were still queued or running in the file: they are refused (reported with
 the reason) and the file's finished runs are imported. Their rows are a snapshot of work in
@@ -34,6 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradscope.db.clock import as_utc, now_expr
+from gradscope.db.engine import make_engine
+from gradscope.db.errors import StorageError
+from gradscope.db.lifecycle import with_retry
+from gradscope.db.models import RunModel
+from gradscope.db.queries import resolve_run_id
+from gradscope.db.session import session_scope, storage_errors
+from gradscope.db.session import transaction as db_transaction
+from gradscope.db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
+from gradscope.db.share_validate import (
+    CHILD_TABLES,
+    TABLE_ORDER,
+    TABLES,
+    ImportRefused,
+    SourceFile,
+    SourceRun,
+    stream_children,
+)
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -51,25 +70,7 @@ from sqlalchemy import (
     text,
 )
 
-from db.clock import as_utc, now_expr
-from db.engine import make_engine
-from db.errors import StorageError
-from db.lifecycle import with_retry
-from db.models import RunModel
-from db.queries import resolve_run_id
-from db.session import session_scope, storage_errors
-from db.session import transaction as db_transaction
-from db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
-from db.share_validate import (
-    CHILD_TABLES,
-    TABLE_ORDER,
-    TABLES,
-    ImportRefused,
-    SourceFile,
-    SourceRun,
-    stream_children,
-)
-from vocab.fields import FINISHED_STATUSES, RUN_STATUSES
+from gradscope.vocab.fields import FINISHED_STATUSES, RUN_STATUSES
 
 __all__ = [
     "DEFAULT_MAX_IMPORT_BYTES",

@@ -8,7 +8,7 @@ opened read-only (`mode=ro`) with `trusted_schema=OFF`,
 `query_only=ON` and a cap on value sizes. Then: `PRAGMA quick_check`; no triggers, views or
 virtual tables; a known Alembic revision (an older one is upgraded in the private copy, never
 in place; a newer or unknown one is refused naming both versions); every table and column
-gradscope needs; row counts within limits. Then `db.share_validate` checks every row.
+gradscope needs; row counts within limits. Then `gradscope.db.share_validate` checks every row.
 Anything wrong raises `ImportRefused` saying what and why.
 """
 
@@ -20,10 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, event
-
-from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
-from db.share_validate import (
+from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
+from gradscope.db.share_validate import (
     SQLITE_ERRORS,
     TABLES,
     ImportRefused,
@@ -33,6 +31,7 @@ from db.share_validate import (
     quote,
     read_rows,
 )
+from sqlalchemy import Engine, event
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # The largest file an import accepts unless told otherwise, in MiB.
@@ -263,7 +262,7 @@ def upgrade_engine(copy: Path) -> Engine:
     """An engine on the private copy for Alembic, with SQLite's defence for untrusted files
     on every connection: the file's schema (its triggers, views, defaults, indexes) may not
     call functions with side effects while the migration reads and rewrites it."""
-    from db.engine import make_engine
+    from gradscope.db.engine import make_engine
 
     engine = make_engine(str(copy), check_schema=False)  # no connection made yet
     event.listen(engine, "connect", _trusted_schema_off)
@@ -272,7 +271,7 @@ def upgrade_engine(copy: Path) -> Engine:
 
 def upgrade_copy(copy: Path, revision: str, source: str) -> None:
     """Bring the private copy (never the original) up to this gradscope's schema."""
-    from db.migrate import upgrade
+    from gradscope.db.migrate import upgrade
 
     try:
         engine = upgrade_engine(copy)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from gradscope.db.clock import as_utc
+from gradscope.db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
+from gradscope.db.session import session_scope
+from gradscope.db.share import CHUNK, ShareError
 from sqlalchemy import Engine, select
 
-from db.clock import as_utc
-from db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
-from db.session import session_scope
-from db.share import CHUNK, ShareError
-from vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
+from gradscope.vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
 
 TableFormat = Literal["csv", "parquet"]
 TABLE_NAMES = ("runs", "epochs", "layers")

@@ -6,7 +6,7 @@ from gradscope's rules (run ids are UUIDs, statuses known, configs valid RunConf
 with the run's columns, epochs within 1..epochs, layers within 0..depth, blobs exactly as long
 as their shape says, no duplicate keys, no rows without their run). Any problem refuses the
 whole file with `ImportRefused`, whose message names the table, the run or row, the column and
-why. `db.share_source` opens the file and checks its structure first.
+why. `gradscope.db.share_source` opens the file and checks its structure first.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gradscope.db.clock import as_utc
+from gradscope.db.errors import StorageError
+from gradscope.db.models import Base
 from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBinary, String, Table
 
-from db.clock import as_utc
-from db.errors import StorageError
-from db.models import Base
-from vocab.config import ConfigError, make_config
-from vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
-from vocab.fields import HIST_SLOTS, RUN_STATUSES
-from vocab.text import has_unsafe_chars
+from gradscope.vocab.config import ConfigError, make_config
+from gradscope.vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
+from gradscope.vocab.fields import HIST_SLOTS, RUN_STATUSES
+from gradscope.vocab.text import has_unsafe_chars
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -289,7 +289,7 @@ def _check_run(row: dict[str, Any]) -> None:
 
 def _check_custom_run(row: dict[str, Any]) -> None:
     """A run recorded with the gradscope API: its config is the user's dict and a model
-    summary (vocab.custom), not a RunConfig; its length is the epochs it logged."""
+    summary (gradscope.vocab.custom), not a RunConfig; its length is the epochs it logged."""
     problem = custom_config_problem(row["config"])
     if problem:
         raise _Bad(f"config is not a valid custom run's configuration: {_cut(problem, 300)}")

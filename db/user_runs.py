@@ -2,7 +2,8 @@
 
 Such a run is created already running (nobody claims it from the queue), learns its model only
 when `watch()` is called. Everything else (epochs, with its length growing as they are logged;
-heartbeats; finishing) goes through db.store.RunStore and db.lifecycle like any run.
+heartbeats; finishing) goes through gradscope.db.epoch_writes.EpochWriter and
+gradscope.db.lifecycle like any run.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from gradscope.db.clock import now_expr
+from gradscope.db.lifecycle import new_id
+from gradscope.db.models import RunLayerModel, RunModel
+from gradscope.db.session import transaction
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from db.clock import now_expr
-from db.lifecycle import new_id
-from db.models import RunLayerModel, RunModel
-from db.session import transaction
-from vocab.custom import CUSTOM_ARCH, CUSTOM_DATASET
-from vocab.records import LayerInfo
+from gradscope.vocab.custom import CUSTOM_ARCH, CUSTOM_DATASET
+from gradscope.vocab.records import LayerInfo
 
 _runs = RunModel.__table__
 _layers = RunLayerModel.__table__

@@ -1,4 +1,6 @@
-"""gradscope's Python API: record any PyTorch training loop into a gradscope database.
+"""gradscope: see the vanishing-gradient problem happen, measure it, and compare the cures.
+
+The Python API records any PyTorch training loop into a gradscope database:
 
     import gradscope
     run = gradscope.init(db="runs.db", name="my-cnn", config={"lr": 0.01})
@@ -9,9 +11,27 @@
         run.log_epoch(train_loss=..., test_acc=...)  # all optional
     run.finish()                  # or: with gradscope.init(...) as run:
 
-Importing this package does not import torch; `watch()` does.
+The rest of the project lives in subpackages, bottom to top: `gradscope.vocab` (words and
+lists), `gradscope.db` (storage), `gradscope.analysis` (diagnosis), `gradscope.runner`
+(training and workers), `gradscope.api`, `gradscope.cli` and `gradscope.dashboard`.
+
+Importing this package imports nothing else: `init` and `Run` load the API on first use (so
+the dashboard's `gradscope.dashboard` never pulls in the API), and torch is loaded by `watch()`.
 """
 
-from gradscope.run import Run, init
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradscope.api.run import Run, init
 
 __all__ = ["Run", "init"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from gradscope.api import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import math
 from array import array
-from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
-from itertools import islice
-from pathlib import Path
-from typing import TextIO
 
 import numpy as np
+from gradscope.runner import synthetic
 
-from runner import synthetic
-from runner.csv_limits import max_csv_bytes
-from vocab.config import ConfigError, RunConfig
-
-
-class DatasetError(ValueError):
-    """A dataset could not be loaded (missing or malformed CSV, say); the message says why."""
+from gradscope.vocab.config import RunConfig
+from gradscope.vocab.csv_files import MAX_CSV_ROWS, DatasetError, csv_rows
 
 
 @dataclass(frozen=True)
@@ -57,103 +46,8 @@ def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray
     return x + rng.normal(0, noise * 0.1, size=x.shape), y
 
 
-# CSV limits (issue 14); the size cap is in runner.csv_limits (--max-csv-mb).
-MAX_CSV_ROWS = 1_000_000  # = RunConfig.samples' limit for synthetic data
-MAX_CSV_COLUMNS = 1_000
-# Rows the pre-check reads (train, submit, the form) before a run is created: cheap (~ms) and
-# catches a wrong file at once; the rest of the file is checked as it is loaded.
-PRECHECK_ROWS = 1_000
-
-
-def _open_csv(path: str) -> tuple[TextIO, int]:
-    """The opened file (BOM stripped) and its size, after the existence and size checks."""
-    file = Path(path)
-    if not file.is_file():
-        raise DatasetError(f"CSV file not found: {path}")
-    try:
-        size = file.stat().st_size
-        limit = max_csv_bytes()
-        if size > limit:
-            raise DatasetError(
-                f"{path}: the file is {size / 2**20:,.1f} MB; at most {limit / 2**20:,.0f} MB "
-                f"(--max-csv-mb)"
-            )
-        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name.
-        return file.open(newline="", encoding="utf-8-sig"), size
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-
-
-def _rows(path: str, label: str, max_rows: int) -> Iterator[tuple[int, list[float]]]:
-    """(line number, values) of each data row, checked as read: memory stays one row.
-
-    Messages name rows and columns by number, never by content: they are shown in the
-    dashboard, and the file may be one the reader should not see."""
-    handle, _size = _open_csv(path)
-    with handle:
-        try:
-            reader = csv.reader(handle)
-            header = [h.strip() for h in next(reader, [])]
-            if not header:
-                raise DatasetError(f"{path}: the file is empty (no header row)")
-            if len(header) > MAX_CSV_COLUMNS:
-                raise DatasetError(f"{path}: more than {MAX_CSV_COLUMNS:,} columns")
-            if label not in header:
-                raise DatasetError(f"{path}: the header row has no column named {label!r}")
-            col = header.index(label)
-            yield col, []  # the header passed: its label column first
-            count = 0
-            for row in reader:
-                if not row:
-                    continue
-                line = reader.line_num
-                if len(row) != len(header):
-                    raise DatasetError(f"{path}: line {line} has a different number of columns")
-                try:
-                    values = [float(v) for v in row]
-                except ValueError:
-                    raise DatasetError(
-                        f"{path}: every column must be numeric (line {line} is not)"
-                    ) from None
-                if not all(math.isfinite(v) for v in values):
-                    raise DatasetError(f"{path}: contains NaN or infinite values (line {line})")
-                if values[col] not in (0.0, 1.0):
-                    raise DatasetError(
-                        f"{path}: label column {label!r} must hold only 0 and 1 (line {line})"
-                    )
-                count += 1
-                if count > max_rows:
-                    raise DatasetError(f"{path}: more than {max_rows:,} data rows")
-                yield line, values
-        except UnicodeDecodeError:
-            raise DatasetError(f"{path}: is not UTF-8 text") from None
-        except csv.Error as exc:
-            raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
-        except OSError as exc:
-            raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-
-
-def check_csv(path: str, label: str, rows: int = PRECHECK_ROWS) -> None:
-    """Cheap pre-check before a run is created: the file exists and is within the size cap,
-    its header names `label`, and its first `rows` rows are numeric with 0/1 labels.
-    Raises DatasetError saying what is wrong."""
-    with closing(_rows(path, label, MAX_CSV_ROWS)) as checked:
-        for _ in islice(checked, rows + 1):  # the header, then `rows` rows
-            pass
-
-
-def precheck(cfg: RunConfig, rows: int = PRECHECK_ROWS) -> None:
-    """For a CSV run, `check_csv` before the run is created; raises ConfigError naming the
-    dataset field (`dataset: CSV file not found: data.csv`). Built-in datasets pass."""
-    if cfg.is_csv:
-        try:
-            check_csv(cfg.csv_path, cfg.label, rows)
-        except DatasetError as exc:
-            raise ConfigError(f"dataset: {exc}") from None
-
-
 def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = _rows(path, label, MAX_CSV_ROWS)
+    rows = csv_rows(path, label, MAX_CSV_ROWS)
     col, _ = next(rows)
     # One growing float64 buffer, not a list of Python lists (~10x smaller at 1M rows).
     flat = array("d")

@@ -2,9 +2,10 @@
 
 `execute_run` (one run) and `execute_group` (a claimed group of same-shape runs) side by side;
 shared by `gradscope train` and the background worker, so both record runs identically. Both
-train through the batched hand-written engine (`runner.ensemble.train_group`): a solo run is a
+train through the batched hand-written engine (`gradscope.runner.batched.train_group`): a solo run
+is a
 group of one, recorded by the same code as a group's members, so the two paths cannot drift.
-`runner.train.train()`'s autograd loop is the reference the tests compare that engine with.
+The autograd loop in tests/reference_loop.py is the reference the tests compare that engine with.
 """
 
 from __future__ import annotations
@@ -15,20 +16,19 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.queries import get_run
+from gradscope.runner.batched import TrainResult, error_text, train_group
 
-from db.queries import get_run
-from db.store import RunStore
-from runner.ensemble import error_text, train_group
-from runner.train import TrainResult
-from vocab.config import RunConfig, make_config
-from vocab.records import EpochRecord, FinalMetrics, LayerInfo
+from gradscope.vocab.config import RunConfig, make_config
+from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo
 
 
 class DbRecorder:
     """Sends each epoch to the database in one transaction; reports cancellation requests."""
 
     def __init__(
-        self, store: RunStore, run_id: str, on_epoch: Callable[[EpochRecord], None] | None = None
+        self, store: EpochWriter, run_id: str, on_epoch: Callable[[EpochRecord], None] | None = None
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -70,7 +70,7 @@ def _one_thread() -> None:
 
 
 def execute_run(
-    store: RunStore,
+    store: EpochWriter,
     run_id: str,
     cfg: RunConfig,
     should_stop: Callable[[], str | None] = lambda: None,
@@ -106,7 +106,7 @@ class CancelRequests:
     """The group's cancel requests, read for all members at once and reused for a moment: a
     mid-epoch check asks every member, and that should be one query, not one per member."""
 
-    def __init__(self, store: RunStore, run_ids: Sequence[str], max_age_s: float = 0.5) -> None:
+    def __init__(self, store: EpochWriter, run_ids: Sequence[str], max_age_s: float = 0.5) -> None:
         self.store = store
         self.run_ids = list(run_ids)
         self.max_age_s = max_age_s
@@ -124,7 +124,7 @@ class GroupMemberRecorder(DbRecorder):
     """A member's DbRecorder that also reports its cancellation mid-epoch (a read only: the
     worker's own heartbeat thread keeps every claimed member's heartbeat fresh)."""
 
-    def __init__(self, store: RunStore, run_id: str, requests: CancelRequests) -> None:
+    def __init__(self, store: EpochWriter, run_id: str, requests: CancelRequests) -> None:
         super().__init__(store, run_id)
         self.requests = requests
 
@@ -134,10 +134,10 @@ class GroupMemberRecorder(DbRecorder):
 
 class GroupEpochWriter:
     """Stores a group's members' epochs in ONE transaction per group epoch
-    (`RunStore.record_epochs`), with each run's own heartbeat, cancel flag and worker guard;
+    (`EpochWriter.record_epochs`), with each run's own heartbeat, cancel flag and worker guard;
     one transaction per member was about a fifth of a 16-member group's time."""
 
-    def __init__(self, store: RunStore, run_ids: Sequence[str]) -> None:
+    def __init__(self, store: EpochWriter, run_ids: Sequence[str]) -> None:
         self.store = store
         self.run_ids = list(run_ids)
 
@@ -149,7 +149,7 @@ class GroupEpochWriter:
 
 
 def execute_group(
-    store: RunStore,
+    store: EpochWriter,
     run_ids: Sequence[str],
     cfgs: Sequence[RunConfig],
     should_stop: Callable[[], str | None] = lambda: None,

@@ -10,15 +10,15 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 
 import torch
+from gradscope.db import lifecycle
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import StorageError
+from gradscope.runner.execute import execute_run
 from sqlalchemy import Engine
 
-from db import lifecycle
-from db.errors import StorageError
-from db.store import RunStore
-from runner.datasets import precheck
-from runner.execute import execute_run
-from vocab.config import RunConfig, make_config, with_absolute_csv
-from vocab.records import EpochRecord, RunSpec
+from gradscope.vocab.config import RunConfig, make_config, with_absolute_csv
+from gradscope.vocab.csv_files import precheck
+from gradscope.vocab.records import EpochRecord, RunSpec
 
 # Well inside a worker's default --stale-after (60 s): a long epoch never looks like a lost run.
 HEARTBEAT_S = 5.0
@@ -77,7 +77,7 @@ class RunWatch:
 
 
 def _device_name(requested: str) -> str:
-    """The device a run will train on, as runner.train names it ("auto" resolved)."""
+    """The device a run will train on, as reference_loop names it ("auto" resolved)."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -111,7 +111,7 @@ def train_foreground(
     [run_id] = lifecycle.create_runs(
         engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime
     )
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     with RunWatch(engine, run_id, worker) as watch:
         if not progress:
             return run_id, execute_run(store, run_id, cfg, watch.should_stop).status

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vocab.config import RunConfig
-from vocab.records import LayerInfo
+from gradscope.vocab.config import RunConfig
+from gradscope.vocab.records import LayerInfo
 
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 

@@ -2,7 +2,8 @@
 
 The driver (this process) connects to a cluster (or starts a private local one), and keeps
 `--concurrency` actors running, or, with `--max-workers`, as many as there is queued work. Each
-actor wraps one `runner.worker.Slot`, the loop a plain worker process runs: it claims from the
+actor wraps one `gradscope.runner.worker.Slot`, the loop a plain worker process runs: it claims
+from the
 database, trains, heartbeats and recovers lost runs exactly as `gradscope worker` does, so the
 database stays the one source of truth and Ray and plain workers can share a queue. Ray only
 places the actors (by their CPU/GPU resources) and relays their log lines here.
@@ -29,10 +30,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from db.engine import make_engine, to_url
-from db.errors import StorageError
-from db.lifecycle import queued_demand, recover_lost
-from runner.worker import STOP_SIGNALS, RunBudget, Slot, WorkerOptions, log
+from gradscope.db.engine import make_engine, to_url
+from gradscope.db.errors import StorageError
+from gradscope.db.lifecycle import queued_demand, recover_lost
+from gradscope.runner.worker import STOP_SIGNALS, RunBudget, Slot, WorkerOptions, log
 
 LOCAL = "local"
 RAY_MISSING = (

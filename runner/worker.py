@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from db.engine import display_url, make_engine
-from db.errors import StorageError
-from db.lifecycle import Claim, claim_next, heartbeat, recover_lost, release
-from db.store import RunStore
-from vocab.config import ConfigError, RunConfig, make_config
+from gradscope.db.engine import display_url, make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import StorageError
+from gradscope.db.lifecycle import Claim, claim_next, heartbeat, recover_lost, release
+
+from gradscope.vocab.config import ConfigError, RunConfig, make_config
 
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_STALE_AFTER_S = 60.0
@@ -88,9 +89,9 @@ class RunBudget:
 
 
 def _load_execute_group() -> Callable[..., Any] | None:
-    """runner.execute.execute_group when that module provides it (batched ensembles)."""
+    """gradscope.runner.execute.execute_group when that module provides it (batched ensembles)."""
     try:
-        from runner.execute import execute_group
+        from gradscope.runner.execute import execute_group
     except ImportError:
         return None
     return execute_group
@@ -100,7 +101,7 @@ def warm_up() -> None:
     """Import what the first training run needs (torch, the engine: ~2 s) and run one tiny
     training in memory (~50 ms), so the first claimed run pays neither imports nor torch's
     first-call set-up of its kernels."""
-    from runner.execute import warm_up as warm_training
+    from gradscope.runner.execute import warm_up as warm_training
 
     warm_training()
 
@@ -114,7 +115,7 @@ class Slot:
         self.parent_pid = parent_pid
         self.name = worker_name()
         self.engine = make_engine(opts.db, pool_size=opts.pool_size)
-        self.store = RunStore(self.engine, worker=self.name)
+        self.store = EpochWriter(self.engine, worker=self.name)
         self.stop_reason: str | None = None
         self.runs_done = 0
         self._wake = threading.Event()
@@ -219,7 +220,9 @@ class Slot:
                 self._current = ()
 
     def _train_one(self, run_id: str, cfg: RunConfig) -> None:
-        from runner.execute import execute_run  # imports torch: only training processes pay
+        from gradscope.runner.execute import (
+            execute_run,  # imports torch: only training processes pay
+        )
 
         log(f"worker {self.name} training {run_id} ({cfg.arch}, depth {cfg.depth})")
         result = execute_run(self.store, run_id, cfg, lambda: self.should_stop((run_id,)))
@@ -395,7 +398,7 @@ def spawn_worker_process(
     command = [
         sys.executable,
         "-c",
-        "from runner.cli import main; main()",
+        "from gradscope.cli import main; main()",
         "worker",
         "--db",
         db,

@@ -89,7 +89,7 @@ def database(request: pytest.FixtureRequest, db_path: Path) -> str:
 @pytest.fixture
 def engine(database: str) -> Iterator[Engine]:
     """An engine on `database`, schema created (SQLite and PostgreSQL, see `database`)."""
-    from db.engine import make_engine
+    from gradscope.db.engine import make_engine
 
     engine = make_engine(database)
     yield engine
@@ -100,7 +100,7 @@ def engine(database: str) -> Iterator[Engine]:
 def sqlite_engine(db_path: Path) -> Iterator[Engine]:
     """An engine on the SQLite file `db_path`, for tests about SQLite itself (its file, WAL,
     several processes sharing one file)."""
-    from db.engine import make_engine
+    from gradscope.db.engine import make_engine
 
     engine = make_engine(str(db_path))
     yield engine
@@ -199,8 +199,8 @@ SEED_RUNS = (
 @pytest.fixture(scope="session")
 def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file holding three completed runs (sigmoid, relu, resnet), made once."""
-    from db.engine import make_engine
-    from runner.foreground import train_foreground
+    from gradscope.db.engine import make_engine
+    from gradscope.runner.foreground import train_foreground
 
     path = tmp_path_factory.mktemp("seeded") / "seeded.db"
     engine = make_engine(str(path))

@@ -1,6 +1,6 @@
 """Helpers for the dashboard tests: run the real app with AppTest on a database, read back what
 it shows (text, tables, chart specs with their Arrow data), and make small runs with chosen
-numbers through RunStore (the same writes the trainer makes)."""
+numbers through EpochWriter (the same writes the trainer makes)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from gradscope.db.epoch_writes import EpochWriter
 from markdown_it import MarkdownIt
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from db.store import RunStore
-from vocab.config import make_config
-from vocab.fields import HIST_BINS
-from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.fields import HIST_BINS
+from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 # 16 gradient entries, all in the bin [1e-3, 10^-2.75).
@@ -163,7 +163,7 @@ def add_run(
         sweep_id=sweep[0] if sweep else None,
         sweep_name=sweep[1] if sweep else None,
     )
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     if status == "queued":
         return store.create_run(spec)
     run_id = store.create_run(spec, status="running")

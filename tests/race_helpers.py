@@ -1,6 +1,6 @@
 """Open one database from several processes at the same instant (a start barrier, not sleeps).
 
-Kept apart from the test modules so that each spawned process imports only db.engine.
+Kept apart from the test modules so that each spawned process imports only gradscope.db.engine.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from db.engine import make_engine
+from gradscope.db.engine import make_engine
 
 
 def _open_after(barrier: Barrier, url: str, errors: Queue) -> None:
@@ -39,7 +39,7 @@ def open_concurrently(url: str, processes: int = 4) -> list[str]:
 
 
 def _switch_after(barrier: Barrier, path: str, errors: Queue) -> None:
-    from db.engine import SQLITE_BUSY_TIMEOUT_MS, _switch_to_wal
+    from gradscope.db.engine import SQLITE_BUSY_TIMEOUT_MS, _switch_to_wal
 
     barrier.wait()
     try:

@@ -1,6 +1,7 @@
 """Helpers for the share tests: runs with non-finite statistics, and database dumps to compare.
 
-The dumps read tables straight from the schema (`Base.metadata`), not through db.share, so the
+The dumps read tables straight from the schema (`Base.metadata`), not through gradscope.db.share,
+so the
 code under test does not check itself.
 """
 
@@ -12,14 +13,14 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from gradscope.db.clock import as_utc
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.models import Base
 from sqlalchemy import Engine, MetaData, select
 
-from db.clock import as_utc
-from db.models import Base
-from db.store import RunStore
-from vocab.config import make_config
-from vocab.fields import HIST_BINS
-from vocab.records import DecisionGrid, EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.fields import HIST_BINS
+from gradscope.vocab.records import DecisionGrid, EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 INF, NAN = math.inf, math.nan
 # Set by import, so they differ between a source and its import by design.
@@ -28,9 +29,9 @@ IMPORT_COLUMNS = ("source_file", "imported_at")
 
 def add_nonfinite_run(engine: Engine, name: str = "nonfinite", status: str = "diverged") -> str:
     """A small run whose statistics hold NaN, +inf and -inf everywhere they can, recorded
-    through RunStore exactly as the trainer records a diverging run."""
+    through EpochWriter exactly as the trainer records a diverging run."""
     cfg = make_config({"arch": "relu", "depth": 2, "width": 4, "epochs": 3, "name": name})
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     run_id = store.create_run(RunSpec(cfg.model_dump()), status="running")
     layers = [
         LayerInfo(0, "linears.0", "hidden", "relu", 2, 4, 12),
@@ -113,16 +114,16 @@ def full_dump(engine: Engine) -> dict[str, list[tuple]]:
 
 def make_big_export(path: str, runs: int, epochs: int = 50, depth: int = 8) -> int:
     """A valid run database of `runs` completed runs, each with `epochs` epochs and
-    depth + 1 layers of statistics: one run recorded through RunStore, then cloned in SQL
+    depth + 1 layers of statistics: one run recorded through EpochWriter, then cloned in SQL
     under fresh ids (seconds for millions of rows). Returns the number of rows written."""
     import sqlite3
     import uuid
 
-    from db.engine import make_engine
+    from gradscope.db.engine import make_engine
 
     cfg = make_config({"arch": "relu", "depth": depth, "width": 8, "epochs": epochs})
     engine = make_engine(path)
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     template = store.create_run(RunSpec(cfg.model_dump()), status="running")
     layers = [
         LayerInfo(i, f"linears.{i}", "hidden" if i < depth else "output", "relu", 8, 8, 72)

@@ -1,4 +1,4 @@
-"""Names, notes and tags on runs (db.annotate, the CLI), creation order (`seq`), and how
+"""Names, notes and tags on runs (gradscope.db.annotate, the CLI), creation order (`seq`), and how
 annotations travel through export and import, also from a database written by schema 0001."""
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from gradscope.db.annotate import AnnotationError, rename_run, set_notes, set_tags, tags_of
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.lifecycle import claim_next
+from gradscope.db.migrate import upgrade
+from gradscope.db.queries import get_run, list_runs
+from gradscope.db.share import export_runs, import_file
 from typer.testing import CliRunner
 
-from db.annotate import AnnotationError, rename_run, set_notes, set_tags, tags_of
-from db.engine import make_engine
-from db.lifecycle import claim_next
-from db.migrate import upgrade
-from db.queries import get_run, list_runs
-from db.share import export_runs, import_file
-from db.store import RunStore
-from runner.cli import app
-from vocab.config import make_config
-from vocab.records import RunSpec
+from gradscope.cli import app
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import RunSpec
 
 runner = CliRunner()
 OLD_DB = Path(__file__).parent / "data" / "schema_0001.db"
@@ -34,18 +34,18 @@ def _specs(n: int) -> list[RunSpec]:
 def test_runs_created_together_keep_their_order_in_lists_and_the_queue(db_path: Path) -> None:
     engine = make_engine(str(db_path))
     # Many runs in one insert share created_at; UUID order would shuffle them.
-    ids = RunStore(engine).create_runs(_specs(12))
+    ids = EpochWriter(engine).create_runs(_specs(12))
     listed = [r.id for r in list_runs(engine)]
     assert listed == ids[::-1]  # newest first, so the last created leads
     claimed = [claim_next(engine, "w").run_ids[0] for _ in range(3)]
     assert claimed == ids[:3]
-    later = RunStore(engine).create_runs(_specs(2))
+    later = EpochWriter(engine).create_runs(_specs(2))
     assert get_run(engine, later[0]).seq == get_run(engine, ids[-1]).seq + 1
 
 
 def test_tags_notes_and_names_are_checked_and_stored(db_path: Path) -> None:
     engine = make_engine(str(db_path))
-    a, b = RunStore(engine).create_runs(_specs(2))
+    a, b = EpochWriter(engine).create_runs(_specs(2))
     assert set_tags(engine, a, add=["baseline", " good ", "baseline"]) == ["baseline", "good"]
     assert set_tags(engine, a, remove=["good"]) == ["baseline"]
     set_tags(engine, b, add=["good"])
@@ -72,7 +72,7 @@ def test_tags_notes_and_names_are_checked_and_stored(db_path: Path) -> None:
 
 def test_cli_tag_note_rename_delete(db_path: Path) -> None:
     engine = make_engine(str(db_path))
-    a, b = RunStore(engine).create_runs(_specs(2))
+    a, b = EpochWriter(engine).create_runs(_specs(2))
     db = ["--db", str(db_path)]
     assert runner.invoke(app, ["tag", a[:8], "keep", "v2", *db]).exit_code == 0
     assert runner.invoke(app, ["tag", a[:8], "v2", "--remove", *db]).exit_code == 0
@@ -95,7 +95,7 @@ def test_cli_tag_note_rename_delete(db_path: Path) -> None:
 
 def test_annotations_travel_and_merge_on_import(tmp_path: Path) -> None:
     home, away = make_engine(str(tmp_path / "home.db")), make_engine(str(tmp_path / "away.db"))
-    store = RunStore(home)
+    store = EpochWriter(home)
     ids = store.create_runs(_specs(2), status="running")
     for run_id in ids:  # an import takes finished runs only
         store.finish_run(run_id, "completed")
@@ -136,7 +136,7 @@ def test_schema_0001_database_upgrades_and_its_export_imports(tmp_path: Path) ->
     set_tags(engine, finished[0], add=["from 0001"])
     export_runs(engine, finished, tmp_path / "old_export.db")
     target = make_engine(str(tmp_path / "new.db"))
-    RunStore(target).create_runs(_specs(1))
+    EpochWriter(target).create_runs(_specs(1))
     report = import_file(target, tmp_path / "old_export.db")
     assert len(report.added) == 4 and not report.refused
     assert get_run(target, finished[0]).tags == ("from 0001",)

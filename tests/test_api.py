@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import WORKER_LOST, db_now, recover_stale
+from gradscope.db.share import ImportRefused, export_runs, import_file
+from gradscope.db.share_tables import export_tables
 from torch import nn
 
 import gradscope
-import gradscope.watch as gradscope_watch
-from db.engine import make_engine
-from db.lifecycle import WORKER_LOST, db_now, recover_stale
-from db.share import ImportRefused, export_runs, import_file
-from db.share_tables import export_tables
-from vocab.custom import CustomConfigError
-from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
+import gradscope.api.watch as gradscope_watch
+from gradscope.vocab.custom import CustomConfigError
+from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -562,7 +562,7 @@ def test_bad_metrics_are_refused_at_once(db_path: Path) -> None:
 
 
 def test_a_cancel_request_reaches_the_loop_through_the_heartbeat(db_path: Path) -> None:
-    from db.lifecycle import cancel_runs
+    from gradscope.db.lifecycle import cancel_runs
 
     with gradscope.init(db=str(db_path)) as run:
         assert run._beat_once() and not run.cancel_requested
@@ -592,7 +592,7 @@ def test_a_run_marked_lost_stops_recording(db_path: Path) -> None:
 def test_runs_and_show_list_a_custom_run(db_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from runner.cli import app
+    from gradscope.cli import app
 
     run, model, optimizer = _tiny(db_path, name="cli run", config={"lr": 0.1, "tag": "\x1b[2J"})
     _step(model, optimizer)

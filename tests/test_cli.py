@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 import pytest
 import typer.main
+from gradscope.db.engine import SCHEMA_REVISION
 from typer.testing import CliRunner
 
-from db.engine import SCHEMA_REVISION
-from runner.cli import app
+from gradscope.cli import app
 
 runner = CliRunner()
 
@@ -128,7 +128,7 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     target = tmp_path / "env.db"
     env = {**os.environ, "GRADSCOPE_DB": str(target)}
     done = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "db", "upgrade"],
+        [sys.executable, "-m", "gradscope.cli", "db", "upgrade"],
         env=env,
         capture_output=True,
         text=True,
@@ -137,7 +137,7 @@ def test_db_env_var_and_upgrade(tmp_path) -> None:  # noqa: ANN001
     assert done.returncode == 0, done.stderr
     assert SCHEMA_REVISION in done.stdout and target.exists()
     listed = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "runs", "--json"],
+        [sys.executable, "-m", "gradscope.cli", "runs", "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -201,12 +201,13 @@ def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) 
 
 
 def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: ANN001
-    from db.engine import make_engine
-    from db.store import RunStore
-    from vocab.config import make_config
-    from vocab.records import EpochRecord, RunSpec
+    from gradscope.db.engine import make_engine
+    from gradscope.db.epoch_writes import EpochWriter
 
-    store = RunStore(make_engine(str(db_path)))
+    from gradscope.vocab.config import make_config
+    from gradscope.vocab.records import EpochRecord, RunSpec
+
+    store = EpochWriter(make_engine(str(db_path)))
     run_id = store.create_run(RunSpec(make_config({"depth": 1}).model_dump()), status="running")
     store.record_epoch(
         run_id, EpochRecord(1, {"train_loss": float("inf")}, [{"grad_norm": float("-inf")}])
@@ -226,14 +227,14 @@ def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
     import signal
     import time
 
-    from db.engine import make_engine
-    from db.queries import list_runs
+    from gradscope.db.engine import make_engine
+    from gradscope.db.queries import list_runs
 
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "runner.cli",
+            "gradscope.cli",
             "train",
             "--db",
             str(db_path),

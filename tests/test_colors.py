@@ -1,4 +1,4 @@
-"""Run colours (dashboard.colors): from the run, not its place in a selection; readable on
+"""Run colours (gradscope.dashboard.colors): from the run, not its place in a selection; readable on
 both themes; architecture colours fixed."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pandas as pd
-
-from dashboard.colors import ARCH_COLORS, PALETTE, _luminance, colors_for, run_color
+from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, _luminance, colors_for, run_color
 
 WHITE, DARK = 1.0, _luminance((14 / 255, 17 / 255, 23 / 255))  # Streamlit's dark background
 

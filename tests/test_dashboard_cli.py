@@ -10,8 +10,8 @@ from pathlib import Path
 from conftest import free_port
 from typer.testing import CliRunner
 
-from runner.cli import app
-from runner.cli.dashboard_commands import streamlit_command
+from gradscope.cli import app
+from gradscope.cli.dashboard_commands import streamlit_command
 
 cli = CliRunner()
 

@@ -17,11 +17,11 @@ from dashboard_helpers import (
     shown_text,
     shows_literally,
 )
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
 
-from db import frames
-from db.engine import make_engine
-from db.store import RunStore
-from vocab.records import EpochRecord
+from gradscope.vocab.records import EpochRecord
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_a_run_keeps_its_colour_in_different_selections(
 def test_colour_by_architecture_uses_the_fixed_architecture_colours(
     monkeypatch: pytest.MonkeyPatch, seeded_db: Path, seeded_ids: dict[str, str]
 ) -> None:
-    from dashboard.colors import ARCH_COLORS
+    from gradscope.dashboard.colors import ARCH_COLORS
 
     at = open_compare(monkeypatch, seeded_db, list(seeded_ids.values()))
     at.selectbox(key="compare_colour_by").set_value("architecture").run()
@@ -287,7 +287,7 @@ def test_a_running_run_updates_as_its_epochs_land(
     (loss,) = chart_titled(at, "Loss")
     assert set(loss.data["epoch"]) == {1, 2}
     stats = [{"grad_norm": g, "grad_hist": None} for g in (0.1, 0.2, 0.3)]
-    RunStore(engine).record_epoch(
+    EpochWriter(engine).record_epoch(
         run_id,
         EpochRecord(
             3,

@@ -9,16 +9,16 @@ import math
 
 import pytest
 from dashboard_helpers import add_run, chart_titled, open_app
+from gradscope.dashboard import db_gateway, tables
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.share import export_runs_bytes
+from gradscope.db.share_source import MAX_IMPORT_MB
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from dashboard import db_gateway, tables
-from db import frames
-from db.engine import make_engine
-from db.share import export_runs_bytes
-from db.share_source import MAX_IMPORT_MB
-from db.store import RunStore
-from vocab.records import FinalMetrics
+from gradscope.vocab.records import FinalMetrics
 
 
 def table(at: AppTest):  # noqa: ANN201
@@ -65,7 +65,7 @@ def test_sidebar_queue_and_runs_table_read_one_state(
 
     # The worker finishes the first run and starts the second: the table is now behind, which is
     # what makes the queue's next tick rerun the app (a timer AppTest cannot fire: run()).
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     store.finish_run(first, "completed", final=FinalMetrics(test_acc=0.9, pred_std=0.2))
     assert frames.data_version(engine) != drawn
     at.run()

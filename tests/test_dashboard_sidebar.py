@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 from dashboard_helpers import add_run, open_app
+from gradscope.db import frames
+from gradscope.db.engine import display_url
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
-
-from db import frames
-from db.engine import display_url
 
 
 def submit(at: AppTest, label: str) -> None:

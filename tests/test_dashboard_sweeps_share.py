@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from dashboard_helpers import add_run, chart_titled, open_app, shown_text, shows_literally
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.share import export_runs_bytes
 from sqlalchemy import Engine
 
-from db import frames
-from db.engine import make_engine
-from db.share import export_runs_bytes
-from runner.cli.dashboard_commands import streamlit_command
+from gradscope.cli.dashboard_commands import streamlit_command
 
 
 def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
@@ -65,7 +65,7 @@ def test_sweeps_page_plots_ratio_and_accuracy_against_depth(
 def test_sweeps_page_puts_any_swept_setting_on_the_x_axis(
     monkeypatch: pytest.MonkeyPatch, engine: Engine, database: str
 ) -> None:
-    from dashboard.colors import ARCH_COLORS
+    from gradscope.dashboard.colors import ARCH_COLORS
 
     sweep = (str(uuid.uuid4()), "lr sweep")
     for lr in (1e-4, 1e-3, 1e-1):

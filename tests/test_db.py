@@ -9,18 +9,18 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from gradscope.db import engine as db_engine
+from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import SchemaVersionError
+from gradscope.db.migrate import head_revision, upgrade
+from gradscope.db.models import Base
+from gradscope.db.queries import run_document
 from race_helpers import open_concurrently, switch_to_wal_concurrently
 from sqlalchemy import create_engine, inspect, text
 
-from db import engine as db_engine
-from db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, make_engine
-from db.errors import SchemaVersionError
-from db.migrate import head_revision, upgrade
-from db.models import Base
-from db.queries import run_document
-from db.store import RunStore
-from vocab.config import make_config
-from vocab.records import EpochRecord, RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import EpochRecord, RunSpec
 
 
 def test_schema_revision_is_alembic_head() -> None:
@@ -129,7 +129,7 @@ def test_migrated_schema_matches_models_postgres(pg_url: str) -> None:
 
 def _store_non_finite(url: str) -> None:
     engine = make_engine(url)
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     cfg = make_config({"depth": 1, "epochs": 1}).model_dump()
     run_id = store.create_run(RunSpec(cfg), status="running")
     stats = [

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from runner.diagnosis import Finding, badge, diagnose
+from gradscope.analysis.diagnosis import Finding, badge, diagnose
 
 NAN = float("nan")
 

@@ -19,22 +19,22 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.batched import train_group
+from gradscope.runner.foreground import train_foreground
+from gradscope.runner.gradient_stats import EpochGradStats
+from reference_loop import train
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from db import frames
-from db.engine import make_engine
-from db.queries import run_document
-from runner.badges import badges
-from runner.cli.main import app
-from runner.cli.run_view import run_diagnosis
-from runner.diagnosis import Finding, badge
-from runner.ensemble import train_group
-from runner.foreground import train_foreground
-from runner.probes import EpochGradStats
-from runner.train import train
-from vocab.config import make_config
-from vocab.records import EpochRecord
+from gradscope.analysis.badges import badges
+from gradscope.analysis.diagnosis import Finding, badge
+from gradscope.cli.main import app
+from gradscope.cli.run_view import run_diagnosis
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import EpochRecord
 
 DATA = Path(__file__).parent / "data"
 cli = CliRunner()
@@ -327,7 +327,7 @@ def test_a_schema_0001_database_upgrades_and_its_runs_read_without_the_moment(
     path = tmp_path / "old.db"
     shutil.copy(DATA / "schema_0001.db", path)
     done = subprocess.run(
-        [sys.executable, "-m", "runner.cli", "db", "upgrade", "--db", str(path)],
+        [sys.executable, "-m", "gradscope.cli", "db", "upgrade", "--db", str(path)],
         capture_output=True,
         text=True,
         check=False,

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-
-from db import frames
-from db.engine import make_engine
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -186,7 +185,7 @@ def test_classic_comparison_end_to_end(browser, dashboard) -> None:  # noqa: ANN
 @pytest.fixture
 def many_runs_dashboard(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     """`gradscope dashboard --no-worker` on a database of 32 recorded runs (8 configs x 4
-    seeds, written through RunStore: no training), stopped with SIGTERM after."""
+    seeds, written through EpochWriter: no training), stopped with SIGTERM after."""
     from dashboard_helpers import add_run
 
     db = tmp_path / "many.db"

@@ -18,22 +18,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.models import RunModel
+from gradscope.db.queries import run_document
+from gradscope.runner import batched as ensemble
+from gradscope.runner import execute as execute_module
+from gradscope.runner.batched import train_group
+from gradscope.runner.execute import execute_group, execute_run
+from gradscope.runner.gradient_stats import activation_stats
+from reference_loop import TrainResult, train
 from sqlalchemy import event, update
 
-from db.engine import make_engine
-from db.models import RunModel
-from db.queries import run_document
-from db.store import RunStore
-from runner import ensemble
-from runner import execute as execute_module
-from runner.ensemble import train_group
-from runner.execute import execute_group, execute_run
-from runner.probes import activation_stats
-from runner.train import TrainResult, train
-from vocab.config import RunConfig, make_config
-from vocab.fields import LAYER_STAT_FIELDS
-from vocab.grouping import group_key, plan_groups
-from vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from gradscope.vocab.config import RunConfig, make_config
+from gradscope.vocab.fields import LAYER_STAT_FIELDS
+from gradscope.vocab.grouping import group_key, plan_groups
+from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
 SMALL = {"depth": 5, "width": 16, "samples": 256, "epochs": 3, "batch_size": 32, "device": "cpu"}
 SEEDS = (0, 1, 2, 3)
@@ -202,7 +202,7 @@ def test_a_group_of_one_is_its_solo_run() -> None:
 def test_a_solo_run_on_the_fast_engine_matches_the_autograd_reference(
     arch: str, optimizer: dict[str, Any]
 ) -> None:
-    """Solo runs train as a group of one (runner.execute); train() is the reference: every
+    """Solo runs train as a group of one (gradscope.runner.execute); train() is the reference: every
     metric and statistic of every epoch within the README's tolerances."""
     cfg = make_config({**SMALL, "arch": arch, **optimizer, "seed": 3})
     results, recs = group([cfg])
@@ -215,7 +215,7 @@ def test_execute_run_trains_a_solo_run_as_a_group_of_one(
 ) -> None:
     """execute_run goes through train_group, and stores what train() would have stored."""
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     cfg = make_config({**SMALL, "arch": "relu", "optimizer": "sgd", "momentum": 0.9, "seed": 5})
     calls: list[int] = []
 
@@ -408,7 +408,7 @@ def assert_documents_match(got: Any, want: Any, path: str = "") -> None:
         assert got == want, path
 
 
-def create_running(store: RunStore, cfgs: list[RunConfig], group_id: str | None) -> list[str]:
+def create_running(store: EpochWriter, cfgs: list[RunConfig], group_id: str | None) -> list[str]:
     specs = [
         RunSpec(c.model_dump(), group_id=group_id, group_index=i if group_id else None)
         for i, c in enumerate(cfgs)
@@ -418,7 +418,7 @@ def create_running(store: RunStore, cfgs: list[RunConfig], group_id: str | None)
 
 def test_execute_group_records_each_member_as_execute_run_does(db_path: Path) -> None:
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     cfgs = [
         *configs(arch="relu", optimizer="sgd", lr=0.05, momentum=0.5)[:2],
         make_config({**SMALL, "arch": "relu", "optimizer": "sgd", "lr": 50.0, "seed": 9}),
@@ -442,7 +442,7 @@ def test_a_cancel_request_reaches_its_member_mid_epoch_with_one_read_per_check(
 ) -> None:
     monkeypatch.setattr(ensemble, "STOP_CHECK_SECONDS", 0.0)  # check after every step
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     cfgs = configs(arch="relu", optimizer="adam", lr=1e-2)
     ids = create_running(store, cfgs, group_id="g3")
     reads: list[str] = []
@@ -468,7 +468,7 @@ def test_execute_group_fails_every_member_when_the_group_cannot_train(
     db_path: Path, tmp_path: Path
 ) -> None:
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     missing = tmp_path / "gone.csv"
     cfgs = [make_config({**SMALL, "dataset": f"csv:{missing}", "seed": s}) for s in (0, 1)]
     ids = create_running(store, cfgs, group_id="g2")
@@ -483,7 +483,8 @@ def test_execute_group_fails_every_member_when_the_group_cannot_train(
     engine.dispose()
 
 
-# -- the faster activation statistics (runner.probes, shared with solo runs) --------------------
+# -- the faster activation statistics (gradscope.runner.gradient_stats, shared with solo runs)
+# --------------------
 
 
 def test_activation_spread_matches_float64_and_is_zero_for_a_constant_unit() -> None:

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from db.engine import make_engine
-from db.queries import list_runs
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 

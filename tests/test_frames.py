@@ -1,5 +1,6 @@
-"""db.frames: the dashboard's reads, on real databases (the seeded runs and runs recorded through
-RunStore), including NULL -> NaN, blob decoding, and a fixed number of statements per call."""
+"""gradscope.db.frames: the dashboard's reads, on real databases (the seeded runs and runs recorded
+through
+EpochWriter), including NULL -> NaN, blob decoding, and a fixed number of statements per call."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from dashboard_helpers import add_run
+from gradscope.dashboard import tables
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.queries import run_document
+from gradscope.runner.recording import grid_epochs
 from share_helpers import add_nonfinite_run
 from sqlalchemy import Engine, event
 
-from dashboard import tables
-from db import frames
-from db.engine import make_engine
-from db.queries import run_document
-from db.store import RunStore
-from runner.diagnosis import badge, diagnose
-from runner.recording import grid_epochs
-from vocab.fields import HIST_BINS, HIST_LOG10_MIN
+from gradscope.analysis.diagnosis import badge, diagnose
+from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MIN
 
 SEED_NAMES = {"seed sigmoid", "seed relu", "seed resnet"}
 
@@ -196,7 +197,7 @@ def test_queue_and_data_version_follow_changes(engine: Engine) -> None:
     assert list(queue["status"]) == ["running", "queued"]
     assert len({before, after_queue, frames.data_version(engine)}) == 3
     version = frames.data_version(engine)
-    RunStore(engine).delete_runs([queued])
+    EpochWriter(engine).delete_runs([queued])
     assert frames.data_version(engine) != version
     assert list(frames.queue(engine)["id"]) == [running]
 

@@ -1,5 +1,6 @@
-"""A batched group's epoch end written in one transaction (`RunStore.record_epochs`, used by
-`execute_group` through `runner.execute.GroupEpochWriter`): the same rows as one `record_epoch`
+"""A batched group's epoch end written in one transaction (`EpochWriter.record_epochs`, used by
+`execute_group` through `gradscope.runner.execute.GroupEpochWriter`): the same rows as one
+`record_epoch`
 per run, the same heartbeat and cancel flag per run, and the same worker guard."""
 
 from __future__ import annotations
@@ -9,20 +10,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import NotFoundError
+from gradscope.db.lifecycle import cancel_runs, claim_next, db_now, recover_stale
+from gradscope.db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel
+from gradscope.db.queries import get_run
+from gradscope.db.session import transaction
+from gradscope.runner.batched import train_group
+from gradscope.runner.execute import execute_group
 from sqlalchemy import Engine, Table, select
 from worker_helpers import SMALL, queue_runs
 
-from db.engine import make_engine
-from db.errors import NotFoundError
-from db.lifecycle import cancel_runs, claim_next, db_now, recover_stale
-from db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel
-from db.queries import get_run
-from db.session import transaction
-from db.store import RunStore
-from runner.ensemble import train_group
-from runner.execute import execute_group
-from vocab.config import make_config
-from vocab.records import DecisionGrid, EpochRecord, LayerInfo, RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import DecisionGrid, EpochRecord, LayerInfo, RunSpec
 
 
 def _record(epoch: int, seed: float, *, grid: bool, diverged: bool = False) -> EpochRecord:
@@ -57,14 +58,14 @@ def _rows(engine: Engine, table: Table, run_id: str) -> list[tuple]:
     ]
 
 
-def _new_runs(store: RunStore, count: int) -> list[str]:
+def _new_runs(store: EpochWriter, count: int) -> list[str]:
     specs = [RunSpec(make_config({**SMALL, "seed": i}).model_dump()) for i in range(count)]
     return store.create_runs(specs, status="running")
 
 
 def test_a_group_epoch_write_equals_per_run_writes_row_for_row(sqlite_engine: Engine) -> None:
     engine = sqlite_engine
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     one_by_one, together = _new_runs(store, 3), _new_runs(store, 3)
     cancel_runs(engine, [one_by_one[1], together[1]])  # a running run: the flag is set
     epochs = [
@@ -125,7 +126,7 @@ def test_a_group_epoch_write_skips_a_run_that_is_no_longer_this_workers(engine: 
     assert recover_stale(engine, 60, retries=1) == [ids[1]]
     assert claim_next(engine, "next").run_ids == (ids[1],)
 
-    slow = RunStore(engine, worker="slow")
+    slow = EpochWriter(engine, worker="slow")
     answers = slow.record_epochs([(i, _record(1, 0.0, grid=True)) for i in ids])
     assert answers[0] is False and answers[2] is False
     assert isinstance(answers[1], NotFoundError)
@@ -171,7 +172,7 @@ def test_an_epoch_batch_failing_for_one_member_fails_only_that_member() -> None:
     batch = _FailsMember()
     results = train_group(cfgs, [_Keep() for _ in cfgs], epoch_batch=batch)
     assert [r.status for r in results] == ["completed", "failed", "completed"]
-    assert results[1].error == "db.errors.NotFoundError: gone"
+    assert results[1].error == "gradscope.db.errors.NotFoundError: gone"
     assert batch.kept == {0: [1, 2, 3], 1: [1], 2: [1, 2, 3]}
     # The others' numbers are those of the same group without the failure.
     for k in (0, 2):
@@ -180,8 +181,8 @@ def test_an_epoch_batch_failing_for_one_member_fails_only_that_member() -> None:
         }
 
 
-class _CountingStore(RunStore):
-    """A RunStore that counts its epoch writes."""
+class _CountingStore(EpochWriter):
+    """A EpochWriter that counts its epoch writes."""
 
     per_run = 0
     per_group: list[int] = []

@@ -1,4 +1,5 @@
-"""db.lifecycle as the one owner of run status changes: create_runs validates, makes CSV paths
+"""gradscope.db.lifecycle as the one owner of run status changes: create_runs validates, makes CSV
+paths
 absolute and inserts (all or nothing); finish guards; the foreground path writes the runs row
 once before epoch 1; nothing outside db/session.py wraps driver errors by hand."""
 
@@ -8,13 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+from gradscope.db import frames
+from gradscope.db.lifecycle import create_runs, delete_runs, finish_run
+from gradscope.db.queries import get_run
 from sqlalchemy import Engine, event
 
-from db import frames
-from db.lifecycle import create_runs, delete_runs, finish_run
-from db.queries import get_run
-from vocab.config import ConfigError
-from vocab.records import RunSpec
+from gradscope.vocab.config import ConfigError
+from gradscope.vocab.records import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,8 +55,7 @@ def test_runs_are_created_queued_or_running_only(engine: Engine) -> None:
 @pytest.mark.slow  # trains a run: torch import and two epochs, seconds on a busy machine
 def test_foreground_writes_the_runs_row_once_before_epoch_1(sqlite_engine: Engine) -> None:
     import torch
-
-    from runner.foreground import train_foreground
+    from gradscope.runner.foreground import train_foreground
 
     writes: list[str] = []  # statements that changed a row, up to the first epoch's
 

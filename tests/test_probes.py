@@ -8,14 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from gradscope.runner import gradient_stats as probes
+from gradscope.runner.datasets import load_dataset
+from gradscope.runner.gradient_stats import EpochGradStats, activation_stats
+from gradscope.runner.networks import build_model
+from reference_loop import make_optimizer, train
 
-from runner import probes
-from runner.datasets import load_dataset
-from runner.networks import build_model
-from runner.probes import EpochGradStats, activation_stats
-from runner.train import make_optimizer, train
-from vocab.config import make_config
-from vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from gradscope.vocab.config import make_config
+from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 
 
 class ListRecorder:
@@ -146,7 +146,7 @@ def test_activation_health_counts_saturated_and_dead_units_not_nan() -> None:
 
 
 def test_divergence_is_a_non_finite_loss_or_gradient_statistic() -> None:
-    from runner.probes import divergence
+    from gradscope.runner.gradient_stats import divergence
 
     fine = {"train_loss": 0.5, "test_loss": 0.6}
     healthy = [{"grad_norm": 1.0, "saturated_frac": math.nan, "update_ratio": math.nan}]

@@ -1,4 +1,5 @@
-"""db.lifecycle on real databases (SQLite file and PostgreSQL): claims, groups, heartbeats,
+"""gradscope.db.lifecycle on real databases (SQLite file and PostgreSQL): claims, groups,
+heartbeats,
 staleness with a passed-in clock, cancel, release, and a many-thread claim race."""
 
 from __future__ import annotations
@@ -6,10 +7,8 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import Engine, update
-from worker_helpers import SMALL
-
-from db.lifecycle import (
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.lifecycle import (
     WORKER_LOST,
     Claim,
     cancel_runs,
@@ -20,12 +19,14 @@ from db.lifecycle import (
     recover_stale,
     release,
 )
-from db.models import RunModel
-from db.queries import get_run
-from db.session import session_scope
-from db.store import RunStore
-from vocab.config import make_config
-from vocab.records import RunSpec
+from gradscope.db.models import RunModel
+from gradscope.db.queries import get_run
+from gradscope.db.session import session_scope
+from sqlalchemy import Engine, update
+from worker_helpers import SMALL
+
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import RunSpec
 
 
 def spec(seed: int = 0, group: str | None = None, index: int | None = None) -> RunSpec:
@@ -35,7 +36,7 @@ def spec(seed: int = 0, group: str | None = None, index: int | None = None) -> R
 
 def queue_one_by_one(engine: Engine, specs: list[RunSpec]) -> list[str]:
     """Separate transactions, so created_at orders them (ties broken by creation seq)."""
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     return [store.create_run(s) for s in specs]
 
 
@@ -55,7 +56,7 @@ def test_claims_oldest_first_and_each_run_once(engine: Engine) -> None:
 
 
 def test_group_is_claimed_whole_in_member_order(engine: Engine) -> None:
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     [solo_first] = store.create_runs([spec(9)])
     members = store.create_runs([spec(i, "g1", i) for i in (2, 0, 1)])
     [solo_last] = store.create_runs([spec(8)])
@@ -100,7 +101,7 @@ def race_claimers(engine: Engine, claimers: int = 6) -> dict[str, list[Claim]]:
 
 
 def test_concurrent_claimers_never_share_a_run(engine: Engine) -> None:
-    ids = RunStore(engine).create_runs([spec(i) for i in range(40)])
+    ids = EpochWriter(engine).create_runs([spec(i) for i in range(40)])
     claimed = {
         name: [run_id for c in claims for run_id in c.run_ids]
         for name, claims in race_claimers(engine).items()
@@ -117,7 +118,7 @@ def test_concurrent_claimers_take_each_group_whole(engine: Engine) -> None:
     every run is claimed once and every group by one claimer, in one claim."""
     groups = {f"g{g}": [spec(g * 10 + i, f"g{g}", i) for i in range(4)] for g in range(8)}
     solos = [spec(100 + i) for i in range(8)]
-    ids = RunStore(engine).create_runs([*solos, *(m for ms in groups.values() for m in ms)])
+    ids = EpochWriter(engine).create_runs([*solos, *(m for ms in groups.values() for m in ms)])
     claims = [c for per_claimer in race_claimers(engine).values() for c in per_claimer]
     every = [run_id for c in claims for run_id in c.run_ids]
     assert sorted(every) == sorted(ids)  # all claimed, none twice
@@ -130,7 +131,7 @@ def test_concurrent_claimers_take_each_group_whole(engine: Engine) -> None:
 
 
 def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> None:
-    ids = RunStore(engine).create_runs([spec(0), spec(1)])
+    ids = EpochWriter(engine).create_runs([spec(0), spec(1)])
     claim_next(engine, "dead")
     claim_next(engine, "alive")
     now = db_now(engine)
@@ -171,7 +172,7 @@ def test_cancel_queued_now_running_by_request(engine: Engine) -> None:
     assert get_run(engine, queued).status == "cancelled"
     assert get_run(engine, running).status == "running"
     assert heartbeat(engine, [running], "w")[running].cancel_requested is True
-    RunStore(engine).finish_run(running, "completed")
+    EpochWriter(engine).finish_run(running, "completed")
     # Finished runs are untouched, and said to be so.
     assert cancel_runs(engine, [running, queued]) == {
         running: "already completed",
@@ -182,7 +183,7 @@ def test_cancel_queued_now_running_by_request(engine: Engine) -> None:
 
 
 def test_release_requeues_only_unstarted_runs_of_that_worker(engine: Engine) -> None:
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     ids = store.create_runs([spec(i, "g", i) for i in range(3)])
     claim = claim_next(engine, "w")
     assert set(claim.run_ids) == set(ids)
@@ -197,7 +198,7 @@ def test_release_requeues_only_unstarted_runs_of_that_worker(engine: Engine) -> 
 
 
 def test_queue_status_counts_and_live_workers(engine: Engine) -> None:
-    RunStore(engine).create_runs([spec(i) for i in range(3)])
+    EpochWriter(engine).create_runs([spec(i) for i in range(3)])
     claim_next(engine, "w1")
     status = queue_status(engine)
     assert (status.queued, status.running, status.live_workers) == (2, 1, ("w1",))

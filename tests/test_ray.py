@@ -20,18 +20,18 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import cancel_runs, db_now, queue_sweep, recover_stale
+from gradscope.db.queries import get_run, list_runs
 from sqlalchemy import Engine
 from worker_helpers import ENDLESS, SMALL, WorkerProcess, epoch_rows, queue_runs, wait_for
 
-from db.engine import make_engine
-from db.lifecycle import cancel_runs, db_now, queue_sweep, recover_stale
-from db.queries import get_run, list_runs
-from vocab.sweep import plan_sweep
+from gradscope.vocab.sweep import plan_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e .[ray]")
 
-from runner.ray_workers import RayOptions, run_ray_workers  # noqa: E402
-from runner.worker import WorkerOptions  # noqa: E402
+from gradscope.runner.ray_workers import RayOptions, run_ray_workers  # noqa: E402
+from gradscope.runner.worker import WorkerOptions  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.errors import StorageError
+from gradscope.db.lifecycle import create_runs
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from db import frames
-from db.engine import make_engine
-from db.errors import StorageError
-from db.lifecycle import create_runs
-from runner.cli import app
-from vocab.records import RunSpec
+from gradscope.cli import app
+from gradscope.vocab.records import RunSpec
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,13 +114,13 @@ PROBE = r"""
 import json, sys
 from sqlalchemy import Engine
 from typer.testing import CliRunner
-from runner.cli import app
-from db import frames
-from db.engine import make_engine
-from db import frames
-from db.lifecycle import create_runs
-from db.errors import StorageError
-from vocab.records import RunSpec
+from gradscope.cli import app
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db import frames
+from gradscope.db.lifecycle import create_runs
+from gradscope.db.errors import StorageError
+from gradscope.vocab.records import RunSpec
 
 db, run_id = sys.argv[1], sys.argv[2]
 cli = CliRunner()

@@ -8,19 +8,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from gradscope.db.engine import make_engine
+from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from share_helpers import add_nonfinite_run, full_dump
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from db.engine import make_engine
-from db.share import ImportRefused, export_runs, import_file, select_run_ids
-from runner.cli import app
-from vocab.config import ConfigError, make_config
-from vocab.text import has_unsafe_chars
+from gradscope.cli import app
+from gradscope.vocab.config import ConfigError, make_config
+from gradscope.vocab.text import has_unsafe_chars
 
-# One of each class vocab.text escapes: C0 (ESC, BEL, CR), DEL, C1 (CSI), bidi overrides.
+# One of each class gradscope.vocab.text escapes: C0 (ESC, BEL, CR), DEL, C1 (CSI), bidi overrides.
 CONTROL_CLASSES = {
     "C0": ["\x1b", "\x07", "\r", "\x01"],
     "DEL": ["\x7f"],
@@ -138,7 +138,7 @@ def test_names_from_cli_and_form_refuse_every_control_class(control: str) -> Non
 
 
 def test_sweep_names_refuse_c1_and_bidi() -> None:
-    from vocab.sweep import sweep_name_of
+    from gradscope.vocab.sweep import sweep_name_of
 
     for control in ("\x9b", "\u202e", "\x7f"):
         with pytest.raises(ConfigError):
@@ -255,7 +255,7 @@ def _csv(path: Path, text: str, bom: bool = False) -> Path:
 
 
 def test_a_bom_does_not_hide_the_label_column(tmp_path: Path) -> None:
-    from runner.datasets import raw_data
+    from gradscope.runner.datasets import raw_data
 
     # The label column first: a BOM used to become part of its name.
     rows = "".join(f"{i % 2},{i / 10},{-i / 7}\n" for i in range(40))
@@ -267,7 +267,9 @@ def test_a_bom_does_not_hide_the_label_column(tmp_path: Path) -> None:
 def test_the_header_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
     import tracemalloc
 
-    from runner.datasets import DatasetError, check_csv, raw_data
+    from gradscope.runner.datasets import raw_data
+
+    from gradscope.vocab.csv_files import DatasetError, check_csv
 
     path = _csv(tmp_path / "big.csv", "a,b,c\n" + "1,2,3\n" * 500_000)  # 3 MB, no label
     tracemalloc.start()
@@ -281,9 +283,10 @@ def test_the_header_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
 
 
 def test_size_and_row_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner import datasets
-    from runner.csv_limits import MAX_CSV_MB_ENV
-    from runner.datasets import DatasetError, raw_data
+    from gradscope.runner import datasets
+    from gradscope.runner.datasets import DatasetError, raw_data
+
+    from gradscope.vocab.csv_files import MAX_CSV_MB_ENV
 
     path = _csv(tmp_path / "d.csv", "x,label\n" + "0.5,1\n0.25,0\n" * 100_000)  # 1.2 MB
     cfg = make_config({"dataset": f"csv:{path}"})
@@ -326,7 +329,7 @@ def test_train_and_submit_refuse_a_bad_csv_before_writing_anything(
 
 
 def test_train_refuses_a_bad_csv_on_postgresql(tmp_path: Path, pg_url: str) -> None:
-    from db.queries import list_runs
+    from gradscope.db.queries import list_runs
 
     result = CliRunner().invoke(
         app, ["train", "--db", pg_url, "--dataset", f"csv:{tmp_path / 'gone.csv'}"]
@@ -409,12 +412,11 @@ def test_a_run_keeps_training_through_a_long_import(
     import threading
     import time
 
+    from gradscope.db import engine as engine_module
+    from gradscope.db.lifecycle import cancel_runs
+    from gradscope.db.queries import list_runs
+    from gradscope.runner.foreground import train_foreground
     from worker_helpers import wait_for
-
-    from db import engine as engine_module
-    from db.lifecycle import cancel_runs
-    from db.queries import list_runs
-    from runner.foreground import train_foreground
 
     monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 1000)
     db = str(tmp_path / "shared.db")
@@ -453,8 +455,7 @@ def test_dashboard_notices_a_replaced_or_deleted_database(
     import os
 
     from dashboard_helpers import add_run, open_app
-
-    from db import frames
+    from gradscope.db import frames
 
     db = tmp_path / "runs.db"
     engine = make_engine(str(db))
@@ -530,7 +531,7 @@ def test_dashboard_says_an_unresolvable_host_is_invalid(tmp_path: Path) -> None:
 
 
 def test_duplicate_sweep_values_collapse_and_commas_can_be_escaped(tmp_path: Path) -> None:
-    from vocab.sweep import plan_sweep
+    from gradscope.vocab.sweep import plan_sweep
 
     path = tmp_path / "a,b" / "d.csv"  # a folder with a comma in its name
     escaped = str(path).replace(",", "\\,")
@@ -562,8 +563,9 @@ def test_sweep_cli_prints_the_collapse_note(tmp_path: Path) -> None:
     ],
 )
 def test_parameter_count_matches_the_model(values: dict) -> None:
-    from runner.networks import build_model
-    from vocab.budget import input_features, parameter_count
+    from gradscope.runner.networks import build_model
+
+    from gradscope.vocab.budget import input_features, parameter_count
 
     cfg = make_config(values)
     model = build_model(cfg, input_features(cfg))
@@ -574,7 +576,7 @@ def test_parameter_count_matches_the_model(values: dict) -> None:
 def test_queued_runs_must_fit_the_parameter_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    from vocab.budget import MAX_PARAMS_ENV
+    from gradscope.vocab.budget import MAX_PARAMS_ENV
 
     monkeypatch.setenv(MAX_PARAMS_ENV, "10000000")  # restored after --max-params sets it
     db = tmp_path / "runs.db"
@@ -588,7 +590,7 @@ def test_queued_runs_must_fit_the_parameter_budget(
 
 
 def test_loopback_detection() -> None:
-    from runner.cli.dashboard_commands import loopback_only
+    from gradscope.cli.dashboard_commands import loopback_only
 
     assert loopback_only("127.0.0.1") and loopback_only("localhost") and loopback_only("::1")
     assert not loopback_only("0.0.0.0")
@@ -615,10 +617,10 @@ def test_exposed_dashboard_is_read_only_without_allow_writes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from dashboard_helpers import add_run, open_app
+    from gradscope.dashboard import db_gateway
+    from gradscope.db.errors import StorageError
 
-    from dashboard import db_gateway
-    from db.errors import StorageError
-    from runner.access_env import access_env
+    from gradscope.vocab.protocol import access_env
 
     db = tmp_path / "runs.db"
     engine = make_engine(str(db))
@@ -637,7 +639,7 @@ def test_exposed_dashboard_is_read_only_without_allow_writes(
 
 
 def list_names(engine: Engine) -> list[str]:
-    from db import frames
+    from gradscope.db import frames
 
     return list(frames.runs(engine)["name"])
 
@@ -648,7 +650,7 @@ def test_exposed_dashboard_limits_csv_paths_to_the_data_dir(
 ) -> None:
     from dashboard_helpers import open_app
 
-    from runner.access_env import access_env
+    from gradscope.vocab.protocol import access_env
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -9,15 +9,12 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+import gradscope.runner.ray_workers as ray_workers
 import pytest
-from sqlalchemy import Engine, func, select
-from typer.testing import CliRunner
-from worker_helpers import SMALL, epoch_rows, queue_runs
-
-import runner.ray_workers as ray_workers
-from db.engine import make_engine
-from db.errors import NotFoundError
-from db.lifecycle import (
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import NotFoundError
+from gradscope.db.lifecycle import (
     WORKER_LOST,
     Runtime,
     cancel_runs,
@@ -29,15 +26,18 @@ from db.lifecycle import (
     recover_lost,
     recover_stale,
 )
-from db.models import LayerStatModel, RunLayerModel
-from db.queries import get_run
-from db.session import session_scope
-from db.store import RunStore
-from runner.cli import app
-from runner.worker import RunBudget, WorkerOptions, run_slot
-from vocab.config import make_config
-from vocab.records import EpochRecord, LayerInfo, RunSpec
-from vocab.sweep import plan_sweep
+from gradscope.db.models import LayerStatModel, RunLayerModel
+from gradscope.db.queries import get_run
+from gradscope.db.session import session_scope
+from gradscope.runner.worker import RunBudget, WorkerOptions, run_slot
+from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
+from worker_helpers import SMALL, epoch_rows, queue_runs
+
+from gradscope.cli import app
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import EpochRecord, LayerInfo, RunSpec
+from gradscope.vocab.sweep import plan_sweep
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def _later(engine: Engine) -> object:
 
 def _record_partial(engine: Engine, run_id: str, epochs: int) -> None:
     """What a worker that died after `epochs` epochs leaves behind: layers and epochs."""
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     store.record_layers(run_id, [LayerInfo(0, "fc0", "linear", "relu", 2, 8, 24)], None)
     for epoch in range(1, epochs + 1):
         stats = [{"grad_norm": 1.0}]
@@ -107,7 +107,7 @@ def test_the_lost_attempts_worker_cannot_write_into_the_retry(engine: Engine) ->
     claim_next(engine, "slow")
     assert recover_stale(engine, 60, now=_later(engine), retries=1) == [run_id]
     claim_next(engine, "next")
-    slow, current = RunStore(engine, worker="slow"), RunStore(engine, worker="next")
+    slow, current = EpochWriter(engine, worker="slow"), EpochWriter(engine, worker="next")
     with pytest.raises(NotFoundError, match="no longer this worker's"):
         slow.record_epoch(run_id, EpochRecord(1, {"train_loss": 0.5}, []))
     assert not slow.finish_run(run_id, "failed", error="late")
@@ -201,9 +201,8 @@ def test_ray_missing_says_how_to_install(
 
 def test_compare_page_shows_attempts(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
     from dashboard_helpers import add_run, open_app
+    from gradscope.db.models import RunModel
     from sqlalchemy import update
-
-    from db.models import RunModel
 
     engine = make_engine(str(db_path))
     run_id = add_run(engine)

@@ -1,4 +1,5 @@
-"""dashboard.seeds.aggregate against pandas' own groupby (median, min, max, size): the same
+"""gradscope.dashboard.seeds.aggregate against pandas' own groupby (median, min, max, size): the
+same
 frame, row for row, on awkward data (NaN values, a seed missing an epoch, rows out of order,
 an integer column, a colour column, no rows)."""
 
@@ -6,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from dashboard import seeds
+from gradscope.dashboard import seeds
 
 
 def runs_frame() -> pd.DataFrame:

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from share_helpers import add_nonfinite_run, content, full_dump
-from sqlalchemy import Engine, event, text, update
-from typer.testing import CliRunner
-
-from db.engine import SCHEMA_REVISION, make_engine
-from db.errors import StorageError
-from db.models import EpochMetricModel, RunModel
-from db.session import session_scope
-from db.share import (
+from gradscope.db.engine import SCHEMA_REVISION, make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.errors import StorageError
+from gradscope.db.models import EpochMetricModel, RunModel
+from gradscope.db.session import session_scope
+from gradscope.db.share import (
     ImportRefused,
     ImportReport,
     ShareError,
@@ -32,11 +29,14 @@ from db.share import (
     import_file,
     select_run_ids,
 )
-from db.share_tables import export_tables, export_tables_zip
-from db.store import RunStore
-from runner.cli import app
-from vocab.config import make_config
-from vocab.records import RunSpec
+from gradscope.db.share_tables import export_tables, export_tables_zip
+from share_helpers import add_nonfinite_run, content, full_dump
+from sqlalchemy import Engine, event, text, update
+from typer.testing import CliRunner
+
+from gradscope.cli import app
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import RunSpec
 
 cli = CliRunner()
 
@@ -276,7 +276,7 @@ def test_dry_run_writes_nothing(source: Engine, tmp_path: Path, db_path: Path) -
 def test_unfinished_runs_are_refused_the_rest_imported(
     source: Engine, tmp_path: Path, db_path: Path
 ) -> None:
-    store = RunStore(source)
+    store = EpochWriter(source)
     cfg = make_config({"depth": 2, "width": 4, "epochs": 2}).model_dump()
     queued = store.create_run(RunSpec(cfg, name="waiting"))
     running = store.create_run(RunSpec(cfg, name="busy"), status="running")
@@ -291,7 +291,7 @@ def test_unfinished_runs_are_refused_the_rest_imported(
 
 
 def test_an_export_names_the_runs_it_wrote_unfinished(source: Engine, tmp_path: Path) -> None:
-    store = RunStore(source)
+    store = EpochWriter(source)
     cfg = make_config({"depth": 2, "width": 4, "epochs": 2}).model_dump()
     queued = store.create_run(RunSpec(cfg, name="waiting"))
     running = store.create_run(RunSpec(cfg, name="busy"), status="running")

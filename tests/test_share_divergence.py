@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.foreground import train_foreground
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from db.engine import make_engine
-from db.queries import run_document
-from runner.cli.main import app
-from runner.foreground import train_foreground
-from vocab.fields import DIVERGENCE_LAYER_FIELDS
+from gradscope.cli.main import app
+from gradscope.vocab.fields import DIVERGENCE_LAYER_FIELDS
 
 cli = CliRunner()
 # As in tests/test_diagnosis_runs.py: max |g| grows to ~1e12 by step 3, NaN at step 4.

@@ -10,18 +10,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from gradscope.db import share_source
+from gradscope.db.engine import SCHEMA_REVISION, make_engine
+from gradscope.db.queries import run_document
+from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
+from gradscope.db.share_validate import TABLE_ORDER, TABLES
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from share_helpers import add_nonfinite_run, full_dump
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from db import share_source
-from db.engine import SCHEMA_REVISION, make_engine
-from db.queries import run_document
-from db.share import ImportRefused, export_runs, import_file, select_run_ids
-from db.share_validate import TABLE_ORDER, TABLES
-from runner.cli import app
+from gradscope.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.runner import synthetic
 
-from db.engine import make_engine
-from db.store import RunStore
-from runner import synthetic
-from vocab.config import make_config
-from vocab.records import RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, sys
-from runner.cli.main import main
+from gradscope.cli.main import main
 sys.argv = ["gradscope", *sys.argv[1:]]
 try:
     main()
@@ -46,7 +46,7 @@ def run_cli(*args: str) -> dict[str, object]:
 @pytest.mark.slow
 def test_read_commands_import_neither_torch_nor_scikit_learn(tmp_path: Path) -> None:
     db = str(tmp_path / "runs.db")
-    run_id = RunStore(make_engine(db)).create_run(RunSpec(make_config({}).model_dump()))
+    run_id = EpochWriter(make_engine(db)).create_run(RunSpec(make_config({}).model_dump()))
     for args in (("runs", "--db", db), ("show", run_id, "--db", db)):
         probe = run_cli(*args)
         assert (probe["code"], probe["loaded"]) == (0, []), args

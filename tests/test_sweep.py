@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import queue_sweep
+from gradscope.db.queries import list_runs
 from typer.testing import CliRunner
 
-from db.engine import make_engine
-from db.lifecycle import queue_sweep
-from db.queries import list_runs
-from runner.cli import app
-from vocab.config import ConfigError, make_config
-from vocab.grouping import group_key
-from vocab.sweep import expand_grid, parse_grid, plan_sweep
+from gradscope.cli import app
+from gradscope.vocab.config import ConfigError, make_config
+from gradscope.vocab.grouping import group_key
+from gradscope.vocab.sweep import expand_grid, parse_grid, plan_sweep
 
 
 def test_grid_is_the_cartesian_product_in_option_order() -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
 from test_e2e_browser import descendants, healthy, wait_until
-
-from db import frames
-from db.engine import make_engine
 
 pytestmark = pytest.mark.slow  # each starts processes of its own
 

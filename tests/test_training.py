@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.foreground import train_foreground
+from reference_loop import train
 from test_probes import ListRecorder
 
-from db.engine import make_engine
-from db.queries import run_document
-from runner.foreground import train_foreground
-from runner.train import train
-from vocab.config import make_config
+from gradscope.vocab.config import make_config
 
 # Issue 2's setting: moons, depth 10, width 32, batch 64, SGD lr 0.1, one epoch.
 PHENOMENON = {
@@ -144,10 +144,11 @@ def test_a_run_that_stored_every_epoch_has_completed_whatever_was_asked() -> Non
 def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noqa: ANN001
     import time
 
-    from db.lifecycle import Runtime, cancel_runs, create_runs
-    from db.queries import get_run
-    from runner.foreground import RunWatch
-    from vocab.records import RunSpec
+    from gradscope.db.lifecycle import Runtime, cancel_runs, create_runs
+    from gradscope.db.queries import get_run
+    from gradscope.runner.foreground import RunWatch
+
+    from gradscope.vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
     runtime = Runtime(worker="test", device="cpu", torch_version="")
@@ -166,14 +167,15 @@ def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noq
 def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa: ANN001
     from datetime import timedelta
 
-    from db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_stale
-    from db.queries import get_run
-    from db.store import RunStore
-    from runner.execute import execute_run
-    from vocab.records import RunSpec
+    from gradscope.db.epoch_writes import EpochWriter
+    from gradscope.db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_stale
+    from gradscope.db.queries import get_run
+    from gradscope.runner.execute import execute_run
+
+    from gradscope.vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
-    store = RunStore(engine)
+    store = EpochWriter(engine)
     cfg = make_config({"depth": 2, "width": 4, "samples": 64, "epochs": 2})
     runtime = Runtime(worker="slow", device="cpu", torch_version="")
     [run_id] = create_runs(engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime)
@@ -193,15 +195,15 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
 def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
     # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many
     # times while the failed epoch-1 measurement is pending; it must get the error, not wait.
-    import runner.recording
-    from runner import probes
+    import gradscope.runner.recording
+    from gradscope.runner import gradient_stats as probes
 
     monkeypatch.setattr(probes, "BLOCK_STEPS", 2)
 
     def broken(*_args: object) -> None:
         raise RuntimeError("activation statistics failed")
 
-    monkeypatch.setattr(runner.recording, "activation_stats", broken)
+    monkeypatch.setattr(gradscope.runner.recording, "activation_stats", broken)
     rec = ListRecorder()
     cfg = {"depth": 2, "width": 4, "samples": 1024, "batch_size": 48, "epochs": 3}
     with pytest.raises(RuntimeError, match="activation statistics failed"):

@@ -10,7 +10,17 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import gradscope.runner.worker as worker_module
 import pytest
+from gradscope.db.lifecycle import db_now, queue_sweep, recover_stale
+from gradscope.db.queries import get_run, run_document
+from gradscope.runner.worker import (
+    RunBudget,
+    WorkerOptions,
+    run_slot,
+    spawn_worker_process,
+    stop_worker_process,
+)
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 from worker_helpers import (
@@ -23,18 +33,8 @@ from worker_helpers import (
     wait_for,
 )
 
-import runner.worker as worker_module
-from db.lifecycle import db_now, queue_sweep, recover_stale
-from db.queries import get_run, run_document
-from runner.cli import app
-from runner.worker import (
-    RunBudget,
-    WorkerOptions,
-    run_slot,
-    spawn_worker_process,
-    stop_worker_process,
-)
-from vocab.sweep import plan_sweep
+from gradscope.cli import app
+from gradscope.vocab.sweep import plan_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ def test_a_group_is_trained_by_one_worker(
     db_path: Path, sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
     ids = queue_group(sqlite_engine, 3)
-    if not batched:  # as if runner.ensemble were not installed: the members train in turn
+    if not batched:  # as if gradscope.runner.batched were not installed: the members train in turn
         monkeypatch.setattr(worker_module, "_load_execute_group", lambda: None)
     opts = WorkerOptions(db=str(db_path), exit_when_idle=True, poll_s=0.05)
     assert run_slot(opts, RunBudget(None, multiprocessing.Value("i", 0))) == 3

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from gradscope.db.engine import make_engine
+from gradscope.db.epoch_writes import EpochWriter
+from gradscope.db.models import EpochMetricModel
+from gradscope.db.queries import list_runs
+from gradscope.db.session import session_scope
 from sqlalchemy import Engine, func, select
 
-from db.engine import make_engine
-from db.models import EpochMetricModel
-from db.queries import list_runs
-from db.session import session_scope
-from db.store import RunStore
-from vocab.config import make_config
-from vocab.records import RunSpec
+from gradscope.vocab.config import make_config
+from gradscope.vocab.records import RunSpec
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def queue_runs(engine: Engine, count: int, **overrides: object) -> list[str]:
     specs = [
         RunSpec(make_config({**SMALL, "seed": i, **overrides}).model_dump()) for i in range(count)
     ]
-    return RunStore(engine).create_runs(specs)
+    return EpochWriter(engine).create_runs(specs)
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
@@ -76,7 +76,7 @@ class WorkerProcess:
     def __init__(self, db: str, *args: str) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from runner.cli import main; main()", "worker", "--db", db,
+            [sys.executable, "-c", "from gradscope.cli import main; main()", "worker", "--db", db,
              *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

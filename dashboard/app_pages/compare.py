@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
+from gradscope.dashboard import annotations, charts, db_gateway, seeds, state, view
+from gradscope.dashboard.colors import Colors, colors_for
+from gradscope.dashboard.seeds import SeedGroups
+from gradscope.dashboard.tables import MISSING, config_diff, escape_markdown, number_text
 
-from dashboard import annotations, charts, db_gateway, seeds, state, view
-from dashboard.colors import Colors, colors_for
-from dashboard.seeds import SeedGroups
-from dashboard.tables import MISSING, config_diff, escape_markdown, number_text
-from runner.diagnosis import Finding, diagnose
-from vocab.custom import display_config
-from vocab.fields import (
+from gradscope.analysis.diagnosis import Finding, diagnose
+from gradscope.vocab.custom import display_config
+from gradscope.vocab.fields import (
     ACTIVE_STATUSES,
     EPOCH_FIELDS,
     HIST_LOG10_MAX,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from gradscope.dashboard import annotations, db_gateway, state, tables, view
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import annotations, db_gateway, state, tables, view
-from vocab.fields import ACTIVE_STATUSES
+from gradscope.vocab.fields import ACTIVE_STATUSES
 
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import streamlit as st
-
-from dashboard import db_gateway, state
-from dashboard.tables import escape_markdown
-from db.errors import StorageError
+from gradscope.dashboard import db_gateway, state
+from gradscope.dashboard.tables import escape_markdown
+from gradscope.db.errors import StorageError
 
 st.title("Share")
 runs = db_gateway.runs()

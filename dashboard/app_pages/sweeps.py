@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from gradscope.dashboard import charts, db_gateway, state, view
+from gradscope.dashboard.tables import MISSING, escape_markdown
 
-from dashboard import charts, db_gateway, state, view
-from dashboard.tables import MISSING, escape_markdown
-from vocab.fields import FINISHED_STATUSES
+from gradscope.vocab.fields import FINISHED_STATUSES
 
 st.title("Sweeps")
 runs = db_gateway.runs()

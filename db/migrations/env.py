@@ -1,10 +1,10 @@
-"""Alembic environment: runs gradscope's migrations on the connection `db.migrate` passes in."""
+"""Alembic environment: runs gradscope's migrations on the connection `gradscope.db.migrate` passes
+in."""
 
 from __future__ import annotations
 
 from alembic import context
-
-from db.models import Base
+from gradscope.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -13,7 +13,9 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("gradscope migrations run through db.migrate, with a connection")
+        raise RuntimeError(
+            "gradscope migrations run through gradscope.db.migrate, with a connection"
+        )
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -1,0 +1,1 @@
+"""The Python API's implementation: `gradscope.init`, `Run`, and watching a user's model."""

@@ -1,5 +1,0 @@
-"""The gradscope command line (`gradscope --help`)."""
-
-from runner.cli.main import app, main
-
-__all__ = ["app", "main"]
