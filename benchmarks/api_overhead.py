@@ -42,7 +42,6 @@ def workload(name: str):  # noqa: ANN201 - (model, optimizer, batches, loss_fn, 
     if name == "mlp":
         from gradscope.runner.datasets import load_dataset
         from gradscope.runner.networks import build_model
-
         from gradscope.vocab.config import make_config
 
         cfg = make_config(

@@ -53,7 +53,6 @@ from gradscope.db.models import (  # noqa: E402
     RunModel,
     RunPointsModel,
 )
-
 from gradscope.vocab.config import make_config  # noqa: E402
 from gradscope.vocab.fields import (  # noqa: E402
     DIVERGENCE_LAYER_FIELDS,

@@ -51,10 +51,10 @@ WORKLOAD = {
 def child(mode: str) -> None:
     """Runs in a fresh process: time one training of the workload, print seconds as JSON."""
     import torch
-    from gradscope.runner.datasets import load_dataset
-    from gradscope.runner.networks import build_model
     from reference_loop import make_optimizer
 
+    from gradscope.runner.datasets import load_dataset
+    from gradscope.runner.networks import build_model
     from gradscope.vocab.config import make_config
 
     torch.set_num_threads(1)
@@ -79,7 +79,6 @@ def child(mode: str) -> None:
         from gradscope.db.engine import make_engine
         from gradscope.db.epoch_writes import EpochWriter
         from gradscope.runner.execute import execute_run
-
         from gradscope.vocab.records import RunSpec
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,11 +108,11 @@ def child(mode: str) -> None:
 def in_process(rounds: int) -> None:
     """Part 2: recorded (SQLite) vs no-op recorder, the same engine, one process."""
     import torch
+
     from gradscope.db.engine import make_engine
     from gradscope.db.epoch_writes import EpochWriter
     from gradscope.runner.batched import train_group
     from gradscope.runner.execute import execute_run, warm_up
-
     from gradscope.vocab.config import make_config
     from gradscope.vocab.records import RunSpec
 

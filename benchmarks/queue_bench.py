@@ -29,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from sqlalchemy import Engine, func, select  # noqa: E402
+
 from gradscope.db.engine import make_engine  # noqa: E402
 from gradscope.db.epoch_writes import EpochWriter  # noqa: E402
 from gradscope.db.lifecycle import claim_next, heartbeat  # noqa: E402
 from gradscope.db.models import RunModel  # noqa: E402
 from gradscope.db.queries import list_runs  # noqa: E402
-from gradscope.db.session import session_scope  # noqa: E402
-from sqlalchemy import Engine, func, select  # noqa: E402
-
+from gradscope.db.transactions import orm, transaction  # noqa: E402
 from gradscope.vocab.config import make_config  # noqa: E402
 from gradscope.vocab.records import RunSpec  # noqa: E402
 
@@ -65,7 +65,7 @@ def back_to_back(db: str, runs: int) -> float:
 
 
 def unfinished(engine: Engine) -> int:
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         return s.scalar(
             select(func.count()).select_from(RunModel).where(RunModel.status != "completed")
         )
@@ -134,6 +134,7 @@ def ray_scheduling_overhead_ms(db: str, runs: int) -> dict[str, float]:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
+
     from gradscope.runner.ray_workers import BudgetActor, RemoteBudget
 
     temp_dir = tempfile.mkdtemp(prefix="gs-ray-bench-", dir="/tmp")

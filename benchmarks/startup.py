@@ -62,7 +62,6 @@ def statuses(db: Path) -> list[str]:
 def queue(db: Path, configs: list[dict[str, object]]) -> None:
     from gradscope.db.engine import make_engine
     from gradscope.db.epoch_writes import EpochWriter
-
     from gradscope.vocab.config import make_config
     from gradscope.vocab.records import RunSpec
 

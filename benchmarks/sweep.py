@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
 import torch  # noqa: E402
+from reference_loop import train  # noqa: E402
+
 from gradscope.db.engine import make_engine  # noqa: E402
 from gradscope.db.epoch_writes import EpochWriter  # noqa: E402
 from gradscope.runner.batched import train_group  # noqa: E402
 from gradscope.runner.execute import execute_group, execute_run  # noqa: E402
-from reference_loop import train  # noqa: E402
-
 from gradscope.vocab.config import RunConfig, make_config  # noqa: E402
 from gradscope.vocab.grouping import plan_groups  # noqa: E402
 from gradscope.vocab.records import EpochRecord, LayerInfo, RunSpec  # noqa: E402

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+
 from gradscope.dashboard import db_gateway
 from gradscope.dashboard.tables import escape_markdown
 from gradscope.db.annotate import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN, AnnotationError
-
 from gradscope.vocab.fields import MAX_NAME_CHARS
 
 

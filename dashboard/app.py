@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+
 from gradscope.dashboard import db_gateway, sidebar, view
 from gradscope.db.errors import StorageError
 

@@ -20,9 +20,9 @@ from typing import Literal
 import altair as alt
 import numpy as np
 import pandas as pd
-from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
 
 from gradscope.analysis.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_colors
 
 HEIGHT = 260
 CONCAT_WIDTH = 320  # concatenated views cannot use width="container"

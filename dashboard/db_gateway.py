@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
 from gradscope.dashboard import access, tables
 from gradscope.db import frames
 from gradscope.db.engine import display_url, make_engine, resolve_db, to_url
 from gradscope.db.errors import StorageError
 from gradscope.db.share_source import DASHBOARD_UPLOAD_MB
-from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-
 from gradscope.vocab.fields import ACTIVE_STATUSES
 from gradscope.vocab.protocol import WORKER_PID_ENV
 from gradscope.vocab.records import RunSpec
@@ -294,7 +294,6 @@ def queue_run(values: Mapping[str, Any]) -> str:
     parameter
     budget (gradscope.vocab.budget)."""
     from gradscope.db.lifecycle import create_runs
-
     from gradscope.vocab.budget import check_budget
     from gradscope.vocab.config import make_config
 
@@ -309,7 +308,6 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
     Raises ConfigError naming every bad value before anything is written.
     """
     from gradscope.db.lifecycle import queue_sweep as queue_plan
-
     from gradscope.vocab.sweep import check_plan_budget, plan_sweep
 
     plan = plan_sweep(values, name=name)

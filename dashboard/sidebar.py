@@ -7,10 +7,10 @@ import typing
 from collections import defaultdict
 
 import streamlit as st
+
 from gradscope.dashboard import access, db_gateway, view
 from gradscope.dashboard.tables import escape_markdown
 from gradscope.db.errors import StorageError
-
 from gradscope.vocab.config import (
     BUILTIN_DATASETS,
     ConfigError,

@@ -9,6 +9,7 @@ from typing import ParamSpec
 
 import altair as alt
 import streamlit as st
+
 from gradscope.dashboard import db_gateway
 from gradscope.dashboard.tables import escape_markdown
 from gradscope.db.errors import SchemaVersionError, StorageError

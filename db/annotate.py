@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from gradscope.db.errors import NotFoundError, StorageError
-from gradscope.db.models import RunModel, RunTagModel
-from gradscope.db.session import session_scope, transaction
 from sqlalchemy import Engine, delete, insert, select, update
 
+from gradscope.db.errors import NotFoundError, StorageError
+from gradscope.db.models import RunModel, RunTagModel
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS
 from gradscope.vocab.text import has_unsafe_chars, printable
 
@@ -91,7 +91,7 @@ def set_notes(engine: Engine, run_id: str, notes: str | None) -> str | None:
 def tags_of(engine: Engine, run_ids: Sequence[str]) -> dict[str, list[str]]:
     """Each given run's tags, sorted (runs without tags are absent)."""
     out: dict[str, list[str]] = {}
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         rows = s.execute(
             select(_tags.c.run_id, _tags.c.tag)
             .where(_tags.c.run_id.in_(list(run_ids)))

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from gradscope.db.errors import SchemaVersionError, StorageError
-from gradscope.db.models import Base
-from gradscope.db.session import storage_errors
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gradscope.db.errors import SchemaVersionError, StorageError
+from gradscope.db.models import Base
+from gradscope.db.transactions import storage_errors
 from gradscope.vocab.protocol import DB_ENV
 
 DEFAULT_DB = "gradscope.db"

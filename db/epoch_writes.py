@@ -9,6 +9,8 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, update
+
 from gradscope.db import lifecycle
 from gradscope.db.clock import now_expr
 from gradscope.db.errors import NotFoundError
@@ -21,13 +23,11 @@ from gradscope.db.models import (
     RunModel,
     RunPointsModel,
 )
-from gradscope.db.session import transaction
-from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, update
-
+from gradscope.db.transactions import transaction
 from gradscope.vocab.fields import EPOCH_COLUMNS, EPOCH_FIELDS, STAT_COLUMNS
 from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
 
-# Core tables: the store writes with Core statements (see gradscope.db.session.transaction).
+# Core tables: the store writes with Core statements (see gradscope.db.transactions.transaction).
 _runs = RunModel.__table__
 _layers = RunLayerModel.__table__
 _points = RunPointsModel.__table__

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
+
 from gradscope.db.models import (
     DecisionGridModel,
     EpochMetricModel,
@@ -22,9 +24,7 @@ from gradscope.db.models import (
     RunPointsModel,
     RunTagModel,
 )
-from gradscope.db.session import storage_errors
-from sqlalchemy import Engine, Select, Subquery, and_, case, func, literal, select, union_all
-
+from gradscope.db.transactions import storage_errors
 from gradscope.vocab.fields import (
     EPOCH_COLUMNS,
     HIST_BINS,

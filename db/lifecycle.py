@@ -28,17 +28,16 @@ concurrent claimers pass each other instead of queueing behind one row.
 
 from __future__ import annotations
 
-import random
 import socket
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+
 from gradscope.db.clock import as_utc, now_expr
-from gradscope.db.errors import StorageError
 from gradscope.db.floats import to_db
 from gradscope.db.models import (
     DecisionGridModel,
@@ -49,21 +48,15 @@ from gradscope.db.models import (
     RunPointsModel,
     RunTagModel,
 )
-from gradscope.db.session import transaction
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.exc import OperationalError
-
+from gradscope.db.transactions import transaction, with_retry
 from gradscope.vocab.config import make_config, with_absolute_csv
 from gradscope.vocab.fields import FINISHED_STATUSES
 from gradscope.vocab.records import FinalMetrics, RunSpec
 from gradscope.vocab.sweep import SweepPlan
 
 WORKER_LOST = "worker lost"
-LOCK_RETRIES = 8
 # Losing a claim race just means another worker took that run; try the next one.
 CLAIM_ATTEMPTS = 50
-# PostgreSQL: deadlock_detected, serialization_failure. Both are safe to retry from scratch.
-_RETRY_SQLSTATES = {"40P01", "40001"}
 
 T = TypeVar("T")
 
@@ -103,33 +96,6 @@ class QueueStatus:
     running: int
     # Workers holding a running run whose heartbeat is fresh: the ones known to be alive.
     live_workers: tuple[str, ...]
-
-
-# -- retries ----------------------------------------------------------------------------------
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """True for transient lock conflicts: SQLite "database is locked", PostgreSQL deadlocks."""
-    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
-    if not isinstance(cause, OperationalError):
-        return False
-    if getattr(cause.orig, "sqlstate", None) in _RETRY_SQLSTATES:
-        return True
-    return "database is locked" in str(cause.orig) or "database table is locked" in str(cause.orig)
-
-
-def with_retry(action: Callable[[], T], attempts: int = LOCK_RETRIES) -> T:
-    """Run one whole transaction, again (with jittered backoff) when it hit a lock conflict."""
-    delay = 0.02
-    for attempt in range(attempts):
-        try:
-            return action()
-        except StorageError as exc:
-            if attempt == attempts - 1 or not is_retryable(exc):
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 1.0)
-    raise AssertionError("unreachable")
 
 
 # -- time -------------------------------------------------------------------------------------

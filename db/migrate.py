@@ -8,10 +8,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import Engine
+
 from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, current_revision
 from gradscope.db.errors import SchemaVersionError, StorageError
-from gradscope.db.session import storage_errors
-from sqlalchemy import Engine
+from gradscope.db.transactions import storage_errors
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

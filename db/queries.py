@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Engine, or_, select
+
 from gradscope.db.clock import as_utc
 from gradscope.db.errors import NotFoundError, StorageError
 from gradscope.db.floats import from_db
@@ -17,9 +19,7 @@ from gradscope.db.models import (
     RunModel,
     RunTagModel,
 )
-from gradscope.db.session import session_scope
-from sqlalchemy import Engine, or_, select
-
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
 
 
@@ -152,7 +152,7 @@ def list_runs(
         stmt = stmt.where(RunModel.id.in_(tagged))
     if limit:
         stmt = stmt.limit(limit)
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         rows = list(s.scalars(stmt))
         found = _tags_by_run(s, [r.id for r in rows])
         return [_summary(r, found.get(r.id, ())) for r in rows]
@@ -160,7 +160,7 @@ def list_runs(
 
 def resolve_run_id(engine: Engine, run_id: str) -> str:
     """A full run id from a unique prefix (at least 4 characters), as git does for commits."""
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         if s.get(RunModel, run_id) is not None:
             return run_id
         if len(run_id) < 4:
@@ -176,7 +176,7 @@ def resolve_run_id(engine: Engine, run_id: str) -> str:
 
 
 def get_run(engine: Engine, run_id: str) -> RunSummary:
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         row = s.get(RunModel, run_id)
         if row is None:
             raise NotFoundError(f"no run with id {run_id!r}")
@@ -186,7 +186,7 @@ def get_run(engine: Engine, run_id: str) -> RunSummary:
 def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
     """Everything recorded for a run as JSON-able data (NaN as null), epochs counting from 1."""
     summary = get_run(engine, run_id)
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         epochs = (
             s.execute(
                 select(EpochMetricModel)

@@ -8,7 +8,7 @@ only runs the target lacks, and reads and writes the target in ONE transaction: 
 or error the target is exactly as before. On SQLite that transaction takes the write lock
 before its first read (`BEGIN IMMEDIATE`), so what it found is what it writes against, and a
 worker committing meanwhile waits for it (busy_timeout) rather than failing it; a lock
-conflict that still happens retries the whole transaction (`gradscope.db.lifecycle.with_retry`).
+conflict that still happens retries the whole transaction (`gradscope.db.transactions.with_retry`).
 
 Policy for runs that were still queued or running in the file: they are refused (reported with
 the reason) and the file's finished runs are imported. Their rows are a snapshot of work in
@@ -35,24 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradscope.db.clock import as_utc, now_expr
-from gradscope.db.engine import make_engine
-from gradscope.db.errors import StorageError
-from gradscope.db.lifecycle import with_retry
-from gradscope.db.models import RunModel
-from gradscope.db.queries import resolve_run_id
-from gradscope.db.session import session_scope, storage_errors
-from gradscope.db.session import transaction as db_transaction
-from gradscope.db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
-from gradscope.db.share_validate import (
-    CHILD_TABLES,
-    TABLE_ORDER,
-    TABLES,
-    ImportRefused,
-    SourceFile,
-    SourceRun,
-    stream_children,
-)
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -70,6 +52,23 @@ from sqlalchemy import (
     text,
 )
 
+from gradscope.db.clock import as_utc, now_expr
+from gradscope.db.engine import make_engine
+from gradscope.db.errors import StorageError
+from gradscope.db.models import RunModel
+from gradscope.db.queries import resolve_run_id
+from gradscope.db.share_source import DEFAULT_MAX_IMPORT_BYTES, open_source
+from gradscope.db.share_validate import (
+    CHILD_TABLES,
+    TABLE_ORDER,
+    TABLES,
+    ImportRefused,
+    SourceFile,
+    SourceRun,
+    stream_children,
+)
+from gradscope.db.transactions import orm, storage_errors, transaction, with_retry
+from gradscope.db.transactions import transaction as db_transaction
 from gradscope.vocab.fields import FINISHED_STATUSES, RUN_STATUSES
 
 __all__ = [
@@ -140,7 +139,7 @@ def select_run_ids(
         stmt = stmt.where(sweep_match)
     if statuses:
         stmt = stmt.where(RunModel.status.in_(list(statuses)))
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         ids = list(s.scalars(stmt))
     if sweep and not ids:
         raise ShareError(f"no runs in a sweep named or with id {sweep!r} match")

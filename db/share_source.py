@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import Engine, event
+
 from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
 from gradscope.db.share_validate import (
     SQLITE_ERRORS,
@@ -31,7 +33,6 @@ from gradscope.db.share_validate import (
     quote,
     read_rows,
 )
-from sqlalchemy import Engine, event
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # The largest file an import accepts unless told otherwise, in MiB.

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from gradscope.db.clock import as_utc
-from gradscope.db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
-from gradscope.db.session import session_scope
-from gradscope.db.share import CHUNK, ShareError
 from sqlalchemy import Engine, select
 
+from gradscope.db.clock import as_utc
+from gradscope.db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
+from gradscope.db.share import CHUNK, ShareError
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
 
 TableFormat = Literal["csv", "parquet"]
@@ -70,7 +70,7 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
     runs, epochs, layers = [], [], []
     run_cols = [getattr(RunModel, c) for c in RUN_COLUMNS]
     stat_cols = [getattr(LayerStatModel, c) for c in ("epoch", "layer", *STAT_COLUMNS)]
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             for row in s.execute(

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBinary, String, Table
+
 from gradscope.db.clock import as_utc
 from gradscope.db.errors import StorageError
 from gradscope.db.models import Base
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBinary, String, Table
-
 from gradscope.vocab.config import ConfigError, make_config
 from gradscope.vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
 from gradscope.vocab.fields import HIST_SLOTS, RUN_STATUSES

@@ -12,12 +12,12 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Engine, delete, func, insert, select, update
+
 from gradscope.db.clock import now_expr
 from gradscope.db.lifecycle import new_id
 from gradscope.db.models import RunLayerModel, RunModel
-from gradscope.db.session import transaction
-from sqlalchemy import Engine, delete, func, insert, select, update
-
+from gradscope.db.transactions import transaction
 from gradscope.vocab.custom import CUSTOM_ARCH, CUSTOM_DATASET
 from gradscope.vocab.records import LayerInfo
 

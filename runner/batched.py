@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from gradscope.runner.datasets import Dataset, load_dataset
 from gradscope.runner.gradient_stats import EpochGradStats, activation_stats, divergence, epoch_rows
 from gradscope.runner.networks import build_model
@@ -35,8 +37,6 @@ from gradscope.runner.recording import (
     test_points,
 )
 from gradscope.runner.stacked_mlp import StackedMLP, StackedOptimizer
-from torch import Tensor
-
 from gradscope.vocab.config import RunConfig
 from gradscope.vocab.grouping import group_key
 from gradscope.vocab.records import EpochRecord

@@ -6,8 +6,8 @@ from array import array
 from dataclasses import dataclass
 
 import numpy as np
-from gradscope.runner import synthetic
 
+from gradscope.runner import synthetic
 from gradscope.vocab.config import RunConfig
 from gradscope.vocab.csv_files import MAX_CSV_ROWS, DatasetError, csv_rows
 

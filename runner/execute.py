@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.queries import get_run
 from gradscope.runner.batched import TrainResult, error_text, train_group
-
 from gradscope.vocab.config import RunConfig, make_config
 from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo
 

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 
 import torch
+from sqlalchemy import Engine
+
 from gradscope.db import lifecycle
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import StorageError
 from gradscope.runner.execute import execute_run
-from sqlalchemy import Engine
-
 from gradscope.vocab.config import RunConfig, make_config, with_absolute_csv
 from gradscope.vocab.csv_files import precheck
 from gradscope.vocab.records import EpochRecord, RunSpec

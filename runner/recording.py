@@ -12,9 +12,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from gradscope.runner.datasets import Dataset
 from torch import Tensor
 
+from gradscope.runner.datasets import Dataset
 from gradscope.vocab.records import DecisionGrid, EpochRecord, LayerInfo
 
 GRID_SIZE = 48

@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from gradscope.runner.networks import MLP
 from torch import Tensor
+
+from gradscope.runner.networks import MLP
 
 # torch.optim.Adam's defaults, which the solo runner uses.
 ADAM_BETAS = (0.9, 0.999)

@@ -30,7 +30,6 @@ from gradscope.db.engine import display_url, make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import StorageError
 from gradscope.db.lifecycle import Claim, claim_next, heartbeat, recover_lost, release
-
 from gradscope.vocab.config import ConfigError, RunConfig, make_config
 
 DEFAULT_HEARTBEAT_S = 2.0

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from gradscope.db.epoch_writes import EpochWriter
 from markdown_it import MarkdownIt
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
+from gradscope.db.epoch_writes import EpochWriter
 from gradscope.vocab.config import make_config
 from gradscope.vocab.fields import HIST_BINS
 from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec

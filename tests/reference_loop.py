@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from torch import Tensor
+
 from gradscope.runner.batched import STOP_CHECK_SECONDS, TrainResult, resolve_device
 from gradscope.runner.datasets import load_dataset
 from gradscope.runner.gradient_stats import (
@@ -32,8 +34,6 @@ from gradscope.runner.gradient_stats import (
 )
 from gradscope.runner.networks import MLP, build_model
 from gradscope.runner.recording import DecisionGridMaker, Recorder, grid_epochs, test_points
-from torch import Tensor
-
 from gradscope.vocab.config import RunConfig
 from gradscope.vocab.records import EpochRecord
 

@@ -13,11 +13,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine, MetaData, select
+
 from gradscope.db.clock import as_utc
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.models import Base
-from sqlalchemy import Engine, MetaData, select
-
 from gradscope.vocab.config import make_config
 from gradscope.vocab.fields import HIST_BINS
 from gradscope.vocab.records import DecisionGrid, EpochRecord, FinalMetrics, LayerInfo, RunSpec

@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from gradscope.cli import app
 from gradscope.db.annotate import AnnotationError, rename_run, set_notes, set_tags, tags_of
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
@@ -15,9 +18,6 @@ from gradscope.db.lifecycle import claim_next
 from gradscope.db.migrate import upgrade
 from gradscope.db.queries import get_run, list_runs
 from gradscope.db.share import export_runs, import_file
-from typer.testing import CliRunner
-
-from gradscope.cli import app
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from gradscope.db.engine import make_engine
-from gradscope.db.lifecycle import WORKER_LOST, db_now, recover_stale
-from gradscope.db.share import ImportRefused, export_runs, import_file
-from gradscope.db.share_tables import export_tables
 from torch import nn
 
 import gradscope
 import gradscope.api.watch as gradscope_watch
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import WORKER_LOST, db_now, recover_stale
+from gradscope.db.share import ImportRefused, export_runs, import_file
+from gradscope.db.share_tables import export_tables
 from gradscope.vocab.custom import CustomConfigError
 from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
 

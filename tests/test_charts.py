@@ -10,9 +10,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import pytest
-from gradscope.dashboard import charts
 
 from gradscope.analysis.diagnosis import CHANCE_ACC, COLLAPSE_PRED_STD, VANISH_FACTOR
+from gradscope.dashboard import charts
 
 NAN = float("nan")
 RUNS = {"a": "sigmoid d4 s0 · aaaa", "b": "relu d4 s0 · bbbb"}

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 import pytest
 import typer.main
-from gradscope.db.engine import SCHEMA_REVISION
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from gradscope.db.engine import SCHEMA_REVISION
 
 runner = CliRunner()
 
@@ -203,7 +203,6 @@ def test_id_prefixes_are_literal_and_missing_databases_are_not_created(db_path) 
 def test_json_output_is_strict_json_with_infinities(db_path) -> None:  # noqa: ANN001
     from gradscope.db.engine import make_engine
     from gradscope.db.epoch_writes import EpochWriter
-
     from gradscope.vocab.config import make_config
     from gradscope.vocab.records import EpochRecord, RunSpec
 

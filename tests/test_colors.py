@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pandas as pd
+
 from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, _luminance, colors_for, run_color
 
 WHITE, DARK = 1.0, _luminance((14 / 255, 17 / 255, 23 / 255))  # Streamlit's dark background

@@ -17,10 +17,10 @@ from dashboard_helpers import (
     shown_text,
     shows_literally,
 )
+
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
-
 from gradscope.vocab.records import EpochRecord
 
 

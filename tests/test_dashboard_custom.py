@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 from dashboard_helpers import assert_ok, chart_titled, charts, open_app
-from gradscope.dashboard.tables import badges
-from gradscope.db import frames
-from gradscope.db.engine import make_engine
 from torch import nn
 
 import gradscope
 from gradscope.analysis.diagnosis import badge, diagnose
+from gradscope.dashboard.tables import badges
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
 
 
 def record_custom_run(db: Path) -> str:

@@ -9,15 +9,15 @@ import math
 
 import pytest
 from dashboard_helpers import add_run, chart_titled, open_app
+from sqlalchemy import Engine
+from streamlit.testing.v1 import AppTest
+
 from gradscope.dashboard import db_gateway, tables
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.share import export_runs_bytes
 from gradscope.db.share_source import MAX_IMPORT_MB
-from sqlalchemy import Engine
-from streamlit.testing.v1 import AppTest
-
 from gradscope.vocab.records import FinalMetrics
 
 

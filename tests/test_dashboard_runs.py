@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 from dashboard_helpers import APP, add_run, open_app, shown_text, shows_literally
-from gradscope.db import frames
-from gradscope.db.engine import make_engine
 from sqlalchemy import Engine, text
 from streamlit.testing.v1 import AppTest
+
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
 
 
 def runs_table(at):  # noqa: ANN001, ANN201 - AppTest types

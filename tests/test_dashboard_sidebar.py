@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 from dashboard_helpers import add_run, open_app
-from gradscope.db import frames
-from gradscope.db.engine import display_url
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
+
+from gradscope.db import frames
+from gradscope.db.engine import display_url
 
 
 def submit(at: AppTest, label: str) -> None:

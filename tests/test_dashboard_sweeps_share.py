@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from dashboard_helpers import add_run, chart_titled, open_app, shown_text, shows_literally
-from gradscope.db import frames
-from gradscope.db.engine import make_engine
-from gradscope.db.share import export_runs_bytes
 from sqlalchemy import Engine
 
 from gradscope.cli.dashboard_commands import streamlit_command
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.share import export_runs_bytes
 
 
 def test_sweeps_page_plots_ratio_and_accuracy_against_depth(

@@ -9,6 +9,9 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from race_helpers import open_concurrently, switch_to_wal_concurrently
+from sqlalchemy import create_engine, inspect, text
+
 from gradscope.db import engine as db_engine
 from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, make_engine
 from gradscope.db.epoch_writes import EpochWriter
@@ -16,9 +19,6 @@ from gradscope.db.errors import SchemaVersionError
 from gradscope.db.migrate import head_revision, upgrade
 from gradscope.db.models import Base
 from gradscope.db.queries import run_document
-from race_helpers import open_concurrently, switch_to_wal_concurrently
-from sqlalchemy import create_engine, inspect, text
-
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import EpochRecord, RunSpec
 

@@ -19,12 +19,6 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from gradscope.db import frames
-from gradscope.db.engine import make_engine
-from gradscope.db.queries import run_document
-from gradscope.runner.batched import train_group
-from gradscope.runner.foreground import train_foreground
-from gradscope.runner.gradient_stats import EpochGradStats
 from reference_loop import train
 from sqlalchemy import Engine
 from typer.testing import CliRunner
@@ -33,6 +27,12 @@ from gradscope.analysis.badges import badges
 from gradscope.analysis.diagnosis import Finding, badge
 from gradscope.cli.main import app
 from gradscope.cli.run_view import run_diagnosis
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.batched import train_group
+from gradscope.runner.foreground import train_foreground
+from gradscope.runner.gradient_stats import EpochGradStats
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import EpochRecord
 

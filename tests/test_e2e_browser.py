@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
 

@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from reference_loop import TrainResult, train
+from sqlalchemy import event, update
+
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.models import RunModel
@@ -27,9 +30,6 @@ from gradscope.runner import execute as execute_module
 from gradscope.runner.batched import train_group
 from gradscope.runner.execute import execute_group, execute_run
 from gradscope.runner.gradient_stats import activation_stats
-from reference_loop import TrainResult, train
-from sqlalchemy import event, update
-
 from gradscope.vocab.config import RunConfig, make_config
 from gradscope.vocab.fields import LAYER_STAT_FIELDS
 from gradscope.vocab.grouping import group_key, plan_groups

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from gradscope.db.engine import make_engine
 from gradscope.db.queries import list_runs
 

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from dashboard_helpers import add_run
+from share_helpers import add_nonfinite_run
+from sqlalchemy import Engine, event
+
+from gradscope.analysis.diagnosis import badge, diagnose
 from gradscope.dashboard import tables
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.queries import run_document
 from gradscope.runner.recording import grid_epochs
-from share_helpers import add_nonfinite_run
-from sqlalchemy import Engine, event
-
-from gradscope.analysis.diagnosis import badge, diagnose
 from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MIN
 
 SEED_NAMES = {"seed sigmoid", "seed relu", "seed resnet"}

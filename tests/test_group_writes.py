@@ -10,18 +10,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, Table, select
+from worker_helpers import SMALL, queue_runs
+
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import NotFoundError
 from gradscope.db.lifecycle import cancel_runs, claim_next, db_now, recover_stale
 from gradscope.db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel
 from gradscope.db.queries import get_run
-from gradscope.db.session import transaction
+from gradscope.db.transactions import transaction
 from gradscope.runner.batched import train_group
 from gradscope.runner.execute import execute_group
-from sqlalchemy import Engine, Table, select
-from worker_helpers import SMALL, queue_runs
-
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import DecisionGrid, EpochRecord, LayerInfo, RunSpec
 

@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, event
+
 from gradscope.db import frames
 from gradscope.db.lifecycle import create_runs, delete_runs, finish_run
 from gradscope.db.queries import get_run
-from sqlalchemy import Engine, event
-
 from gradscope.vocab.config import ConfigError
 from gradscope.vocab.records import RunSpec
 
@@ -55,6 +55,7 @@ def test_runs_are_created_queued_or_running_only(engine: Engine) -> None:
 @pytest.mark.slow  # trains a run: torch import and two epochs, seconds on a busy machine
 def test_foreground_writes_the_runs_row_once_before_epoch_1(sqlite_engine: Engine) -> None:
     import torch
+
     from gradscope.runner.foreground import train_foreground
 
     writes: list[str] = []  # statements that changed a row, up to the first epoch's

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from reference_loop import make_optimizer, train
+
 from gradscope.runner import gradient_stats as probes
 from gradscope.runner.datasets import load_dataset
 from gradscope.runner.gradient_stats import EpochGradStats, activation_stats
 from gradscope.runner.networks import build_model
-from reference_loop import make_optimizer, train
-
 from gradscope.vocab.config import make_config
 from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from sqlalchemy import Engine, update
+from worker_helpers import SMALL
+
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.lifecycle import (
     WORKER_LOST,
@@ -21,10 +24,7 @@ from gradscope.db.lifecycle import (
 )
 from gradscope.db.models import RunModel
 from gradscope.db.queries import get_run
-from gradscope.db.session import session_scope
-from sqlalchemy import Engine, update
-from worker_helpers import SMALL
-
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 
@@ -63,7 +63,7 @@ def test_group_is_claimed_whole_in_member_order(engine: Engine) -> None:
     # SQLite's clock has millisecond steps: make the order of creation unambiguous.
     now = db_now(engine)
     for age, run_ids in ((30, [solo_first]), (20, members), (10, [solo_last])):
-        with session_scope(engine) as s:
+        with transaction(engine) as conn, orm(conn) as s:
             s.execute(
                 update(RunModel)
                 .where(RunModel.id.in_(run_ids))
@@ -139,7 +139,8 @@ def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> No
     # "alive" heartbeats; "dead" does not. Only the silent one is stale a minute later.
     alive_id = next(i for i in ids if get_run(engine, i).worker == "alive")
     dead_id = next(i for i in ids if i != alive_id)
-    with session_scope(engine) as s:  # age the dead worker's heartbeat by two minutes
+    # age the dead worker's heartbeat by two minutes
+    with transaction(engine) as conn, orm(conn) as s:
         s.execute(
             update(RunModel)
             .where(RunModel.id == dead_id)
@@ -187,7 +188,7 @@ def test_release_requeues_only_unstarted_runs_of_that_worker(engine: Engine) -> 
     ids = store.create_runs([spec(i, "g", i) for i in range(3)])
     claim = claim_next(engine, "w")
     assert set(claim.run_ids) == set(ids)
-    with session_scope(engine) as s:  # the first member has trained an epoch
+    with transaction(engine) as conn, orm(conn) as s:  # the first member has trained an epoch
         s.execute(update(RunModel).where(RunModel.id == ids[0]).values(epochs_done=1))
     assert release(engine, ids, "someone else") == []
     assert sorted(release(engine, ids, "w")) == sorted(ids[1:])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gradscope.db.engine import make_engine
 from worker_helpers import WorkerProcess, drain_concurrently
+
+from gradscope.db.engine import make_engine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

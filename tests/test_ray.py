@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from gradscope.db.engine import make_engine
-from gradscope.db.lifecycle import cancel_runs, db_now, queue_sweep, recover_stale
-from gradscope.db.queries import get_run, list_runs
 from sqlalchemy import Engine
 from worker_helpers import ENDLESS, SMALL, WorkerProcess, epoch_rows, queue_runs, wait_for
 
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import cancel_runs, db_now, queue_sweep, recover_stale
+from gradscope.db.queries import get_run, list_runs
 from gradscope.vocab.sweep import plan_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e .[ray]")

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from gradscope.db import frames
-from gradscope.db.engine import make_engine
-from gradscope.db.errors import StorageError
-from gradscope.db.lifecycle import create_runs
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from gradscope.db import frames
+from gradscope.db.engine import make_engine
+from gradscope.db.errors import StorageError
+from gradscope.db.lifecycle import create_runs
 from gradscope.vocab.records import RunSpec
 
 runner = CliRunner()

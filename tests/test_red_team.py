@@ -8,8 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from gradscope.db.engine import make_engine
-from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from share_helpers import add_nonfinite_run, full_dump
@@ -17,6 +15,8 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from gradscope.db.engine import make_engine
+from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
 from gradscope.vocab.config import ConfigError, make_config
 from gradscope.vocab.text import has_unsafe_chars
 
@@ -268,7 +268,6 @@ def test_the_header_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
     import tracemalloc
 
     from gradscope.runner.datasets import raw_data
-
     from gradscope.vocab.csv_files import DatasetError, check_csv
 
     path = _csv(tmp_path / "big.csv", "a,b,c\n" + "1,2,3\n" * 500_000)  # 3 MB, no label
@@ -285,7 +284,6 @@ def test_the_header_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
 def test_size_and_row_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gradscope.runner import datasets
     from gradscope.runner.datasets import DatasetError, raw_data
-
     from gradscope.vocab.csv_files import MAX_CSV_MB_ENV
 
     path = _csv(tmp_path / "d.csv", "x,label\n" + "0.5,1\n0.25,0\n" * 100_000)  # 1.2 MB
@@ -412,11 +410,12 @@ def test_a_run_keeps_training_through_a_long_import(
     import threading
     import time
 
+    from worker_helpers import wait_for
+
     from gradscope.db import engine as engine_module
     from gradscope.db.lifecycle import cancel_runs
     from gradscope.db.queries import list_runs
     from gradscope.runner.foreground import train_foreground
-    from worker_helpers import wait_for
 
     monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 1000)
     db = str(tmp_path / "shared.db")
@@ -455,6 +454,7 @@ def test_dashboard_notices_a_replaced_or_deleted_database(
     import os
 
     from dashboard_helpers import add_run, open_app
+
     from gradscope.db import frames
 
     db = tmp_path / "runs.db"
@@ -564,7 +564,6 @@ def test_sweep_cli_prints_the_collapse_note(tmp_path: Path) -> None:
 )
 def test_parameter_count_matches_the_model(values: dict) -> None:
     from gradscope.runner.networks import build_model
-
     from gradscope.vocab.budget import input_features, parameter_count
 
     cfg = make_config(values)
@@ -617,9 +616,9 @@ def test_exposed_dashboard_is_read_only_without_allow_writes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from dashboard_helpers import add_run, open_app
+
     from gradscope.dashboard import db_gateway
     from gradscope.db.errors import StorageError
-
     from gradscope.vocab.protocol import access_env
 
     db = tmp_path / "runs.db"

@@ -9,8 +9,13 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-import gradscope.runner.ray_workers as ray_workers
 import pytest
+from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
+from worker_helpers import SMALL, epoch_rows, queue_runs
+
+import gradscope.runner.ray_workers as ray_workers
+from gradscope.cli import app
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import NotFoundError
@@ -28,13 +33,8 @@ from gradscope.db.lifecycle import (
 )
 from gradscope.db.models import LayerStatModel, RunLayerModel
 from gradscope.db.queries import get_run
-from gradscope.db.session import session_scope
+from gradscope.db.transactions import orm, transaction
 from gradscope.runner.worker import RunBudget, WorkerOptions, run_slot
-from sqlalchemy import Engine, func, select
-from typer.testing import CliRunner
-from worker_helpers import SMALL, epoch_rows, queue_runs
-
-from gradscope.cli import app
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import EpochRecord, LayerInfo, RunSpec
 from gradscope.vocab.sweep import plan_sweep
@@ -62,7 +62,7 @@ def _record_partial(engine: Engine, run_id: str, epochs: int) -> None:
 
 
 def _count(engine: Engine, model: type, run_id: str) -> int:
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         return s.scalar(select(func.count()).select_from(model).where(model.run_id == run_id))
 
 
@@ -201,12 +201,13 @@ def test_ray_missing_says_how_to_install(
 
 def test_compare_page_shows_attempts(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> None:
     from dashboard_helpers import add_run, open_app
-    from gradscope.db.models import RunModel
     from sqlalchemy import update
+
+    from gradscope.db.models import RunModel
 
     engine = make_engine(str(db_path))
     run_id = add_run(engine)
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         s.execute(update(RunModel).where(RunModel.id == run_id).values(attempts=2))
     engine.dispose()
     at = open_app(monkeypatch, db_path, "compare", {"runs": run_id})

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from share_helpers import add_nonfinite_run, content, full_dump
+from sqlalchemy import Engine, event, text, update
+from typer.testing import CliRunner
+
+from gradscope.cli import app
 from gradscope.db.engine import SCHEMA_REVISION, make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import StorageError
 from gradscope.db.models import EpochMetricModel, RunModel
-from gradscope.db.session import session_scope
 from gradscope.db.share import (
     ImportRefused,
     ImportReport,
@@ -30,11 +34,7 @@ from gradscope.db.share import (
     select_run_ids,
 )
 from gradscope.db.share_tables import export_tables, export_tables_zip
-from share_helpers import add_nonfinite_run, content, full_dump
-from sqlalchemy import Engine, event, text, update
-from typer.testing import CliRunner
-
-from gradscope.cli import app
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 
@@ -133,7 +133,7 @@ def test_failed_export_leaves_nothing(source: Engine, tmp_path: Path) -> None:
 
 def test_choosing_runs_by_prefix_status_and_sweep(source: Engine, tmp_path: Path) -> None:
     ids = all_ids(source)
-    with session_scope(source) as s:
+    with transaction(source) as conn, orm(conn) as s:
         s.execute(
             update(RunModel)
             .where(RunModel.id.in_(ids[:2]))
@@ -222,7 +222,7 @@ def test_conflicting_run_is_skipped_and_reported(
     target = make_engine(str(db_path))
     import_file(target, first)
     # Here, run 0 gets different content (one epoch's loss) than in the file.
-    with session_scope(target) as s:
+    with transaction(target) as conn, orm(conn) as s:
         s.execute(
             update(EpochMetricModel)
             .where(EpochMetricModel.run_id == ids[0], EpochMetricModel.epoch == 2)
@@ -251,7 +251,7 @@ def test_a_status_change_is_a_conflict(source: Engine, tmp_path: Path, db_path: 
     shared = export_all(source, tmp_path / "shared.db")
     target = make_engine(str(db_path))
     import_file(target, shared)
-    with session_scope(target) as s:
+    with transaction(target) as conn, orm(conn) as s:
         s.execute(update(RunModel).where(RunModel.id == ids[1]).values(status="failed"))
     report = import_file(target, shared)
     assert [r.id for r in report.conflicting] == [ids[1]]

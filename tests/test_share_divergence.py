@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from gradscope.db.engine import make_engine
-from gradscope.db.queries import run_document
-from gradscope.runner.foreground import train_foreground
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from gradscope.cli.main import app
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.foreground import train_foreground
 from gradscope.vocab.fields import DIVERGENCE_LAYER_FIELDS
 
 cli = CliRunner()

@@ -10,11 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from gradscope.db import share_source
-from gradscope.db.engine import SCHEMA_REVISION, make_engine
-from gradscope.db.queries import run_document
-from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
-from gradscope.db.share_validate import TABLE_ORDER, TABLES
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from share_helpers import add_nonfinite_run, full_dump
@@ -22,6 +17,11 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from gradscope.db import share_source
+from gradscope.db.engine import SCHEMA_REVISION, make_engine
+from gradscope.db.queries import run_document
+from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
+from gradscope.db.share_validate import TABLE_ORDER, TABLES
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.runner import synthetic
-
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from gradscope.db.engine import make_engine
-from gradscope.db.lifecycle import queue_sweep
-from gradscope.db.queries import list_runs
 from typer.testing import CliRunner
 
 from gradscope.cli import app
+from gradscope.db.engine import make_engine
+from gradscope.db.lifecycle import queue_sweep
+from gradscope.db.queries import list_runs
 from gradscope.vocab.config import ConfigError, make_config
 from gradscope.vocab.grouping import group_key
 from gradscope.vocab.sweep import expand_grid, parse_grid, plan_sweep

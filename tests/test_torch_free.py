@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from test_e2e_browser import descendants, healthy, wait_until
+
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
-from test_e2e_browser import descendants, healthy, wait_until
 
 pytestmark = pytest.mark.slow  # each starts processes of its own
 

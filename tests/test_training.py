@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from gradscope.db.engine import make_engine
-from gradscope.db.queries import run_document
-from gradscope.runner.foreground import train_foreground
 from reference_loop import train
 from test_probes import ListRecorder
 
+from gradscope.db.engine import make_engine
+from gradscope.db.queries import run_document
+from gradscope.runner.foreground import train_foreground
 from gradscope.vocab.config import make_config
 
 # Issue 2's setting: moons, depth 10, width 32, batch 64, SGD lr 0.1, one epoch.
@@ -147,7 +147,6 @@ def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noq
     from gradscope.db.lifecycle import Runtime, cancel_runs, create_runs
     from gradscope.db.queries import get_run
     from gradscope.runner.foreground import RunWatch
-
     from gradscope.vocab.records import RunSpec
 
     engine = make_engine(str(db_path))
@@ -171,7 +170,6 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     from gradscope.db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_stale
     from gradscope.db.queries import get_run
     from gradscope.runner.execute import execute_run
-
     from gradscope.vocab.records import RunSpec
 
     engine = make_engine(str(db_path))

@@ -10,17 +10,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
-import gradscope.runner.worker as worker_module
 import pytest
-from gradscope.db.lifecycle import db_now, queue_sweep, recover_stale
-from gradscope.db.queries import get_run, run_document
-from gradscope.runner.worker import (
-    RunBudget,
-    WorkerOptions,
-    run_slot,
-    spawn_worker_process,
-    stop_worker_process,
-)
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 from worker_helpers import (
@@ -33,7 +23,17 @@ from worker_helpers import (
     wait_for,
 )
 
+import gradscope.runner.worker as worker_module
 from gradscope.cli import app
+from gradscope.db.lifecycle import db_now, queue_sweep, recover_stale
+from gradscope.db.queries import get_run, run_document
+from gradscope.runner.worker import (
+    RunBudget,
+    WorkerOptions,
+    run_slot,
+    spawn_worker_process,
+    stop_worker_process,
+)
 from gradscope.vocab.sweep import plan_sweep
 
 pytestmark = pytest.mark.slow

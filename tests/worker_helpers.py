@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from sqlalchemy import Engine, func, select
+
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.models import EpochMetricModel
 from gradscope.db.queries import list_runs
-from gradscope.db.session import session_scope
-from sqlalchemy import Engine, func, select
-
+from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 
@@ -51,7 +51,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "con
 
 
 def epoch_rows(engine: Engine, run_id: str) -> list[int]:
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         return list(
             s.scalars(
                 select(EpochMetricModel.epoch)
@@ -62,7 +62,7 @@ def epoch_rows(engine: Engine, run_id: str) -> list[int]:
 
 
 def epoch_counts(engine: Engine) -> dict[str, int]:
-    with session_scope(engine) as s:
+    with transaction(engine) as conn, orm(conn) as s:
         return dict(
             s.execute(
                 select(EpochMetricModel.run_id, func.count()).group_by(EpochMetricModel.run_id)

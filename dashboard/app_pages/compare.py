@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
+
+from gradscope.analysis.diagnosis import Finding, diagnose
 from gradscope.dashboard import annotations, charts, db_gateway, seeds, state, view
 from gradscope.dashboard.colors import Colors, colors_for
 from gradscope.dashboard.seeds import SeedGroups
 from gradscope.dashboard.tables import MISSING, config_diff, escape_markdown, number_text
-
-from gradscope.analysis.diagnosis import Finding, diagnose
 from gradscope.vocab.custom import display_config
 from gradscope.vocab.fields import (
     ACTIVE_STATUSES,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from gradscope.dashboard import annotations, db_gateway, state, tables, view
 from streamlit.delta_generator import DeltaGenerator
 
+from gradscope.dashboard import annotations, db_gateway, state, tables, view
 from gradscope.vocab.fields import ACTIVE_STATUSES
 
 COLUMNS = {

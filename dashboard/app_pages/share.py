@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+
 from gradscope.dashboard import db_gateway, state
 from gradscope.dashboard.tables import escape_markdown
 from gradscope.db.errors import StorageError

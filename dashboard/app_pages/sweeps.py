@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+
 from gradscope.dashboard import charts, db_gateway, state, view
 from gradscope.dashboard.tables import MISSING, escape_markdown
-
 from gradscope.vocab.fields import FINISHED_STATUSES
 
 st.title("Sweeps")

@@ -4,6 +4,7 @@ in."""
 from __future__ import annotations
 
 from alembic import context
+
 from gradscope.db.models import Base
 
 config = context.config
