@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 CHILD = """
 import json, resource, sys, time
 from gradscope.db.engine import make_engine
-from gradscope.db.share import import_file
+from gradscope.db.share.importing import import_file
 engine = make_engine(sys.argv[2])
 started = time.monotonic()
 report = import_file(engine, sys.argv[1], max_bytes=2**40)

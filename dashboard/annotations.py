@@ -1,4 +1,5 @@
-"""The name, notes and tags editor for one run, shared by the Runs and Compare pages."""
+"""The name, notes and tags editor for one run, shared by the Runs and Compare pages. On a
+read-only dashboard it shows them as plain text instead: no control that writes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import streamlit as st
 
 from gradscope.dashboard import db_gateway
 from gradscope.dashboard.tables import escape_markdown
-from gradscope.db.annotate import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN, AnnotationError
+from gradscope.db.annotate import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN
+from gradscope.db.errors import StorageError
 from gradscope.vocab.fields import MAX_NAME_CHARS
 
 
@@ -17,6 +19,9 @@ def annotate_form(run_id: str, runs: pd.DataFrame, *, key: str) -> None:
     if run_id not in runs.index:
         return
     run = runs.loc[run_id]
+    if not db_gateway.writes_allowed():
+        shown(run)
+        return
     with st.form(f"{key}_{run_id}", border=False):
         name = st.text_input("Name", value=run["name"] or "", max_chars=MAX_NAME_CHARS)
         tags = st.multiselect(
@@ -30,8 +35,20 @@ def annotate_form(run_id: str, runs: pd.DataFrame, *, key: str) -> None:
         if st.form_submit_button("Save", icon=":material/save:"):
             try:
                 db_gateway.annotate_run(run_id, name=name, notes=notes, tags=tags)
-            except AnnotationError as exc:
-                st.error(escape_markdown(str(exc)))
+            except StorageError as exc:  # a bad value, or a refusal: one line, nothing written
+                st.error(escape_markdown(str(exc)), icon=":material/block:")
             else:
                 st.toast("Saved")
                 st.rerun()
+
+
+def shown(run: pd.Series) -> None:
+    """A run's name, tags and notes as plain text (st.text: typed text is never Markdown)."""
+    st.text(f"Name: {_plain(run['name'])}")
+    st.text(f"Tags: {', '.join(run['tags']) or '-'}")
+    st.text(f"Notes: {_plain(run['notes'])}")
+    st.caption("Read-only dashboard: names, notes and tags are edited where it is writable.")
+
+
+def _plain(value: object) -> str:
+    return value if isinstance(value, str) and value else "-"  # None and NaN: not recorded

@@ -9,7 +9,9 @@ Lines are drawn per `run_id` (a seed group's id when seeds are grouped); where t
 (the median). Log-scale charts drop zero, negative and
 non-finite values in pandas before plotting (a log scale cannot show them; zero gradients are
 float32 underflow in deep sigmoid nets, inf/NaN come from diverged runs) and say how many were
-dropped in the subtitle. Single-view charts use `width="container"` so pages can stretch them.
+dropped in the subtitle; except the prediction spread, whose zeros are the collapsed runs it
+exists to show: it draws them at a marked floor below every real value. Single-view charts use
+`width="container"` so pages can stretch them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from gradscope.dashboard.colors import ARCH_COLORS, PALETTE, Colors, value_color
 HEIGHT = 260
 CONCAT_WIDTH = 320  # concatenated views cannot use width="container"
 EPOCH_AXIS = alt.Axis(tickMinStep=1, format="d")
+# What a loss axis says: built-in runs train binary classifiers; a run recorded with the API
+# logged whatever loss its user computes (multi-class, regression...).
+BUILT_IN_LOSS = "binary cross-entropy (nats)"
+LOGGED_LOSS = "loss as logged"
+MIXED_LOSS = "loss as logged (built-in runs: binary cross-entropy)"
 LAYER_AXIS = alt.Axis(tickMinStep=1, format="d")
 # One column: two columns of long run names overflow the half-width charts on Compare.
 _RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
@@ -35,6 +42,8 @@ _RUN_LEGEND = alt.Legend(orient="bottom", columns=1, labelLimit=480)
 _DASH_LEGEND = alt.Legend(
     symbolType="stroke", symbolStrokeWidth=2, symbolSize=300, symbolStrokeColor="#8a8d93"
 )
+# The Sweeps charts' legend: a line and a dot in the line's own colour, fully opaque.
+_SWEEP_LEGEND = alt.Legend(symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1)
 # 1e-7 style on every log axis (d3's default mixes 0.000001 and 1e-7).
 LOG_FORMAT = "~e"
 BAND_OPACITY = 0.18
@@ -154,6 +163,7 @@ def _curves(
     stem: Literal["loss", "acc"],
     colors: Colors | None = None,
     log: bool = False,
+    loss_title: str = BUILT_IN_LOSS,
 ) -> alt.Chart | alt.LayerChart:
     ids = _ids(epochs, colors)
     fields = [f"train_{stem}", f"test_{stem}"]
@@ -166,9 +176,9 @@ def _curves(
     long, dropped = _finite(long, "value", positive=log)
     note = f"{dropped} non-finite value(s) (diverged) not drawn" if dropped else ""
     if stem == "loss" and log:
-        title, y = "Loss", _log_y("value", "binary cross-entropy (nats, log scale)")
+        title, y = "Loss", _log_y("value", f"{loss_title} (log scale)")
     elif stem == "loss":
-        title, y = "Loss", alt.Y("value:Q", title="binary cross-entropy (nats)")
+        title, y = "Loss", alt.Y("value:Q", title=loss_title)
     else:
         title = "Accuracy"
         y = alt.Y("value:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1]))
@@ -192,11 +202,22 @@ def _curves(
     )
 
 
+def loss_title(archs: pd.Series) -> str:
+    """The loss axis's title for runs of these archs ("custom": recorded with the API)."""
+    custom = archs.eq("custom")
+    return LOGGED_LOSS if custom.all() else MIXED_LOSS if custom.any() else BUILT_IN_LOSS
+
+
 def loss_curves(
-    epochs: pd.DataFrame, colors: Colors | None = None, *, log: bool = False
+    epochs: pd.DataFrame,
+    colors: Colors | None = None,
+    *,
+    log: bool = False,
+    loss_title: str = BUILT_IN_LOSS,
 ) -> alt.Chart:
-    """Train and test loss per epoch (log axis if `log`); colour = run, dash and marker = split."""
-    return _curves(epochs, "loss", colors, log)
+    """Train and test loss per epoch (log axis if `log`); colour = run, dash and marker = split.
+    `loss_title` names the loss (runs recorded with the API logged their own)."""
+    return _curves(epochs, "loss", colors, log, loss_title)
 
 
 def accuracy_curves(epochs: pd.DataFrame, colors: Colors | None = None) -> alt.Chart:
@@ -212,11 +233,58 @@ def learning_curves(epochs: pd.DataFrame) -> alt.HConcatChart:
     )
 
 
-def prediction_spread(epochs: pd.DataFrame, colors: Colors | None = None) -> alt.LayerChart:
-    """Std of predicted probabilities per epoch (log), with the collapse threshold as a rule."""
+FLOOR_SHAPE = "triangle-down"
+FLOOR_COLOR = "#8a8d93"  # grey: reads on both themes
+
+
+def spread_floor(values: pd.Series) -> float:
+    """Where the prediction spread draws values a log axis cannot show (exactly 0: a constant
+    output; NaN/inf: a diverged run): a whole decade below every positive finite value and
+    below the collapse threshold, so nothing real is drawn at or under it."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    real = numbers[np.isfinite(numbers) & (numbers > 0)]
+    lowest = min(float(real.min()), COLLAPSE_PRED_STD) if real.size else COLLAPSE_PRED_STD
+    return float(10.0 ** (math.floor(math.log10(lowest)) - 1))
+
+
+def _recorded_text(value: float) -> str:
+    """A recorded value for the tooltip, as it was (0, NaN and inf included)."""
+    if value == 0:
+        return "0 (constant output)"
+    if not math.isfinite(value):
+        return f"{value} (diverged)"
+    return f"{value:.2e}"
+
+
+def prediction_spread(
+    epochs: pd.DataFrame,
+    colors: Colors | None = None,
+    *,
+    what: str = "std of predicted probability",
+) -> alt.LayerChart:
+    """Std of predicted probabilities per epoch (log), with the collapse threshold as a rule;
+    `what` names the spread (a run recorded with the API: of its outputs on the probe batch).
+
+    Zero (a constant output: the collapse this chart exists to show), negative and non-finite
+    values are drawn at `spread_floor` with a marker of their own and a labelled rule, not
+    dropped; the tooltip gives the value as recorded."""
     cols = [*_ids(epochs, colors), "epoch", "pred_std", *_bands(epochs, "pred_std")]
-    data, dropped = _finite(epochs[cols], "pred_std", positive=True)
-    y = _log_y("pred_std", "std of predicted probability (log scale)")
+    data = epochs[cols].reset_index(drop=True).copy()
+    recorded = pd.to_numeric(data["pred_std"], errors="coerce").to_numpy(dtype=float)
+    floor = spread_floor(data["pred_std"])
+    drawable = np.isfinite(recorded) & (recorded > 0)
+    for column in ("pred_std", *_bands(data, "pred_std")):
+        values = pd.to_numeric(data[column], errors="coerce").to_numpy(dtype=float)
+        data[column] = np.where(np.isfinite(values) & (values > 0), values, floor)
+    data["recorded"] = [_recorded_text(v) for v in recorded]
+    data["at_floor"] = ~drawable
+    n_floor = int((~drawable).sum())
+    y = _log_y("pred_std", f"{what} (log scale)")
+    tips = [
+        *_run_tips(data),
+        alt.Tooltip("epoch:Q"),
+        alt.Tooltip("recorded:N", title="pred std"),
+    ]
     line = (
         alt.Chart(data)
         .mark_line(point=True)
@@ -225,11 +293,30 @@ def prediction_spread(epochs: pd.DataFrame, colors: Colors | None = None) -> alt
             y=y,
             color=_color(colors),
             detail=alt.Detail("run_id:N"),
-            tooltip=[
-                *_run_tips(data),
-                alt.Tooltip("epoch:Q"),
-                alt.Tooltip("pred_std:Q", title="pred std", format=".2e"),
-            ],
+            tooltip=tips,
+        )
+    )
+    floor_data = pd.DataFrame({"floor": [floor], "meaning": ["0 or non-finite drawn here"]})
+    floor_y = alt.Y(**{**y.to_dict(), "field": "floor"})
+    floor_rule = (
+        alt.Chart(floor_data)
+        .mark_rule(strokeDash=[1, 3], color=FLOOR_COLOR)
+        .encode(y=floor_y, tooltip=[alt.Tooltip("meaning:N")])
+    )
+    floor_label = (
+        alt.Chart(floor_data)
+        .mark_text(align="left", baseline="bottom", dx=4, dy=-2, color=FLOOR_COLOR, fontSize=11)
+        .encode(x=alt.value(0), y=floor_y, text=alt.value("0 / non-finite"))
+    )
+    at_floor = (
+        alt.Chart(data[data["at_floor"]].reset_index(drop=True))
+        .mark_point(shape=FLOOR_SHAPE, filled=True, size=90, opacity=1)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=EPOCH_AXIS),
+            y=y,
+            color=_color(colors),
+            detail=alt.Detail("run_id:N"),
+            tooltip=tips,
         )
     )
     rule = (
@@ -240,12 +327,19 @@ def prediction_spread(epochs: pd.DataFrame, colors: Colors | None = None) -> alt
             tooltip=[alt.Tooltip("meaning:N"), alt.Tooltip("threshold:Q", format=".0e")],
         )
     )
+    floor_note = (
+        f"log scale: {n_floor} value(s) exactly 0 (constant output) or non-finite drawn as "
+        f"triangles on the dotted floor line ({floor:.0e})"
+        if n_floor
+        else "log scale"
+    )
     subtitle = [
         f"Below the dashed line ({COLLAPSE_PRED_STD:.0e}) the model gives ~the same output "
         "for every input",
-        _log_note(dropped) + " (0 = exactly constant output)",
+        floor_note,
     ]
-    return alt.layer(_with_band(line, data, "pred_std", y), rule).properties(
+    layers = [_with_band(line, data, "pred_std", y), rule, floor_rule, floor_label, at_floor]
+    return alt.layer(*layers).properties(
         title=alt.Title("Prediction spread", subtitle=subtitle), width="container", height=HEIGHT
     )
 
@@ -570,18 +664,19 @@ def _sweep(
             tuple(mapping),
             tuple(mapping.values()),
         )
-    base = alt.Chart(data).encode(
-        x=_x_encoding(data, x),
-        color=alt.Color(
-            f"{color}:N",
-            title=colors.title,
-            scale=alt.Scale(domain=list(colors.domain), range=list(colors.range)),
-        ),
-    )
+    scale = alt.Scale(domain=list(colors.domain), range=list(colors.range))
+    base = alt.Chart(data).encode(x=_x_encoding(data, x))
+    # The legend belongs to the lines, drawn in full colour: taken from the band it showed
+    # the band's pale fill, which vanishes on the dark theme. The band colours its `fill`
+    # channel (same colours) with no legend, resolved apart from the lines' `color`: a legend
+    # switched off in one layer of a shared scale is switched off in every layer.
     band = base.mark_area(opacity=0.2).encode(
-        y=alt.Y(f"min({field}):Q", title=y_title, scale=y_scale), y2=f"max({field}):Q"
+        y=alt.Y(f"min({field}):Q", title=y_title, scale=y_scale),
+        y2=f"max({field}):Q",
+        fill=alt.Fill(f"{color}:N", title=colors.title, scale=scale, legend=None),
     )
     line = base.mark_line(point=True).encode(
+        color=alt.Color(f"{color}:N", title=colors.title, scale=scale, legend=_SWEEP_LEGEND),
         y=alt.Y(f"median({field}):Q", title=y_title, scale=y_scale),
         tooltip=[
             alt.Tooltip(f"{color}:N"),
@@ -603,7 +698,8 @@ def _sweep(
     subtitle = ["median over seeds, band = min to max; dashed line: " + rule_label]
     if dropped:
         subtitle.append(f"{dropped} run(s) with a non-finite value not drawn (e.g. zero gradient)")
-    return alt.layer(band, line, ref).properties(
+    layers = alt.layer(band, line, ref).resolve_scale(fill="independent")
+    return layers.resolve_legend(fill="independent").properties(
         title=alt.Title(title, subtitle=subtitle), width="container", height=HEIGHT
     )
 

@@ -1,18 +1,23 @@
-"""Colours that belong to runs, not to a chart: a run keeps its colour on every chart, page and
-comparison. Pure (no Streamlit, no database).
+"""Colours that belong to runs, not to a chart. Pure (no Streamlit, no database).
 
-A run's colour is PALETTE[n % len(PALETTE)] where n is its creation number (`runs.seq`), so runs
-created together (a sweep, the classic comparison) get different colours up to len(PALETTE)
-runs; runs older than schema 0002 (no seq) use a hash of their id. Nothing depends on which
-other runs are shown. The palette is mid-lightness, readable on white and on Streamlit's dark
-background; consecutive entries are far apart in hue (steps of 105 degrees).
+The rule: no two lines in one view share a colour, and a run keeps its colour from view to view
+as far as that allows. A run's own colour is PALETTE[n % len(PALETTE)] where n is its creation
+number (`runs.seq`; runs older than schema 0002 use a hash of their id), so runs created
+together (a sweep, the classic comparison) differ up to len(PALETTE) runs. Runs 24 apart share
+an own colour: when both are in a view, the earlier-created run keeps it and the later one moves
+to the next colour free in that view (`distinct_colors`). Seed groups are coloured the same way,
+each by its first run. Past the palette colours must repeat: `Colors.repeats` counts the lines
+that share one, and `Colors.note()` says so and suggests colouring by a field.
+The palette is mid-lightness, readable on white and on Streamlit's dark background;
+consecutive entries are far apart in hue (steps of 105 degrees).
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -52,11 +57,48 @@ ARCH_COLORS = {"sigmoid": "#e8575a", "relu": "#4e8fd4", "resnet": "#3fa34d"}
 GROUP_FIELDS = ("run", "architecture")  # colour-by choices besides the config fields
 
 
-def run_color(run_id: str, seq: object = None) -> str:
-    """The run's own colour (see the module docstring)."""
+def _own_index(run_id: str, seq: object = None) -> int:
     known = seq is not None and not pd.isna(seq)
     n = int(seq) if known else zlib.crc32(run_id.encode())  # type: ignore[call-overload]
-    return PALETTE[n % PALETTE_SIZE]
+    return n % PALETTE_SIZE
+
+
+def run_color(run_id: str, seq: object = None) -> str:
+    """The run's own colour (see the module docstring): what it gets in any view where no
+    earlier-created run holds the same one."""
+    return PALETTE[_own_index(run_id, seq)]
+
+
+def distinct_colors(own: Mapping[str, int]) -> dict[str, str]:
+    """A colour per key, `own` giving each key's own palette index, keys in priority order
+    (earliest created first). Each key gets its own colour unless a key before it took it, and
+    then the next colour in palette order that no key has taken; past the palette, its own
+    colour again (colours must repeat then)."""
+    taken: set[int] = set()
+    out: dict[str, str] = {}
+    for key, index in own.items():
+        if len(taken) < PALETTE_SIZE:
+            while index in taken:
+                index = (index + 1) % PALETTE_SIZE
+        taken.add(index)
+        out[key] = PALETTE[index]
+    return out
+
+
+def creation_order(runs: pd.DataFrame) -> list[int]:
+    """Row positions of `runs` oldest first: by creation number (`seq`), runs without one
+    (older than schema 0002) by creation time, after those with one; the id breaks ties."""
+    none = [None] * len(runs)
+    seqs = list(runs["seq"]) if "seq" in runs else none
+    stamps = list(runs["created_at"]) if "created_at" in runs else none
+
+    def key(pos: int) -> tuple:
+        seq, stamp = seqs[pos], stamps[pos]
+        no_seq = seq is None or pd.isna(seq)
+        when = "" if stamp is None or pd.isna(stamp) else pd.Timestamp(stamp).isoformat()
+        return (no_seq, 0 if no_seq else int(seq), when, str(runs["id"].iloc[pos]))
+
+    return sorted(range(len(runs)), key=key)
 
 
 def value_colors(values: Iterable[str], fixed: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -91,6 +133,39 @@ class Colors:
     def mapping(self) -> dict[str, str]:
         return dict(zip(self.domain, self.range, strict=True))
 
+    @property
+    def repeats(self) -> int:
+        """How many keys (lines, or values of the colour field) share a colour with another."""
+        counts: dict[str, int] = {}
+        for colour in self.range:
+            counts[colour] = counts.get(colour, 0) + 1
+        return sum(n for n in counts.values() if n > 1)
+
+    def only(self, keys: Iterable[str]) -> Colors:
+        """The same colours, for the keys a view draws (legend in domain order)."""
+        used = set(keys)
+        pairs = [(k, c) for k, c in zip(self.domain, self.range, strict=True) if k in used]
+        return Colors(
+            self.field,
+            self.title,
+            tuple(k for k, _ in pairs),
+            tuple(c for _, c in pairs),
+            self.legend,
+        )
+
+    def note(self, suggest: str | None = None) -> str | None:
+        """What to tell people when colours repeat (past the palette), or None."""
+        if not self.repeats:
+            return None
+        what = "lines" if self.title in ("run", "seed group") else f"values of {self.title}"
+        text = (
+            f"{len(self.domain)} {what} but only {PALETTE_SIZE} colours: {self.repeats} of "
+            "them share a colour with another"
+        )
+        if suggest and suggest != self.title:
+            return f"{text}. Colour by {suggest} to tell them apart."
+        return f"{text}; hover a line to see which it is."
+
 
 def field_value(cfg: Mapping[str, object], field: str) -> str:
     """A config field's value as a legend key ("" when the run lacks it)."""
@@ -98,16 +173,22 @@ def field_value(cfg: Mapping[str, object], field: str) -> str:
     return "" if value is None else str(value)
 
 
+def _run_colours(runs: pd.DataFrame) -> dict[str, str]:
+    """Run id -> colour, distinct within `runs` (see `distinct_colors`)."""
+    ids = list(runs["id"])
+    seqs = list(runs["seq"]) if "seq" in runs else [None] * len(ids)
+    return distinct_colors({ids[p]: _own_index(ids[p], seqs[p]) for p in creation_order(runs)})
+
+
 def colors_for(runs: pd.DataFrame, by: str, *, legend: bool = False) -> tuple[Colors, dict]:
     """Colours of the chosen runs (db_gateway.Selection.runs: id, run_label, arch, seq, config)
     coloured `by` "run", "architecture" or a config field; returns the Colors and, per run id,
-    its key (the value of the `colour` column the page adds to the chart data)."""
+    its key (the value of the `colour` column the page adds to the chart data). By run, no two
+    runs share a colour up to len(PALETTE) runs (the legend lists them in the order given)."""
     if by == "run":
         keys = dict(zip(runs["id"], runs["run_label"], strict=True))
-        mapping = {
-            label: run_color(run_id, seq)
-            for run_id, label, seq in zip(runs["id"], runs["run_label"], runs["seq"], strict=True)
-        }
+        colour = _run_colours(runs)
+        mapping = {keys[run_id]: colour[run_id] for run_id in runs["id"]}
         return Colors("colour", "run", tuple(mapping), tuple(mapping.values()), legend), keys
     if by == "architecture":
         keys = dict(zip(runs["id"], runs["arch"].astype(str), strict=True))
@@ -120,3 +201,50 @@ def colors_for(runs: pd.DataFrame, by: str, *, legend: bool = False) -> tuple[Co
     }
     mapping = value_colors(keys.values())
     return Colors("colour", by, tuple(mapping), tuple(mapping.values()), legend), keys
+
+
+def group_colors(
+    runs: pd.DataFrame, members: Mapping[str, Sequence[str]], labels: Mapping[str, str]
+) -> tuple[Colors, dict[str, str]]:
+    """Colours of seed groups coloured by run: each group its first run's own colour, no two
+    groups alike (a group whose first run was created later moves, as runs do). `members`:
+    group id -> run ids (first run first); `labels`: group id -> label. Returns the Colors
+    (keyed by label) and, per group id, its key."""
+    ids = list(runs["id"])
+    seqs = list(runs["seq"]) if "seq" in runs else [None] * len(ids)
+    rank = {pos: r for r, pos in enumerate(creation_order(runs))}
+    first = {g: ids.index(run_ids[0]) for g, run_ids in members.items()}
+    by_age = sorted(first, key=lambda g: rank[first[g]])
+    colour = distinct_colors({g: _own_index(ids[first[g]], seqs[first[g]]) for g in by_age})
+    keys = {g: labels[g] for g in members}
+    mapping = {labels[g]: colour[g] for g in members}
+    return Colors("colour", "seed group", tuple(mapping), tuple(mapping.values()), False), keys
+
+
+# Never a colour key: they are identity or the thing grouped over.
+_NOT_KEYS = ("name", "seed")
+
+
+def varying_field(configs: Iterable[Mapping[str, object]]) -> str | None:
+    """The setting to colour many runs by: "architecture" when the runs differ in it (its
+    colours are fixed on every page, and it is what the classic sweeps compare), else the
+    setting with the most distinct values that the palette can still tell apart (else the
+    one with the fewest), seed and name never; None when the runs share every setting."""
+    values: dict[str, set[str]] = {}
+    nested: set[str] = set()  # a custom run's settings and model summary: not one value
+    for cfg in configs:
+        for field, value in cfg.items():
+            if isinstance(value, dict | list):
+                nested.add(field)
+            values.setdefault(field, set()).add(json.dumps(value, sort_keys=True, default=str))
+    for field in nested:
+        values.pop(field)
+    counts = {f: len(v) for f, v in values.items() if f not in _NOT_KEYS and len(v) > 1}
+    if "arch" in counts:
+        return "architecture"
+    if not counts:
+        return None
+    fitting = [f for f in counts if counts[f] <= PALETTE_SIZE]
+    if fitting:
+        return max(fitting, key=lambda f: counts[f])
+    return min(counts, key=lambda f: counts[f])

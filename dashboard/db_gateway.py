@@ -1,5 +1,11 @@
 """The dashboard's only door to the database: cached reads from `gradscope.db.frames`, and the few
-writes the pages make (queue runs and sweeps, cancel, delete, import and export runs).
+writes the pages make (queue runs and sweeps, cancel, delete, annotate and import runs).
+
+Writes: every one passes `_writable()`, the one guard, before it does anything else. It refuses
+(`WriteRefused`, one plain line) on a read-only dashboard (gradscope.dashboard.access) and when the
+SQLite file was deleted or replaced since the dashboard opened it. A read-only dashboard also
+opens the database read-only, so a write that somehow slipped past the guard still fails in the
+driver; and its pages draw no control that writes (`writes_allowed()`).
 
 Caching: the engine is a `st.cache_resource`; reads are `st.cache_data` keyed by the database
 and a cheap fingerprint of the runs table (`version()`, read uncached on every script run), so
@@ -25,13 +31,15 @@ from gradscope.dashboard import access, tables
 from gradscope.db import frames
 from gradscope.db.engine import display_url, make_engine, resolve_db, to_url
 from gradscope.db.errors import StorageError
-from gradscope.db.share_source import DASHBOARD_UPLOAD_MB
+from gradscope.db.share.source import DASHBOARD_UPLOAD_MB
+from gradscope.db.warnings import warnings_of
 from gradscope.vocab.fields import ACTIVE_STATUSES
+from gradscope.vocab.labels import short_labels
 from gradscope.vocab.protocol import WORKER_PID_ENV
 from gradscope.vocab.records import RunSpec
 
 if TYPE_CHECKING:
-    from gradscope.db.share import ImportReport
+    from gradscope.db.share.report import ImportReport
 
 # The picture the project exists to show: same net, three architectures (see README).
 CLASSIC_COMPARISON = {
@@ -56,16 +64,31 @@ def database_for_people() -> str:
     return display_url(database())
 
 
+class WriteRefused(StorageError):
+    """A write this dashboard will not make (read-only, or its database file was replaced);
+    the message is one line saying why and that nothing was written."""
+
+
+def writes_allowed() -> bool:
+    """Whether this dashboard's visitors may write: pages draw write controls only then."""
+    return access.writes_allowed()
+
+
 @st.cache_resource(show_spinner=False)
-def _connected(db: str) -> tuple[Engine, tuple[int, int] | None]:
+def _connected(db: str, read_only: bool) -> tuple[Engine, tuple[int, int] | None]:
     """The engine, and the SQLite file's identity (st_dev, st_ino) when it was opened."""
-    # A file the dashboard can't write (read-only mount) is opened read-only: browsing works.
-    engine = make_engine(db, read_only=None)
+    # A read-only dashboard opens the database read-only (a missing file is not created). A
+    # file the dashboard can't write (read-only mount) is opened read-only too: browsing works.
+    engine = make_engine(db, read_only=True if read_only else None)
     return engine, _file_identity(db)
 
 
+def _connection(db: str) -> tuple[Engine, tuple[int, int] | None]:
+    return _connected(db, not access.writes_allowed())
+
+
 def _engine(db: str) -> Engine:
-    return _connected(db)[0]
+    return _connection(db)[0]
 
 
 def engine() -> Engine:
@@ -100,7 +123,7 @@ def file_changed() -> str | None:
     path = _sqlite_file(db)
     if path is None:
         return None
-    opened = _connected(db)[1]
+    opened = _connection(db)[1]
     now = _file_identity(db)
     if now is None:
         return f"The database file {path} was deleted after this dashboard opened it."
@@ -113,27 +136,29 @@ def file_changed() -> str | None:
 
 def reconnect() -> None:
     """Forget the engine and every cached read; the next page run opens the file at the path
-    now (a deleted one is created anew, empty)."""
+    now (a deleted one is created anew, empty, unless the dashboard is read-only)."""
     db = database()
-    engine, _ = _connected(db)
+    engine, _ = _connection(db)
     engine.dispose()
     _connected.clear()
     st.cache_data.clear()
 
 
+READ_ONLY_REFUSAL = (
+    "This dashboard is read-only (it is reachable from other machines): nothing was written. "
+    "Start it with --allow-writes to let visitors queue, cancel, edit, delete and import runs."
+)
+
+
 def _writable() -> Engine:
-    """The engine for a write, refused (StorageError) on a read-only dashboard
-    (gradscope.dashboard.access)
-    and when the file was deleted or replaced."""
+    """The one write guard: the engine for a write, or WriteRefused on a read-only dashboard
+    (gradscope.dashboard.access) and when the file was deleted or replaced. Every write
+    function below calls it first, before checking or reading anything."""
     if not access.writes_allowed():
-        raise StorageError(
-            "This dashboard is read-only: it is reachable from other machines. Nothing was "
-            "written. Start it with --allow-writes to let visitors queue, cancel, delete and "
-            "import runs."
-        )
+        raise WriteRefused(READ_ONLY_REFUSAL)
     changed = file_changed()
     if changed:
-        raise StorageError(
+        raise WriteRefused(
             f"{changed} Nothing was written. Press Reconnect (top of the page) to open the file "
             "that is there now."
         )
@@ -150,18 +175,32 @@ def version() -> tuple[str, ...]:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _runs(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
-    return frames.runs(_engine(db))
+    return newest_first(frames.runs(_engine(db)))
+
+
+def newest_first(runs: pd.DataFrame) -> pd.DataFrame:
+    """The latest batch first, and the runs of a batch in the order they were created (`seq`),
+    as the Runs page says (gradscope.db.queries.NEWEST_FIRST for the CLI). A batch is the runs
+    created at one instant, or a whole sweep (queued in groups, it spans a few milliseconds)."""
+    sweep_start = runs.groupby("sweep_id")["created_at"].transform("min")
+    batch = sweep_start.where(runs["sweep_id"].notna(), runs["created_at"])
+    order = runs.assign(_batch=batch).sort_values(
+        ["_batch", "seq"], ascending=[False, True], kind="stable", na_position="last"
+    )
+    return order.drop(columns="_batch").reset_index(drop=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _runs_table(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
     runs = _runs(db, data_version)
     ends = frames.run_ends(_engine(db))
-    return tables.runs_table(runs, tables.badges(runs, ends.layers, ends.epochs))
+    found = tables.badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts)
+    return tables.runs_table(runs, found, ends.warnings)
 
 
 def runs() -> pd.DataFrame:
-    """Every run (gradscope.db.frames.runs), newest first."""
+    """Every run (gradscope.db.frames.runs), newest first, runs created together in creation
+    order (`newest_first`)."""
     db = database()
     return _runs(db, version())
 
@@ -223,14 +262,15 @@ def labels(run_ids: Sequence[str]) -> dict[str, str]:
 
 
 def selection(run_ids: Sequence[str]) -> Selection:
-    """The chosen runs, labelled, with their configs. Unknown ids are dropped."""
+    """The chosen runs, labelled by what tells them apart (gradscope.vocab.labels: a name a
+    person gave, else the settings that differ), with their configs. Unknown ids are dropped."""
     chosen = _known(run_ids)
-    names = frames.run_labels(chosen)
     key = tuple(
         (i, int(d), str(s))
         for i, d, s in zip(chosen["id"], chosen["epochs_done"], chosen["status"], strict=True)
     )
     meta = _selected_runs(database(), key)
+    names = short_labels(meta["id"], meta["name"], meta["sweep_name"], meta["config"])
     meta.insert(1, "run_label", meta["id"].map(names))
     return Selection(meta, tuple(names.items()), key)
 
@@ -264,8 +304,29 @@ def epochs(sel: Selection) -> pd.DataFrame:
     return _epochs(database(), sel.labels, sel.key)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _metrics(db: str, labels: tuple, key: tuple) -> pd.DataFrame:
+    return frames.metrics(_engine(db), dict(labels))
+
+
+def metrics(sel: Selection) -> pd.DataFrame:
+    """The free metrics (`run.log`) of the chosen runs (gradscope.db.frames.metrics)."""
+    return _metrics(database(), sel.labels, sel.key)
+
+
 def layer_stats(sel: Selection) -> pd.DataFrame:
     return _layer_stats(database(), sel.labels, sel.key)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _warnings(db: str, run_ids: tuple[str, ...], data_version: tuple[str, ...]) -> pd.DataFrame:
+    return warnings_of(_engine(db), run_ids)
+
+
+def warnings(sel: Selection) -> pd.DataFrame:
+    """The chosen runs' live warnings (gradscope.db.warnings.warnings_of), read again as they
+    arrive: `version()` counts them, and a warning lands mid-epoch."""
+    return _warnings(database(), tuple(sel.label_map), version())
 
 
 def histograms(sel: Selection, epoch: int, layer: int) -> pd.DataFrame:
@@ -297,8 +358,9 @@ def queue_run(values: Mapping[str, Any]) -> str:
     from gradscope.vocab.budget import check_budget
     from gradscope.vocab.config import make_config
 
+    target = _writable()
     check_budget(make_config(dict(values)))
-    [run_id] = create_runs(_writable(), [RunSpec(dict(values))])
+    [run_id] = create_runs(target, [RunSpec(dict(values))])
     return run_id
 
 
@@ -310,13 +372,15 @@ def queue_sweep(values: Mapping[str, str], name: str | None = None) -> list[str]
     from gradscope.db.lifecycle import queue_sweep as queue_plan
     from gradscope.vocab.sweep import check_plan_budget, plan_sweep
 
+    target = _writable()
     plan = plan_sweep(values, name=name)
     check_plan_budget(plan)
-    return queue_plan(_writable(), plan)
+    return queue_plan(target, plan)
 
 
 def queue_classic_comparison() -> list[str]:
     """Queue sigmoid, relu and resnet on moons, depth 10, width 32, Adam 1e-3, 20 epochs."""
+    _writable()
     grid = {k: str(v) for k, v in CLASSIC_COMPARISON.items()} | {"arch": ",".join(CLASSIC_ARCHS)}
     return queue_sweep(grid, CLASSIC_SWEEP_NAME)
 
@@ -325,13 +389,15 @@ def cancel_runs(run_ids: Sequence[str]) -> dict[str, str]:
     """Per run: "cancelled", "cancel requested", "already <status>" or "not found"."""
     from gradscope.db.lifecycle import cancel_runs as cancel
 
-    return cancel(_writable(), run_ids)
+    target = _writable()
+    return cancel(target, run_ids)
 
 
 def delete_runs(run_ids: Sequence[str]) -> int:
     from gradscope.db.lifecycle import delete_runs as delete
 
-    return delete(_writable(), run_ids)
+    target = _writable()
+    return delete(target, run_ids)
 
 
 def _annotated() -> None:
@@ -342,20 +408,14 @@ def _annotated() -> None:
 
 
 def annotate_run(run_id: str, *, name: str | None, notes: str | None, tags: Sequence[str]) -> None:
-    """Store a run's name, notes and tags as edited on a page (gradscope.db.annotate checks them
-    first;
-    AnnotationError says what is wrong, and nothing is written then)."""
+    """Store a run's name, notes and tags as edited on a page, in one transaction
+    (gradscope.db.annotate.edit_run checks them first; AnnotationError says what is wrong, and
+    nothing is written then)."""
     from gradscope.db import annotate
 
-    # Check everything before the first write, so a bad tag does not leave a half-saved edit.
-    annotate.check_name(name)
-    annotate.check_notes(notes)
-    [annotate.check_tag(t) for t in tags]
-    eng = engine()
+    target = _writable()
     try:
-        annotate.rename_run(eng, run_id, name)
-        annotate.set_notes(eng, run_id, notes)
-        annotate.replace_tags(eng, run_id, tags)
+        annotate.edit_run(target, run_id, name=name, notes=notes, tags=tags)
     finally:
         _annotated()
 
@@ -393,7 +453,7 @@ def worker_status() -> WorkerStatus:
 # -- sharing (gradscope.db.share)
 # -------------------------------------------------------------------------
 
-# gradscope.db.share_source's dashboard upload limit; `gradscope dashboard` gives the server the
+# gradscope.db.share.source's dashboard upload limit; `gradscope dashboard` gives the server the
 # same one.
 MAX_UPLOAD_MB = DASHBOARD_UPLOAD_MB
 UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
@@ -401,21 +461,22 @@ UPLOAD_SUFFIXES = ("db", "sqlite", "sqlite3")
 
 def export_db_bytes(run_ids: Sequence[str]) -> bytes:
     """A standalone gradscope database holding these runs."""
-    from gradscope.db.share import export_runs_bytes
+    from gradscope.db.share.export import export_runs_bytes
 
     return export_runs_bytes(engine(), run_ids)
 
 
 def export_tables_zip(run_ids: Sequence[str]) -> bytes:
-    """runs/epochs/layers as CSV files in a zip."""
-    from gradscope.db.share_tables import export_tables_zip as tables_zip
+    """runs/epochs/layers/metrics as CSV files in a zip."""
+    from gradscope.db.share.table_files import export_tables_zip as tables_zip
 
     return tables_zip(engine(), run_ids, "csv")
 
 
 def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> ImportReport:
     """Merge an uploaded run database (checked as untrusted); returns
-    gradscope.db.share.ImportReport."""
-    from gradscope.db.share import import_bytes
+    gradscope.db.share.report.ImportReport."""
+    from gradscope.db.share.importing import import_bytes
 
-    return import_bytes(_writable(), content, filename, MAX_UPLOAD_MB * 2**20, dry_run)
+    target = _writable()  # a dry run too: a read-only dashboard takes no uploads at all
+    return import_bytes(target, content, filename, MAX_UPLOAD_MB * 2**20, dry_run)

@@ -26,6 +26,7 @@ FORM_KEY = "new_run"  # widget keys are f"{FORM_KEY}_{field}"
 SWEEP_KEY = "new_sweep"
 NOTES_KEY = "new_run_outcome"  # what the last submit did, shown once by the form
 SWEEP_NOTES_KEY = "new_sweep_outcome"
+QUEUE_REFUSAL_KEY = "queue_refusal"  # a cancel the database refused, shown once by the queue
 
 
 def render() -> None:
@@ -33,7 +34,7 @@ def render() -> None:
         st.caption("Database")
         st.code(db_gateway.database_for_people(), language=None, wrap_lines=True)
         _live_queue()
-        if not access.writes_allowed():
+        if not db_gateway.writes_allowed():
             st.caption(
                 "Read-only: this dashboard is reachable from other machines (start it with "
                 "--allow-writes to queue runs here)."
@@ -49,8 +50,14 @@ def render() -> None:
 
 
 def _cancel(run_id: str) -> None:
-    outcome = db_gateway.cancel_runs([run_id]).get(run_id, "not found")
-    st.toast(f"Run {run_id[:8]}: {outcome}")
+    """The cancel button's callback. A refusal is kept for the queue to show as one line (an
+    exception raised in a callback would reach the page as a traceback)."""
+    try:
+        outcome = db_gateway.cancel_runs([run_id]).get(run_id, "not found")
+    except StorageError as exc:
+        st.session_state[QUEUE_REFUSAL_KEY] = exc
+    else:
+        st.toast(f"Run {run_id[:8]}: {outcome}")
 
 
 @st.fragment(run_every=QUEUE_REFRESH_S)
@@ -72,16 +79,23 @@ def _live_queue() -> None:
             "Worker not running: queued runs wait. Start one with `gradscope worker`.",
             icon=":material/pause_circle:",
         )
+    if QUEUE_REFUSAL_KEY in st.session_state:
+        view.refusal(st.session_state.pop(QUEUE_REFUSAL_KEY))
     queue = db_gateway.queue(data_version)
     running = int((queue["status"] == "running").sum())  # counted from the rows shown below
     st.caption(f"Queue: {running} running, {len(queue) - running} queued")
+    writes = db_gateway.writes_allowed()  # a read-only dashboard draws no cancel buttons
     for run in queue.head(QUEUE_SHOWN).itertuples():
         title = run.name or f"{run.arch} d{run.depth} {run.dataset}"
         st.text(f"{title} ({run.id[:8]})")  # st.text: a user's run name stays plain text
         done = min(1.0, run.epochs_done / max(run.epochs_total, 1))
         note = "cancelling" if run.cancel_requested else run.status
+        text = f"{run.epochs_done}/{run.epochs_total} epochs, {note}"
+        if not writes:
+            st.progress(done, text=text)
+            continue
         left, right = st.columns([3, 1], vertical_alignment="center")
-        left.progress(done, text=f"{run.epochs_done}/{run.epochs_total} epochs, {note}")
+        left.progress(done, text=text)
         right.button(
             "",
             key=f"cancel_{run.id}",

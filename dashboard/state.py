@@ -3,6 +3,8 @@
 - `runs`: the chosen run ids, comma-separated, in order;
 - `epoch`, `layer`: the Compare page's chosen epoch and layer (histograms);
 - `scale`: `log` or `linear` for the loss axis;
+- `colour`: what the Compare page colours lines by (`run`, `architecture` or a setting);
+- `group`: `seeds` when the Compare page groups seeds into one line each;
 - `sweep`: the Sweeps page's sweep id.
 
 The chosen runs are also kept in session state, so moving between pages through the navigation
@@ -19,8 +21,11 @@ RUNS = "runs"
 EPOCH = "epoch"
 LAYER = "layer"
 SCALE = "scale"
+COLOUR = "colour"
+GROUP = "group"
 SWEEP = "sweep"
 SCALES = ("linear", "log")
+GROUPINGS = ("none", "seeds")
 _SELECTED = "selected_runs"  # session-state copy of the chosen runs
 
 

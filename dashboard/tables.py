@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 
 # Re-exported: the pages and db_gateway read the badges through this module.
 from gradscope.analysis.badges import badges as badges
 from gradscope.analysis.diagnosis import BADGE_COLORS as BADGE_COLORS
 from gradscope.analysis.diagnosis import BADGES as BADGES
+from gradscope.vocab.custom import CUSTOM_ARCH
 
 # What a table cell or caption shows for a value not recorded yet (an unfinished run's accuracy):
 # st.dataframe's own default is the word "None", and Python's formatting gives "nan".
@@ -30,25 +32,54 @@ def number_text(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def runs_table(runs: pd.DataFrame, run_badges: pd.Series) -> pd.DataFrame:
+def progress(runs: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Each run's share of its epochs done, and the epochs as text. A custom run (a user's own
+    loop) has no known total until it completes: a dash and the epochs done ("3/?"), never a
+    full bar for a run that failed or is still going."""
+    done, total = runs["epochs_done"], runs["epochs_total"]
+    share = (done / total.where(total > 0, 1)).clip(0, 1)
+    unknown = runs["arch"].eq(CUSTOM_ARCH) & runs["status"].ne("completed")
+    texts = [f"{d}/?" if u else f"{d}/{t}" for d, t, u in zip(done, total, unknown, strict=True)]
+    return share.where(~unknown).to_numpy(dtype=float), texts
+
+
+def warnings_text(summary: pd.DataFrame | None, run_ids: pd.Series) -> list[str]:
+    """Per run: how many live warnings it has and the latest one (step, layer, factor over the
+    layer's running level), e.g. "2 · step 57, layer 3, 45x"; "" for none."""
+    if summary is None or summary.empty:
+        return [""] * len(run_ids)
+    texts = {}
+    for row in summary.itertuples(index=False):
+        what = f"step {row.last_step}, layer {row.last_layer}"
+        if row.last_kind == "nonfinite":
+            what += ", non-finite"
+        elif np.isfinite(row.last_factor):
+            what += f", {row.last_factor:.0f}x"
+        texts[row.run_id] = f"{row.warnings} · {what}"
+    return [texts.get(i, "") for i in run_ids]
+
+
+def runs_table(
+    runs: pd.DataFrame, run_badges: pd.Series, warnings: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The Runs page table: one row per run, columns in reading order, indexed by run id.
 
     The diagnosis is a one-item list (shown as a coloured label); runs without recorded epochs
-    (queued, or just started) get an empty one.
+    (queued, or just started) get an empty one. `warnings`: gradscope.db.warnings.
+    warning_summary, shown as each run's count and latest live warning.
     """
     diagnosis = [[] if b == "empty" else [b] for b in run_badges.reindex(runs["id"])]
-    total = runs["epochs_total"].where(runs["epochs_total"] > 0, 1)
+    share, epochs = progress(runs)
     table = pd.DataFrame(
         {
             "name": runs["name"].fillna(""),
             "tags": runs["tags"] if "tags" in runs else [[] for _ in range(len(runs))],
             "status": runs["status"],
-            "progress": (runs["epochs_done"] / total).clip(0, 1).to_numpy(),
-            "epochs": [
-                f"{d}/{t}" for d, t in zip(runs["epochs_done"], runs["epochs_total"], strict=True)
-            ],
+            "progress": share,
+            "epochs": epochs,
             "test acc": runs["final_test_acc"].to_numpy(),
             "diagnosis": diagnosis,
+            "warnings": warnings_text(warnings, runs["id"]),
             "arch": runs["arch"],
             "dataset": runs["dataset"],
             "depth": runs["depth"],

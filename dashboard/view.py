@@ -58,8 +58,17 @@ def chart(figure: alt.TopLevelMixin, *, stretch: bool = True) -> None:
         )
 
 
+def refusal(exc: StorageError) -> None:
+    """A write that was refused or failed: one plain line (the message as written, shown as
+    typed), never a traceback and never the "could not be read" heading."""
+    st.error(escape_markdown(" ".join(str(exc).split())), icon=":material/block:")
+
+
 def storage_failure(exc: StorageError, *, brief: bool = False) -> None:
     """The database could not be read or written: say so, and what to do."""
+    if isinstance(exc, db_gateway.WriteRefused):
+        refusal(exc)
+        return
     if brief:
         st.error("The database could not be read; see the page.", icon=":material/database:")
         return

@@ -1,71 +1,56 @@
 """What people write on runs after the fact: a name, free-text notes and tags.
 
-Every value is checked before anything is written (one clear error, nothing half-done):
-names and tags refuse control and bidi characters (`gradscope.vocab.text.has_unsafe_chars`) and are
-capped (MAX_NAME_CHARS, MAX_TAG_CHARS); notes may hold newlines and tabs but no other control
-character and are capped at MAX_NOTES_CHARS. Each write is one short transaction.
+Every value is checked before anything is written (one clear error, nothing half-done) by the
+rules import checks files with too (gradscope.vocab.stored_values): names and tags NFC and
+trimmed, without control, bidi or invisible characters, capped; notes may hold line breaks and
+tabs but no other control character; at most MAX_TAGS_PER_RUN tags. Each write is one short
+transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from sqlalchemy import Engine, delete, insert, select, update
 
 from gradscope.db.errors import NotFoundError, StorageError
 from gradscope.db.models import RunModel, RunTagModel
 from gradscope.db.transactions import orm, transaction
-from gradscope.vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS
-from gradscope.vocab.text import has_unsafe_chars, printable
+from gradscope.vocab import stored_values as rules
+from gradscope.vocab.stored_values import MAX_NOTES_CHARS, MAX_TAGS_PER_RUN, StoredValueError
 
-MAX_NOTES_CHARS = 10_000
-MAX_TAGS_PER_RUN = 50
+__all__ = ["MAX_NOTES_CHARS", "MAX_TAGS_PER_RUN", "AnnotationError"]
 
 _runs = RunModel.__table__
 _tags = RunTagModel.__table__
+_T = TypeVar("_T")
 
 
 class AnnotationError(StorageError):
     """A name, note or tag that cannot be stored as given (the message says why)."""
 
 
+def _checked(rule: Callable[..., _T], value: object) -> _T:
+    try:
+        return rule(value)
+    except StoredValueError as exc:
+        raise AnnotationError(str(exc)) from None
+
+
 def check_name(name: str | None) -> str | None:
-    """A run name, trimmed; None or "" clears it."""
-    if name is None or not name.strip():
-        return None
-    name = name.strip()
-    if has_unsafe_chars(name):
-        raise AnnotationError(f'name "{printable(name)}" holds control characters')
-    if len(name) > MAX_NAME_CHARS:
-        raise AnnotationError(f"name is {len(name)} characters; the limit is {MAX_NAME_CHARS}")
-    return name
+    """A run name as stored (gradscope.vocab.stored_values.clean_name); None or "" clears it."""
+    return _checked(rules.clean_name, name)
 
 
 def check_tag(tag: str) -> str:
-    """One tag, trimmed: non-empty, no control characters, no commas (lists are comma-typed)."""
-    tag = tag.strip()
-    if not tag:
-        raise AnnotationError("a tag cannot be empty")
-    if has_unsafe_chars(tag):
-        raise AnnotationError(f'tag "{printable(tag)}" holds control characters')
-    if "," in tag:
-        raise AnnotationError(f"tag {tag!r} holds a comma; give tags one by one")
-    if len(tag) > MAX_TAG_CHARS:
-        raise AnnotationError(
-            f"tag {tag[:20]!r}... is {len(tag)} characters; the limit is {MAX_TAG_CHARS}"
-        )
-    return tag
+    """One tag as stored (gradscope.vocab.stored_values.clean_tag)."""
+    return _checked(rules.clean_tag, tag)
 
 
 def check_notes(notes: str | None) -> str | None:
-    """Notes as typed (newlines and tabs allowed); None or blank clears them."""
-    if notes is None or not notes.strip():
-        return None
-    if has_unsafe_chars(notes.replace("\n", "").replace("\t", "").replace("\r", "")):
-        raise AnnotationError("notes hold control characters (only newlines and tabs are allowed)")
-    if len(notes) > MAX_NOTES_CHARS:
-        raise AnnotationError(f"notes are {len(notes)} characters; the limit is {MAX_NOTES_CHARS}")
-    return notes
+    """Notes as typed (line breaks and tabs allowed); None or blank clears them."""
+    return _checked(rules.clean_notes, notes)
 
 
 def _update_run(engine: Engine, run_id: str, **values: object) -> None:
@@ -107,13 +92,17 @@ def set_tags(
 ) -> list[str]:
     """Add and remove tags on one run in one transaction; returns its tags afterwards."""
     adding = list(dict.fromkeys(check_tag(t) for t in add))
-    removing = [t.strip() for t in remove]
+    # Matched by their stored form, so a tag stored padded or in another Unicode form (by an
+    # older version) can still be removed by what it looks like.
+    removing = {rules.tag_key(t) for t in remove}
     with transaction(engine) as s:
         if s.execute(select(_runs.c.id).where(_runs.c.id == run_id)).first() is None:
             raise NotFoundError(f"no run with id {run_id!r}")
-        if removing:
-            s.execute(delete(_tags).where(_tags.c.run_id == run_id, _tags.c.tag.in_(removing)))
         have = set(s.scalars(select(_tags.c.tag).where(_tags.c.run_id == run_id)))
+        gone = [t for t in have if rules.tag_key(t) in removing]
+        if gone:
+            s.execute(delete(_tags).where(_tags.c.run_id == run_id, _tags.c.tag.in_(gone)))
+            have -= set(gone)
         new = [t for t in adding if t not in have]
         if len(have) + len(new) > MAX_TAGS_PER_RUN:
             raise AnnotationError(f"a run carries at most {MAX_TAGS_PER_RUN} tags")
@@ -124,6 +113,29 @@ def set_tags(
 
 def replace_tags(engine: Engine, run_id: str, tags: Iterable[str]) -> list[str]:
     """Make a run's tags exactly `tags` (the dashboard's tag editor)."""
-    wanted = list(dict.fromkeys(check_tag(t) for t in tags))
+    wanted = _checked(rules.clean_tags, tags)
     current = tags_of(engine, [run_id]).get(run_id, [])
     return set_tags(engine, run_id, add=wanted, remove=[t for t in current if t not in wanted])
+
+
+def edit_run(
+    engine: Engine, run_id: str, *, name: str | None, notes: str | None, tags: Iterable[str]
+) -> None:
+    """Set a run's name and notes and make its tags exactly `tags`, all in one transaction
+    (the dashboard's editor): every value is checked first, and a run deleted meanwhile is
+    NotFoundError with nothing written."""
+    stored_name, stored_notes = check_name(name), check_notes(notes)
+    wanted = _checked(rules.clean_tags, tags)
+    with transaction(engine) as s:
+        changed = s.execute(
+            update(_runs).where(_runs.c.id == run_id).values(name=stored_name, notes=stored_notes)
+        ).rowcount
+        if changed != 1:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        have = set(s.scalars(select(_tags.c.tag).where(_tags.c.run_id == run_id)))
+        gone = [t for t in have if t not in wanted]
+        if gone:
+            s.execute(delete(_tags).where(_tags.c.run_id == run_id, _tags.c.tag.in_(gone)))
+        new = [t for t in wanted if t not in have]
+        if new:
+            s.execute(insert(_tags), [{"run_id": run_id, "tag": t} for t in new])

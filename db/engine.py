@@ -10,6 +10,7 @@ This module deliberately does not import Alembic: the training path must start f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -18,24 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gradscope.db.errors import SchemaVersionError, StorageError
 from gradscope.db.models import Base
-from gradscope.db.transactions import storage_errors
+from gradscope.db.transactions import SCHEMA_LOCK, storage_errors, transaction
 from gradscope.vocab.protocol import DB_ENV
 
 DEFAULT_DB = "gradscope.db"
 ENV_VAR = DB_ENV
 # The Alembic revision the models describe; tests check it equals Alembic's head.
-SCHEMA_REVISION = "0002_notes_tags_retries"
+SCHEMA_REVISION = "0003_metrics_warnings"
 # Every revision this version knows, oldest first.
-KNOWN_REVISIONS = ("0001_initial", "0002_notes_tags_retries")
+KNOWN_REVISIONS = ("0001_initial", "0002_notes_tags_retries", "0003_metrics_warnings")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# An arbitrary constant naming the PostgreSQL advisory lock that serialises schema creation.
-_SCHEMA_LOCK_KEY = 0x67726164
 
 
 def resolve_db(db: str | None) -> str:
@@ -154,6 +153,12 @@ def _sqlite_engine(db: str, url: str, *, create: bool, read_only: bool | None) -
         raise StorageError(f"{db} is not a file")
     if read_only is None:
         read_only = path.exists() and not writable(path)
+    if not read_only and path.exists():
+        # A file from a newer gradscope is refused before a writing connection opens it:
+        # that connection would switch the file to WAL (a write) first.
+        stamp = _stamped_revision(path)
+        if stamp is not None and stamp != SCHEMA_REVISION and stamp not in KNOWN_REVISIONS:
+            check_revision(stamp, db)
     if not read_only:
         if path.exists() and not writable(path):
             raise StorageError(
@@ -222,7 +227,7 @@ def current_revision(engine: Engine) -> str | None:
     """The Alembic revision stamped in the database, or None when it has none. A file that is
     not a database, or a damaged one, is StorageError in the driver's own words."""
     where = engine.url.render_as_string(hide_password=True)
-    with storage_errors(f"cannot read the schema version of {where}"), engine.connect() as conn:
+    with transaction(engine, f"cannot read the schema version of {where}") as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
@@ -231,8 +236,9 @@ def current_revision(engine: Engine) -> str | None:
 
 def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     """Create an empty database at the current schema, or check an existing one's version."""
-    with engine.connect() as conn:
-        empty = not inspect(conn).get_table_names()
+    with transaction(engine, f"cannot open database {_where(engine)}") as conn:
+        tables = set(inspect(conn).get_table_names())
+    empty = not tables
     if empty:
         if not create:
             raise StorageError(
@@ -243,6 +249,31 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
         _create_schema(engine)
     revision = current_revision(engine)
     check_revision(revision, engine.url.render_as_string(hide_password=True))
+    # The stamp alone is not the schema: a file that lost a table would fail later with
+    # "no such table" in the middle of a run.
+    missing = sorted(set(Base.metadata.tables) - tables) if not empty else []
+    if missing:
+        raise SchemaVersionError(
+            f"{_where(engine)} has schema {revision} but lacks the table(s) {', '.join(missing)}."
+            f" Recreate them (empty) with: gradscope db upgrade --db {_where(engine)}"
+        )
+
+
+def missing_tables(conn: Connection) -> list[str]:
+    """The tables of this gradscope's schema that the database lacks."""
+    return sorted(set(Base.metadata.tables) - set(inspect(conn).get_table_names()))
+
+
+def _stamped_revision(path: Path) -> str | None:
+    """A SQLite file's schema stamp, read without writing anything (mode=ro); None when it
+    has none or cannot be read (opening it properly then says why)."""
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (sqlite3.Error, UnicodeDecodeError):
+        return None
+    return row[0] if row and isinstance(row[0], str) else None
 
 
 def _create_schema(engine: Engine) -> None:
@@ -251,13 +282,8 @@ def _create_schema(engine: Engine) -> None:
     Each creator takes the database's write lock first and looks again: whoever comes second
     finds the tables made (a worker and a CLI command often start on a fresh file together).
     """
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            # pysqlite runs DDL outside a transaction; an explicit BEGIN IMMEDIATE both takes
-            # the write lock (waiting out busy_timeout) and makes the DDL below one transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+    # Lock-first: SQLite's BEGIN IMMEDIATE also makes the DDL below one transaction.
+    with transaction(engine, f"cannot create database {_where(engine)}", lock=SCHEMA_LOCK) as conn:
         if inspect(conn).get_table_names():
             return
         Base.metadata.create_all(conn)
@@ -268,6 +294,14 @@ def _create_schema(engine: Engine) -> None:
             )
         )
         conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": SCHEMA_REVISION})
+
+
+def _where(engine: Engine) -> str:
+    """The database for messages, as display_url shows it: a SQLite file's path, else the URL
+    with its password hidden."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        return engine.url.database
+    return engine.url.render_as_string(hide_password=True)
 
 
 def check_revision(revision: str | None, where: str) -> None:

@@ -20,12 +20,14 @@ from gradscope.db.models import (
     EpochMetricModel,
     LayerStatModel,
     RunLayerModel,
+    RunMetricModel,
     RunModel,
     RunPointsModel,
 )
 from gradscope.db.transactions import transaction
 from gradscope.vocab.fields import EPOCH_COLUMNS, EPOCH_FIELDS, STAT_COLUMNS
 from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo, RunSpec
+from gradscope.vocab.stored_values import check_metrics
 
 # Core tables: the store writes with Core statements (see gradscope.db.transactions.transaction).
 _runs = RunModel.__table__
@@ -34,6 +36,7 @@ _points = RunPointsModel.__table__
 _epochs = EpochMetricModel.__table__
 _layer_stats = LayerStatModel.__table__
 _grids = DecisionGridModel.__table__
+_metrics = RunMetricModel.__table__
 
 
 class EpochWriter:
@@ -192,6 +195,24 @@ class EpochWriter:
                 s.execute(insert(_grids), grid_rows)
         return out
 
+    def record_metrics(self, run_id: str, rows: Sequence[tuple]) -> None:
+        """Free metrics (`run.log`): rows (name, step, epoch, value), NaN stored as NULL, in one
+        transaction that also heartbeats the run; nothing is written once the run is no longer
+        ours (raises NotFoundError then, as record_epoch)."""
+        if not rows:
+            return
+        with transaction(self.engine) as s:
+            alive = s.execute(
+                update(_runs)
+                .where(self._ours(_runs.c.id == run_id, _runs.c.status, _runs.c.worker))
+                .values(heartbeat_at=self._now)
+                .returning(_runs.c.id)
+            ).scalar_one_or_none()
+            if alive is None:
+                raise NotFoundError(self._gone(run_id))
+            values = [(run_id, n, step, epoch, to_db(v)) for n, step, epoch, v in rows]
+            _insert_rows(s, _metrics, _METRIC_INSERT, values)
+
     def _gone(self, run_id: str) -> str:
         if self.worker is None:
             return f"run {run_id} vanished from the database while training"
@@ -214,6 +235,7 @@ class EpochWriter:
 
 # The recording inserts' columns, in the order _epoch_rows gives their values.
 _EPOCH_INSERT = ("run_id", "epoch", *EPOCH_COLUMNS)
+_METRIC_INSERT = ("run_id", "name", "step", "epoch", "value")
 _STAT_INSERT = ("run_id", "epoch", "layer", *STAT_COLUMNS, "grad_hist")
 # A driver's paramstyle -> one placeholder (positional styles only).
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
@@ -242,6 +264,8 @@ def _insert_sql(table: str, columns: tuple[str, ...], placeholder: str) -> str:
 def _epoch_rows(run_id: str, record: EpochRecord) -> tuple[tuple, list[tuple], dict | None]:
     """One run's epoch as rows: epoch_metrics and layer_stats (one per layer) as tuples in
     _EPOCH_INSERT / _STAT_INSERT order, decision_grids as a dict."""
+    # The ranges import checks (an accuracy in [0, 1], ...): refused here, not in a file later.
+    check_metrics({k: record.metrics.get(k) for k in EPOCH_FIELDS})
     bad_step = record.metrics.get("first_nonfinite_step")
     epoch_row = (
         run_id,

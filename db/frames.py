@@ -24,15 +24,21 @@ from gradscope.db.models import (
     RunPointsModel,
     RunTagModel,
 )
-from gradscope.db.transactions import storage_errors
+from gradscope.db.models import RunMetricModel as _M
+from gradscope.db.models import RunWarningModel as _W
+from gradscope.db.transactions import transaction
+from gradscope.db.warnings import warning_summary
+from gradscope.vocab.custom import CUSTOM_ARCH
 from gradscope.vocab.fields import (
     EPOCH_COLUMNS,
+    FINAL_COLUMNS,
     HIST_BINS,
     HIST_LOG10_MAX,
     HIST_LOG10_MIN,
     HIST_SLOTS,
     STAT_COLUMNS,
 )
+from gradscope.vocab.fields import RUN_COLUMNS as VOCAB_RUN_COLUMNS
 
 # run_id -> run_label of the runs to read.
 Labels = Mapping[str, str]
@@ -41,24 +47,13 @@ HIST_WIDTH = (HIST_LOG10_MAX - HIST_LOG10_MIN) / HIST_BINS
 
 _R, _E, _L, _T = RunModel, EpochMetricModel, LayerStatModel, RunTagModel
 
+# The runs list's columns: the vocabulary's run columns less what only an export needs, then
+# the cancel flag and `seq`, the creation order (a run's colour: gradscope.dashboard.colors).
+_EXPORT_ONLY = {*FINAL_COLUMNS, "started_at", "source_file", "imported_at"} - {"final_test_acc"}
 RUN_COLUMNS = (
-    "id",
-    "name",
-    "status",
-    "arch",
-    "dataset",
-    "depth",
-    "width",
-    "seed",
-    "sweep_id",
-    "sweep_name",
-    "epochs_done",
-    "epochs_total",
-    "final_test_acc",
+    *(c for c in VOCAB_RUN_COLUMNS if c not in _EXPORT_ONLY),
     "cancel_requested",
-    "created_at",
-    "finished_at",
-    "seq",  # creation order; a run's colour on every page (gradscope.dashboard.colors)
+    "seq",
 )
 ERROR_PREVIEW_CHARS = 300
 
@@ -70,7 +65,7 @@ def _read(stmt: Select, engine: Engine, *, plain: bool = False) -> list[tuple]:
     and result processing (about half the cost of a big read). Only for statements whose
     columns need no conversion: numbers, text, blobs; not dates or JSON (text in SQLite).
     """
-    with storage_errors("database read failed"), engine.connect() as conn:
+    with transaction(engine, "database read failed") as conn:
         result = conn.execute(stmt)
         rows = result.cursor.fetchall() if plain else [tuple(r) for r in result]
         result.close()
@@ -181,6 +176,8 @@ def data_version(engine: Engine) -> tuple[str, ...]:
         # count catch nearly every edit (the dashboard's own edits also clear its caches).
         func.coalesce(func.sum(_len(_R.name) + _len(_R.notes)), 0),
         select(func.count()).select_from(_T).scalar_subquery(),
+        # A live warning lands mid-epoch (gradscope.analysis.spikes): the pages show it then.
+        select(func.count()).select_from(_W).scalar_subquery(),
     )
     return tuple(str(v) for v in _read(stmt, engine)[0])
 
@@ -206,6 +203,8 @@ class RunEnds:
 
     layers: pd.DataFrame  # run_id, epoch, layer, grad_norm, grad_max_abs, saturated_frac, ...
     epochs: pd.DataFrame  # run_id, epoch, train_loss, test_loss, test_acc, pred_std
+    warnings: pd.DataFrame | None = None  # gradscope.db.warnings.warning_summary
+    facts: dict[str, dict] | None = None  # custom runs' config.model.facts, by run id
 
 
 END_LAYER_COLUMNS = (
@@ -215,6 +214,7 @@ END_LAYER_COLUMNS = (
     "saturated_frac",
     "dead_frac",
     "finite_max_abs",  # the badge names an explosion hidden inside a diverged epoch
+    "finite_first_max_abs",  # ... against the layer's own first step
 )
 END_EPOCH_COLUMNS = ("train_loss", "test_loss", "test_acc", "pred_std")
 
@@ -258,7 +258,22 @@ def run_ends(engine: Engine) -> RunEnds:
         floats=END_EPOCH_COLUMNS,
     )
     last = epochs["epoch"].eq(epochs.groupby("run_id")["epoch"].transform("max"))
-    return RunEnds(layers, epochs[last].reset_index(drop=True))
+    return RunEnds(
+        layers, epochs[last].reset_index(drop=True), warning_summary(engine), facts(engine)
+    )
+
+
+def facts(engine: Engine) -> dict[str, dict]:
+    """What each custom run's model contains, its backward order and its probe's outcome
+    (config.model.facts, kept by gradscope.api.insight): the diagnosis reads them."""
+    stmt = select(_R.id, _R.config).where(_R.arch == CUSTOM_ARCH)
+    found = {}
+    for run_id, config in _read(stmt, engine):
+        model = config.get("model") if isinstance(config, dict) else None
+        kept = model.get("facts") if isinstance(model, dict) else None
+        if isinstance(kept, dict):
+            found[run_id] = kept
+    return found
 
 
 # -- the runs being compared ----------------------------------------------------------------------
@@ -318,6 +333,20 @@ def layer_stats(engine: Engine, labels: Labels) -> pd.DataFrame:
         .order_by(_L.run_id, _L.epoch, _L.layer)  # the primary key's order: free
     )
     return _per_run_frame(_read(stmt, engine, plain=True), labels, ("epoch", "layer"), fields)
+
+
+def metrics(engine: Engine, labels: Labels) -> pd.DataFrame:
+    """Free metrics (`run.log`) of the labelled runs: run_id, run_label, name, step, epoch
+    (float: NULL as NaN), value (NULL as NaN), per run and name in logging order."""
+    stmt = (
+        select(_M.run_id, _M.name, _M.step, _M.epoch, _M.value)
+        .where(_M.run_id.in_(list(labels)))
+        .order_by(_M.run_id, _M.name, _M.id)
+    )
+    frame = _frame(_read(stmt, engine), ("run_id", "name", "step", "epoch", "value"))
+    for name in ("step", "epoch", "value"):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float64)
+    return _label_runs(frame, labels)
 
 
 def histograms(engine: Engine, labels: Labels, epoch: int, layer: int) -> pd.DataFrame:

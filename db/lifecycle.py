@@ -2,7 +2,7 @@
 
     create_runs ──> queued ──claim_next──> running ──finish_run──> completed / diverged / failed
         │             │ ^                    │  │                   / cancelled / interrupted
-        │             │ └──────release───────┘  └─recover_stale──> failed ("worker lost")
+        │             │ └──────release───────┘  └─recover_lost───> failed ("worker lost")
         │             └──cancel_runs──> cancelled      (running: cancel_requested, worker stops)
         └─(foreground `train`: inserted `running` at once, see create_runs(runtime=...))
     delete_runs removes runs of any status.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 
 from gradscope.db.clock import as_utc, now_expr
 from gradscope.db.floats import to_db
@@ -44,14 +44,17 @@ from gradscope.db.models import (
     EpochMetricModel,
     LayerStatModel,
     RunLayerModel,
+    RunMetricModel,
     RunModel,
     RunPointsModel,
     RunTagModel,
+    RunWarningModel,
 )
 from gradscope.db.transactions import transaction, with_retry
 from gradscope.vocab.config import make_config, with_absolute_csv
 from gradscope.vocab.fields import FINISHED_STATUSES
 from gradscope.vocab.records import FinalMetrics, RunSpec
+from gradscope.vocab.stored_values import stored_text
 from gradscope.vocab.sweep import SweepPlan
 
 WORKER_LOST = "worker lost"
@@ -66,7 +69,15 @@ _runs = RunModel.__table__
 # off a run (deleting a run takes it all; tags are people's, not training's).
 _RECORDED = tuple(
     m.__table__
-    for m in (LayerStatModel, EpochMetricModel, DecisionGridModel, RunPointsModel, RunLayerModel)
+    for m in (
+        LayerStatModel,
+        EpochMetricModel,
+        RunMetricModel,
+        RunWarningModel,
+        DecisionGridModel,
+        RunPointsModel,
+        RunLayerModel,
+    )
 )
 _CHILDREN = (*_RECORDED, RunTagModel.__table__)
 
@@ -152,8 +163,7 @@ def create_runs(
 ) -> list[str]:
     """Validate, make CSV paths absolute, and insert runs in one transaction (all or nothing);
     returns their ids in order. Raises gradscope.vocab.config.ConfigError, before anything is
-    written,
-    when any config is invalid.
+    written, when any config is invalid.
 
     `status` is "queued" for the queue; "running" for a run trained by its creator (pass
     `runtime`, which also stamps started/heartbeat times).
@@ -193,12 +203,15 @@ def create_runs(
     keys = {k for row in rows for k in row}
     rows = [{k: row.get(k) for k in keys} for row in rows]
 
-    stamps = {"created_at": now}
-    if runtime is not None:
-        stamps |= {"started_at": now, "heartbeat_at": now}
-
     def action() -> None:
         with transaction(engine) as s:
+            # The database's clock, read once: SQLite evaluates 'now' per inserted row, so a
+            # batch's runs would differ by a millisecond and list out of their order.
+            clock = s.execute(select(now)).scalar_one()
+            created = as_utc(datetime.fromisoformat(clock) if isinstance(clock, str) else clock)
+            stamps = {"created_at": created}
+            if runtime is not None:
+                stamps |= {"started_at": created, "heartbeat_at": created}
             # Creation order: runs created together share created_at, so `seq` (max + 1, ...)
             # keeps the order they were given in for tables, the queue and training. Not
             # unique: two concurrent creators may reuse numbers, but each batch stays ordered.
@@ -333,26 +346,6 @@ def heartbeat(engine: Engine, run_ids: Sequence[str], worker: str) -> dict[str, 
     }
 
 
-def recover_stale(
-    engine: Engine,
-    stale_after_s: float,
-    now: datetime | None = None,
-    *,
-    spare_worker: str | None = None,
-    retries: int = 0,
-) -> list[str]:
-    """Recover running runs whose heartbeat is older than `stale_after_s` seconds (their worker
-    died). A run claimed at most `retries` times is queued again for another attempt, with its
-    partial epochs, layer stats, grids, layers and points deleted in the same transaction (so
-    the retry's epochs are not duplicated); any other is marked `failed` with the error "worker
-    lost", its recorded epochs kept. `now` defaults to the database's clock (tests pass a later
-    time instead of sleeping). A worker passes its own name as `spare_worker`: it knows its own
-    runs are alive. Returns the ids recovered; `recover_lost` also says which way."""
-    return list(
-        recover_lost(engine, stale_after_s, now, spare_worker=spare_worker, retries=retries)
-    )
-
-
 def recover_lost(
     engine: Engine,
     stale_after_s: float,
@@ -360,12 +353,24 @@ def recover_lost(
     *,
     spare_worker: str | None = None,
     retries: int = 0,
+    dead_workers: Sequence[str] = (),
 ) -> dict[str, str]:
-    """`recover_stale`, returning {run id: "queued" or "failed"}."""
+    """Recover running runs whose heartbeat is older than `stale_after_s` seconds (their worker
+    died, or stalled). A run claimed at most `retries` times is queued again for another attempt,
+    with its partial epochs, layer stats, grids, layers and points deleted in the same
+    transaction (so the retry's epochs are not duplicated); any other is marked `failed` with the
+    error "worker lost", its recorded epochs kept. `now` defaults to the database's clock (tests
+    pass a later time instead of sleeping). A worker passes its own name as `spare_worker`: it
+    knows its own runs are alive. Returns {run id: "queued" or "failed"}; a worker still alive
+    learns of it at its next heartbeat (gradscope.runner.heartbeat) and stops. Runs of
+    `dead_workers` (processes known to be gone) are recovered now, stale or not."""
     current = as_utc(now) if now is not None else db_now(engine)
     assert current is not None
     threshold = current - timedelta(seconds=stale_after_s)
-    stale = and_(RunModel.status == "running", RunModel.heartbeat_at < threshold)
+    stale = and_(
+        RunModel.status == "running",
+        or_(RunModel.heartbeat_at < threshold, RunModel.worker.in_(list(dead_workers))),
+    )
     if spare_worker is not None:
         stale = and_(stale, RunModel.worker.is_distinct_from(spare_worker))
     # A run whose cancel was requested is not worth another attempt; nor is one never claimed
@@ -415,6 +420,13 @@ def recover_lost(
         return {**dict.fromkeys(queued, "queued"), **dict.fromkeys(failed, "failed")}
 
     return with_retry(action)
+
+
+def running_workers(engine: Engine) -> set[str]:
+    """The workers holding running runs (to tell which of them are gone)."""
+    with transaction(engine) as s:
+        stmt = select(RunModel.worker).where(RunModel.status == "running").distinct()
+        return {w for w in s.scalars(stmt) if w}
 
 
 def queued_demand(engine: Engine) -> int:
@@ -499,7 +511,9 @@ def finish_run(
         .values(
             status=status,
             finished_at=now_expr(engine.dialect.name),
-            error=error[:10_000] if error else None,
+            # The one place a run's error is written: controls (ESC, bidi, NUL, which
+            # PostgreSQL refuses in text) escaped alike on both backends, cut to 10,000.
+            error=stored_text(error),
             final_train_loss=to_db(final.train_loss),
             final_train_acc=to_db(final.train_acc),
             final_test_loss=to_db(final.test_loss),

@@ -10,9 +10,15 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine
 
-from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, current_revision
+from gradscope.db.engine import (
+    KNOWN_REVISIONS,
+    SCHEMA_REVISION,
+    current_revision,
+    missing_tables,
+)
 from gradscope.db.errors import SchemaVersionError, StorageError
-from gradscope.db.transactions import storage_errors
+from gradscope.db.models import Base
+from gradscope.db.transactions import SCHEMA_LOCK, transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,9 +33,13 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
 
 
-def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+def upgrade(
+    engine: Engine, revision: str = "head", *, recreated: list[str] | None = None
+) -> tuple[str | None, str]:
     """Upgrade the database to `revision`; returns (before, after). A database stamped with
-    a revision this gradscope doesn't know is refused, never touched."""
+    a revision this gradscope doesn't know is refused, never touched. At the head, tables of
+    the schema that the database lacks are recreated empty (their names appended to
+    `recreated`): the stamp alone does not prove the schema."""
     before = current_revision(engine)
     if before is not None and before not in KNOWN_REVISIONS:
         raise SchemaVersionError(
@@ -39,9 +49,15 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     cfg = alembic_config()
     where = engine.url.render_as_string(hide_password=True)
     try:
-        with storage_errors(f"cannot upgrade {where}"), engine.begin() as conn:
+        # Lock-first: two upgraders (or an upgrader and a creator) take turns.
+        with transaction(engine, f"cannot upgrade {where}", lock=SCHEMA_LOCK) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+            missing = missing_tables(conn) if revision == "head" else []
+            if missing:
+                Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in missing])
+                if recreated is not None:
+                    recreated += missing
     except CommandError as exc:  # Alembic's own refusal (e.g. an unknown revision)
         raise StorageError(f"cannot upgrade {where}: {exc}") from exc
     return before, current_revision(engine) or ""

@@ -29,7 +29,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gradscope.vocab.fields import MAX_NAME_CHARS, MAX_TAG_CHARS, RUN_STATUSES
+from gradscope.vocab.fields import (
+    MAX_METRIC_NAME_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TAG_CHARS,
+    RUN_STATUSES,
+)
 
 # Named constraints so Alembic migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -216,3 +221,42 @@ class RunPointsModel(Base):
     )
     n: Mapped[int] = mapped_column(Integer)
     points: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# SQLite autoincrements an INTEGER PRIMARY KEY only; PostgreSQL gets a bigint identity.
+_ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RunMetricModel(Base):
+    """A named scalar a run logged (schema 0003): per step (`step`), per epoch (`epoch`), or
+    both. NaN is stored as NULL, like every float here; +/-inf as they are."""
+
+    __tablename__ = "run_metrics"
+    __table_args__ = (Index("ix_run_metrics_run_name_step", "run_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(MAX_METRIC_NAME_CHARS))
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+class RunWarningModel(Base):
+    """What a live check flagged while the run trained (schema 0003), e.g. a gradient spike:
+    the step, the layer, the value against the layer's running level (`baseline`), the factor."""
+
+    __tablename__ = "run_warnings"
+    __table_args__ = (Index("ix_run_warnings_run_id", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    layer: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    baseline: Mapped[float | None] = mapped_column(Float)
+    factor: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

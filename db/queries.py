@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, case, func, or_, select
 
 from gradscope.db.clock import as_utc
 from gradscope.db.errors import NotFoundError, StorageError
@@ -16,11 +16,14 @@ from gradscope.db.models import (
     EpochMetricModel,
     LayerStatModel,
     RunLayerModel,
+    RunMetricModel,
     RunModel,
     RunTagModel,
+    RunWarningModel,
 )
 from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
+from gradscope.vocab.metrics import metric_series
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,14 @@ def _summary(row: RunModel, tags: Sequence[str] = ()) -> RunSummary:
 # Creation order, oldest first: runs created together share created_at; `seq` keeps the order
 # they were created in (NULL for runs older than schema 0002), the id breaks any tie.
 CREATION_ORDER = (RunModel.created_at, RunModel.seq, RunModel.id)
-NEWEST_FIRST = (RunModel.created_at.desc(), RunModel.seq.desc(), RunModel.id)
+# Lists: the latest batch of runs first, and the runs of a batch in the order they were created
+# (`seq`), as the docs say. A batch is the runs created at one instant, or a whole sweep: a
+# sweep queued in groups spans a few milliseconds and must not come out group by group.
+_BATCH_CREATED = case(
+    (RunModel.sweep_id.is_(None), RunModel.created_at),
+    else_=func.min(RunModel.created_at).over(partition_by=RunModel.sweep_id),
+)
+NEWEST_FIRST = (_BATCH_CREATED.desc(), RunModel.seq, RunModel.id)
 
 
 def _tags_by_run(s: Any, run_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -135,7 +145,7 @@ def list_runs(
     name: str | None = None,
     tags: Sequence[str] | None = None,
 ) -> list[RunSummary]:
-    """Runs, newest first (creation order within a batch), optionally only those with the
+    """Runs, newest first (runs created together in creation order), optionally only those with the
     given statuses, of one sweep (its name or id), of the given archs, whose name contains
     `name` (literally, any case), and carrying every one of `tags`."""
     stmt = select(RunModel).order_by(*NEWEST_FIRST)
@@ -156,6 +166,28 @@ def list_runs(
         rows = list(s.scalars(stmt))
         found = _tags_by_run(s, [r.id for r in rows])
         return [_summary(r, found.get(r.id, ())) for r in rows]
+
+
+@dataclass(frozen=True)
+class FilterValues:
+    """What the runs of a database hold for the list filters that take open values."""
+
+    sweeps: tuple[tuple[str, str | None], ...]  # (sweep id, sweep name), newest first
+    tags: tuple[str, ...]  # sorted
+
+
+def filter_values(engine: Engine) -> FilterValues:
+    """The sweeps and tags the runs carry, so a filter naming one that is not there can be
+    refused by name instead of silently matching nothing."""
+    with transaction(engine) as conn, orm(conn) as s:
+        sweeps = s.execute(
+            select(RunModel.sweep_id, RunModel.sweep_name)
+            .where(RunModel.sweep_id.is_not(None))
+            .group_by(RunModel.sweep_id, RunModel.sweep_name)
+            .order_by(func.max(RunModel.created_at).desc())
+        ).all()
+        tags = s.scalars(select(RunTagModel.tag).distinct().order_by(RunTagModel.tag)).all()
+    return FilterValues(tuple((i, n) for i, n in sweeps), tuple(tags))
 
 
 def resolve_run_id(engine: Engine, run_id: str) -> str:
@@ -239,5 +271,23 @@ def run_document(engine: Engine, run_id: str) -> dict[str, Any]:
                 **{k: json_number(v) for k, v in zip(stat_fields, r[2:], strict=True)},
             }
             for r in stats
+        ]
+        m = RunMetricModel
+        logged = s.execute(
+            select(m.name, m.step, m.epoch, m.value)
+            .where(m.run_id == run_id)
+            .order_by(m.name, m.id)
+        ).all()
+        doc["metrics"] = metric_series([(r[0], r[1], r[2], json_number(r[3])) for r in logged])
+        w = RunWarningModel
+        cols = (w.kind, w.epoch, w.step, w.layer, w.value, w.baseline, w.factor, w.message)
+        found = s.execute(select(*cols).where(w.run_id == run_id).order_by(w.id)).all()
+        # The live warnings (a gradient spike before the NaN), in the order they were found.
+        doc["warnings"] = [
+            {
+                c.key: json_number(v) if isinstance(v, float) else v
+                for c, v in zip(cols, r, strict=True)
+            }
+            for r in found
         ]
     return doc

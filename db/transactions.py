@@ -9,12 +9,17 @@
 - `orm(conn)`: an ORM session on a transaction's connection, for queries that load models.
 - `with_retry(action)`: run one whole transaction again (jittered backoff) after a transient lock
   conflict: SQLite "database is locked", PostgreSQL deadlock or serialization failure.
-- `storage_errors(what)`: the error mapper `transaction` uses, for the few places that talk to
-  a database without a transaction of their own (opening an engine, Alembic's upgrade).
+- `storage_errors(what)`: the error mapper `transaction` uses.
 
 Core statements skip the ORM's per-call set-up: recording an epoch costs about half as much as
-through a Session. Raw `sqlite3` is used on one kind of file only: an untrusted file being
-imported, opened read-only and checked before SQLAlchemy sees it (gradscope.db.share).
+through a Session. Nothing else opens a connection or a transaction (tests/test_transactions.py
+reads the source to hold that). The exceptions, none of them a transaction on a database of ours:
+- raw `sqlite3` on an untrusted file being imported, opened read-only and checked before
+  SQLAlchemy sees it, and on an exported file once written, to switch its journal mode (which
+  cannot change inside a transaction) (both gradscope.db.share); and the `creator` through which
+  a read-only SQLite engine opens its file (gradscope.db.engine);
+- `storage_errors` alone around `create_engine` in `make_engine`: building an engine touches no
+  database, but a bad URL option is a driver error all the same.
 """
 
 from __future__ import annotations

@@ -89,3 +89,16 @@ def describe_model(
         s.execute(delete(_layers).where(_layers.c.run_id == run_id))
         if layers:
             s.execute(insert(_layers), [{"run_id": run_id, **vars(li)} for li in layers])
+
+
+def set_model_facts(engine: Engine, run_id: str, facts: dict[str, Any]) -> None:
+    """Keep what was learnt about the watched model while it trains (contents, backward order,
+    the probe's outcome: gradscope.api.insight) as config.model.facts, for the diagnosis."""
+    with transaction(engine, "store model facts") as s:  # one writer: the measuring thread
+        config = s.execute(select(_runs.c.config).where(_runs.c.id == run_id)).scalar_one_or_none()
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            return
+        model = {**config["model"], "facts": facts}
+        s.execute(
+            update(_runs).where(_runs.c.id == run_id).values(config={**config, "model": model})
+        )

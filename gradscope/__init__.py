@@ -8,6 +8,7 @@ The Python API records any PyTorch training loop into a gradscope database:
     for epoch in range(epochs):
         for xb, yb in loader:
             optimizer.zero_grad(); loss_fn(model(xb), yb).backward(); optimizer.step()
+            run.log({"lr": lr})       # any named scalars, per step (optional)
         run.log_epoch(train_loss=..., test_acc=...)  # all optional
     run.finish()                  # or: with gradscope.init(...) as run:
 

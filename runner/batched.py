@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradscope.analysis.spikes import SpikeChecker, Warning_
 from gradscope.runner.datasets import Dataset, load_dataset
 from gradscope.runner.gradient_stats import EpochGradStats, activation_stats, divergence, epoch_rows
 from gradscope.runner.networks import build_model
@@ -170,6 +171,16 @@ class _GroupTraining:
         )
         self.active = list(range(len(cfgs)))  # member index of each stack position
         self.batch_size = cfgs[0].batch_size
+        # The live warning before the NaN (gradscope.analysis.spikes): one checker for the
+        # group, column l*K + p being layer l of stack position p, each judged on its own
+        # numbers only, so a member's warnings are its solo run's.
+        n_layers, k = len(self.layers), len(cfgs)
+        self.spikes = SpikeChecker(
+            [layer for layer in range(n_layers) for _ in range(k)],
+            self._warned,
+            [member for _ in range(n_layers) for member in range(k)],
+        )
+        self.pending: dict[int, list[Warning_]] = {}  # by member, not yet stored
         self._stack_data()
 
     # -- member bookkeeping ------------------------------------------------------------------
@@ -206,6 +217,7 @@ class _GroupTraining:
         self.loss_sum = torch.zeros(k, device=self.device)
         self.correct = torch.zeros(k, device=self.device)
         self.probe = EpochGradStats(self.stack.weight_sizes, k, self.device)
+        self.probe.on_block = self._check_block
 
     def _store_epochs(
         self, members: list[int], records: list[EpochRecord]
@@ -224,11 +236,32 @@ class _GroupTraining:
                 answers.append(exc)
         return answers
 
+    def _warned(self, warning: Warning_) -> None:
+        self.pending.setdefault(warning.member, []).append(warning)
+
+    def _check_block(self, norms: Tensor, done: int) -> None:
+        """The live spike check of a reduced block's per-step norms [n, L, K]: one host copy
+        of n * L * K floats per block (on a CPU a view), a few numpy ops."""
+        self.spikes.block(norms.reshape(norms.shape[0], -1).cpu().numpy(), done)
+
+    def _store_warnings(self) -> None:
+        """Each member's new live warnings to its recorder's `warnings(rows)` (when it has
+        one): at the mid-epoch check (about once a second) and before an epoch is stored, so
+        a run's warnings are in the database before the epoch that diverged."""
+        pending, self.pending = self.pending, {}
+        for k, found in pending.items():
+            store = getattr(self.members[k].recorder, "warnings", None)
+            if store is not None and self.members[k].result is None:
+                rows = [w.to_json() for w in found]
+                self._call_recorder(k, lambda store=store, rows=rows: store(rows))
+
     def _compact(self) -> None:
         """Drop members that have ended from the stack (at an epoch boundary)."""
         keep = [p for p, k in enumerate(self.active) if self.members[k].result is None]
         if len(keep) == len(self.active):
             return
+        was = len(self.active)
+        self.spikes.select([la * was + p for la in range(len(self.layers)) for p in keep])
         self.active = [self.active[p] for p in keep]
         if not keep:
             return
@@ -296,6 +329,7 @@ class _GroupTraining:
         return False
 
     def _check_mid_epoch(self, epoch: int) -> bool:
+        self._store_warnings()
         reason = self.should_stop()
         if reason:
             for k in self.active:
@@ -392,6 +426,7 @@ class _GroupTraining:
 
     def _record(self, epoch: int, records: list[tuple[EpochRecord, dict[str, float]]]) -> None:
         """Each member's epoch to its recorder, then its health and end, as train() decides."""
+        self._store_warnings()
         # Cancelled mid-epoch: its unfinished epoch is not recorded.
         todo = [
             (k, rec)

@@ -14,13 +14,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.queries import get_run
+from gradscope.db.warnings import add_warnings
 from gradscope.runner.batched import TrainResult, error_text, train_group
 from gradscope.vocab.config import RunConfig, make_config
+from gradscope.vocab.protocol import THREADS_ENV
 from gradscope.vocab.records import EpochRecord, FinalMetrics, LayerInfo
 
 
@@ -44,6 +47,10 @@ class DbRecorder:
             self.on_epoch(record)
         return cancelled
 
+    def warnings(self, rows: list[dict[str, Any]]) -> None:
+        """Store live warnings (gradscope.analysis.spikes) as the engine finds them."""
+        add_warnings(self.store.engine, self.run_id, rows)
+
 
 class _Discard:
     """A recorder that keeps nothing (for `warm_up`)."""
@@ -66,7 +73,7 @@ def warm_up() -> None:
 
 def _one_thread() -> None:
     # Tiny MLPs: one thread is as fast as two, and far faster when the other core is busy.
-    torch.set_num_threads(int(os.environ.get("GRADSCOPE_THREADS", "1")))
+    torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
 
 
 def execute_run(

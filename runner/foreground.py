@@ -2,78 +2,50 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
+import sys
 import threading
-from collections.abc import Callable
-from types import FrameType, TracebackType
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import torch
 from sqlalchemy import Engine
 
 from gradscope.db import lifecycle
 from gradscope.db.epoch_writes import EpochWriter
-from gradscope.db.errors import StorageError
 from gradscope.runner.execute import execute_run
+from gradscope.runner.heartbeat import Heartbeat
 from gradscope.vocab.config import RunConfig, make_config, with_absolute_csv
 from gradscope.vocab.csv_files import precheck
+from gradscope.vocab.protocol import HEARTBEAT_S, worker_identity
 from gradscope.vocab.records import EpochRecord, RunSpec
 
-# Well inside a worker's default --stale-after (60 s): a long epoch never looks like a lost run.
-HEARTBEAT_S = 5.0
 
+@contextmanager
+def first_ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a clean stop (the run ends `interrupted`, epochs kept): yields
+    a check that says whether it came. A second Ctrl-C interrupts at once. Only the main
+    thread can handle signals; elsewhere Ctrl-C keeps its usual meaning."""
+    pressed = threading.Event()
 
-class RunWatch:
-    """While a foreground run trains: heartbeats it (so workers on the same database don't
-    mark it lost), notices `gradscope cancel`, and turns the first Ctrl-C into a clean stop
-    (`interrupted`, epochs kept); a second Ctrl-C interrupts at once."""
-
-    def __init__(
-        self, engine: Engine, run_id: str, worker: str, every_s: float = HEARTBEAT_S
-    ) -> None:
-        self._engine, self._run_id, self._worker, self._every_s = engine, run_id, worker, every_s
-        self._done = threading.Event()
-        self._cancelled = threading.Event()
-        self._interrupted = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="gradscope-heartbeat", daemon=True)
-        self._previous_sigint: Callable | int | None = None
-
-    def should_stop(self) -> str | None:
-        if self._interrupted.is_set():
-            return "interrupted"
-        return "cancelled" if self._cancelled.is_set() else None
-
-    def _beat(self) -> None:
-        while not self._done.wait(self._every_s):
-            try:
-                beat = lifecycle.heartbeat(self._engine, [self._run_id], self._worker)
-                if beat[self._run_id].cancel_requested:
-                    self._cancelled.set()
-            except StorageError:
-                pass  # a database in trouble shows up in the next epoch's write, with context
-
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self._interrupted.is_set():
+    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
+        if pressed.is_set():
             raise KeyboardInterrupt
-        self._interrupted.set()
+        pressed.set()
 
-    def __enter__(self) -> RunWatch:
-        self._thread.start()
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed.is_set
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._done.set()
-        self._thread.join()
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
+
+def _say(message: str) -> None:
+    print(f"gradscope: {message}", file=sys.stderr)
 
 
 def _device_name(requested: str) -> str:
@@ -92,15 +64,22 @@ def checked_config(values: dict[str, str]) -> RunConfig:
 
 
 def train_foreground(
-    engine: Engine, values: dict[str, str], progress: bool = True
+    engine: Engine,
+    values: dict[str, str],
+    progress: bool = True,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> tuple[str, str]:
     """Validate, create and train one run here; returns (run id, final status).
 
     An invalid config, or a CSV file that is missing or wrong (header and first rows checked),
-    raises ConfigError before anything is written.
+    raises ConfigError before anything is written. While it trains, the heartbeat keeps the
+    run fresh (workers on the same database don't mark it lost) and notices `gradscope cancel`;
+    should a worker mark it lost anyway (a stall past the stale limit), training stops at its
+    next check and nothing more is written: its epochs and status stay as that worker left them.
     """
     cfg = checked_config(values)
-    worker = f"{socket.gethostname()}:{os.getpid()} (foreground)"
+    worker = worker_identity("foreground")
     # The runs row is written once before epoch 1: inserted running, with who trains it where
     # (execute_run's own runtime write then finds nothing to change).
     runtime = lifecycle.Runtime(
@@ -111,10 +90,18 @@ def train_foreground(
     [run_id] = lifecycle.create_runs(
         engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime
     )
-    store = EpochWriter(engine)
-    with RunWatch(engine, run_id, worker) as watch:
+    # Writes guarded by the worker name: once the run is lost, an epoch in flight writes nothing.
+    store = EpochWriter(engine, worker=worker)
+    with (
+        Heartbeat(engine, worker, [run_id], every_s=heartbeat_s, say=_say) as beat,
+        first_ctrl_c_stops() as ctrl_c,
+    ):
+
+        def should_stop() -> str | None:
+            return "interrupted" if ctrl_c() else beat.should_stop()
+
         if not progress:
-            return run_id, execute_run(store, run_id, cfg, watch.should_stop).status
+            return run_id, execute_run(store, run_id, cfg, should_stop).status
 
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -139,5 +126,5 @@ def train_foreground(
                     f"test acc {m['test_acc']:.3f}",
                 )
 
-            result = execute_run(store, run_id, cfg, watch.should_stop, on_epoch=show)
+            result = execute_run(store, run_id, cfg, should_stop, on_epoch=show)
     return run_id, result.status

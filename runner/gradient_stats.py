@@ -13,6 +13,7 @@ layer-major: layer l occupies `[offset_l, offset_l + K * n_l)` as a contiguous [
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
@@ -99,6 +100,13 @@ class FlatParameters:
 # step costs one copy, and a block of steps costs the few reductions one step used to.
 BLOCK_STEPS = 16
 BLOCK_BYTES = 16 << 20  # per block; large models get fewer steps per block
+# A user's model (shapes given) whose one step's gradient fills a block is kept lean: one ring
+# row instead of two blocks, the start-of-epoch weights refilled in place, the epoch's weight
+# norms and histogram taken in chunks of CHUNK elements. Resident memory then is 8 bytes per
+# weight (the row and the start copy) instead of ~40 (benchmarks/api_memory.py), for the
+# same statistics; the price is that a step's copy waits for the previous step's reduction.
+LEAN_ABOVE = BLOCK_BYTES // 4
+CHUNK = 1 << 16  # elements per chunk of the lean epoch-end passes (256 KiB of float32)
 
 
 @dataclass
@@ -156,16 +164,21 @@ class EpochGradStats:
         device: torch.device,
         executor: Executor | None = None,
         shapes: Sequence[Sequence[int]] | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.sizes = weight_sizes
         self.members = members
         self.groups = group_layers(weight_sizes, members)
         self.device = device
         total = sum(weight_sizes) * members
-        self.block = max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
+        # Lean (see LEAN_ABOVE): a user's model only (members == 1, shapes given).
+        self.lean = (total >= LEAN_ABOVE) if lean is None else lean
+        self.lean = self.lean and shapes is not None and members == 1
+        self.block = 1 if self.lean else max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
+        self._n_blocks = 1 if self.lean else 2
         # Zeros, not empty: the pages are touched here, at set-up, not by the first epoch's
         # steps (filling a new 2 x 5 MB ring took 3.8 ms on this VM, a touched one 1.0-1.6 ms).
-        self._ring = [torch.zeros(self.block, total, device=device) for _ in range(2)]
+        self._ring = [torch.zeros(self.block, total, device=device) for _ in range(self._n_blocks)]
         self._slots = [list(block.unbind(0)) for block in self._ring]
         # Each full block's per-group views, made once: slicing costs an op call per group.
         self._block_views = [self._views(block) for block in self._ring]
@@ -181,10 +194,13 @@ class EpochGradStats:
                 for rows in self._slots
             ]
         # The last job reading each ring block; a block is refilled only once it has run.
-        self._busy: list[Future[object] | None] = [None, None]
+        self._busy: list[Future[object] | None] = [None] * self._n_blocks
         self._half = 0
         self._fill = 0
         self._executor = executor
+        # Called with each reduced block's per-step norms [n, L, K] and the steps of the epoch
+        # before it, on the thread that reduces it (the live spike check: no extra pass).
+        self.on_block: Callable[[Tensor, int], None] | None = None
         self._sums: _Sums | None = None
         self._steps = 0  # a Python count: no tensor op per step
         self._start_weights: Tensor | None = None
@@ -193,6 +209,14 @@ class EpochGradStats:
         # its _HIST_SPAN counts; float where every index is exact in float32, so the bin is added
         # before one conversion to integers.
         n_layers = len(weight_sizes)
+        # Each layer's first element (lean: the histogram adds its layer's slot per chunk, so
+        # no per-element index is kept: it would cost 4-8 bytes per weight).
+        self._starts = np.cumsum([0, *weight_sizes]).tolist()
+        self._hist_base = torch.empty(0, device=device)
+        if self.lean:
+            sizes = torch.tensor(weight_sizes, dtype=torch.float32, device=device)
+            self._numels = sizes.view(-1, 1)
+            return
         slot = torch.cat(
             [
                 torch.arange(n_layers * members, device=device)[
@@ -217,8 +241,43 @@ class EpochGradStats:
             for g in self.groups
         ]
 
-    def begin(self, weights: Tensor) -> None:
-        """Start an epoch: fresh sums and the weights as they are (for update ratios)."""
+    @property
+    def steps(self) -> int:
+        """Steps taken in the epoch so far."""
+        return self._steps
+
+    def begin_params(self, weights: Sequence[Tensor]) -> None:
+        """Lean: start an epoch from these weights (one per layer), copied into the start
+        buffer in place (made once), so no flat copy of the model is made."""
+        if self._start_weights is None:
+            self._start_weights = torch.empty(sum(self.sizes), device=self.device)
+        for (a, b), w in zip(itertools.pairwise(self._starts), weights, strict=True):
+            self._start_weights[a:b].copy_(w.reshape(-1))
+        self.begin(None)
+
+    @torch.no_grad()
+    def close_params(self, weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Lean: the epoch's weight norms and update norms ([L, 1] each) from the weights now
+        (one per layer), taken in chunks, and the start buffer refilled with these weights
+        for the next epoch. On the calling (training) thread: the weights keep changing."""
+        assert self._start_weights is not None, "begin_params() not called"
+        norms, moved = [], []
+        for (a, b), w in zip(itertools.pairwise(self._starts), weights, strict=True):
+            flat, start = w.reshape(-1), self._start_weights[a:b]
+            sq_w = torch.zeros((), device=self.device)
+            sq_d = torch.zeros((), device=self.device)
+            for i in range(0, b - a, CHUNK):
+                part = flat[i : i + CHUNK].float()
+                sq_w += torch.linalg.vector_norm(part).square()
+                sq_d += torch.linalg.vector_norm(part - start[i : i + CHUNK]).square()
+                start[i : i + CHUNK].copy_(part)
+            norms.append(sq_w.sqrt())
+            moved.append(sq_d.sqrt())
+        return torch.stack(norms).view(-1, 1), torch.stack(moved).view(-1, 1)
+
+    def begin(self, weights: Tensor | None) -> None:
+        """Start an epoch: fresh sums and the weights as they are (for update ratios); None
+        (lean) keeps the start buffer as begin_params/close_params left it."""
         shape = (len(self.sizes), self.members)
         zeros = {"dtype": torch.float32, "device": self.device}
         self._sums = _Sums(
@@ -231,7 +290,8 @@ class EpochGradStats:
             clean=torch.device(self.device).type == "cpu",
         )
         self._steps = 0
-        self._start_weights = weights.detach().clone()
+        if weights is not None:
+            self._start_weights = weights.detach().clone()
         self._reducing = []
 
     def step(self, grads: Tensor | Sequence[Tensor]) -> None:
@@ -244,7 +304,12 @@ class EpochGradStats:
         if isinstance(grads, Tensor):
             self._slots[self._half][self._fill].copy_(grads)
         elif self._weight_slots is not None:  # each gradient in its weight's shape
-            torch._foreach_copy_(self._weight_slots[self._half][self._fill], list(grads))
+            slots = self._weight_slots[self._half][self._fill]
+            if any(g is None for g in grads):  # a weight without a gradient counts as zeros
+                for slot, g in zip(slots, grads, strict=True):
+                    slot.zero_() if g is None else slot.copy_(g)
+            else:
+                torch._foreach_copy_(slots, list(grads))
         else:
             torch.cat(list(grads), out=self._slots[self._half][self._fill])
         self._fill += 1
@@ -256,7 +321,7 @@ class EpochGradStats:
             if job is not None:
                 self._reducing.append(job)
             self._busy[self._half] = job
-            self._half ^= 1
+            self._half = (self._half + 1) % self._n_blocks
             self._fill = 0
 
     def finish_later(self) -> GradStatsFn:
@@ -269,7 +334,7 @@ class EpochGradStats:
         reducing = self._reducing
         half, fill = self._half, self._fill
         rest = self._ring[half][:fill] if fill else None
-        last_half = half if fill else half ^ 1
+        last_half = half if fill else (half - 1) % self._n_blocks
         last = self._slots[last_half][(fill or self.block) - 1]
         done: Future[object] = Future()
 
@@ -286,7 +351,7 @@ class EpochGradStats:
         # Blocks still read by finish() stay untouched until it has run.
         self._busy[last_half] = done
         if fill:
-            self._half ^= 1
+            self._half = (self._half + 1) % self._n_blocks
             self._fill = 0
         return finish
 
@@ -326,9 +391,20 @@ class EpochGradStats:
         steps.abs_()  # the views now hold |g|
         magnitudes = _cat([v.sum(dim=3) for v in views])
         maxes = _cat([v.amax(dim=3) for v in views])  # NaN propagates
+        norms, signed, magnitudes, maxes = self._combine(norms, signed, magnitudes, maxes)
+        done = sums.done
         self._track_divergence(sums, norms, maxes)
+        if self.on_block is not None:
+            self.on_block(norms, done)
         sums.table += torch.stack((norms, norms.square(), signed, magnitudes)).sum(dim=1)
         torch.maximum(sums.max, maxes.amax(dim=0), out=sums.max)
+
+    def _combine(
+        self, norms: Tensor, signed: Tensor, magnitudes: Tensor, maxes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A block's per-step [n, L, K] results as the whole model's: here they are (a
+        sharded model's ranks combine theirs: gradscope.api.sharded.ShardedGradStats)."""
+        return norms, signed, magnitudes, maxes
 
     @staticmethod
     def _track_divergence(sums: _Sums, norms: Tensor, maxes: Tensor) -> None:
@@ -363,15 +439,25 @@ class EpochGradStats:
         sums.done += n
 
     def _statistics(
-        self, sums: _Sums, steps: int, last: Tensor, weights: Tensor, start: Tensor
+        self,
+        sums: _Sums,
+        steps: int,
+        last: Tensor,
+        weights: Tensor | tuple[Tensor, Tensor],
+        start: Tensor,
     ) -> dict[str, Tensor]:
         n = self._numels * steps
         mean = sums.sum / n
         variance = (sums.sq / n - mean * mean).clamp(min=0)
-        weight_norm = torch.cat([torch.linalg.vector_norm(v, dim=2) for v in self._views(weights)])
-        moved = torch.cat(
-            [torch.linalg.vector_norm(v, dim=2) for v in self._views(weights - start)]
-        )
+        if isinstance(weights, tuple):  # lean: the norms, taken by close_params
+            weight_norm, moved = weights
+        else:
+            weight_norm = torch.cat(
+                [torch.linalg.vector_norm(v, dim=2) for v in self._views(weights)]
+            )
+            moved = torch.cat(
+                [torch.linalg.vector_norm(v, dim=2) for v in self._views(weights - start)]
+            )
         return {
             "grad_norm": sums.norm / steps,
             "grad_mean_abs": sums.abs / n,
@@ -395,17 +481,36 @@ class EpochGradStats:
         non-finite values; out-of-range magnitudes go in the edge bins. Every float32 magnitude
         has a place among _HIST_SPAN counts, so the bins are one bincount and a fold of the
         small count table, with no per-element branch (where() on every element cost more
-        than the rest together: 0.96 -> 0.44 ms for 78k weights on this CPU)."""
-        x = grads.detach().abs().log10_()  # 0 -> -inf; inf, NaN stay
-        # floor(4 * (log10 + 12)) exactly as (log10 - MIN) / width: scaling by a power of two
-        # commutes with rounding. Shifted so that every finite value lands in [1, SPAN - 2].
-        x.mul_(_BINS_PER_DECADE).sub_(HIST_LOG10_MIN * _BINS_PER_DECADE).floor_()
-        x.add_(_HIST_SHIFT).nan_to_num_(nan=_HIST_SPAN - 1, posinf=_HIST_SPAN - 1, neginf=0)
+        than the rest together: 0.96 -> 0.44 ms for 78k weights on this CPU). Lean: the same
+        bins, a layer's chunk at a time, with the layer's slot added as one number."""
         slots = len(self.sizes) * self.members
+        if self.lean:
+            wide = torch.zeros(slots * _HIST_SPAN, dtype=torch.long, device=self.device)
+            flat = grads.detach().reshape(-1)
+            for layer, (a, b) in enumerate(itertools.pairwise(self._starts)):
+                for i in range(a, b, CHUNK):
+                    index = self._bins(flat[i : min(b, i + CHUNK)]).long()
+                    index += layer * _HIST_SPAN
+                    wide += torch.bincount(index, minlength=slots * _HIST_SPAN)
+            return self._fold(wide.view(slots, _HIST_SPAN))
+        x = self._bins(grads.detach())
         base = self._hist_base
         index = x.add_(base).long() if base.is_floating_point() else x.long().add_(base)
         wide = torch.bincount(index, minlength=slots * _HIST_SPAN)
-        wide = wide.view(slots, _HIST_SPAN)
+        return self._fold(wide.view(slots, _HIST_SPAN))
+
+    @staticmethod
+    def _bins(grads: Tensor) -> Tensor:
+        """Each element's column among the _HIST_SPAN counts, as float (a new tensor)."""
+        x = grads.abs().log10_()  # 0 -> -inf; inf, NaN stay
+        # floor(4 * (log10 + 12)) exactly as (log10 - MIN) / width: scaling by a power of two
+        # commutes with rounding. Shifted so that every finite value lands in [1, SPAN - 2].
+        x.mul_(_BINS_PER_DECADE).sub_(HIST_LOG10_MIN * _BINS_PER_DECADE).floor_()
+        return x.add_(_HIST_SHIFT).nan_to_num_(nan=_HIST_SPAN - 1, posinf=_HIST_SPAN - 1, neginf=0)
+
+    def _fold(self, wide: Tensor) -> Tensor:
+        """[slots, _HIST_SPAN] counts folded into [L, K, HIST_SLOTS]: out-of-range bins into
+        the edge bins, then exact zeros, then non-finite values."""
         first, last = _HIST_SHIFT, _HIST_SHIFT + HIST_BINS - 1  # columns of bins 0 and BINS-1
         counts = torch.cat(
             (
@@ -450,13 +555,20 @@ def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:
             sat = ((a - 0.5).abs_() > SATURATED_HIGH - 0.5).float().mean(dim=(1, 2))
             out["saturated_frac"].append(sat)
             out["dead_frac"].append(nan.expand(a.shape[0]))
+        elif kind == "tanh":
+            # The same slope as a sigmoid at 0.01/0.99 (tanh' = 4 sigmoid'): |a| > 0.98.
+            sat = (a.abs() > 2 * SATURATED_HIGH - 1).float().mean(dim=(1, 2))
+            out["saturated_frac"].append(sat)
+            out["dead_frac"].append(nan.expand(a.shape[0]))
         elif kind == "none":
             out["saturated_frac"].append(nan.expand(a.shape[0]))
             out["dead_frac"].append(nan.expand(a.shape[0]))
         else:
-            # max |a| == 0 is "0 for every input"; NaN propagates through amax, so a NaN
-            # unit is not dead. Same as (a == 0).all(dim=1), ~25x faster.
-            dead = (a.abs().amax(dim=1) == 0).float().mean(dim=1)
+            # ReLU family and GELU-like: a unit whose output is <= 0 for every input sits where
+            # the slope is 0 (ReLU), tiny (leaky ReLU, GELU, SiLU) or fading (ELU). For ReLU,
+            # max a <= 0 is "0 for every input"; NaN propagates through amax, so a NaN unit is
+            # not dead. Same as (a == 0).all(dim=1) for ReLU, ~25x faster.
+            dead = (a.amax(dim=1) <= 0).float().mean(dim=1)
             out["saturated_frac"].append(nan.expand(a.shape[0]))
             out["dead_frac"].append(dead)
     return {k: torch.stack(v) for k, v in out.items()}

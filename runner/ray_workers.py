@@ -24,6 +24,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +36,7 @@ from gradscope.db.engine import make_engine, to_url
 from gradscope.db.errors import StorageError
 from gradscope.db.lifecycle import queued_demand, recover_lost
 from gradscope.runner.worker import STOP_SIGNALS, RunBudget, Slot, WorkerOptions, log
+from gradscope.vocab.protocol import recovery_every_s
 
 LOCAL = "local"
 RAY_MISSING = (
@@ -45,6 +48,8 @@ ACTOR_POOL_SIZE = 1
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # How long stopped actors get to end their runs `interrupted` before they are killed.
 STOP_GRACE_S = 30.0
+# How long a "host:port" Ray address may take to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
 # Actors that die before the driver gives up replacing them (a broken setup, not a fault).
 DEATHS_PER_SLOT = 3
 
@@ -90,10 +95,14 @@ class WorkerActor:
         self.slot.request_stop(reason)
 
     def busy(self) -> bool:
-        return bool(self.slot._current)
+        return self.slot.busy
 
     def hostname(self) -> str:
         return socket.gethostname()
+
+    def identity(self) -> str:
+        """The name this actor's runs are stored under (runs.worker)."""
+        return self.slot.name
 
 
 class BudgetActor:
@@ -148,11 +157,13 @@ class _Connection:
         self.ray = ray
         self.owned = False
         self.temp_dir: str | None = None
+        self.reaper: subprocess.Popen | None = None
         if ray.is_initialized():
             return
         if address == LOCAL:
             # Short path: Ray's unix sockets live under it (about 100 characters at most).
             self.temp_dir = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
+            self.reaper = start_reaper(self.temp_dir)
             ray.init(
                 num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
                 include_dashboard=False,
@@ -162,6 +173,7 @@ class _Connection:
                 _temp_dir=self.temp_dir,
             )
         else:
+            _check_reachable(address)
             try:
                 ray.init(address=address)
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -175,6 +187,44 @@ class _Connection:
             self.ray.shutdown()
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.reaper is not None:  # a clean exit: nothing left for it to clean
+            self.reaper.kill()
+            self.reaper.wait()
+
+
+def _check_reachable(address: str) -> None:
+    """A "host:port" where nothing answers is refused in one line within seconds; ray.init
+    would retry for minutes, printing only its C++ warnings. ("auto" and "ray://" addresses
+    fail quickly in ray.init itself.)"""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # malformed: ray.init says so at once
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RuntimeError(
+            f"cannot connect to Ray at {address}: nothing answers there ({reason}); start the "
+            "cluster (ray start --head) or check the address"
+        ) from exc
+
+
+def start_reaper(temp_dir: str) -> subprocess.Popen | None:
+    """A small process that outlives this driver if it is killed (kill -9 runs no cleanup):
+    it then ends the Ray processes started for it and removes `temp_dir`
+    (gradscope.runner.ray_reaper). None where it cannot run (no pidfd: not Linux)."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradscope.runner.ray_reaper", str(os.getpid()), temp_dir],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's terminal is not for it
+    )
 
 
 def run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
@@ -229,12 +279,16 @@ class _Driver:
         self.running: dict[Any, Any] = {}  # run() ObjectRef -> actor handle
         self.handled = 0
         self.deaths = 0
-        self.engine = make_engine(opts.db, pool_size=ACTOR_POOL_SIZE) if self.elastic else None
+        # Recovery: elastic drivers look for lost runs; every driver settles a dead actor's.
+        self.engine: Any = make_engine(opts.db, pool_size=ACTOR_POOL_SIZE)
+        self.names: dict[Any, Any] = {}  # run() ObjectRef -> the actor's identity() ObjectRef
 
     def _start(self, count: int) -> None:
         for _ in range(count):
             actor = self.actor_class.remote(self.actor_opts, self.budget)
-            self.running[actor.run.remote()] = actor
+            ref = actor.run.remote()
+            self.running[ref] = actor
+            self.names[ref] = actor.identity.remote()
 
     def run(self) -> int:
         where = self.ray_opts.address
@@ -245,7 +299,7 @@ class _Driver:
         if not self.elastic:
             self._start(self.slots)
         next_scale = 0.0
-        recover_every = max(self.opts.heartbeat_s, self.opts.stale_after_s / 4)
+        recover_every = recovery_every_s(self.opts.heartbeat_s, self.opts.stale_after_s)
         next_recovery = 0.0
         try:
             while not self.stopping.is_set():
@@ -292,8 +346,8 @@ class _Driver:
             except self.ray.exceptions.RayError as exc:
                 self.deaths += 1
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                log(f"ray driver: a worker actor died ({reason}); its runs are retried once "
-                    "their heartbeat is stale")  # fmt: skip
+                log(f"ray driver: a worker actor died ({reason})")
+                self._settle(ref)
                 if self.deaths > DEATHS_PER_SLOT * self.slots:
                     raise RuntimeError(
                         f"{self.deaths} worker actors died; giving up (last: {reason})"
@@ -305,6 +359,22 @@ class _Driver:
                 log(
                     f"ray driver: a worker actor left after {runs} runs, {len(self.running)} remain"
                 )
+
+    def _settle(self, ref: Any) -> None:
+        """A dead actor's runs, recovered now (queued again, --retries), not once their
+        heartbeat is stale: an --exit-when-idle driver may be gone by then."""
+        try:
+            name = self.ray.get(self.names.pop(ref), timeout=5.0)
+            lost = recover_lost(
+                self.engine, self.opts.stale_after_s, retries=self.opts.retries,
+                dead_workers=[name],
+            )  # fmt: skip
+        except (self.ray.exceptions.RayError, KeyError, StorageError) as exc:
+            log(f"ray driver: its runs are retried once their heartbeat is stale ({exc!r:.120})")
+            return
+        for run_id, outcome in lost.items():
+            done = "queued again" if outcome == "queued" else "failed"
+            log(f"ray driver: run {run_id} lost its worker actor: {done}")
 
     def _recover(self) -> None:
         assert self.engine is not None

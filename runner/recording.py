@@ -29,6 +29,9 @@ class Recorder(Protocol):
         """Store one epoch; return True to stop (cancellation was requested)."""
         ...
 
+    # Optional: `warnings(rows)` stores live warnings (gradscope.analysis.spikes.Warning_
+    # .to_json() dicts) as they are found; the engine calls it only where it exists.
+
 
 class EpochBatch(Protocol):
     """Stores several group members' epochs at once (one database transaction for a group's

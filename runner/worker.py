@@ -3,11 +3,12 @@ stale runs, and stop cleanly on SIGTERM/SIGINT.
 
 Process model: `run_worker` with concurrency 1 trains in this process; with N > 1 it loads
 torch and the rest once, then forks N child processes (spawn where fork is unsafe) that each
-claim and train, and forwards SIGTERM/SIGINT to them. Each
-training process has one housekeeping thread that heartbeats its claimed runs every
-`heartbeat_s` (learning of cancel requests and of runs taken away from it) and now and then
-marks other workers' stale runs "worker lost". Training itself polls `should_stop`, which only
-reads flags in memory, about once a second and at every epoch end.
+claim and train, and forwards SIGTERM/SIGINT to them. Each training process has one heartbeat
+thread (gradscope.runner.heartbeat.Heartbeat) that heartbeats its claimed runs every `heartbeat_s`
+(learning of cancel requests and of runs taken away from it) and, as chores, now and then marks
+other workers' stale runs "worker lost" and checks that its parent process lives. Training
+itself polls `should_stop`, which only reads flags in memory, about once a second and at every
+epoch end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,11 +29,17 @@ from typing import Any
 from gradscope.db.engine import display_url, make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import StorageError
-from gradscope.db.lifecycle import Claim, claim_next, heartbeat, recover_lost, release
+from gradscope.db.lifecycle import Claim, claim_next, recover_lost, release, running_workers
+from gradscope.runner.heartbeat import Chore, Heartbeat
 from gradscope.vocab.config import ConfigError, RunConfig, make_config
+from gradscope.vocab.protocol import (
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    local_pid,
+    recovery_every_s,
+    worker_identity,
+)
 
-DEFAULT_HEARTBEAT_S = 2.0
-DEFAULT_STALE_AFTER_S = 60.0
 DEFAULT_POLL_S = 1.0
 DEFAULT_RETRIES = 1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -47,8 +53,8 @@ class WorkerOptions:
     concurrency: int = 1
     exit_when_idle: bool = False
     max_runs: int | None = None  # runs across all of this worker's processes
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S
-    stale_after_s: float = DEFAULT_STALE_AFTER_S
+    heartbeat_s: float = HEARTBEAT_S
+    stale_after_s: float = STALE_AFTER_S
     poll_s: float = DEFAULT_POLL_S  # how often an idle worker looks for queued runs
     retries: int = DEFAULT_RETRIES  # times a lost run is queued again before it fails
     idle_exit_s: float | None = None  # leave after this long without a queued run (elastic)
@@ -61,10 +67,6 @@ def log(message: str) -> None:
     # under 4 KiB whole.
     sys.stderr.write(f"{stamp} {message}\n")
     sys.stderr.flush()
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class RunBudget:
@@ -106,27 +108,37 @@ def warm_up() -> None:
 
 
 class Slot:
-    """One training process's loop: claim, train, repeat; plus its housekeeping thread."""
+    """One training process's loop: claim, train, repeat; plus its heartbeat thread."""
 
     def __init__(self, opts: WorkerOptions, budget: RunBudget, parent_pid: int | None) -> None:
         self.opts = opts
         self.budget = budget
         self.parent_pid = parent_pid
-        self.name = worker_name()
+        self.name = worker_identity()
         self.engine = make_engine(opts.db, pool_size=opts.pool_size)
         self.store = EpochWriter(self.engine, worker=self.name)
         self.stop_reason: str | None = None
         self.runs_done = 0
         self._wake = threading.Event()
-        self._finished = threading.Event()
-        self._lock = threading.Lock()
-        self._current: tuple[str, ...] = ()
-        self._cancelled: set[str] = set()
-        self._lost: set[str] = set()
+        self.heartbeat = Heartbeat(
+            self.engine,
+            self.name,
+            every_s=opts.heartbeat_s,
+            say=lambda message: log(f"worker {self.name}: {message}"),
+            chores=[
+                Chore(recovery_every_s(opts.heartbeat_s, opts.stale_after_s), self._recover),
+                Chore(0.0, self._check_parent),
+            ],
+        )
+
+    @property
+    def busy(self) -> bool:
+        """Whether a claimed run is being trained now."""
+        return bool(self.heartbeat.run_ids)
 
     # -- stopping ---------------------------------------------------------------------------
     def request_stop(self, reason: str = "interrupted") -> None:
-        """Called from a signal handler or the housekeeping thread: runs stop at their next
+        """Called from a signal handler or the heartbeat thread: runs stop at their next
         check and end with `reason`; no new run is claimed."""
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -136,20 +148,15 @@ class Slot:
         """For train(): the status to stop with, or None. Reads memory only (cheap)."""
         if self.stop_reason is not None:
             return self.stop_reason
-        with self._lock:
-            if all(i in self._lost for i in run_ids):
-                # Another worker marked it lost; its final status is already written and the
-                # guarded finish will not overwrite it.
-                return "interrupted"
-            if all(i in self._cancelled or i in self._lost for i in run_ids):
-                return "cancelled"
-        return None
+        # "interrupted" when another worker marked the runs lost: their final status is
+        # already written and the guarded finish will not overwrite it.
+        return self.heartbeat.should_stop(run_ids)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         try:
             self._recover()
-        except StorageError as exc:  # transient; the housekeeping thread tries again
+        except StorageError as exc:  # transient; the heartbeat thread tries again
             log(f"worker {self.name} could not check for lost runs: {exc}")
         if not self.opts.exit_when_idle:
             # A long-lived worker pays the first run's imports (torch and the training engine,
@@ -157,10 +164,7 @@ class Slot:
             # worker that may find the queue empty and exit pays them only if it trains.
             warm_up()
         log(f"worker {self.name} ready, waiting for runs in {display_url(self.opts.db)}")
-        housekeeping = threading.Thread(
-            target=self._housekeeping, name="gradscope-heartbeat", daemon=True
-        )
-        housekeeping.start()
+        self.heartbeat.start()
         idle_since = time.monotonic()
         try:
             while self.stop_reason is None:
@@ -179,6 +183,10 @@ class Slot:
                     if self.opts.exit_when_idle or (
                         self.opts.idle_exit_s is not None and idle_s >= self.opts.idle_exit_s
                     ):
+                        # Before leaving, settle the runs this worker can see are lost (their
+                        # process is gone): queued again, they are this worker's work.
+                        if self._settle_lost():
+                            continue
                         break
                     self._wake.wait(self.opts.poll_s)
                     continue
@@ -191,16 +199,12 @@ class Slot:
                     log(f"worker {self.name}: database error while training: {exc}")
                 idle_since = time.monotonic()
         finally:
-            self._finished.set()
-            housekeeping.join(timeout=10)
+            self.heartbeat.stop()
             self.engine.dispose()
         return self.runs_done
 
     def _train_claim(self, claim: Claim) -> None:
-        with self._lock:
-            self._current = claim.run_ids
-            self._cancelled = set()
-            self._lost = set()
+        self.heartbeat.track(claim.run_ids)
         try:
             configs: dict[str, RunConfig] = {}
             for run_id, raw in zip(claim.run_ids, claim.configs, strict=True):
@@ -215,8 +219,7 @@ class Slot:
             elif ids:
                 self._train_group(ids, [configs[i] for i in ids])
         finally:
-            with self._lock:
-                self._current = ()
+            self.heartbeat.track(())
 
     def _train_one(self, run_id: str, cfg: RunConfig) -> None:
         from gradscope.runner.execute import (
@@ -258,15 +261,13 @@ class Slot:
                 if back:
                     log(f"worker {self.name} put {len(back)} unstarted runs back in the queue")
                 return
-            with self._lock:
-                cancelled = run_id in self._cancelled
-            if cancelled or self.store.cancel_requested(run_id):
+            if self.heartbeat.cancelled(run_id) or self.store.cancel_requested(run_id):
                 self.store.finish_run(run_id, "cancelled")
                 self.runs_done += 1
                 continue
             self._train_one(run_id, cfg)
 
-    # -- housekeeping -----------------------------------------------------------------------
+    # -- the heartbeat's chores ---------------------------------------------------------------
     def _recover(self) -> None:
         lost = recover_lost(
             self.engine, self.opts.stale_after_s, spare_worker=self.name, retries=self.opts.retries
@@ -277,38 +278,52 @@ class Slot:
             else:
                 log(f"worker {self.name} marked run {run_id} failed: worker lost")
 
-    def _housekeeping(self) -> None:
-        recover_every = max(self.opts.heartbeat_s, self.opts.stale_after_s / 4)
-        next_recovery = time.monotonic() + recover_every
-        while not self._finished.wait(self.opts.heartbeat_s):
-            try:
-                self._beat()
-                if time.monotonic() >= next_recovery:
-                    next_recovery = time.monotonic() + recover_every
-                    self._recover()
-            except StorageError as exc:
-                log(f"worker {self.name} heartbeat failed: {exc}")
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                log(f"worker {self.name}: parent process is gone, stopping")
-                self.request_stop("interrupted")
+    def _settle_lost(self) -> bool:
+        """Recover stale runs, and at once the runs of processes on this machine that are
+        gone (a killed sibling or worker). True when some were queued again."""
+        try:
+            dead = [w for w in running_workers(self.engine) if process_gone(w)]
+            lost = recover_lost(
+                self.engine,
+                self.opts.stale_after_s,
+                spare_worker=self.name,
+                retries=self.opts.retries,
+                dead_workers=dead,
+            )
+        except StorageError as exc:
+            log(f"worker {self.name} could not check for lost runs: {exc}")
+            return False
+        for run_id, outcome in lost.items():
+            done = "queued it again" if outcome == "queued" else "marked it failed"
+            log(f"worker {self.name}: run {run_id} lost its worker; {done}")
+        return "queued" in lost.values()
 
-    def _beat(self) -> None:
-        with self._lock:
-            ids = self._current
-        if not ids:
-            return
-        beats = heartbeat(self.engine, ids, self.name)
-        with self._lock:
-            if self._current != ids:
-                return
-            for run_id, beat in beats.items():
-                if beat.cancel_requested:
-                    self._cancelled.add(run_id)
-                if not beat.owned:
-                    self._lost.add(run_id)
+    def _check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log(f"worker {self.name}: parent process is gone, stopping")
+            self.request_stop("interrupted")
 
 
 # -- processes ----------------------------------------------------------------------------
+
+
+def process_gone(worker: str) -> bool:
+    """Whether the process a runs.worker name ("host:pid", "host:pid (role)") stands for is
+    known to be gone: on this machine only (elsewhere, only a stale heartbeat tells)."""
+    pid = local_pid(worker)
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:  # a killed child not yet reaped by its parent is a zombie: gone too
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _install_stop_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
@@ -376,6 +391,10 @@ def run_worker(opts: WorkerOptions) -> int:
     finally:
         _restore_handlers(previous)
     failed = [c.name for c in children if c.exitcode not in (0, None)]
+    if failed and opts.exit_when_idle and not stopping.is_set():
+        # A child died (killed) after its siblings found the queue empty and left: settle
+        # its runs now and train what was queued again, rather than leave them `running`.
+        done.value += run_slot(opts, RunBudget(opts.max_runs, counter))
     if failed:
         raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")
     return done.value
@@ -388,8 +407,8 @@ def spawn_worker_process(
     db: str,
     *,
     concurrency: int = 1,
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_after_s: float = STALE_AFTER_S,
     log_path: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen:
     """Start `gradscope worker` for `db` in the background; its output goes to `log_path`

@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from gradscope.cli import app
 from gradscope.db.annotate import AnnotationError, rename_run, set_notes, set_tags, tags_of
-from gradscope.db.engine import make_engine
+from gradscope.db.engine import SCHEMA_REVISION, make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.lifecycle import claim_next
 from gradscope.db.migrate import upgrade
 from gradscope.db.queries import get_run, list_runs
-from gradscope.db.share import export_runs, import_file
+from gradscope.db.share.export import export_runs
+from gradscope.db.share.importing import import_file
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
 
@@ -36,7 +37,7 @@ def test_runs_created_together_keep_their_order_in_lists_and_the_queue(db_path: 
     # Many runs in one insert share created_at; UUID order would shuffle them.
     ids = EpochWriter(engine).create_runs(_specs(12))
     listed = [r.id for r in list_runs(engine)]
-    assert listed == ids[::-1]  # newest first, so the last created leads
+    assert listed == ids  # created together: listed in creation order (newest batch first)
     claimed = [claim_next(engine, "w").run_ids[0] for _ in range(3)]
     assert claimed == ids[:3]
     later = EpochWriter(engine).create_runs(_specs(2))
@@ -127,7 +128,7 @@ def test_schema_0001_database_upgrades_and_its_export_imports(tmp_path: Path) ->
     old = tmp_path / "old.db"
     shutil.copy(OLD_DB, old)
     raw = make_engine(str(old), check_schema=False)
-    assert upgrade(raw) == ("0001_initial", "0002_notes_tags_retries")
+    assert upgrade(raw) == ("0001_initial", SCHEMA_REVISION)
     raw.dispose()
     engine = make_engine(str(old))
     runs = list_runs(engine)

@@ -20,9 +20,11 @@ from torch import nn
 import gradscope
 import gradscope.api.watch as gradscope_watch
 from gradscope.db.engine import make_engine
-from gradscope.db.lifecycle import WORKER_LOST, db_now, recover_stale
-from gradscope.db.share import ImportRefused, export_runs, import_file
-from gradscope.db.share_tables import export_tables
+from gradscope.db.lifecycle import WORKER_LOST, db_now, recover_lost
+from gradscope.db.share.base import ImportRefused
+from gradscope.db.share.export import export_runs
+from gradscope.db.share.importing import import_file
+from gradscope.db.share.table_files import export_tables
 from gradscope.vocab.custom import CustomConfigError
 from gradscope.vocab.fields import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, LAYER_STAT_FIELDS
 
@@ -421,7 +423,7 @@ def test_a_killed_process_is_marked_lost_by_stale_recovery(db_path: Path) -> Non
         assert run_id, "the child printed no run id"
         engine = make_engine(str(db_path))
         # Alive: its heartbeat is fresh, so recovery at the database's time leaves it alone.
-        assert recover_stale(engine, 60.0) == []
+        assert recover_lost(engine, 60.0) == {}
         proc.kill()  # SIGKILL: no atexit, no finally
         proc.wait(timeout=30)
     finally:
@@ -429,7 +431,7 @@ def test_a_killed_process_is_marked_lost_by_stale_recovery(db_path: Path) -> Non
             proc.kill()
             proc.wait()
     later = db_now(engine) + timedelta(seconds=120)
-    assert recover_stale(engine, 60.0, now=later) == [run_id]
+    assert recover_lost(engine, 60.0, now=later) == {run_id: "failed"}
     row = run_row(db_path, run_id)
     assert row["status"] == "failed" and row["error"] == WORKER_LOST
     assert row["epochs_done"] == 1
@@ -470,8 +472,8 @@ def test_import_refuses_a_custom_run_with_a_bad_layer(db_path: Path, tmp_path: P
     engine = make_engine(str(db_path))
     export_runs(engine, [run.id], tmp_path / "out.db")
     with sqlite3.connect(tmp_path / "out.db") as conn:
-        conn.execute("UPDATE run_layers SET activation = 'tanh', shape = '[2, \"x\"]'")
-    with pytest.raises(ImportRefused, match="activation 'tanh' is not one of none, sigmoid"):
+        conn.execute("UPDATE run_layers SET activation = 'swishy', shape = '[2, \"x\"]'")
+    with pytest.raises(ImportRefused, match="activation 'swishy' is not one of none, sigmoid"):
         import_file(make_engine(str(tmp_path / "target.db")), tmp_path / "out.db")
     engine.dispose()
 
@@ -565,11 +567,11 @@ def test_a_cancel_request_reaches_the_loop_through_the_heartbeat(db_path: Path) 
     from gradscope.db.lifecycle import cancel_runs
 
     with gradscope.init(db=str(db_path)) as run:
-        assert run._beat_once() and not run.cancel_requested
+        assert run._heartbeat.beat() and not run.cancel_requested
         engine = make_engine(str(db_path))
         assert cancel_runs(engine, [run.id])[run.id] == "cancel requested"
-        assert run._beat_once()  # what the heartbeat thread does every 2 s
-        assert run.cancel_requested
+        assert run._heartbeat.beat()  # what the heartbeat thread does every 2 s
+        assert run.cancel_requested and not run.lost
     engine.dispose()
 
 
@@ -580,8 +582,10 @@ def test_a_run_marked_lost_stops_recording(db_path: Path) -> None:
     run.log_epoch(train_loss=1.0)
     run.diverged  # noqa: B018 - waits until the epoch is stored
     engine = make_engine(str(db_path))
-    assert recover_stale(engine, 60.0, now=db_now(engine) + timedelta(seconds=120)) == [run.id]
-    assert not run._beat_once()
+    later = db_now(engine) + timedelta(seconds=120)
+    assert recover_lost(engine, 60.0, now=later) == {run.id: "failed"}
+    assert not run._heartbeat.beat()
+    assert run.lost
     run.log_epoch(train_loss=0.5)
     run.finish()
     row = run_row(db_path, run.id)

@@ -121,17 +121,53 @@ def test_accuracy_axis_is_fixed_and_learning_curves_pair() -> None:
 
 
 def test_prediction_spread_log_scale_with_threshold_rule() -> None:
-    epochs = epochs_frame()
-    epochs.loc[0, "pred_std"] = 0.0  # exactly constant output
-    epochs.loc[1, "pred_std"] = NAN
-    spec = spec_of(charts.prediction_spread(epochs))
-    line, rule = spec["layer"]
+    spec = spec_of(charts.prediction_spread(epochs_frame()))
+    line, rule, *_floor = spec["layer"]
     assert mark(line) == "line" and mark(rule) == "rule"
     assert line["encoding"]["y"]["scale"]["type"] == "log"
     assert [r["threshold"] for r in rows(spec, rule)] == [COLLAPSE_PRED_STD]
     values = [r["pred_std"] for r in rows(spec, line)]
-    assert len(values) == len(epochs) - 2 and all(v > 0 for v in values)
-    assert "2 zero or non-finite" in " ".join(spec["title"]["subtitle"])
+    assert values == list(epochs_frame()["pred_std"])
+    assert spec["title"]["subtitle"][-1] == "log scale"  # nothing at the floor, none mentioned
+
+
+@pytest.mark.parametrize("bad", [0.0, NAN, math.inf, -1e-3])
+def test_prediction_spread_draws_collapsed_and_diverged_runs_at_a_marked_floor(
+    bad: float,
+) -> None:
+    """A collapsed run's spread is exactly 0 at every epoch: it is the line this chart exists
+    to show, so it is drawn at a floor below every real value, marked, never dropped."""
+    epochs = epochs_frame()
+    collapsed = epochs["run_id"] == "a"
+    epochs.loc[collapsed, "pred_std"] = bad
+    spec = spec_of(charts.prediction_spread(epochs))
+    line = spec["layer"][0]
+    drawn = {(r["run_id"], r["epoch"]): r for r in rows(spec, line)}
+    assert len(drawn) == len(epochs)  # every point, the collapsed run's included
+    floor = charts.spread_floor(epochs["pred_std"])
+    assert floor < COLLAPSE_PRED_STD and floor < epochs.loc[~collapsed, "pred_std"].min()
+    assert all(drawn[("a", e)]["pred_std"] == floor for e in range(1, 5))
+    assert all(drawn[("b", e)]["pred_std"] == 10.0**-e for e in range(1, 5))
+    # The floor is marked: a rule at it, and the floored points in a shape of their own.
+    rules = [v for v in spec["layer"] if mark(v) == "rule" and "floor" in json.dumps(v)]
+    assert [r["floor"] for r in rows(spec, rules[0])] == [floor]
+    (marked,) = [v for v in spec["layer"] if v.get("mark", {}).get("shape") == charts.FLOOR_SHAPE]
+    assert {r["run_id"] for r in rows(spec, marked)} == {"a"}
+    assert len(rows(spec, marked)) == 4
+    assert "4 value(s) exactly 0" in spec["title"]["subtitle"][-1]
+    # The tooltip tells the recorded value, not the floor it is drawn at.
+    assert drawn[("a", 1)]["recorded"] != f"{floor:.2e}"
+
+
+def test_prediction_spread_floors_grouped_bands_too() -> None:
+    epochs = epochs_frame()
+    epochs["pred_std_lo"] = 0.0  # one seed collapsed in every group
+    epochs["pred_std_hi"] = epochs["pred_std"] * 2
+    spec = spec_of(charts.prediction_spread(epochs))
+    banded = spec["layer"][0]  # the band and the line share the line's data
+    assert any(mark(v) == "area" for v in banded["layer"])
+    floor = charts.spread_floor(epochs["pred_std"])
+    assert all(r["pred_std_lo"] == floor for r in rows(spec, banded))
 
 
 # --- Gradient flow, heatmap, histograms -------------------------------------------------------
@@ -343,3 +379,21 @@ def test_sweep_accuracy_keeps_all_seeds_and_chance_rule() -> None:
     assert pd.DataFrame(rows(spec, line)).equals(
         summary[["arch", "depth", "seed", "final_test_acc"]]
     )
+
+
+@pytest.mark.parametrize("build", [charts.sweep_grad_ratio, charts.sweep_accuracy])
+def test_sweep_legend_symbols_are_the_lines_not_the_pale_band(build) -> None:  # noqa: ANN001
+    """The legend is drawn from the line layer, opaque: the band's fill (opacity 0.2) made
+    its symbols invisible on the dark theme."""
+    spec = spec_of(build(sweep_frame()))
+    band, line, _rule = spec["layer"]
+    # The band's colour has no legend of its own, and no `color` that could share (and so
+    # disable or restyle) the lines' legend.
+    assert "color" not in band["encoding"] and band["encoding"]["fill"]["legend"] is None
+    legend = line["encoding"]["color"]["legend"]
+    assert legend["symbolOpacity"] == 1 and legend["symbolType"] == "stroke"
+    assert line["encoding"]["color"]["scale"] == band["encoding"]["fill"]["scale"]
+    # Vega-Lite switches a shared legend off in every layer when one layer turns it off: the
+    # band's fill is resolved apart, so the lines keep theirs.
+    assert spec["resolve"]["legend"]["fill"] == "independent"
+    assert spec["resolve"]["scale"]["fill"] == "independent"

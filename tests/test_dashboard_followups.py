@@ -16,8 +16,8 @@ from gradscope.dashboard import db_gateway, tables
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
-from gradscope.db.share import export_runs_bytes
-from gradscope.db.share_source import MAX_IMPORT_MB
+from gradscope.db.share.export import export_runs_bytes
+from gradscope.db.share.source import MAX_IMPORT_MB
 from gradscope.vocab.records import FinalMetrics
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from gradscope.cli.dashboard_commands import streamlit_command
 from gradscope.db import frames
 from gradscope.db.engine import make_engine
-from gradscope.db.share import export_runs_bytes
+from gradscope.db.share.export import export_runs_bytes
 
 
 def test_sweeps_page_plots_ratio_and_accuracy_against_depth(

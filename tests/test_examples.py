@@ -40,6 +40,8 @@ def run_example(name: str, *args: str) -> str:
             4,
         ),
         ("own_loop_cnn.py", ("--epochs", "2"), {"own loop cnn"}, 4),
+        ("lightning_callback.py", ("--epochs", "2"), {"lightning moons"}, 6),
+        ("hf_trainer_callback.py", ("--epochs", "2"), {"hf tiny bert"}, 22),
     ],
 )
 def test_example_records_completed_custom_runs(

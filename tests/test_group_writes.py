@@ -16,7 +16,7 @@ from worker_helpers import SMALL, queue_runs
 from gradscope.db.engine import make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import NotFoundError
-from gradscope.db.lifecycle import cancel_runs, claim_next, db_now, recover_stale
+from gradscope.db.lifecycle import cancel_runs, claim_next, db_now, recover_lost
 from gradscope.db.models import DecisionGridModel, EpochMetricModel, LayerStatModel, RunModel
 from gradscope.db.queries import get_run
 from gradscope.db.transactions import transaction
@@ -123,7 +123,7 @@ def test_a_group_epoch_write_skips_a_run_that_is_no_longer_this_workers(engine: 
             .where(RunModel.__table__.c.id == ids[1])
             .values(heartbeat_at=db_now(engine) - timedelta(seconds=600))
         )
-    assert recover_stale(engine, 60, retries=1) == [ids[1]]
+    assert recover_lost(engine, 60, retries=1) == {ids[1]: "queued"}
     assert claim_next(engine, "next").run_ids == (ids[1],)
 
     slow = EpochWriter(engine, worker="slow")

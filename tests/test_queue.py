@@ -19,7 +19,7 @@ from gradscope.db.lifecycle import (
     db_now,
     heartbeat,
     queue_status,
-    recover_stale,
+    recover_lost,
     release,
 )
 from gradscope.db.models import RunModel
@@ -135,7 +135,7 @@ def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> No
     claim_next(engine, "dead")
     claim_next(engine, "alive")
     now = db_now(engine)
-    assert recover_stale(engine, 60, now=now + timedelta(seconds=30)) == []
+    assert recover_lost(engine, 60, now=now + timedelta(seconds=30)) == {}
     # "alive" heartbeats; "dead" does not. Only the silent one is stale a minute later.
     alive_id = next(i for i in ids if get_run(engine, i).worker == "alive")
     dead_id = next(i for i in ids if i != alive_id)
@@ -146,8 +146,8 @@ def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> No
             .where(RunModel.id == dead_id)
             .values(heartbeat_at=now - timedelta(seconds=120))
         )
-    assert recover_stale(engine, 60, spare_worker="dead") == []  # its own runs are spared
-    assert recover_stale(engine, 60) == [dead_id]
+    assert recover_lost(engine, 60, spare_worker="dead") == {}  # its own runs are spared
+    assert recover_lost(engine, 60) == {dead_id: "failed"}
     lost = get_run(engine, dead_id)
     assert (lost.status, lost.error) == ("failed", WORKER_LOST)
     assert lost.finished_at is not None
@@ -156,7 +156,9 @@ def test_stale_runs_are_marked_lost_by_the_clock_passed_in(engine: Engine) -> No
     assert heartbeat(engine, [dead_id], "dead")[dead_id].owned is False
     assert heartbeat(engine, [alive_id], "alive")[alive_id].owned is True
     assert heartbeat(engine, [alive_id], "impostor")[alive_id].owned is False
-    assert recover_stale(engine, 60, now=db_now(engine) + timedelta(seconds=61)) == [alive_id]
+    assert recover_lost(engine, 60, now=db_now(engine) + timedelta(seconds=61)) == {
+        alive_id: "failed"
+    }
 
 
 def test_cancel_queued_now_running_by_request(engine: Engine) -> None:

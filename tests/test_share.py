@@ -23,17 +23,11 @@ from gradscope.db.engine import SCHEMA_REVISION, make_engine
 from gradscope.db.epoch_writes import EpochWriter
 from gradscope.db.errors import StorageError
 from gradscope.db.models import EpochMetricModel, RunModel
-from gradscope.db.share import (
-    ImportRefused,
-    ImportReport,
-    ShareError,
-    export_runs,
-    export_runs_bytes,
-    import_bytes,
-    import_file,
-    select_run_ids,
-)
-from gradscope.db.share_tables import export_tables, export_tables_zip
+from gradscope.db.share.base import ImportRefused, ShareError
+from gradscope.db.share.export import export_runs, export_runs_bytes, select_run_ids
+from gradscope.db.share.importing import import_bytes, import_file
+from gradscope.db.share.report import ImportReport
+from gradscope.db.share.table_files import export_tables, export_tables_zip
 from gradscope.db.transactions import orm, transaction
 from gradscope.vocab.config import make_config
 from gradscope.vocab.records import RunSpec
@@ -490,7 +484,7 @@ def test_imports_of_one_file_at_once_add_each_run_once(
 def test_csv_and_parquet_tables(source: Engine, tmp_path: Path) -> None:
     ids = all_ids(source)
     csv_paths = export_tables(source, ids, tmp_path / "csv")
-    assert [p.name for p in csv_paths] == ["runs.csv", "epochs.csv", "layers.csv"]
+    assert [p.name for p in csv_paths] == ["runs.csv", "epochs.csv", "layers.csv", "metrics.csv"]
     runs = pd.read_csv(csv_paths[0])
     epochs = pd.read_csv(csv_paths[1])
     layers = pd.read_csv(csv_paths[2])
@@ -511,7 +505,7 @@ def test_csv_and_parquet_tables(source: Engine, tmp_path: Path) -> None:
         export_tables(source, ids, tmp_path / "pq", "parquet")
 
     archive = zipfile.ZipFile(io.BytesIO(export_tables_zip(source, ids[:1])))
-    assert archive.namelist() == ["runs.csv", "epochs.csv", "layers.csv"]
+    assert archive.namelist() == ["runs.csv", "epochs.csv", "layers.csv", "metrics.csv"]
     assert len(pd.read_csv(archive.open("epochs.csv"))) == 4
 
     result = cli.invoke(

@@ -17,11 +17,12 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from gradscope.cli import app
-from gradscope.db import share_source
 from gradscope.db.engine import SCHEMA_REVISION, make_engine
 from gradscope.db.queries import run_document
-from gradscope.db.share import ImportRefused, export_runs, import_file, select_run_ids
-from gradscope.db.share_validate import TABLE_ORDER, TABLES
+from gradscope.db.share import source as share_source
+from gradscope.db.share.base import TABLE_ORDER, TABLES, ImportRefused
+from gradscope.db.share.export import export_runs, select_run_ids
+from gradscope.db.share.importing import import_file
 
 
 @pytest.fixture(scope="module")

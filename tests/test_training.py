@@ -141,33 +141,11 @@ def test_a_run_that_stored_every_epoch_has_completed_whatever_was_asked() -> Non
     assert len(rec.records) == 1
 
 
-def test_foreground_watch_heartbeats_and_notices_cancel(db_path) -> None:  # noqa: ANN001
-    import time
-
-    from gradscope.db.lifecycle import Runtime, cancel_runs, create_runs
-    from gradscope.db.queries import get_run
-    from gradscope.runner.foreground import RunWatch
-    from gradscope.vocab.records import RunSpec
-
-    engine = make_engine(str(db_path))
-    runtime = Runtime(worker="test", device="cpu", torch_version="")
-    [run_id] = create_runs(engine, [RunSpec({})], status="running", runtime=runtime)
-    first = get_run(engine, run_id).heartbeat_at
-    with RunWatch(engine, run_id, "test", every_s=0.02) as watch:
-        assert watch.should_stop() is None
-        assert cancel_runs(engine, [run_id]) == {run_id: "cancel requested"}
-        deadline = time.monotonic() + 10
-        while watch.should_stop() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling a condition with a deadline
-        assert watch.should_stop() == "cancelled"
-    assert get_run(engine, run_id).heartbeat_at > first
-
-
 def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa: ANN001
     from datetime import timedelta
 
     from gradscope.db.epoch_writes import EpochWriter
-    from gradscope.db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_stale
+    from gradscope.db.lifecycle import WORKER_LOST, Runtime, create_runs, db_now, recover_lost
     from gradscope.db.queries import get_run
     from gradscope.runner.execute import execute_run
     from gradscope.vocab.records import RunSpec
@@ -179,7 +157,7 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
     [run_id] = create_runs(engine, [RunSpec(cfg.model_dump())], status="running", runtime=runtime)
 
     def another_worker_gives_up() -> None:
-        recover_stale(engine, 60, now=db_now(engine) + timedelta(seconds=3600))
+        recover_lost(engine, 60, now=db_now(engine) + timedelta(seconds=3600))
         return None
 
     result = execute_run(store, run_id, cfg, another_worker_gives_up)
@@ -193,7 +171,8 @@ def test_a_run_marked_lost_meanwhile_keeps_that_status(db_path) -> None:  # noqa
 def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None:  # noqa: ANN001
     # Blocks of 2 steps and 16-step epochs: the training thread reuses the gradient ring many
     # times while the failed epoch-1 measurement is pending; it must get the error, not wait.
-    import gradscope.runner.recording
+    import reference_loop
+
     from gradscope.runner import gradient_stats as probes
 
     monkeypatch.setattr(probes, "BLOCK_STEPS", 2)
@@ -201,7 +180,7 @@ def test_a_failing_measurement_ends_training_with_its_error(monkeypatch) -> None
     def broken(*_args: object) -> None:
         raise RuntimeError("activation statistics failed")
 
-    monkeypatch.setattr(gradscope.runner.recording, "activation_stats", broken)
+    monkeypatch.setattr(reference_loop, "activation_stats", broken)
     rec = ListRecorder()
     cfg = {"depth": 2, "width": 4, "samples": 1024, "batch_size": 48, "epochs": 3}
     with pytest.raises(RuntimeError, match="activation statistics failed"):

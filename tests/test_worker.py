@@ -25,7 +25,7 @@ from worker_helpers import (
 
 import gradscope.runner.worker as worker_module
 from gradscope.cli import app
-from gradscope.db.lifecycle import db_now, queue_sweep, recover_stale
+from gradscope.db.lifecycle import db_now, queue_sweep, recover_lost
 from gradscope.db.queries import get_run, run_document
 from gradscope.runner.worker import (
     RunBudget,
@@ -58,8 +58,9 @@ def test_killed_worker_is_noticed_and_its_epochs_kept(db_path: Path, sqlite_engi
     assert at_kill["status"] == "running"
 
     # Not stale yet by the database clock, nor 30 s later: nobody may take it.
-    assert recover_stale(sqlite_engine, 60) == []
-    assert recover_stale(sqlite_engine, 60, now=db_now(sqlite_engine) + timedelta(seconds=30)) == []
+    assert recover_lost(sqlite_engine, 60) == {}
+    later = db_now(sqlite_engine) + timedelta(seconds=30)
+    assert recover_lost(sqlite_engine, 60, now=later) == {}
 
     # A new worker checks for lost runs as it starts (with --stale-after 0 any old heartbeat
     # counts as lost, so no waiting is needed). --retries 0: fail it, don't train it again.

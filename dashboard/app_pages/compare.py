@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from gradscope.analysis.diagnosis import Finding, diagnose
+from gradscope.analysis.diagnosis import Finding, diagnose, run_facts
 from gradscope.dashboard import annotations, charts, db_gateway, seeds, state, view
-from gradscope.dashboard.colors import Colors, colors_for
+from gradscope.dashboard.colors import Colors, colors_for, group_colors, varying_field
+from gradscope.dashboard.metric_section import metrics_section
 from gradscope.dashboard.seeds import SeedGroups
 from gradscope.dashboard.tables import MISSING, config_diff, escape_markdown, number_text
 from gradscope.vocab.custom import display_config
@@ -26,6 +27,9 @@ PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
 FOLD_AFTER = 12  # more per-run charts than this are drawn only on request
 MAP_SIZE = 200  # pixels: a decision map with its legends fits a third of a wide page
 MAX_OPTIONS = 300  # the run picker lists the newest runs (and the chosen ones)
+CHIPS_SHOWN = 6  # more chosen runs than this: the picker folds away (chips would fill a screen)
+MANY_RUNS = 12  # more runs than this are coloured by the setting that varies most, not by run
+RETRIES_NAMED = 4  # the configuration's "Retried" line names at most this many runs
 SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
 
 
@@ -37,7 +41,11 @@ def pick_runs() -> list[str]:
     state.bound_widget_value("compare_runs", chosen)
     # A run deleted meanwhile must leave the widget's state before the widget is drawn.
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in names]
-    picked = st.multiselect(
+    n = len(st.session_state["compare_runs"])
+    # Dozens of chips would push the gradient flow below the first screen: past a few, the
+    # picker waits in a folded box that says how many runs are chosen.
+    where = st.expander(f"Runs: {n} chosen", icon=":material/checklist:") if n > CHIPS_SHOWN else st
+    picked = where.multiselect(
         "Runs",
         list(names),
         key="compare_runs",
@@ -64,7 +72,7 @@ def offer_latest(runs: pd.DataFrame) -> None:
         name = members.iloc[0]["sweep_name"] or "unnamed sweep"
         offers.append((f"the latest sweep: {name} ({len(members)} runs)", list(members["id"])))
     batch = runs[runs["created_at"] == runs["created_at"].max()]
-    ids = list(batch["id"])[::-1]  # creation order
+    ids = list(batch["id"])  # in creation order (db_gateway.runs)
     if not offers or set(ids) != set(offers[0][1]):
         offers.append((f"the latest {len(ids)} run(s) created together", ids))
     for i, (label, ids) in enumerate(offers):
@@ -90,13 +98,17 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def findings_card(label: str, findings: list[Finding]) -> None:
-    """Every finding as a coloured label, the most serious one explained; the rest and the
-    usual cures (each cure once) one click away."""
+def findings_card(label: str, findings: list[Finding], warned: pd.DataFrame | None = None) -> None:
+    """Every finding as a coloured label, the most serious one explained; the run's live
+    warnings (as they arrive); the rest and the usual cures (each cure once) one click away."""
     with st.container(border=True):
         st.markdown(f"**{escape_markdown(label)}**")
         st.markdown(" ".join(f":{SEVERITY_COLOR[f.severity]}-badge[{f.title}]" for f in findings))
         st.markdown(findings[0].detail)
+        if warned is not None and not warned.empty:
+            # Stored text (an imported run's too): shown inert, never as Markdown.
+            lines = "\n".join(f"- {escape_markdown(line)}" for line in warning_lines(warned))
+            st.markdown(f":orange-badge[Live warnings: {len(warned)}]\n{lines}")
         rest = [f for f in findings if f is not findings[0]]
         cures = list(dict.fromkeys(c for f in findings for c in f.cures))
         if rest or cures:
@@ -116,12 +128,34 @@ def _number(value: object) -> str:
     return number_text(value)
 
 
+WARNINGS_SHOWN = 5  # per run on its card; `gradscope show --json` lists them all
+
+
+def warning_lines(found: pd.DataFrame) -> list[str]:
+    """One run's live warnings as plain lines (step, epoch, layer, factor over the layer's
+    level), the latest first, at most WARNINGS_SHOWN and a count of the rest."""
+    lines = []
+    for w in found.iloc[::-1].head(WARNINGS_SHOWN).itertuples():
+        factor = f"{w.factor:.0f}x its level" if pd.notna(w.factor) else "non-finite"
+        lines.append(f"step {w.step} (epoch {w.epoch}) · layer {w.layer} · {w.kind} · {factor}")
+    if len(found) > WARNINGS_SHOWN:
+        lines.append(f"and {len(found) - WARNINGS_SHOWN} earlier")
+    return lines
+
+
 def diagnose_all(
-    sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame
+    sel: db_gateway.Selection,
+    epochs: pd.DataFrame,
+    layers: pd.DataFrame,
+    warnings: pd.DataFrame | None = None,
 ) -> dict[str, list[Finding]]:
-    """Each chosen run's findings, most serious first."""
+    """Each chosen run's findings, most serious first: the same diagnosis as `gradscope show`
+    (its dataset's chance level, its model facts, its live warnings, a failed run's error)."""
     by_run_e = dict(tuple(epochs.groupby("run_id", sort=False)))
     by_run_l = dict(tuple(layers.groupby("run_id", sort=False)))
+    warned = warnings if warnings is not None else db_gateway.warnings(sel)
+    by_run_w = dict(tuple(warned.groupby("run_id", sort=False)))
+    errors = db_gateway.runs().set_index("id")["error"]
     empty_e, empty_l = epochs.iloc[:0], layers.iloc[:0]
     return {
         run.id: diagnose(
@@ -130,6 +164,10 @@ def diagnose_all(
             arch=run.arch,
             status=run.status,
             depth=int(run.depth),
+            dataset=run.dataset,
+            facts=run_facts(run.config),
+            warnings=by_run_w.get(run.id, warned.iloc[:0]),
+            error=errors.get(run.id) or None,
         )
         for run in sel.runs.itertuples()
     }
@@ -139,15 +177,17 @@ def diagnosis_section(
     sel: db_gateway.Selection, epochs: pd.DataFrame, layers: pd.DataFrame
 ) -> None:
     st.subheader("Diagnosis")
-    found = diagnose_all(sel, epochs, layers)
+    warned = db_gateway.warnings(sel)
+    found = diagnose_all(sel, epochs, layers, warned)
+    by_run_w = dict(tuple(warned.groupby("run_id", sort=False)))
     if len(found) <= PER_ROW:
         for col, run in zip(st.columns(PER_ROW), sel.runs.itertuples(), strict=False):
             with col:
-                findings_card(run.run_label, found[run.id])
+                findings_card(run.run_label, found[run.id], by_run_w.get(run.id))
         return
     # Many runs: one row per run, so 36 runs stay one screen; details below, once per finding.
     st.dataframe(
-        diagnosis_table(sel, found),
+        diagnosis_table(sel, found, warned),
         hide_index=True,
         width="stretch",
         key="diagnosis_table",
@@ -172,9 +212,16 @@ def diagnosis_section(
             )
 
 
-def diagnosis_table(sel: db_gateway.Selection, found: dict[str, list[Finding]]) -> pd.DataFrame:
+def diagnosis_table(
+    sel: db_gateway.Selection,
+    found: dict[str, list[Finding]],
+    warned: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per run: its most serious finding as a badge and that finding's title, plus
-    the other findings' titles. Text cells (never Markdown): names are shown as typed."""
+    the other findings' titles and its latest live warning. Text cells (never Markdown):
+    names are shown as typed."""
+    warned = warned if warned is not None else db_gateway.warnings(sel)
+    by_run_w = dict(tuple(warned.groupby("run_id", sort=False)))
     rows = []
     for run in sel.runs.itertuples():
         findings = found[run.id]
@@ -185,6 +232,7 @@ def diagnosis_table(sel: db_gateway.Selection, found: dict[str, list[Finding]]) 
                 "finding": [top.severity],
                 "summary": top.title,
                 "also": ", ".join(f.title for f in findings[1:]),
+                "warnings": "; ".join(warning_lines(by_run_w.get(run.id, warned.iloc[:0]))[:1]),
                 "test acc": run.final_test_acc,
             }
         )
@@ -205,11 +253,29 @@ def config_section(sel: db_gateway.Selection) -> None:
         st.dataframe(diff, width="stretch", placeholder=MISSING)
     # Values are typed text (a CSV dataset's path, a label column): shown as typed.
     st.caption(escape_markdown("Shared: " + ", ".join(f"{k} = {v}" for k, v in shared.items())))
-    tries = zip(sel.runs["run_label"], sel.runs["attempts"], strict=True)
-    st.caption(escape_markdown("Attempts: " + ", ".join(f"{label}: {n}" for label, n in tries)))
+    retried = retries_text(sel.runs)
+    if retried:  # runs trained once (nearly all) are not listed: one line, or none
+        st.caption(escape_markdown(retried))
 
 
-def curves_section(view_: CompareView) -> None:
+def retries_text(runs: pd.DataFrame) -> str | None:
+    """One line naming the runs that needed more than one attempt (a worker died or lost
+    them), at most RETRIES_NAMED of them; None when every run was trained once."""
+    attempts = pd.to_numeric(runs["attempts"], errors="coerce").fillna(1)
+    again = runs[attempts > 1]
+    if again.empty:
+        return None
+    named = [
+        f"{label} ({int(n)} attempts)"
+        for label, n in zip(again["run_label"], again["attempts"], strict=True)
+    ]
+    more = len(named) - RETRIES_NAMED
+    text = ", ".join(named[:RETRIES_NAMED]) + (f" and {more} more" if more > 0 else "")
+    others = "; the others were trained once" if len(again) < len(runs) else ""
+    return f"Retried: {text}{others}."
+
+
+def curves_section(view_: CompareView, archs: pd.Series | None = None) -> None:
     st.subheader("Learning curves")
     scale = state.choice_param(state.SCALE, state.SCALES, "linear")
     state.bound_widget_value("compare_scale", scale)
@@ -217,10 +283,33 @@ def curves_section(view_: CompareView) -> None:
     state.set_param(state.SCALE, scale)
     left, right = st.columns(2)
     with left:
-        view.chart(charts.loss_curves(view_.epochs, view_.colors, log=scale == "log"))
+        title = charts.loss_title(archs) if archs is not None else charts.BUILT_IN_LOSS
+        view.chart(
+            charts.loss_curves(view_.epochs, view_.colors, log=scale == "log", loss_title=title)
+        )
     with right:
         view.chart(charts.accuracy_curves(view_.epochs, view_.colors))
-    view.chart(charts.prediction_spread(view_.epochs, view_.colors))
+    spread, what = spread_of(view_.epochs, archs)
+    if not spread.empty:  # only runs that measured one: API runs without a probe did not
+        view.chart(charts.prediction_spread(spread, view_.colors, what=what))
+
+
+def spread_of(epochs: pd.DataFrame, archs: pd.Series | None) -> tuple[pd.DataFrame, str]:
+    """The epochs of runs whose prediction spread means something, and its name: built-in
+    runs' std of predicted probability; an API run's std of its outputs on the probe batch,
+    kept only when it gave a probe (else its pred_std is empty, not a diverged run's NaN)."""
+    if archs is None or not archs.eq("custom").any() or "run_id" not in epochs:
+        return epochs, "std of predicted probability"
+    custom = set(archs.index[archs.eq("custom")])
+    spread = pd.to_numeric(epochs["pred_std"], errors="coerce")
+    probed = set(epochs.loc[spread.notna(), "run_id"])
+    keep = ~epochs["run_id"].isin(custom - probed)
+    what = (
+        "std of outputs on the probe batch"
+        if archs.eq("custom").all()
+        else "std of predicted probability (API runs: of outputs on the probe batch)"
+    )
+    return epochs[keep], what
 
 
 def epoch_control(max_epoch: int) -> int:
@@ -375,21 +464,39 @@ class CompareView:
         return frame.assign(colour=frame["run_id"].map(self.keys))
 
 
+def default_colour_by(sel: db_gateway.Selection) -> str:
+    """By run for a few runs; past MANY_RUNS, by the setting that varies most
+    (gradscope.dashboard.colors.varying_field: architecture for the classic sweeps)."""
+    if len(sel.runs) <= MANY_RUNS:
+        return "run"
+    return varying_field(list(sel.runs["config"])) or "run"
+
+
 def colour_controls(sel: db_gateway.Selection) -> tuple[str, bool]:
-    """Colour-by and group-seeds controls (their choices are UI state, not the URL)."""
+    """Colour-by and group-seeds controls, kept in the URL with the runs (`colour`, `group`)."""
     fields = sorted({k for cfg in sel.runs["config"] for k in cfg if k != "name"})
+    options = ["run", "architecture", *[f for f in fields if f != "arch"]]
+    by = state.choice_param(state.COLOUR, options, default_colour_by(sel))
+    state.bound_widget_value("compare_colour_by", by)
+    if st.session_state["compare_colour_by"] not in options:  # a setting the runs lack now
+        st.session_state["compare_colour_by"] = default_colour_by(sel)
+    grouping = state.choice_param(state.GROUP, state.GROUPINGS, "none")
+    state.bound_widget_value("compare_group_seeds", grouping == "seeds")
     left, right = st.columns([3, 2])
     by = left.selectbox(
         "Colour by",
-        ["run", "architecture", *[f for f in fields if f != "arch"]],
+        options,
         key="compare_colour_by",
-        help="Each run keeps its own colour on every page; or colour by a setting.",
+        help="Each run has its own colour (kept on every page unless two in a view would "
+        "share one); or colour by a setting.",
     )
     grouped = right.toggle(
         "Group seeds",
         key="compare_group_seeds",
         help="Runs that differ only in seed become one line: the median, with a min-max band.",
     )
+    state.set_param(state.COLOUR, by)
+    state.set_param(state.GROUP, "seeds" if grouped else "none")
     return by, grouped
 
 
@@ -401,26 +508,13 @@ def build_view(
     if groups is None:
         keys = run_keys
     else:
-        if by == "run":  # a group takes its first run's colour, under the group's label
-            mapping = colors.mapping()
-            firsts = {g: members[0] for g, members in groups.members.items()}
-            keys = {g: groups.labels[g] for g in firsts}
-            colour_of = {groups.labels[g]: mapping[run_keys[r]] for g, r in firsts.items()}
-            colors = Colors(
-                "colour", "seed group", tuple(colour_of), tuple(colour_of.values()), False
-            )
+        if by == "run":  # a group takes its first run's colour unless another group has it
+            colors, keys = group_colors(sel.runs, groups.members, groups.labels)
         else:
             keys = {g: run_keys[members[0]] for g, members in groups.members.items()}
         epochs = seeds.aggregate(epochs, groups, ("epoch",), EPOCH_FIELDS)
         layers = seeds.aggregate(layers, groups, ("epoch", "layer"), LAYER_STAT_FIELDS)
-    used = set(keys.values())
-    colors = Colors(
-        colors.field,
-        colors.title,
-        tuple(k for k in colors.domain if k in used),
-        tuple(c for k, c in zip(colors.domain, colors.range, strict=True) if k in used),
-        False,
-    )
+    colors = colors.only(keys.values())
     return CompareView(
         epochs.assign(colour=epochs["run_id"].map(keys)),
         layers.assign(colour=layers["run_id"].map(keys)),
@@ -439,6 +533,9 @@ def compare(run_ids: list[str]) -> None:
         return
     by, grouped = colour_controls(sel)
     view_ = build_view(sel, epochs, layers, by, grouped)
+    note = view_.colors.note(varying_field(list(sel.runs["config"])))
+    if note:  # past the palette: say so rather than let two lines pass for one
+        st.warning(escape_markdown(note), icon=":material/palette:")
     if view_.groups is not None:
         # Coloured by a setting, the legend names the setting: here each line and its seeds.
         labels = list(view_.groups.labels.values())
@@ -452,7 +549,8 @@ def compare(run_ids: list[str]) -> None:
     epoch = epoch_control(int(layers["epoch"].max()))
     gradient_flow_section(view_, epoch)
     diagnosis_section(sel, epochs, layers)
-    curves_section(view_)
+    curves_section(view_, sel.runs.set_index("id")["arch"])
+    metrics_section(sel, view_.colors)
     config_section(sel)
     gradient_sections(sel, view_, epoch)
     health_section(view_, epoch)

@@ -7,7 +7,12 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from gradscope.dashboard import annotations, db_gateway, state, tables, view
+from gradscope.db.errors import StorageError
 from gradscope.vocab.fields import ACTIVE_STATUSES
+
+# Pixels for the diagnosis label: its longest text ("vanished early") at about 8 px a character
+# plus the label's own padding. Streamlit's default width cut it to "vanished".
+DIAGNOSIS_WIDTH = 8 * max(len(b) for b in tables.BADGES) + 40
 
 COLUMNS = {
     "status": st.column_config.TextColumn("status", width=90),
@@ -24,9 +29,16 @@ COLUMNS = {
     ),
     "diagnosis": st.column_config.MultiselectColumn(
         "diagnosis",
+        width=DIAGNOSIS_WIDTH,
         help="The most serious finding; open Compare for the full diagnosis",
         options=tables.BADGES,
         color=tables.BADGE_COLORS,
+    ),
+    "warnings": st.column_config.TextColumn(
+        "warnings",
+        width="medium",
+        help="Live warnings while the run trains (a layer's gradient norm far above or growing "
+        "fast over its own level): how many, and the latest one's step, layer and factor",
     ),
     "tags": st.column_config.ListColumn("tags", width="small"),
     "created": st.column_config.DatetimeColumn("created", format="distance"),
@@ -42,8 +54,18 @@ def empty_state() -> None:
         "a few seconds.",
         icon=":material/science:",
     )
+    if not db_gateway.writes_allowed():
+        st.caption(
+            "This dashboard is read-only: queue runs with `gradscope submit` / `gradscope sweep` "
+            "in a terminal on the machine that holds the database."
+        )
+        return
     if st.button("Run the classic comparison", type="primary", icon=":material/play_arrow:"):
-        ids = db_gateway.queue_classic_comparison()
+        try:
+            ids = db_gateway.queue_classic_comparison()
+        except StorageError as exc:
+            view.refusal(exc)
+            return
         state.select_runs(ids)
         st.rerun()
     st.caption(
@@ -111,6 +133,17 @@ def actions(chosen: list[str], table: pd.DataFrame, hidden: int = 0) -> None:
     ):
         state.select_runs(chosen)
         st.switch_page("app_pages/compare.py", query_params=state.runs_param(chosen))
+    if not db_gateway.writes_allowed():  # a read-only dashboard: no cancel, no delete
+        return
+    try:
+        write_actions(chosen, table, cols)
+    except StorageError as exc:
+        view.refusal(exc)
+
+
+def write_actions(chosen: list[str], table: pd.DataFrame, cols: list[DeltaGenerator]) -> None:
+    """Cancel and delete (with its confirmation); refusals reach the caller."""
+    n = len(chosen)
     active = [i for i in chosen if table.at[i, "status"] in ACTIVE_STATUSES]
     if cols[1].button(
         f"Cancel {len(active)} run(s)",
@@ -168,7 +201,8 @@ def runs_view() -> None:
     if view.empty:
         st.info("No runs match these filters.")
         return
-    shown = [c for c in view.columns if c != "error" or view["error"].any()]
+    # The error and warnings columns only where some run has one.
+    shown = [c for c in view.columns if c not in ("error", "warnings") or view[c].any()]
     selected = set(state.selected_runs())
     default = [pos for pos, run_id in enumerate(view.index) if run_id in selected]
     event = st.dataframe(

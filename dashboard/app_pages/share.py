@@ -62,6 +62,12 @@ st.caption(
 )
 
 st.subheader("Import runs")
+if not db_gateway.writes_allowed():
+    st.caption(
+        "This dashboard is read-only: import files with `gradscope import FILE` on the machine "
+        "that holds the database."
+    )
+    st.stop()
 upload = st.file_uploader(
     "A gradscope database file",
     type=db_gateway.UPLOAD_SUFFIXES,

@@ -16,6 +16,7 @@ carries the numbers its text cites in `evidence`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from gradscope.vocab.custom import CUSTOM_ARCH
+from gradscope.vocab.custom import CUSTOM_ARCH, is_custom
 
 # --- Thresholds (one place, so the rules, the runs table's badges and the captions agree) -------
 VANISH_FACTOR = 1e3  # first layer's grad norm at least this many times below the output's
@@ -42,6 +43,14 @@ LOW_SATURATION = 0.1  # ... while at most this fraction is saturated: contractio
 # the factor by half).
 ACT_STD_FLOOR = 1e-6
 _EDGE = 1e-9  # keeps the chance edge inclusive despite rounding (0.55 - 0.5 > 0.05)
+# Judged against the run's own baseline (any model, any scale of gradient):
+SPIKE_EXPLODE = 100.0  # a live spike this many times the layer's running level is exploding
+GROWTH_EXPLODE = 100.0  # a layer's grad norm (or max |g| before a NaN) this many times its early
+COLLAPSE_TOP_FRAC = 0.99  # one predicted class for at least this share of the probe inputs
+R2_LEARNT = 0.05  # regression: R^2 on the probe at most this is no better than the mean
+# Built-in datasets' majority rate (chance for a classifier that learnt nothing); the synthetic
+# ones are balanced by construction; breast_cancer has 357 benign of 569.
+DATASET_CHANCE = {"breast_cancer": 357 / 569}
 
 Severity = Literal["bad", "warn", "ok"]
 
@@ -54,16 +63,18 @@ KINDS = (
     "saturated",
     "dead",
     "empty",
+    "failed",
     "healthy",
 )
 # Most serious first; `badge` and the order of `diagnose`'s result follow it (severity first).
-_KIND_ORDER = KINDS[:-1]
+_KIND_ORDER = ("failed", *KINDS[:-2])
 _SEVERITY_ORDER = {"bad": 0, "warn": 1, "ok": 2}
 
 # The runs table's one-word labels, most serious first as `badge` picks them. A vanishing that
 # recovered in a run that learned is a warning with a label of its own.
 RECOVERED_BADGE = "vanished early"
 BADGE_ORDER = (
+    "failed",
     "diverged",
     "exploding",
     "vanishing",
@@ -74,7 +85,7 @@ BADGE_ORDER = (
     "dead",
 )
 BADGES = (*BADGE_ORDER, "healthy")
-BADGE_COLORS = ("red", "red", "red", "red", "red", "orange", "orange", "orange", "green")
+BADGE_COLORS = ("red", "red", "red", "red", "red", "red", "orange", "orange", "orange", "green")
 
 _RELU = "Use ReLU hidden layers (arch relu): their slope is 1 where active, sigmoid's is <= 0.25."
 _RESIDUAL = "Add residual connections (arch resnet) so the gradient can skip each layer."
@@ -90,6 +101,14 @@ _CUSTOM_RELU = "Use ReLU (or GELU) activations: their slope is 1 where active, s
 _CUSTOM_SKIP = (
     "Add residual connections or normalisation layers (BatchNorm, LayerNorm) so the gradient "
     "can skip or be rescaled at each layer."
+)
+_ADD_NORM = (
+    "The model has residual connections but no normalisation layer: add BatchNorm or "
+    "LayerNorm inside its blocks so the gradient is rescaled at each layer."
+)
+_ADD_RESIDUAL = (
+    "The model has normalisation layers but no residual connection: add skip connections "
+    "(x + f(x)) so the gradient can bypass each block."
 )
 
 
@@ -127,8 +146,70 @@ def _log10(ratio: float) -> float:
     return -math.inf if ratio == 0 else math.log10(ratio)
 
 
-def at_chance(test_acc: float) -> bool:
-    return math.isfinite(test_acc) and abs(test_acc - CHANCE_ACC) <= CHANCE_MARGIN + _EDGE
+def at_chance(test_acc: float, chance: float = CHANCE_ACC) -> bool:
+    """Within CHANCE_MARGIN of the data's chance level (its majority rate), or below it."""
+    return math.isfinite(test_acc) and test_acc - chance <= CHANCE_MARGIN + _EDGE
+
+
+def dataset_chance(dataset: str | None) -> float:
+    """A built-in dataset's majority rate (0.5 for the balanced synthetic ones)."""
+    return DATASET_CHANCE.get(dataset or "", CHANCE_ACC)
+
+
+def builtin_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """What a built-in run's model contains, from its config, as a custom run's facts say it."""
+    arch = str(config.get("arch", ""))
+    act = config.get("block_activation", "relu") if arch == "resnet" else arch
+    return {
+        "optimizer": str(config.get("optimizer", "")),
+        "adaptive_optimizer": config.get("optimizer") == "adam",
+        "activations": [act] if act else [],
+        "residual": arch == "resnet",
+        "normalisation": False,
+        "init": str(config.get("init", "default")),
+    }
+
+
+def run_facts(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The facts diagnose() reads from a run's stored config: a custom run's config.model.facts
+    (contents, backward order, the probe's outcome), a built-in run's `builtin_facts`."""
+    config = config if isinstance(config, dict) else {}
+    if is_custom(config):
+        facts = (config.get("model") or {}).get("facts")
+        return facts if isinstance(facts, dict) else {}
+    return builtin_facts(config)
+
+
+def fit_cures(cures: tuple[str, ...], facts: dict[str, Any] | None) -> tuple[str, ...]:
+    """The cures less what the run already does (optimizer, activation, init, residual and
+    normalisation layers); a custom model's skip/normalisation cure names only what it lacks."""
+    if not facts:
+        return cures
+    acts = set(facts.get("activations") or [])
+    modern = bool(acts & {"relu", "leaky_relu", "elu", "gelu"}) and not acts & {"sigmoid", "tanh"}
+    residual, norm = bool(facts.get("residual")), bool(facts.get("normalisation"))
+    init = facts.get("init")
+    kept: list[str] = []
+    for cure in cures:
+        if cure == _ADAM and facts.get("adaptive_optimizer"):
+            continue
+        if cure in (_RELU, _CUSTOM_RELU) and modern:
+            continue
+        if cure == _RESIDUAL and residual:
+            continue
+        if cure == _HE and init == "he":
+            continue
+        if cure == _INIT and init in ("he", "xavier"):
+            continue
+        if cure == _CUSTOM_SKIP:
+            if residual and norm:
+                continue
+            if residual:
+                cure = _ADD_NORM
+            elif norm:
+                cure = _ADD_RESIDUAL
+        kept.append(cure)
+    return tuple(kept)
 
 
 def collapsed_output(pred_std: float) -> bool:
@@ -259,10 +340,23 @@ class _Outcome:
     epoch: int
     test_acc: float
     pred_std: float
+    chance: float = CHANCE_ACC  # the labels' majority rate
+    top_class_frac: float = math.nan  # share of probe inputs given the most common class
+    r2: float = math.nan  # regression on a probe with targets
+
+    @property
+    def one_class(self) -> bool:
+        return math.isfinite(self.top_class_frac) and self.top_class_frac >= COLLAPSE_TOP_FRAC
+
+    @property
+    def chance_level(self) -> bool:
+        return at_chance(self.test_acc, self.chance) or (
+            math.isfinite(self.r2) and self.r2 <= R2_LEARNT
+        )
 
     @property
     def stuck(self) -> bool:
-        return at_chance(self.test_acc) or collapsed_output(self.pred_std)
+        return self.chance_level or collapsed_output(self.pred_std) or self.one_class
 
 
 def _vanishing_finding(
@@ -328,7 +422,7 @@ def _vanishing_finding(
         )
     if last_low:
         why = "Layers near the input still barely learn at the last epoch."
-    elif outcome is not None and at_chance(outcome.test_acc):
+    elif outcome is not None and at_chance(outcome.test_acc, outcome.chance):
         why = (
             f"The ratio recovered, but the run is at chance (test accuracy {outcome.test_acc:.3f})."
         )
@@ -361,7 +455,13 @@ def _recovered_by(layers: pd.DataFrame, e_first: int, e_last: int) -> int:
 
 
 def _exploding_finding(
-    epochs: pd.DataFrame, layers: pd.DataFrame, arch: str, depth: int, e_first: int, e_last: int
+    epochs: pd.DataFrame,
+    layers: pd.DataFrame,
+    arch: str,
+    depth: int,
+    e_first: int,
+    e_last: int,
+    warnings: pd.DataFrame | None = None,
 ) -> Finding | None:
     parts: list[str] = []
     evidence: dict[str, Any] = {"huge_grad": HUGE_GRAD}
@@ -380,7 +480,10 @@ def _exploding_finding(
         parts.append(f"Gradient values reach {_sci(biggest)} (limit {_sci(HUGE_GRAD)}).")
         evidence["max_abs_grad"] = biggest
     moment = _divergence_moment(epochs, layers)
-    if moment is not None and moment["finite_max_abs"] > HUGE_GRAD:
+    grew = moment is not None and (
+        moment["finite_max_abs"] > HUGE_GRAD or moment["growth"] >= GROWTH_EXPLODE
+    )
+    if moment is not None and grew:
         epoch, step = moment["epoch"], moment["first_nonfinite_step"]
         grew = (
             f"within {step - 1} step(s) of epoch {epoch}"
@@ -398,6 +501,7 @@ def _exploding_finding(
             max_abs_grad_first_step=moment["finite_first_max_abs"],
             max_abs_grad=max(evidence.get("max_abs_grad", 0.0), moment["finite_max_abs"]),
         )
+    parts += _own_level_parts(layers, warnings, e_first, e_last, evidence)
     if not parts:
         return None
     return Finding(
@@ -408,6 +512,59 @@ def _exploding_finding(
         (_LOWER_LR, _CLIP, _INIT),
         evidence,
     )
+
+
+def _own_level_parts(
+    layers: pd.DataFrame,
+    warnings: pd.DataFrame | None,
+    e_first: int,
+    e_last: int,
+    evidence: dict[str, Any],
+) -> list[str]:
+    """Each layer against its own early level: a live spike (per step, from the block
+    reductions) at least SPIKE_EXPLODE times the layer's running level, or a last-epoch grad
+    norm at least GROWTH_EXPLODE times the first epoch's."""
+    parts: list[str] = []
+    if warnings is not None and not warnings.empty:
+        spikes = warnings[warnings["kind"].eq("spike")]
+        spikes = spikes[spikes["factor"].astype(float) >= SPIKE_EXPLODE]
+        if not spikes.empty:
+            w = spikes.iloc[0]  # the first one: the moment it began
+            peak = float(spikes["factor"].astype(float).max())
+            parts.append(
+                f"At step {int(w['step'])} (epoch {int(w['epoch'])}) layer {int(w['layer'])}'s "
+                f"gradient norm jumped to {float(w['factor']):.0f}x its own running level "
+                f"({_sci(float(w['baseline']))}); {len(spikes)} such spike(s), up to {peak:.0f}x."
+            )
+            evidence.update(
+                spike_step=int(w["step"]),
+                spike_epoch=int(w["epoch"]),
+                spike_layer=int(w["layer"]),
+                spike_factor=float(w["factor"]),
+                spike_factor_max=peak,
+            )
+    if e_last != e_first:
+        first = layers[layers["epoch"] == e_first].set_index("layer")["grad_norm"].astype(float)
+        last = layers[layers["epoch"] == e_last].set_index("layer")["grad_norm"].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            growth = (last / first.reindex(last.index)).where(first.reindex(last.index) > 0)
+        growth = growth[np.isfinite(growth)]
+        # The net as a whole (median layer) and the layer nearest the loss: a first layer that
+        # recovers from a vanished start grows alone, and is not an explosion.
+        out = first.index.max()
+        out_growth = float(growth[out]) if out in growth.index else 0.0
+        if (
+            not growth.empty
+            and float(growth.median()) >= GROWTH_EXPLODE
+            and out_growth >= GROWTH_EXPLODE / 10
+        ):
+            layer = int(growth.idxmax())
+            parts.append(
+                f"Layer {layer}'s gradient norm grew {float(growth.max()):.0f}x from epoch "
+                f"{e_first} to epoch {e_last}."
+            )
+            evidence.update(growth_layer=layer, growth_factor=float(growth.max()))
+    return parts
 
 
 def _divergence_moment(epochs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, Any] | None:
@@ -424,11 +581,16 @@ def _divergence_moment(epochs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, 
     start = at["finite_first_max_abs"].astype(float)
     if not peak.notna().any():
         return None
+    # Each layer against itself: its largest |g| before the NaN over its |g| at the first step.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = (peak / start).where(start > 0)
+    growth = growth[np.isfinite(growth)]
     return {
         "epoch": epoch,
         "first_nonfinite_step": int(row["first_nonfinite_step"]),
         "finite_max_abs": float(peak.max()),
         "finite_first_max_abs": float(start.max()) if start.notna().any() else math.nan,
+        "growth": float(growth.max()) if not growth.empty else 0.0,
     }
 
 
@@ -478,6 +640,18 @@ def _collapse_finding(
     outcome: _Outcome, arch: str, layers_last: pd.DataFrame, explain_contraction: bool
 ) -> Finding | None:
     std, acc = outcome.pred_std, outcome.test_acc
+    if outcome.one_class and not collapsed_output(std):
+        detail = (
+            f"At the last epoch ({outcome.epoch}) the model predicts one class for "
+            f"{outcome.top_class_frac:.0%} of the probe inputs (limit {COLLAPSE_TOP_FRAC:.0%}), "
+            f"although its outputs still vary (spread {_sci(std)})"
+            + (f"; accuracy {acc:.3f}, chance {outcome.chance:.3f}." if math.isfinite(acc) else ".")
+        )
+        evidence = {"top_class_frac": outcome.top_class_frac, "pred_std": std}
+        if math.isfinite(acc):
+            evidence.update(test_acc=acc, chance_acc=outcome.chance)
+        cures = (_LOWER_LR, "Rebalance the classes (weights in the loss, or resampling).", _ADAM)
+        return Finding("collapsed", "bad", "One class for every input", detail, cures, evidence)
     if not collapsed_output(std):
         return None
     if arch == CUSTOM_ARCH:  # no known chance level; pred_std is from the user's probe batch
@@ -498,7 +672,7 @@ def _collapse_finding(
         _contraction_text(contraction(layers_last)) if explain_contraction else ("", {})
     )
     evidence = {"pred_std": std, "test_acc": acc, **squeeze_evidence}
-    if at_chance(acc):
+    if at_chance(acc, outcome.chance):
         detail = (
             f"{spread} and test accuracy is {acc:.3f}, at chance: the model gives the same "
             f"output for every input.{squeeze}"
@@ -509,16 +683,30 @@ def _collapse_finding(
 
 
 def _not_learning_finding(outcome: _Outcome) -> Finding:
+    cures = ("Train for more epochs.", _ADAM, "Try a larger learning rate.", _INIT)
+    if not at_chance(outcome.test_acc, outcome.chance):  # regression: no better than the mean
+        return Finding(
+            "not_learning",
+            "bad",
+            "Not learning",
+            f"At the last epoch ({outcome.epoch}) R^2 on the probe is {outcome.r2:.3f} (at most "
+            f"{R2_LEARNT}): the model predicts no better than the targets' mean.",
+            cures,
+            {"r2": outcome.r2, "pred_std": outcome.pred_std},
+        )
+    balanced = (
+        " on balanced data" if outcome.chance == CHANCE_ACC else ", the labels' majority rate"
+    )
     return Finding(
         "not_learning",
         "bad",
         "Not learning",
         f"At the last epoch ({outcome.epoch}) test accuracy is {outcome.test_acc:.3f}, within "
-        f"{CHANCE_MARGIN:.2f} of chance ({CHANCE_ACC:.1f} on balanced data), although the "
-        f"predictions still vary (std {_sci(outcome.pred_std)}) and the gradients look normal: "
-        f"the run has not learned the task yet.",
-        ("Train for more epochs.", _ADAM, "Try a larger learning rate.", _INIT),
-        {"test_acc": outcome.test_acc, "pred_std": outcome.pred_std, "chance_acc": CHANCE_ACC},
+        f"{CHANCE_MARGIN:.2f} of chance ({outcome.chance:.3f}{balanced}) or below it, although "
+        f"the predictions still vary (std {_sci(outcome.pred_std)}) and the gradients look "
+        f"normal: the run has not learned the task yet.",
+        cures,
+        {"test_acc": outcome.test_acc, "pred_std": outcome.pred_std, "chance_acc": outcome.chance},
     )
 
 
@@ -532,7 +720,15 @@ def _divergence_finding(epochs: pd.DataFrame, status: str, arch: str = "") -> Fi
             "A logged loss or a gradient statistic became non-finite (NaN or inf); the run is "
             "marked diverged (the training loop was not stopped)."
         )
-        return Finding("diverged", "bad", "Training diverged", detail, _DIVERGED_CURES)
+        evidence: dict[str, Any] = {}
+        if "first_nonfinite_step" in epochs.columns:  # the moment, as built-in runs record it
+            steps = epochs[["epoch", "first_nonfinite_step"]].dropna()
+            if not steps.empty:
+                row = steps.loc[steps["epoch"].idxmin()]
+                epoch, step = int(row["epoch"]), int(row["first_nonfinite_step"])
+                detail += f" A gradient first became non-finite at step {step} of epoch {epoch}."
+                evidence.update(first_nonfinite_epoch=epoch, first_nonfinite_step=step)
+        return Finding("diverged", "bad", "Training diverged", detail, _DIVERGED_CURES, evidence)
     if epochs.empty:
         bad_rows = pd.Series(dtype=int)
     else:
@@ -565,31 +761,45 @@ def _sort_key(f: Finding) -> tuple[int, int]:
 
 
 def diagnose(
-    epochs: pd.DataFrame, layers: pd.DataFrame, *, arch: str, status: str, depth: int
+    epochs: pd.DataFrame,
+    layers: pd.DataFrame,
+    *,
+    arch: str,
+    status: str,
+    depth: int,
+    dataset: str | None = None,
+    facts: dict[str, Any] | None = None,
+    warnings: pd.DataFrame | None = None,
+    error: str | None = None,
 ) -> list[Finding]:
     """Findings for one run, most serious first; a single "healthy" one if nothing is wrong.
 
     `epochs`: epoch, train_loss, test_loss, test_acc, pred_std (and first_nonfinite_step when
     recorded); `layers`: epoch, layer, grad_norm, grad_max_abs, act_std, saturated_frac,
-    dead_frac (and the finite_* columns when recorded), any number of epochs.
+    dead_frac (and the finite_* columns when recorded), any number of epochs. Optional:
+    `dataset` (a built-in run's: its chance level), `facts` (what the model contains, its
+    backward order, the probe's outcome: a custom run's config.model.facts, or
+    `builtin_facts(config)`), `warnings` (the run's live warnings: kind, epoch, step, layer,
+    baseline, factor), `error` (a failed run's).
     """
     for frame in (epochs, layers):
         if "run_id" in frame.columns and frame["run_id"].nunique() > 1:
             raise ValueError("diagnose() takes the frames of exactly one run")
+    facts = facts or {}
+    failed = _failed_finding(status, error)
     if epochs.empty and layers.empty:
         if status == "diverged":
             detail = "The run was stopped as diverged before any epoch was recorded."
             return [Finding("diverged", "bad", "Training diverged", detail, _DIVERGED_CURES)]
+        if failed is not None:
+            return [failed]
         return [Finding("empty", "warn", "No data yet", "No epochs have been recorded yet.")]
+    layers, order_note = _in_backward_order(layers, facts.get("backward_order"))
 
     outcome = None
     if not epochs.empty:
-        last = epochs.loc[epochs["epoch"].idxmax()]
-        # A custom run's task, and so its chance level, is unknown: its accuracy says nothing
-        # about chance (NaN never counts as at chance).
-        acc = math.nan if arch == CUSTOM_ARCH else float(last["test_acc"])
-        outcome = _Outcome(int(last["epoch"]), acc, float(last["pred_std"]))
-    findings: list[Finding] = []
+        outcome = _outcome(epochs, arch, dataset, facts)
+    findings: list[Finding] = [failed] if failed is not None else []
     if (div := _divergence_finding(epochs, status, arch)) is not None:
         findings.append(div)
     layers_last = layers.iloc[:0]
@@ -597,9 +807,18 @@ def diagnose(
     if not layers.empty:
         e_first, e_last = int(layers["epoch"].min()), int(layers["epoch"].max())
         layers_last = layers[layers["epoch"] == e_last]
+        boom = _exploding_finding(epochs, layers, arch, depth, e_first, e_last, warnings)
         van = _vanishing_finding(layers, arch, depth, e_first, e_last, outcome)
+        # An explosion near the output makes the ratio small: with one, a vanishing is told
+        # only when it was there at the first epoch already.
+        low_first = van is not None and van.evidence.get("ratio_log10_first", 0.0) <= -math.log10(
+            VANISH_FACTOR
+        )
+        if boom is not None and not low_first:
+            van = None
+        if van is not None and order_note:
+            van = dataclasses.replace(van, detail=van.detail + order_note)
         findings += [van] if van is not None else []
-        boom = _exploding_finding(epochs, layers, arch, depth, e_first, e_last)
         findings += [boom] if boom is not None else []
         findings += _unit_findings(layers_last, e_last, arch)
     if outcome is not None:
@@ -607,16 +826,73 @@ def diagnose(
         told = van is not None and "contraction_per_layer" in van.evidence
         if (col := _collapse_finding(outcome, arch, layers_last, not told)) is not None:
             findings.append(col)
+        # A custom run at chance (judged from its probe's labels) is named "not learning" even
+        # beside a worse finding that explains it: its reader has no other accuracy line. A
+        # built-in run's explained chance level is told inside the worse finding.
         explained = any(f.severity == "bad" for f in findings)
-        if at_chance(outcome.test_acc) and not explained:
+        if outcome.chance_level and (arch == CUSTOM_ARCH or not explained):
             findings.append(_not_learning_finding(outcome))
 
     if not findings:
-        findings.append(_healthy(epochs, layers))
-    return sorted(findings, key=_sort_key)
+        findings.append(_healthy(epochs, layers, outcome, arch))
+    fitted = [dataclasses.replace(f, cures=fit_cures(f.cures, facts)) for f in findings]
+    return sorted(fitted, key=_sort_key)
 
 
-def _healthy(epochs: pd.DataFrame, layers: pd.DataFrame) -> Finding:
+def _failed_finding(status: str, error: str | None) -> Finding | None:
+    """A failed or interrupted run is never healthy, whatever it recorded before it stopped."""
+    if status not in ("failed", "interrupted"):
+        return None
+    why = f": {error}" if error else ""
+    if status == "interrupted":
+        detail = f"The run was interrupted before it finished{why}."
+        return Finding("failed", "bad", "Interrupted", detail)
+    detail = f"The run failed before it finished{why}. What it recorded is judged below."
+    return Finding("failed", "bad", "Run failed", detail, (), {"error": error or ""})
+
+
+def _in_backward_order(layers: pd.DataFrame, order: Any) -> tuple[pd.DataFrame, str]:
+    """The layers renumbered from the input side in the order the backward pass reached them
+    (`order`: layer indices nearest the loss first), when the model's registration order
+    differs; layers the backward pass never reached are left out. Else as recorded."""
+    if layers.empty or not isinstance(order, list) or len(order) < 2:
+        return layers, ""
+    order = [int(i) for i in order]
+    if order == sorted(order, reverse=True) and set(order) == set(layers["layer"].unique()):
+        return layers, ""  # registration order is depth order already
+    position = {layer: len(order) - 1 - i for i, layer in enumerate(order)}
+    kept = layers[layers["layer"].isin(position)].copy()
+    kept["layer"] = kept["layer"].map(position).astype(int)
+    shown = ", ".join(str(i) for i in reversed(order))
+    note = (
+        f" Layers are counted from the input in the order the backward pass reached them "
+        f"(recorded layers {shown}), not in the order the model registers them."
+    )
+    return kept, note
+
+
+def _outcome(
+    epochs: pd.DataFrame, arch: str, dataset: str | None, facts: dict[str, Any]
+) -> _Outcome:
+    """The last epoch's outcome against the data's chance level: a built-in dataset's class
+    balance; a custom run's probe labels (probe=(x, y)), else accuracy is not judged."""
+    last = epochs.loc[epochs["epoch"].idxmax()]
+    pred_std = float(last["pred_std"])
+    if arch != CUSTOM_ARCH:
+        return _Outcome(
+            int(last["epoch"]), float(last["test_acc"]), pred_std, dataset_chance(dataset)
+        )
+    probe = facts.get("probe") or {}
+    value = lambda k: float(probe[k]) if isinstance(probe.get(k), int | float) else math.nan  # noqa: E731
+    acc, chance = value("accuracy"), value("chance")
+    if not math.isfinite(chance):  # no labels: the chance level is unknown (NaN never at chance)
+        acc, chance = math.nan, CHANCE_ACC
+    return _Outcome(int(last["epoch"]), acc, pred_std, chance, value("top_class_frac"), value("r2"))
+
+
+def _healthy(
+    epochs: pd.DataFrame, layers: pd.DataFrame, outcome: _Outcome | None, arch: str
+) -> Finding:
     parts, evidence = [], {}
     if not layers.empty:
         e_first = int(layers["epoch"].min())
@@ -627,13 +903,22 @@ def _healthy(epochs: pd.DataFrame, layers: pd.DataFrame) -> Finding:
                 f"times the output layer's"
             )
             evidence["ratio_log10_first"] = _log10(ratio)
-    if not epochs.empty:
-        last = epochs.loc[epochs["epoch"].idxmax()]
-        std, acc = float(last["pred_std"]), float(last["test_acc"])
-        parts.append(
-            f"at the last epoch predictions vary (std {_sci(std)}) and test accuracy is {acc:.3f}"
-        )
-        evidence.update(pred_std=std, test_acc=acc)
+    if outcome is not None:
+        std, acc = outcome.pred_std, outcome.test_acc
+        if math.isfinite(std):
+            parts.append(f"at the last epoch predictions vary (std {_sci(std)})")
+            evidence["pred_std"] = std
+        if math.isfinite(acc):
+            parts.append(f"accuracy is {acc:.3f} (chance {outcome.chance:.3f})")
+            evidence.update(test_acc=acc, chance_acc=outcome.chance)
+        elif math.isfinite(outcome.r2):
+            parts.append(f"R^2 on the probe is {outcome.r2:.3f}")
+            evidence["r2"] = outcome.r2
+        elif arch == CUSTOM_ARCH:
+            parts.append(
+                "accuracy cannot be judged: no labels were handed in (watch(..., "
+                "probe=(x, y)) gives the chance level)"
+            )
     detail = "No problems found: " + "; ".join(parts) + "." if parts else "No problems found."
     return Finding("healthy", "ok", "Healthy", detail, (), evidence)
 

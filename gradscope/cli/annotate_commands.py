@@ -1,4 +1,6 @@
-"""`gradscope tag`, `note`, `rename` and `delete`: what people write on runs, and removing them."""
+"""`gradscope tag`, `note`, `rename` and `delete`: what people write on runs, and removing them.
+
+Each needs runs that exist: a database that does not is an error, never a new empty file."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def tag(
     from gradscope.db.annotate import set_tags
     from gradscope.db.queries import resolve_run_id
 
-    engine = open_engine(db)
+    engine = open_engine(db, create=False)  # a typo in --db creates nothing
     try:
         full = resolve_run_id(engine, run_id)
         now = set_tags(engine, full, remove=tags) if remove else set_tags(engine, full, add=tags)
@@ -53,7 +55,7 @@ def note(
     from gradscope.db.annotate import set_notes
     from gradscope.db.queries import resolve_run_id
 
-    engine = open_engine(db)
+    engine = open_engine(db, create=False)  # a typo in --db creates nothing
     try:
         full = resolve_run_id(engine, run_id)
         stored = set_notes(engine, full, text)
@@ -71,7 +73,7 @@ def rename(
     from gradscope.db.annotate import rename_run
     from gradscope.db.queries import resolve_run_id
 
-    engine = open_engine(db)
+    engine = open_engine(db, create=False)  # a typo in --db creates nothing
     try:
         full = resolve_run_id(engine, run_id)
         stored = rename_run(engine, full, name)
@@ -93,7 +95,7 @@ def delete(
     from gradscope.db.epoch_writes import EpochWriter
     from gradscope.db.queries import get_run, resolve_run_id
 
-    engine = open_engine(db)
+    engine = open_engine(db, create=False)  # a typo in --db creates nothing
     try:
         runs = [get_run(engine, resolve_run_id(engine, r)) for r in dict.fromkeys(run_ids)]
     except StorageError as exc:

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from gradscope.cli.common import (
     DbOption,
     JsonOption,
+    check_archs,
     check_statuses,
     console,
     err_console,
@@ -20,12 +21,14 @@ from gradscope.cli.common import (
     fmt,
     open_engine,
     print_json,
+    refuse_value,
 )
 from gradscope.cli.options import config_metavar
 from gradscope.db.engine import display_url, resolve_db
 from gradscope.db.errors import StorageError
 from gradscope.db.queries import RunSummary
-from gradscope.vocab.custom import display_config
+from gradscope.vocab.custom import CUSTOM_ARCH, display_config
+from gradscope.vocab.labels import differing_settings, generated_name, settings_text
 from gradscope.vocab.text import printable
 
 
@@ -56,7 +59,11 @@ def runs(
     ] = None,
     arch: Annotated[
         list[str] | None,
-        typer.Option(help="Only runs of this arch (repeatable).", metavar=config_metavar("arch")),
+        typer.Option(
+            help="Only runs of this arch (repeatable).",
+            metavar=config_metavar("arch").replace("]", f"|{CUSTOM_ARCH}]"),
+            callback=check_archs,
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Only runs whose name contains this text.", metavar="TEXT")
@@ -66,12 +73,17 @@ def runs(
         typer.Option("--tag", help="Only runs carrying this tag (repeatable).", metavar="TAG"),
     ] = None,
 ) -> None:
-    """List runs, newest first: id, name, model, dataset, status, epochs, test accuracy and
-    the diagnosis (the most serious finding; `gradscope show ID` explains it)."""
+    """List runs, newest first (runs created together in creation order).
+
+    Columns: id, run (its name, or the settings that tell it apart from the others listed),
+    model, dataset, status, epochs, test accuracy and the diagnosis (the most serious finding;
+    `gradscope show ID` explains it). Every filter value is checked: one that matches no
+    possible run (an unknown status, arch, sweep or tag) is refused, not silently empty."""
     from gradscope.db.queries import list_runs
 
     engine = open_engine(db, read_only=True)
     try:
+        _check_open_filters(engine, sweep, tag)
         found = list_runs(engine, status, limit, sweep=sweep, archs=arch, name=name, tags=tag)
         labels = _badges(engine, found)
     except StorageError as exc:
@@ -79,17 +91,78 @@ def runs(
     if json_out:
         print_json([{**r.to_json(), "diagnosis": labels.get(r.id) or None} for r in found])
         return
-    table = Table(
-        title=printable(f"runs in {display_url(resolve_db(db))}"),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
-    )
+    if found:
+        _print_runs_table(found, labels, display_url(resolve_db(db)))
+    if not found and (status or sweep or arch or name or tag):
+        err_console.print("No runs match these filters.")
+    elif not found:
+        err_console.print("No runs yet. Try: gradscope train --arch sigmoid")
+
+
+SHOWN_CHOICES = 8  # a refused --sweep or --tag lists at most this many that exist
+
+
+def _check_open_filters(engine: Engine, sweep: str | None, tags: list[str] | None) -> None:
+    """--sweep and --tag name things a database holds: one it does not hold is refused like a
+    mistyped --status, naming what it does hold, instead of silently listing nothing."""
+    from gradscope.db.queries import filter_values
+
+    if not sweep and not tags:
+        return
+    known = filter_values(engine)
+    if sweep and not any(sweep in (i, n) for i, n in known.sweeps):
+        names = list(dict.fromkeys(n or i for i, n in known.sweeps))
+        refuse_value("--sweep", f"no sweep {sweep!r} here; {_some('sweeps', names)}")
+    missing = [t for t in dict.fromkeys(tags or []) if t not in known.tags]
+    if missing:
+        what = ", ".join(map(repr, missing))
+        refuse_value("--tag", f"no run carries {what}; {_some('tags', list(known.tags))}")
+
+
+def _some(what: str, values: list[str]) -> str:
+    if not values:
+        return f"there are no {what} here"
+    shown = ", ".join(printable(repr(v)) for v in values[:SHOWN_CHOICES])
+    more = f" and {len(values) - SHOWN_CHOICES} more" if len(values) > SHOWN_CHOICES else ""
+    return f"{what} here: {shown}{more}"
+
+
+# What each listed column shows; the run column tells rows apart by the settings the model and
+# dataset columns do not already show.
+SHOWN_ELSEWHERE = ("arch", "depth", "dataset", "epochs")
+
+
+def row_labels(found: list[RunSummary]) -> list[str]:
+    """Per run: the name a person gave it, else the settings that differ between the listed
+    runs (a sweep's generated names all begin alike and were cut to "depth …" at 80 columns)."""
+    fields = [f for f in differing_settings([r.config for r in found]) if f not in SHOWN_ELSEWHERE]
+    out = []
+    for r in found:
+        if r.name and not generated_name(r.name, r.sweep_name):
+            out.append(r.name)
+        else:  # no name, or the sweep's: what tells it apart (else which sweep it is in)
+            out.append(settings_text(r.config, fields) or r.sweep_name or "")
+    return out
+
+
+def _print_runs_table(found: list[RunSummary], labels: dict[str, str], where: str) -> None:
+    """The runs as a table that reads at 80 columns: short columns whole, the run and dataset
+    columns cut with an ellipsis if they must be; a dataset every run shares is said once."""
+    datasets = {r.dataset for r in found}
+    shared = next(iter(datasets)) if len(datasets) == 1 else None
+    # The path on a line of its own when it does not fit beside the words (never broken).
+    title = f"runs in {where}"
+    lines = [title] if len(title) <= console.width else ["runs in:", where]
+    if shared is not None:
+        lines.append(f"dataset: {shared} (every run listed)")
+    for line in lines:
+        console.print(printable(line), highlight=False, soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    names = row_labels(found)
     rows = [
         (
             r.id[:8],
-            printable(r.name or ""),
+            printable(label),
             printable(f"{r.arch} d{r.depth}"),
             printable(r.dataset),
             printable(r.status),
@@ -97,18 +170,22 @@ def runs(
             fmt(r.test_acc),
             labels.get(r.id, ""),
         )
-        for r in found
+        for r, label in zip(found, names, strict=True)
     ]
-    # Short columns keep their full width and never wrap; the name and dataset share what is
-    # left and are cut with an ellipsis, never broken mid-word, so the table reads at 80
-    # columns.
-    heads = ("id", "name", "model", "dataset", "status", "epochs", "acc", "diagnosis")
+    heads = ("id", "run", "model", "dataset", "status", "epochs", "acc", "diagnosis")
+    keep = [i for i, h in enumerate(heads) if not (h == "dataset" and shared is not None)]
+    heads = tuple(heads[i] for i in keep)
+    rows = [tuple(row[i] for i in keep) for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(heads)]
-    fixed = sum(w for h, w in zip(heads, widths, strict=True) if h not in ("name", "dataset"))
-    spare = max(8, console.width - fixed - 2 * len(heads))  # the box and padding: 2 a column
-    # The name gets up to two thirds of what is left, the dataset the rest.
-    name_w = min(widths[1], max(4, spare * 2 // 3))
-    caps = {"name": name_w, "dataset": max(5, min(widths[3], spare - name_w))}
+    fixed = sum(w for h, w in zip(heads, widths, strict=True) if h not in ("run", "dataset"))
+    # Between two columns: the box's separator and one space of padding.
+    spare = max(8, console.width - fixed - 2 * (len(heads) - 1))
+    # The run column gets up to two thirds of what is left, the dataset the rest.
+    has_dataset = "dataset" in heads
+    run_w = min(widths[1], max(4, spare * 2 // 3 if has_dataset else spare))
+    caps = {"run": run_w}
+    if has_dataset:
+        caps["dataset"] = max(5, min(widths[heads.index("dataset")], spare - run_w))
     for head, width in zip(heads, widths, strict=True):
         cap = caps.get(head, width)
         justify = "right" if head in ("epochs", "acc") else "left"
@@ -123,10 +200,6 @@ def runs(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    if not found and (status or sweep or arch or name or tag):
-        err_console.print("No runs match these filters.")
-    elif not found:
-        err_console.print("No runs yet. Try: gradscope train --arch sigmoid")
 
 
 def _badges(engine: Engine, found: list[RunSummary]) -> dict[str, str]:
@@ -143,10 +216,11 @@ def _badges(engine: Engine, found: list[RunSummary]) -> dict[str, str]:
             "id": [r.id for r in found],
             "status": [r.status for r in found],
             "arch": [r.arch for r in found],
+            "dataset": [r.dataset for r in found],
         }
     )
     ends = run_ends(engine)
-    labels = badges(runs, ends.layers, ends.epochs)
+    labels = badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts)
     return {run_id: ("" if b == "empty" else b) for run_id, b in labels.items()}
 
 
@@ -163,7 +237,14 @@ def show(
     ] = None,
 ) -> None:
     """Show one run: config, status, diagnosis, per-epoch metrics and per-layer gradients."""
-    from gradscope.cli.run_view import diagnosis_view, epochs_view, layers_view, run_diagnosis
+    from gradscope.cli.run_view import (
+        diagnosis_view,
+        epochs_view,
+        layers_view,
+        metrics_view,
+        run_diagnosis,
+        warnings_view,
+    )
     from gradscope.db.queries import resolve_run_id, run_document
 
     engine = open_engine(db, read_only=True)
@@ -177,7 +258,11 @@ def show(
         fail(f"--epoch {epoch}: this run has no layer statistics for it (recorded: {span})")
     findings = run_diagnosis(doc)
     if json_out:
-        print_json({**doc, "diagnosis": [f.to_json() for f in findings]})
+        out = {**doc, "diagnosis": [f.to_json() for f in findings]}
+        if epoch is not None:  # the layers at that epoch, as the table shows them
+            out["layer_stats"] = [s for s in doc["layer_stats"] if s["epoch"] == epoch]
+            out["layers_epoch"] = epoch
+        print_json(out)
         return
     header = Text(doc["id"], style="bold")
     header.append(printable(f" {doc['name'] or ''}  status: {doc['status']}"))
@@ -199,7 +284,12 @@ def show(
     console.print(printable(config), highlight=False)
     console.print()
     console.print(diagnosis_view(findings), highlight=False)
+    if (warned := warnings_view(doc)) is not None:
+        console.print(warned, highlight=False)
     console.print()
     console.print(epochs_view(doc), highlight=False)
+    logged = metrics_view(doc)
+    if logged is not None:
+        console.print(logged, highlight=False)
     if recorded:
         console.print(layers_view(doc, epoch if epoch is not None else recorded[-1]))

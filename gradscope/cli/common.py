@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
+import typing
 from typing import Annotated
 
 import typer
@@ -52,11 +54,24 @@ class SafeConsole(Console):
         super().print(*cleaned, **kwargs)  # type: ignore[arg-type]
 
     def _render_buffer(self, buffer: object) -> str:
-        segments = (
+        segments = [
             seg if seg.control else Segment(_safe_lines(seg.text), seg.style, seg.control)
             for seg in buffer  # type: ignore[attr-defined]
-        )
-        return super()._render_buffer(segments)
+        ]
+        text = super()._render_buffer(segments)
+        if any(seg.control for seg in segments):
+            return text  # a live display (progress bar) redraws lines: their padding counts
+        return _trailing_blanks(text)
+
+
+# Spaces (and the style codes among them) at the end of a line. Tables and indented blocks pad
+# every line to the full width; the padding is invisible but lands in pasted output and diffs.
+_TRAILING = re.compile(r"(?:[ \t]|\x1b\[[0-9;]*m)+(?=\n)")
+
+
+def _trailing_blanks(text: str) -> str:
+    """`text` with the spaces at the end of each line dropped (style codes kept)."""
+    return _TRAILING.sub(lambda m: re.sub(r"[ \t]", "", m.group()), text)
 
 
 def _safe_text(text: Text) -> Text:
@@ -122,8 +137,8 @@ MaxParamsOption = Annotated[
         "--max-params",
         min=1,
         callback=_set_max_params,
-        help=f"Refuse queued runs whose model has more parameters than this (default "
-        f"{DEFAULT_MAX_PARAMS:,}, or ${MAX_PARAMS_ENV}).",
+        help=f"Refuse queued runs whose model has more parameters than this (default: "
+        f"${MAX_PARAMS_ENV} or {DEFAULT_MAX_PARAMS:,}).",
         show_default=False,
     ),
 ]
@@ -140,9 +155,34 @@ def check_statuses(values: list[str] | None) -> list[str] | None:
     return values
 
 
+def check_archs(values: list[str] | None) -> list[str] | None:
+    """An --arch callback: every value must be an architecture runs can have (the built-in
+    ones, and "custom" for runs recorded with the API): a typo would match nothing."""
+    from gradscope.vocab.config import RunConfig
+    from gradscope.vocab.custom import CUSTOM_ARCH
+
+    known = (*typing.get_args(RunConfig.model_fields["arch"].annotation), CUSTOM_ARCH)
+    unknown = [v for v in values or [] if v not in known]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))} is not an architecture; one of: " + ", ".join(known)
+        )
+    return values
+
+
+def refuse_value(option: str, message: str) -> None:
+    """Refuse an option's value found wrong after the database was read, as click refuses
+    one its callback checks (usage line, "Invalid value for ...", exit code 2)."""
+    raise typer.BadParameter(message, param_hint=f"'{option}'")
+
+
 def fail(message: str, code: int = 2) -> None:
-    """Print a readable error (never a traceback) and exit non-zero."""
-    err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+    """Print a readable error (never a traceback) and exit non-zero, wrapped at the terminal's
+    width (80 columns when it is not a terminal) between words; a word longer than a line (a
+    long path) is folded."""
+    err_console.print(
+        Text("error: ", style="red") + Text(message, overflow="ignore"), highlight=False
+    )
     raise typer.Exit(code)
 
 

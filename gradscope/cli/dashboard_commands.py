@@ -68,7 +68,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def streamlit_command(host: str, port: int) -> list[str]:
-    from gradscope.db.share_source import DASHBOARD_UPLOAD_MB
+    from gradscope.db.share.source import DASHBOARD_UPLOAD_MB
 
     return [
         sys.executable,
@@ -95,6 +95,22 @@ def streamlit_command(host: str, port: int) -> list[str]:
         "--server.maxUploadSize",
         str(DASHBOARD_UPLOAD_MB),
     ]
+
+
+def startup_lines(
+    url: str, database: str, *, worker: bool, read_only: bool, width: int = 80
+) -> list[str]:
+    """What `gradscope dashboard` says when it starts, in lines that fit `width` columns: the
+    address, then the database on a line of its own (a path is never wrapped in the middle,
+    so it can be copied), then what is off."""
+    lines = [f"gradscope dashboard: {url}"]
+    where = f"database: {database}"
+    lines += [where] if len(where) <= width else ["database:", database]
+    if not worker:
+        lines.append("no background worker (--no-worker): start one with gradscope worker")
+    if read_only:
+        lines.append("reachable from other machines: read-only (--allow-writes to change)")
+    return lines
 
 
 def dashboard(
@@ -163,12 +179,15 @@ def dashboard(
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
-    console.print(
-        f"gradscope dashboard: http://{shown}:{port}  database: {display_url(target)}"
-        + ("" if worker else "  (no worker)")
-        + ("  (reachable from other machines: read-only)" if exposed and not allow_writes else ""),
-        highlight=False,
-    )
+    for line in startup_lines(
+        f"http://{shown}:{port}",
+        display_url(target),
+        worker=worker is not None,
+        read_only=exposed and not allow_writes,
+        width=console.width,
+    ):
+        # soft_wrap: a path longer than the terminal is never broken by a newline of ours.
+        console.print(line, highlight=False, soft_wrap=True)
     code = 0
     try:
         while (code := app.poll()) is None:

@@ -7,6 +7,8 @@ Each group of commands lives in its own module and registers itself here; shared
 from __future__ import annotations
 
 import gc
+import inspect
+import re
 
 import typer
 
@@ -37,6 +39,37 @@ for _module in (
     annotate_commands,
 ):
     _module.register(app)
+
+# A sentence ends at a full stop before a capital letter ("e.g. `--arch`" does not end one).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def reflowed(doc: str) -> str:
+    """A docstring as help: its paragraphs kept, the line breaks inside each joined. Typer
+    keeps a docstring's single line breaks, which cut sentences in the middle at any width
+    but the source's."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def command_summary(doc: str) -> str:
+    """A command's line in `gradscope --help`: the first sentence of its help."""
+    return _SENTENCE_END.split(reflowed(doc).split("\n\n")[0], maxsplit=1)[0]
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help and summary reflowed (see `reflowed`), in groups too."""
+    for command in typer_app.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None)
+        if doc:
+            command.help = reflowed(doc)
+            command.short_help = command.short_help or command_summary(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

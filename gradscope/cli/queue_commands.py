@@ -20,6 +20,7 @@ from gradscope.cli.common import (
     seconds_option,
 )
 from gradscope.cli.options import with_config_options
+from gradscope.vocab.protocol import HEARTBEAT_S, STALE_AFTER_S
 
 T = TypeVar("T")
 
@@ -75,11 +76,12 @@ def sweep(
     json_out: JsonOption = False,
     max_params: MaxParamsOption = None,
 ) -> None:
-    """Queue a grid of runs as one sweep: every option may be a comma list, e.g.
-    `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2` (write a comma inside a value as `\\,`,
-    e.g. `--dataset 'csv:/data/a\\,b.csv,moons'`; values that mean the same, like 1e-3 and
-    0.001, are queued once). `--name` names the sweep (it is not split). Any invalid value
-    anywhere in the grid: nothing is queued."""
+    """Queue a grid of runs as one sweep: every option may be a comma list.
+
+    For example `--arch sigmoid,relu --depth 2,5,10 --seed 0,1,2` (write a comma inside a
+    value as `\\,`, e.g. `--dataset 'csv:/data/a\\,b.csv,moons'`; values that mean the same,
+    like 1e-3 and 0.001, are queued once). `--name` names the sweep (it is not split). Any
+    invalid value anywhere in the grid: nothing is queued."""
     from gradscope.cli.common import console, err_console, fail, open_engine, print_json
     from gradscope.db.lifecycle import queue_sweep
     from gradscope.vocab.config import ConfigError
@@ -120,11 +122,11 @@ def worker(
     ] = None,
     heartbeat: Annotated[
         float, seconds_option("Seconds between heartbeats of a running run.", 0.05)
-    ] = 2.0,
+    ] = HEARTBEAT_S,
     stale_after: Annotated[
         float,
         seconds_option("A running run whose heartbeat is older than this is 'worker lost'."),
-    ] = 60.0,
+    ] = STALE_AFTER_S,
     poll: Annotated[float, seconds_option("Seconds between looks at an empty queue.", 0.01)] = 1.0,
     max_csv_mb: MaxCsvOption = None,
     retries: Annotated[
@@ -171,9 +173,8 @@ def worker(
     """Train queued runs, oldest first, until stopped. Ctrl-C or SIGTERM stops the running runs
     at their next check (within about a second) and marks them interrupted, epochs kept.
     With --ray the workers run as Ray actors, placed by the cluster."""
-    from gradscope.cli.common import err_console, fail, open_engine
+    from gradscope.cli.common import err_console, fail
     from gradscope.db.engine import resolve_db
-    from gradscope.runner.worker import WorkerOptions, log, run_worker
 
     if ray_address is None and (
         max_workers is not None or (cpus_per_worker, gpus_per_worker) != (1.0, 0.0)
@@ -189,7 +190,9 @@ def worker(
             fail(RAY_MISSING)
         if problem := address_problem(resolve_db(db), ray_address):
             fail(problem)
-    open_engine(db).dispose()  # a missing or outdated database fails here, readably
+    _existing_database(db)  # a missing or outdated database fails here, readably
+    from gradscope.runner.worker import WorkerOptions, log, run_worker
+
     if stale_after < 3 * heartbeat:
         log(
             f"warning: --stale-after {stale_after:g} is under three heartbeats "
@@ -223,6 +226,28 @@ def worker(
         fail(str(exc), code=1)
     plural = "" if handled == 1 else "s"
     err_console.print(f"worker finished after {handled} run{plural}", highlight=False)
+
+
+def _existing_database(db: str | None) -> None:
+    """Fail, saying how to make one, unless `db` is a gradscope database already: a worker
+    trains the runs queued there, and a mistyped --db must not become a new empty file (the
+    worker would find nothing to do and finish "after 0 runs")."""
+    from gradscope.cli.common import fail
+    from gradscope.db.engine import display_url, make_engine, resolve_db
+    from gradscope.db.errors import SchemaVersionError, StorageError
+
+    target = resolve_db(db)
+    try:
+        make_engine(target, create=False).dispose()
+    except SchemaVersionError as exc:
+        fail(str(exc))  # names the command that upgrades it
+    except StorageError as exc:
+        where = display_url(target)
+        fail(
+            f"{exc}. A worker trains the runs queued in an existing database and creates "
+            f"none. Queue runs there first (gradscope submit --db {where}), or create an "
+            f"empty database with: gradscope db upgrade --db {where}"
+        )
 
 
 def cancel(

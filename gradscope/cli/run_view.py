@@ -20,7 +20,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from gradscope.analysis.diagnosis import Finding, diagnose
+from gradscope.analysis.diagnosis import Finding, diagnose, run_facts
 from gradscope.vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
 from gradscope.vocab.text import printable
 
@@ -42,13 +42,41 @@ def frames(doc: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def run_diagnosis(doc: dict[str, Any]) -> list[Finding]:
     epochs, layers = frames(doc)
+    # What the model contains, its backward order, the probe's outcome (as the dashboard reads).
+    facts = run_facts(doc.get("config"))
+    warnings = pd.DataFrame(doc.get("warnings") or [], columns=list(WARNING_KEYS))
     return diagnose(
         epochs,
         layers,
         arch=str(doc["arch"]),
         status=str(doc["status"]),
         depth=int(doc["depth"]),
+        dataset=str(doc.get("dataset") or ""),
+        facts=facts if isinstance(facts, dict) else {},
+        warnings=warnings,
+        error=doc.get("error"),
     )
+
+
+WARNING_KEYS = ("kind", "epoch", "step", "layer", "value", "baseline", "factor", "message")
+
+
+def warnings_view(doc: dict[str, Any]) -> RenderableType | None:
+    """The live warnings (gradient spikes before a NaN), at most 10 shown, or None."""
+    found = doc.get("warnings") or []
+    if not found:
+        return None
+    lines: list[RenderableType] = [Text(f"Warnings ({len(found)})", style="bold underline")]
+    for w in found[:10]:
+        lines.append(
+            Text(
+                f"[{printable(str(w['kind']))}] " + printable(str(w["message"] or "")),
+                style="yellow",
+            )
+        )
+    if len(found) > 10:
+        lines.append(Text(f"... and {len(found) - 10} more (--json lists them all)", style="dim"))
+    return Group(*lines)
 
 
 def sci(value: float | None) -> str:
@@ -92,6 +120,42 @@ def epochs_view(doc: dict[str, Any]) -> Table:
             sci(e["pred_std"]),  # 1.5e-7 must not print as 0.0000
         )
     return table
+
+
+def metrics_view(doc: dict[str, Any]) -> Table | None:
+    """The free metrics (`run.log`): per name, how many values, the last one (its step and
+    epoch), the smallest and largest. None when the run logged none."""
+    metrics = doc.get("metrics") or {}
+    if not metrics:
+        return None
+    table = Table(title="Logged metrics", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in ("metric", "values", "last step", "epoch", "last", "min", "max"):
+        table.add_column(
+            col, justify="left" if col == "metric" else "right", no_wrap=col != "metric"
+        )
+    for name, series in metrics.items():
+        values = [v for v in series["value"] if v is not None and not math.isnan(v)]
+        table.add_row(
+            Text(printable(name)),  # a Text: a name like "[b]" is not rich markup
+            str(series["rows"]),
+            _text(series["step"][-1]),
+            _text(series["epoch"][-1]),
+            _general(series["value"][-1]),
+            _general(min(values)) if values else "-",
+            _general(max(values)) if values else "-",
+        )
+    return table
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _general(value: float | None) -> str:
+    """A logged value of any scale: 4 significant digits; NaN as "nan", infinities as "inf"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.4g}"
 
 
 def _fixed(value: float | None, digits: int) -> str:

@@ -21,11 +21,14 @@ def db_upgrade(db: DbOption = None) -> None:
     from gradscope.db.migrate import upgrade
 
     target = resolve_db(db)
+    recreated: list[str] = []
     try:
-        before, after = upgrade(make_engine(target, check_schema=False))
+        before, after = upgrade(make_engine(target, check_schema=False), recreated=recreated)
     except StorageError as exc:  # a read-only or malformed file, in the driver's words
         fail(str(exc).splitlines()[0])
     console.print(f"{display_url(target)}: schema {before or 'none'} -> {after}", highlight=False)
+    if recreated:
+        console.print(f"recreated missing table(s), empty: {', '.join(recreated)}", highlight=False)
 
 
 @db_app.command("current")

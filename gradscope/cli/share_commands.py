@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gradscope.cli.common import DbOption, JsonOption, check_statuses
-from gradscope.db.share_source import MAX_IMPORT_MB
+from gradscope.db.share.source import MAX_IMPORT_MB
 
 RunOption = Annotated[
     list[str] | None,
@@ -34,7 +34,7 @@ def _chosen(db: str | None, run: list[str] | None, sweep: str | None, status: li
     """(engine, run ids) for the filters; fails readably."""
     from gradscope.cli.common import fail, open_engine
     from gradscope.db.errors import StorageError
-    from gradscope.db.share import select_run_ids
+    from gradscope.db.share.export import select_run_ids
 
     engine = open_engine(db, read_only=True)
     try:
@@ -58,7 +58,7 @@ def export_cmd(
     """Write runs (all, or those chosen) with everything recorded to a standalone .db file."""
     from gradscope.cli.common import console, fail, print_json
     from gradscope.db.errors import StorageError
-    from gradscope.db.share import export_runs
+    from gradscope.db.share.export import export_runs
 
     engine, ids = _chosen(db, run, sweep, status)
     try:
@@ -108,7 +108,7 @@ def import_cmd(
     skipped, runs here with different content are reported and never overwritten."""
     from gradscope.cli.common import console, fail, open_engine, print_json
     from gradscope.db.errors import StorageError
-    from gradscope.db.share import import_file
+    from gradscope.db.share.importing import import_file
 
     engine = open_engine(db, read_only=dry_run)  # a dry run creates and changes nothing
     try:
@@ -122,7 +122,7 @@ def import_cmd(
 
 
 def export_csv_cmd(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for runs/epochs/layers files.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for runs/epochs/layers/metrics files.")],
     run: RunOption = None,
     sweep: SweepOption = None,
     status: StatusOption = None,
@@ -135,7 +135,7 @@ def export_csv_cmd(
     """Write the runs, per-epoch and per-layer tables as CSV or Parquet files for pandas."""
     from gradscope.cli.common import console, fail
     from gradscope.db.errors import StorageError
-    from gradscope.db.share_tables import export_tables
+    from gradscope.db.share.table_files import export_tables
 
     engine, ids = _chosen(db, run, sweep, status)
     try:

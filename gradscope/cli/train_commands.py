@@ -19,7 +19,8 @@ from gradscope.cli.common import (
 )
 from gradscope.cli.options import with_config_options
 from gradscope.db.errors import StorageError
-from gradscope.vocab.config import ConfigError
+from gradscope.vocab.config import ConfigError, make_config
+from gradscope.vocab.csv_files import precheck
 from gradscope.vocab.text import printable
 
 
@@ -36,10 +37,18 @@ def train(
     max_csv_mb: MaxCsvOption = None,
 ) -> None:
     """Train one run in the foreground, recording every epoch, and print its id."""
+    try:
+        # Before the database is opened and before torch is loaded: a refusal writes nothing
+        # and comes at once.
+        cfg = make_config(config_values)
+        precheck(cfg)
+        check_device(cfg.device)
+    except ConfigError as exc:
+        fail(str(exc))
     from gradscope.runner.foreground import checked_config, train_foreground
 
     try:
-        checked_config(config_values)  # before the database is opened: a refusal writes nothing
+        checked_config(config_values)
         run_id, status = train_foreground(
             open_engine(db), config_values, progress=not (quiet or json_out)
         )
@@ -55,6 +64,21 @@ def train(
     _report_end(db, run_id, status)
     if status == "failed":
         raise typer.Exit(1)
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless the device asked for exists here. Only `cuda` is checked, and only
+    it loads torch (about 2.5 s): `auto` and `cpu` always work."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "device: cuda was asked for but this machine has no usable CUDA device "
+            f"(torch {torch.__version__}); use --device auto or --device cpu, or queue the "
+            "run with gradscope submit for a worker on a machine with a GPU"
+        )
 
 
 def _report_end(db: str | None, run_id: str, status: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gradscope.vocab.stored_values import clean_name
 from gradscope.vocab.text import has_unsafe_chars
 
 SYNTHETIC_DATASETS = ("moons", "circles", "xor", "spirals")
@@ -82,12 +83,8 @@ class RunConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_printable(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if has_unsafe_chars(value):
-            raise ValueError("must not contain control characters (C0, DEL, C1 or bidi)")
-        return value or None
+        # The rule every stored name follows (import checks the same): NFC, trimmed, visible.
+        return clean_name(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -11,10 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gradscope.vocab.stored_values import MAX_CONFIG_DEPTH, depth_problem
+
+# Keys of a built-in run's config, shown as run columns, that a user's dict may reuse with
+# another meaning (a user's "depth" may count blocks; the run's counts recorded weights).
+_BUILT_IN_KEYS = frozenset({"arch", "dataset", "depth", "width"})
 CUSTOM_ARCH = "custom"
 CUSTOM_DATASET = "custom"
-# Activations a custom layer may be followed by; "none" when gradscope cannot tell.
-CUSTOM_ACTIVATIONS = ("none", "sigmoid", "relu")
+# Activations a custom layer may be followed by (gradscope.api.insight.ACTIVATION_MODULES);
+# "none" when gradscope cannot tell.
+CUSTOM_ACTIVATIONS = ("none", "sigmoid", "relu", "leaky_relu", "elu", "tanh", "gelu")
 MAX_USER_CONFIG_CHARS = 8_000  # the user's dict as JSON
 MAX_MODEL_SUMMARY_CHARS = 10_000  # the model summary's layer list is cut to stay under this
 MAX_KIND_CHARS = 64
@@ -27,11 +33,15 @@ class CustomConfigError(ValueError):
 
 def user_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """The user's dict as stored: JSON-able with string keys and finite numbers, at most
-    MAX_USER_CONFIG_CHARS characters as JSON. Raises CustomConfigError saying what is wrong."""
+    MAX_USER_CONFIG_CHARS characters as JSON and MAX_CONFIG_DEPTH levels deep (what import
+    accepts, and what pages can show). Raises CustomConfigError saying what is wrong."""
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise CustomConfigError(f"config must be a dict, got {type(config).__name__}")
+    deep = depth_problem(config, MAX_CONFIG_DEPTH)
+    if deep:
+        raise CustomConfigError(f"{deep}; flatten it (at most {MAX_CONFIG_DEPTH} levels)")
     try:
         text = json.dumps(config, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -75,14 +85,19 @@ def custom_config_problem(config: dict[str, Any]) -> str | None:
     user, model = config["user"], config["model"]
     if not isinstance(user, dict):
         return "config.user must be an object"
+    deep = depth_problem(user, MAX_CONFIG_DEPTH)
+    if deep:
+        return f"config.user: {deep}"
     if len(json.dumps(user)) > MAX_USER_CONFIG_CHARS:
         return f"config.user is longer than {MAX_USER_CONFIG_CHARS:,} characters"
     if not isinstance(model, dict):
         return "config.model must be an object"
     if not model:
         return None  # watch() was never called: no model to describe
-    if set(model) != set(MODEL_KEYS):
+    if set(model) - {"facts"} != set(MODEL_KEYS):
         return f"config.model has the keys {', '.join(MODEL_KEYS)}, not {sorted(model)}"
+    if not isinstance(model.get("facts", {}), dict) or len(json.dumps(model.get("facts"))) > 20_000:
+        return "config.model.facts must be an object of at most 20,000 characters"
     if not isinstance(model["layers"], list) or not all(
         isinstance(x, str) for x in model["layers"]
     ):
@@ -99,11 +114,17 @@ def custom_config_problem(config: dict[str, Any]) -> str | None:
 
 def display_config(config: dict[str, Any]) -> dict[str, Any]:
     """A config as one flat dict for tables: a custom run's user keys as they are, plus its
-    model summary in a few fields (so it lines up beside a built-in run's RunConfig)."""
+    model summary in a few fields (so it lines up beside a built-in run's RunConfig). A user's
+    key that names a run column ("depth", "width", "arch", "dataset") is shown as
+    "depth (your config)": the user's "depth": 8 is not the run's depth, which counts the
+    weights recorded ("model layers"), so the Runs table and Compare agree on the model's size."""
     if not is_custom(config):
         return config
     model = config.get("model") or {}
-    flat: dict[str, Any] = dict(config.get("user") or {})
+    flat: dict[str, Any] = {
+        (f"{k} (your config)" if k in _BUILT_IN_KEYS else k): v
+        for k, v in (config.get("user") or {}).items()
+    }
     if model:
         n_layers = len(model.get("layers", [])) + int(model.get("layers_omitted", 0))
         flat["model layers"] = n_layers

@@ -13,6 +13,7 @@ FINISHED_STATUSES = tuple(s for s in RUN_STATUSES if s not in ACTIVE_STATUSES)
 EPOCH_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std", "seconds")
 # The run's final metrics: the last recorded epoch's, kept on the run as final_<field>.
 FINAL_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc", "pred_std")
+FINAL_COLUMNS = tuple(f"final_{field}" for field in FINAL_FIELDS)
 # Per layer and epoch: the gradient and weight statistics (from the training steps), then the
 # activation health (from a pass over held-out data).
 GRAD_STAT_FIELDS = (
@@ -35,6 +36,7 @@ HIST_SLOTS = HIST_BINS + 2  # stored counts: the bins, then exact zeros, then no
 # -- text limits ----------------------------------------------------------------------------
 MAX_NAME_CHARS = 200  # a run's (and a sweep's) name
 MAX_TAG_CHARS = 64
+MAX_METRIC_NAME_CHARS = 100  # a free metric's name (run.log)
 
 # Kept per layer only for an epoch in which a step's gradient (or loss) became non-finite, with
 # the epoch's first_nonfinite_step (1-based, within the epoch): max |g| at the epoch's first
@@ -45,3 +47,22 @@ DIVERGENCE_LAYER_FIELDS = ("finite_first_max_abs", "finite_max_abs", "finite_las
 # layer_stats after their keys (run_id, epoch, layer), the histogram apart.
 EPOCH_COLUMNS = (*EPOCH_FIELDS, "first_nonfinite_step")
 STAT_COLUMNS = (*LAYER_STAT_FIELDS, *DIVERGENCE_LAYER_FIELDS)
+
+# -- the runs table -------------------------------------------------------------------------
+# Run columns copied from the run's config (column: config field), so that lists and filters read
+# no JSON; an imported run's columns must agree with its config.
+RUN_CONFIG_COLUMNS = {
+    "arch": "arch",
+    "dataset": "dataset",
+    "depth": "depth",
+    "width": "width",
+    "seed": "seed",
+    "epochs_total": "epochs",
+}
+# The run columns people read, in the order the CSV/Parquet export writes them (the dashboard's
+# reads pick from them): who, what, which sweep, how far, the results, when, where from.
+RUN_COLUMNS = (
+    *("id", "name", "status", "arch", "depth", "width", "dataset", "seed"),
+    *("sweep_id", "sweep_name", "epochs_total", "epochs_done", *FINAL_COLUMNS),
+    *("created_at", "started_at", "finished_at", "source_file", "imported_at"),
+)

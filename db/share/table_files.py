@@ -1,10 +1,11 @@
 """The chosen runs' tables as CSV or Parquet files, for people who analyse runs in pandas.
 
-Three tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch, with
-first_nonfinite_step) and `layers` (per run, epoch and layer, with the divergence-moment
-statistics and the layer's kind, activation, name and shape joined in). Gradient histograms,
-decision grids and test points stay in the `.db` export. NaN is NaN (an empty cell in CSV),
-infinities are `inf`/`-inf`; Parquet keeps every float exactly.
+Four tables: `runs` (one row per run, config as JSON text), `epochs` (per run and epoch, with
+first_nonfinite_step), `layers` (per run, epoch and layer, with the divergence-moment
+statistics and the layer's kind, activation, name and shape joined in) and `metrics` (the free
+metrics a run logged with `run.log`: per run, name, step and epoch, in logging order).
+Gradient histograms, decision grids and test points stay in the `.db` export. NaN is NaN (an
+empty cell in CSV), infinities are `inf`/`-inf`; Parquet keeps every float exactly.
 """
 
 from __future__ import annotations
@@ -22,39 +23,24 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from gradscope.db.clock import as_utc
-from gradscope.db.models import EpochMetricModel, LayerStatModel, RunLayerModel, RunModel
-from gradscope.db.share import CHUNK, ShareError
+from gradscope.db.models import (
+    EpochMetricModel,
+    LayerStatModel,
+    RunLayerModel,
+    RunMetricModel,
+    RunModel,
+)
+from gradscope.db.share.base import ShareError, chunks
 from gradscope.db.transactions import orm, transaction
-from gradscope.vocab.fields import EPOCH_COLUMNS, STAT_COLUMNS
+from gradscope.vocab.fields import EPOCH_COLUMNS, FINAL_COLUMNS, RUN_COLUMNS, STAT_COLUMNS
 
 TableFormat = Literal["csv", "parquet"]
-TABLE_NAMES = ("runs", "epochs", "layers")
-RUN_COLUMNS = (
-    "id",
-    "name",
-    "status",
-    "arch",
-    "depth",
-    "width",
-    "dataset",
-    "seed",
-    "sweep_id",
-    "sweep_name",
-    "epochs_total",
-    "epochs_done",
-    "final_train_loss",
-    "final_train_acc",
-    "final_test_loss",
-    "final_test_acc",
-    "final_pred_std",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "source_file",
-    "imported_at",
-)
-RUN_FLOATS = tuple(c for c in RUN_COLUMNS if c.startswith("final_"))
-RUN_TIMES = ("created_at", "started_at", "finished_at", "imported_at")
+TABLE_NAMES = ("runs", "epochs", "layers", "metrics")
+METRIC_COLUMNS = ("run_id", "name", "step", "epoch", "value")
+RUN_TIMES = tuple(c for c in RUN_COLUMNS if c.endswith("_at"))
+# Joined into the layer statistics; a user's model (gradscope API) has a module path and a
+# weight shape per layer.
+LAYER_COLUMNS = ("kind", "activation", "layer_name", "shape")
 
 
 def _floats(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -65,37 +51,25 @@ def _floats(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """DataFrames `runs`, `epochs`, `layers` for the given runs (full ids), sorted."""
-    ids = list(dict.fromkeys(run_ids))
-    runs, epochs, layers = [], [], []
+    """DataFrames `runs`, `epochs`, `layers`, `metrics` for the given runs (full ids), sorted."""
+    runs, epochs, layers, metrics = [], [], [], []
+    metric_cols = [getattr(RunMetricModel, c) for c in METRIC_COLUMNS]
     run_cols = [getattr(RunModel, c) for c in RUN_COLUMNS]
-    stat_cols = [getattr(LayerStatModel, c) for c in ("epoch", "layer", *STAT_COLUMNS)]
+    epoch_cols = [getattr(EpochMetricModel, c) for c in ("run_id", "epoch", *EPOCH_COLUMNS)]
+    stat_keys = ("run_id", "epoch", "layer")
+    stat_cols = [getattr(LayerStatModel, c) for c in (*stat_keys, *STAT_COLUMNS)]
+    layer = (RunLayerModel.kind, RunLayerModel.activation, RunLayerModel.name, RunLayerModel.shape)
     with transaction(engine) as conn, orm(conn) as s:
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
+        for chunk in chunks(list(dict.fromkeys(run_ids))):
             for row in s.execute(
                 select(*run_cols, RunModel.config).where(RunModel.id.in_(chunk))
             ).all():
                 record = dict(zip(RUN_COLUMNS, row[:-1], strict=True))
                 record["config"] = json.dumps(row[-1], sort_keys=True)
                 runs.append(record)
-            epochs += s.execute(
-                select(
-                    EpochMetricModel.run_id,
-                    EpochMetricModel.epoch,
-                    *[getattr(EpochMetricModel, c) for c in EPOCH_COLUMNS],
-                ).where(EpochMetricModel.run_id.in_(chunk))
-            ).all()
+            epochs += s.execute(select(*epoch_cols).where(EpochMetricModel.run_id.in_(chunk))).all()
             layers += s.execute(
-                select(
-                    LayerStatModel.run_id,
-                    *stat_cols,
-                    RunLayerModel.kind,
-                    RunLayerModel.activation,
-                    # A user's model (gradscope API): the module path and the weight's shape.
-                    RunLayerModel.name,
-                    RunLayerModel.shape,
-                )
+                select(*stat_cols, *layer)
                 .outerjoin(
                     RunLayerModel,
                     (RunLayerModel.run_id == LayerStatModel.run_id)
@@ -103,36 +77,34 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
                 )
                 .where(LayerStatModel.run_id.in_(chunk))
             ).all()
+            metrics += s.execute(
+                select(*metric_cols)
+                .where(RunMetricModel.run_id.in_(chunk))
+                .order_by(RunMetricModel.run_id, RunMetricModel.id)
+            ).all()
     run_frame = pd.DataFrame(runs, columns=[*RUN_COLUMNS, "config"])
     for column in RUN_TIMES:
         run_frame[column] = pd.to_datetime(
             [as_utc(v) for v in run_frame[column]], utc=True, errors="coerce"
         )
-    run_frame = _floats(run_frame, RUN_FLOATS).sort_values(["created_at", "id"])
+    run_frame = _floats(run_frame, FINAL_COLUMNS).sort_values(["created_at", "id"])
     names = dict(zip(run_frame["id"], run_frame["name"], strict=True))
     epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_COLUMNS])
     # first_nonfinite_step goes through float too: an integer column cannot hold the NaNs.
     epoch_frame = _floats(epoch_frame, EPOCH_COLUMNS).sort_values(["run_id", "epoch"])
-    layer_frame = pd.DataFrame(
-        layers,
-        columns=[
-            "run_id",
-            "epoch",
-            "layer",
-            *STAT_COLUMNS,
-            "kind",
-            "activation",
-            "layer_name",
-            "shape",
-        ],
-    )
+    layer_frame = pd.DataFrame(layers, columns=[*stat_keys, *STAT_COLUMNS, *LAYER_COLUMNS])
     layer_frame = _floats(layer_frame, STAT_COLUMNS).sort_values(["run_id", "epoch", "layer"])
-    for frame in (epoch_frame, layer_frame):
+    metric_frame = pd.DataFrame(metrics, columns=list(METRIC_COLUMNS))
+    metric_frame = _floats(metric_frame, ["value"])
+    for column in ("step", "epoch"):  # nullable integers: NULL stays missing, not a float
+        metric_frame[column] = metric_frame[column].astype("Int64")
+    for frame in (epoch_frame, layer_frame, metric_frame):
         frame.insert(1, "run_name", frame["run_id"].map(names))
     return {
         "runs": run_frame.reset_index(drop=True),
         "epochs": epoch_frame.reset_index(drop=True),
         "layers": layer_frame.reset_index(drop=True),
+        "metrics": metric_frame.reset_index(drop=True),
     }
 
 
@@ -144,9 +116,11 @@ def _table_bytes(frame: pd.DataFrame, fmt: TableFormat) -> bytes:
     return buffer.getvalue()
 
 
-def _check_format(fmt: str) -> None:
+def _check_request(run_ids: Sequence[str], fmt: str) -> None:
     if fmt not in ("csv", "parquet"):
         raise ShareError(f"unknown format {fmt!r}; use csv or parquet")
+    if not run_ids:
+        raise ShareError("no runs to export")
 
 
 def export_tables(
@@ -157,12 +131,10 @@ def export_tables(
     *,
     force: bool = False,
 ) -> list[Path]:
-    """Write runs/epochs/layers.{csv|parquet} into `out_dir` (made if missing); returns the
+    """Write runs/epochs/layers/metrics.{csv|parquet} into `out_dir` (made if missing); returns the
     paths. Refuses to replace existing files unless `force`; each file appears whole or not
     at all (written under a temporary name, then renamed)."""
-    _check_format(fmt)
-    if not run_ids:
-        raise ShareError("no runs to export")
+    _check_request(run_ids, fmt)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise ShareError(f"{out} is a file; give a folder")
@@ -186,10 +158,8 @@ def export_tables(
 
 
 def export_tables_zip(engine: Engine, run_ids: Sequence[str], fmt: TableFormat = "csv") -> bytes:
-    """A zip (in memory) holding runs/epochs/layers.{csv|parquet}, for a download button."""
-    _check_format(fmt)
-    if not run_ids:
-        raise ShareError("no runs to export")
+    """A zip (in memory) holding runs/epochs/layers/metrics.{csv|parquet}, for a download button."""
+    _check_request(run_ids, fmt)
     tables = run_tables(engine, run_ids)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:

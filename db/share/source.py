@@ -3,17 +3,21 @@
 The file is copied into a private temporary folder first (so it cannot change under us, and the
 sender's file is never modified), its 16-byte SQLite header and page geometry are checked before
 SQLite parses it; a live WAL database (a `-wal` beside it) is then snapshotted, -wal included,
-with SQLite's backup API from a read-only connection (see `wal_snapshot`), and it is
-opened read-only (`mode=ro`) with `trusted_schema=OFF`,
-`query_only=ON` and a cap on value sizes. Then: `PRAGMA quick_check`; no triggers, views or
-virtual tables; a known Alembic revision (an older one is upgraded in the private copy, never
-in place; a newer or unknown one is refused naming both versions); every table and column
-gradscope needs; row counts within limits. Then `gradscope.db.share_validate` checks every row.
-Anything wrong raises `ImportRefused` saying what and why.
+with SQLite's backup API from a read-only connection (see `wal_snapshot`), and it is opened
+read-only (`mode=ro`) with `trusted_schema=OFF`, `query_only=ON` and a cap on value sizes.
+Then: `PRAGMA quick_check`; no triggers, views or virtual tables; a known Alembic revision (an
+older one is upgraded in the private copy, never in place; a newer or unknown one is refused
+naming both versions); every table and column gradscope needs; row counts within limits. Then
+`gradscope.db.share.validate` checks every row. Anything wrong raises `ImportRefused` saying
+what and why.
+
+Plain `sqlite3` here, not `gradscope.db.transactions`: the file is untrusted and only read; no
+engine touches it but Alembic's upgrade of the private copy (`trusted_schema=OFF` on each).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -22,17 +26,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, event
 
-from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION
-from gradscope.db.share_validate import (
-    SQLITE_ERRORS,
-    TABLES,
-    ImportRefused,
-    Problems,
-    SourceFile,
-    printable,
-    quote,
-    read_rows,
-)
+from gradscope.db.engine import KNOWN_REVISIONS, SCHEMA_REVISION, make_engine
+from gradscope.db.share.base import TABLES, ImportRefused, SourceFile, rollback_journal
+from gradscope.db.share.validate import SQLITE_ERRORS, Problems, printable, quote, read_rows
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # The largest file an import accepts unless told otherwise, in MiB.
@@ -50,9 +46,23 @@ MAX_ROWS_PER_TABLE = 2_000_000
 MAX_VALUE_BYTES = 16 * 2**20
 
 
-# ---------------------------------------------------------------------------------------------
-# The file: copy, header, opening, structure
-# ---------------------------------------------------------------------------------------------
+@contextmanager
+def _sqlite_reads(source: str, what: str) -> Iterator[None]:
+    """SQLite failing on the file refuses it: "SQLite cannot <what>: <its message>"."""
+    try:
+        yield
+    except SQLITE_ERRORS as exc:
+        detail = printable(str(exc))
+        # SQLite calls a schema it won't use with trusted_schema=OFF "malformed": say what.
+        schema = re.match(r"malformed database schema \((.{1,200}?)\) - (unsafe use of .*)", detail)
+        if schema:
+            detail = (
+                f"its schema object {schema[1]!r} ({schema[2]}) is refused: SQLite does not run "
+                "functions from an untrusted file's schema, and gradscope files hold only plain "
+                "tables and column indexes"
+            )
+            raise ImportRefused(source, [detail]) from None
+        raise ImportRefused(source, [f"SQLite cannot {what}: {detail}"]) from None
 
 
 @contextmanager
@@ -60,7 +70,8 @@ def private_copy(path: Path, max_bytes: int, source: str) -> Iterator[Path]:
     """A copy of `path` in a private temporary folder, read at most `max_bytes` (+1) bytes."""
     problems = Problems(source)
     try:
-        size = path.stat().st_size
+        before = path.stat()
+        size = before.st_size
     except OSError as exc:
         problems.refuse(f"cannot read the file: {exc.strerror or exc}")
     if not path.is_file():
@@ -77,8 +88,23 @@ def private_copy(path: Path, max_bytes: int, source: str) -> Iterator[Path]:
                     if copied > max_bytes:  # it grew while we read it
                         problems.refuse(f"the file is over the limit of {max_bytes:,} bytes")
                     dst.write(chunk)
+            after = path.stat()
         except OSError as exc:
             problems.refuse(f"cannot read the file: {exc.strerror or exc}")
+        # A copy of a file rewritten meanwhile mixes old and new pages: say so, rather than
+        # calling the file damaged later. (A live WAL database is read as a snapshot instead.)
+        changed = (after.st_ino, after.st_size, after.st_mtime_ns) != (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        )
+        wal = path.with_name(path.name + "-wal")
+        live_wal = wal.is_file() and wal.stat().st_size > 0  # wal_snapshot reads it anew
+        if (changed or copied != before.st_size) and not live_wal:
+            problems.refuse(
+                "the file changed while it was being read (another program is writing it); "
+                "import it again once nothing writes to it, or export a copy first"
+            )
         yield copy
 
 
@@ -140,12 +166,9 @@ def wal_snapshot(path: Path, copy: Path, max_bytes: int, source: str) -> Path:
             f"the file and its -wal are {total:,} bytes together; the limit is {max_bytes:,} bytes"
         )
     snapshot = copy.with_name("snapshot.db")
-    try:
-        src = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    with _sqlite_reads(source, "read it with its -wal file"):
+        src = _connect_untrusted(path)
         try:
-            src.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-            src.execute("PRAGMA trusted_schema=OFF")
-            src.execute("PRAGMA query_only=ON")
             dst = sqlite3.connect(snapshot)
             try:
                 src.backup(dst)  # one read transaction: a consistent snapshot
@@ -153,8 +176,6 @@ def wal_snapshot(path: Path, copy: Path, max_bytes: int, source: str) -> Path:
                 dst.close()
         finally:
             src.close()
-    except SQLITE_ERRORS as exc:
-        problems.refuse(f"SQLite cannot read it with its -wal file: {printable(str(exc))}")
     if snapshot.stat().st_size > max_bytes:
         problems.refuse(f"the database is over the limit of {max_bytes:,} bytes")
     check_header(snapshot, source)
@@ -162,24 +183,28 @@ def wal_snapshot(path: Path, copy: Path, max_bytes: int, source: str) -> Path:
     return snapshot
 
 
+def _connect_untrusted(path: Path) -> sqlite3.Connection:
+    """`path` opened read-only, with SQLite's defences for untrusted files on."""
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    # Text that is not UTF-8 must not raise mid-read: keep its bytes as surrogates, and let
+    # `convert` refuse such values with a message.
+    conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    for pragma in (
+        "trusted_schema=OFF",  # no functions with side effects from the file's schema
+        "query_only=ON",
+        "cell_size_check=ON",  # detect damaged b-tree cells instead of reading past them
+        "mmap_size=0",
+    ):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
 def open_readonly(copy: Path, source: str) -> sqlite3.Connection:
     """Open the private copy read-only, with SQLite's defences for untrusted files on."""
-    try:
-        conn = sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True)
-        # Text that is not UTF-8 must not raise mid-read: keep its bytes as surrogates, and
-        # let `convert` refuse such values with a message.
-        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-        for pragma in (
-            "trusted_schema=OFF",  # no functions with side effects from the file's schema
-            "query_only=ON",
-            "cell_size_check=ON",  # detect damaged b-tree cells instead of reading past them
-            "mmap_size=0",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
+    with _sqlite_reads(source, "read it"):
+        conn = _connect_untrusted(copy)
         result = [r[0] for r in conn.execute("PRAGMA quick_check(10)")]
-    except SQLITE_ERRORS as exc:
-        raise ImportRefused(source, [f"SQLite cannot read it: {printable(str(exc))}"]) from None
     if result != ["ok"]:
         conn.close()
         detail = "; ".join(printable(str(r))[:200] for r in result[:3])
@@ -190,7 +215,7 @@ def open_readonly(copy: Path, source: str) -> sqlite3.Connection:
 def check_structure(conn: sqlite3.Connection, source: str) -> str:
     """No triggers, views or virtual tables; a gradscope schema revision. Returns it."""
     problems = Problems(source)
-    try:
+    with _sqlite_reads(source, "read its schema"):
         objects = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
         for kind, name, sql in objects:
             if kind in ("trigger", "view"):
@@ -209,10 +234,6 @@ def check_structure(conn: sqlite3.Connection, source: str) -> str:
                 f"its tables: {shown}"
             )
         versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    except SQLITE_ERRORS as exc:
-        raise ImportRefused(
-            source, [f"SQLite cannot read its schema: {printable(str(exc))}"]
-        ) from None
     if len(versions) != 1 or not isinstance(versions[0][0], str):
         problems.refuse(f"its schema version table is damaged ({len(versions)} rows)")
     revision = versions[0][0]
@@ -228,7 +249,7 @@ def check_structure(conn: sqlite3.Connection, source: str) -> str:
 def check_columns(conn: sqlite3.Connection, source: str) -> None:
     """Every table and column gradscope reads must exist; row counts within the limits."""
     problems = Problems(source)
-    try:
+    with _sqlite_reads(source, "read its tables"):
         for name, table in TABLES.items():
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({quote(name)})")}
             if not have:
@@ -243,16 +264,7 @@ def check_columns(conn: sqlite3.Connection, source: str) -> None:
             limit = MAX_RUNS if name == "runs" else MAX_ROWS_PER_TABLE
             if count > limit:
                 problems.add(f"table {name!r} has {count:,} rows; the limit is {limit:,}")
-    except SQLITE_ERRORS as exc:
-        raise ImportRefused(
-            source, [f"SQLite cannot read its tables: {printable(str(exc))}"]
-        ) from None
     problems.raise_any()
-
-
-# ---------------------------------------------------------------------------------------------
-# All checks, in order
-# ---------------------------------------------------------------------------------------------
 
 
 def _trusted_schema_off(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -263,8 +275,6 @@ def upgrade_engine(copy: Path) -> Engine:
     """An engine on the private copy for Alembic, with SQLite's defence for untrusted files
     on every connection: the file's schema (its triggers, views, defaults, indexes) may not
     call functions with side effects while the migration reads and rewrites it."""
-    from gradscope.db.engine import make_engine
-
     engine = make_engine(str(copy), check_schema=False)  # no connection made yet
     event.listen(engine, "connect", _trusted_schema_off)
     return engine
@@ -272,7 +282,7 @@ def upgrade_engine(copy: Path) -> Engine:
 
 def upgrade_copy(copy: Path, revision: str, source: str) -> None:
     """Bring the private copy (never the original) up to this gradscope's schema."""
-    from gradscope.db.migrate import upgrade
+    from gradscope.db.migrate import upgrade  # loads Alembic: only for an older file
 
     try:
         engine = upgrade_engine(copy)
@@ -280,9 +290,7 @@ def upgrade_copy(copy: Path, revision: str, source: str) -> None:
             upgrade(engine)
         finally:
             engine.dispose()
-        with sqlite3.connect(copy) as conn:  # back to one self-contained file, no -wal
-            conn.execute("PRAGMA journal_mode=DELETE")
-        conn.close()
+        rollback_journal(copy)
     except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes Alembic raise
         raise ImportRefused(
             source, [f"its schema {revision} could not be upgraded to {SCHEMA_REVISION}: {exc}"]
@@ -330,8 +338,8 @@ def _read_source(path: Path, copy: Path, source: str, max_bytes: int) -> SourceF
             if revision != SCHEMA_REVISION:
                 raise ImportRefused(source, [f"upgrading left it at schema {revision}"])
         check_columns(conn, source)
-        runs, rows = read_rows(conn, source)
+        runs = read_rows(conn, source)
     except BaseException:
         conn.close()
         raise
-    return SourceFile(revision, upgraded_from, runs, rows, conn)
+    return SourceFile(revision, upgraded_from, runs, conn)

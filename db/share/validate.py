@@ -6,29 +6,56 @@ from gradscope's rules (run ids are UUIDs, statuses known, configs valid RunConf
 with the run's columns, epochs within 1..epochs, layers within 0..depth, blobs exactly as long
 as their shape says, no duplicate keys, no rows without their run). Any problem refuses the
 whole file with `ImportRefused`, whose message names the table, the run or row, the column and
-why. `gradscope.db.share_source` opens the file and checks its structure first.
+why. `gradscope.db.share.source` opens the file and checks its structure first.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import struct
 import uuid
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, Integer, LargeBinary, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+)
 
 from gradscope.db.clock import as_utc
-from gradscope.db.errors import StorageError
-from gradscope.db.models import Base
+from gradscope.db.share.base import (
+    CHILD_TABLES,
+    SURROGATE_ID,
+    TABLE_ORDER,
+    ImportRefused,
+    SourceRun,
+    content_columns,
+    sort_keys,
+)
 from gradscope.vocab.config import ConfigError, make_config
 from gradscope.vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
-from gradscope.vocab.fields import HIST_SLOTS, RUN_STATUSES
+from gradscope.vocab.fields import (
+    HIST_SLOTS,
+    RUN_CONFIG_COLUMNS,
+    RUN_STATUSES,
+)
+from gradscope.vocab.metrics import MAX_STEP, metric_name_problem
+from gradscope.vocab.stored_values import (
+    MAX_TAGS_PER_RUN,
+    metric_problem,
+    name_problem,
+    tag_problem,
+    text_problem,
+)
 from gradscope.vocab.text import has_unsafe_chars
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
@@ -40,68 +67,14 @@ GRAD_HIST_BYTES = HIST_SLOTS * 4
 LAYER_KINDS = ("input", "hidden", "block", "output")
 LAYER_ACTIVATIONS = ("sigmoid", "relu")
 INT32_MAX = 2**31 - 1
-# Text columns whose values may span lines (newline and tab allowed; other controls are not).
+INT64_MAX = 2**63 - 1
+# Text columns whose values may span lines (line breaks and tabs allowed; other controls are
+# not): the same rule storing applies (gradscope.vocab.stored_values).
 MULTILINE = ("error", "notes")
-
-# Parents first: the order rows are inserted in.
-TABLE_ORDER = (
-    "runs",
-    "run_layers",
-    "epoch_metrics",
-    "layer_stats",
-    "decision_grids",
-    "run_points",
-    "run_tags",
-)
-CHILD_TABLES = TABLE_ORDER[1:]
-TABLES: dict[str, Table] = {name: Base.metadata.tables[name] for name in TABLE_ORDER}
-# Denormalised run columns that must agree with the run's config.
-CONFIG_COLUMNS = {
-    "arch": "arch",
-    "dataset": "dataset",
-    "depth": "depth",
-    "width": "width",
-    "seed": "seed",
-    "epochs_total": "epochs",
-}
-
 
 # sqlite3 decodes SQLite's own error messages strictly: one quoting a damaged schema's bytes
 # raises UnicodeDecodeError instead of sqlite3.Error.
 SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
-
-
-class ImportRefused(StorageError):
-    """The whole file was refused; nothing was written. `problems` lists each reason."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        shown = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source} was refused, nothing was imported:\n{shown}")
-
-
-@dataclass(frozen=True)
-class SourceRun:
-    """One run of the file with its rows, every value checked and converted to Python types."""
-
-    run: dict[str, Any]
-    children: dict[str, list[dict[str, Any]]]
-
-    @property
-    def id(self) -> str:
-        return self.run["id"]
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """What a checked file holds: its runs in file order, and its schema revision."""
-
-    revision: str
-    upgraded_from: str | None
-    runs: list[SourceRun]  # run rows only: their children are streamed (`stream_children`)
-    rows: dict[str, int]  # child rows per run id
-    conn: sqlite3.Connection  # the checked private copy, open while the import copies it
 
 
 class Problems:
@@ -137,9 +110,7 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-# ---------------------------------------------------------------------------------------------
-# Values: types first (driven by the models' column types), then meaning
-# ---------------------------------------------------------------------------------------------
+# -- values: types first (driven by the models' column types), then meaning ------------------
 
 
 class _Bad(ValueError):
@@ -178,7 +149,8 @@ def convert(column: Column, value: object) -> Any:
     if isinstance(kind, Integer):
         if type(value) is not int:
             raise _Bad(f"{column.name} must be an integer, got {_kind(value)} {_shown(value)}")
-        if not -INT32_MAX <= value <= INT32_MAX:
+        limit = INT64_MAX if isinstance(kind, BigInteger) else INT32_MAX
+        if not -limit <= value <= limit:
             raise _Bad(f"{column.name} is out of range: {value}")
         return value
     if isinstance(kind, Float):
@@ -221,11 +193,10 @@ def convert(column: Column, value: object) -> Any:
     if "\x00" in value:
         raise _Bad(f"{column.name} contains a NUL character")
     # Terminal controls (ESC, DEL, C1, bidi) would be obeyed when the text is printed; only the
-    # multi-line texts (an error's traceback, notes) may hold newlines and tabs.
-    checked = value.replace("\n", "").replace("\t", "") if column.name in MULTILINE else value
-    if has_unsafe_chars(checked):
-        bad = next(c for c in checked if has_unsafe_chars(c))
-        raise _Bad(f"{column.name} contains control characters ({printable(bad)})")
+    # multi-line texts (an error's traceback, notes) may hold line breaks and tabs.
+    problem = text_problem(column.name, value, multiline=column.name in MULTILINE)
+    if problem:
+        raise _Bad(problem)
     return value
 
 
@@ -236,28 +207,12 @@ def _is_uuid(value: object) -> bool:
         return False
 
 
-# Values with a fixed range (issue 14): an accuracy of 7.5 or a fraction of -7 is a forgery, not
-# a measurement. NaN/NULL stay allowed (a diverged run's unknowns are stored that way).
-UNIT_INTERVAL = (
-    "train_acc",
-    "test_acc",
-    "final_train_acc",
-    "final_test_acc",
-    "saturated_frac",
-    "dead_frac",
-)
-NON_NEGATIVE_FINITE = ("seconds",)
-
-
 def _check_ranges(row: dict[str, Any]) -> None:
-    for column in UNIT_INTERVAL:
-        value = row.get(column)
-        if value is not None and not math.isnan(value) and not 0.0 <= value <= 1.0:
-            raise _Bad(f"{column} is {value!r}; it must lie in [0, 1]")
-    for column in NON_NEGATIVE_FINITE:
-        value = row.get(column)
-        if value is not None and not (math.isfinite(value) and value >= 0.0):
-            raise _Bad(f"{column} is {value!r}; it must be a finite number >= 0")
+    for column, value in row.items():
+        if type(value) is float:
+            problem = metric_problem(column, value)
+            if problem:
+                raise _Bad(problem)
 
 
 def _check_run(row: dict[str, Any]) -> None:
@@ -266,23 +221,25 @@ def _check_run(row: dict[str, Any]) -> None:
         raise _Bad(f"id must be a UUID, got {_shown(row['id'])}")
     if row["status"] not in RUN_STATUSES:
         raise _Bad(f"status {_shown(row['status'])} is not one of {', '.join(RUN_STATUSES)}")
+    problem = name_problem(row["name"])
+    if problem:
+        raise _Bad(problem)
     if row["arch"] == CUSTOM_ARCH:
         _check_custom_run(row)
-        _check_ranges(row)
-        return
-    try:
-        cfg = make_config(row["config"])
-    except ConfigError as exc:
-        detail = str(exc).replace("\n", "; ")
-        raise _Bad(f"config is not a valid run configuration: {_cut(detail, 300)}") from None
-    for column, field in CONFIG_COLUMNS.items():
-        if row[column] != getattr(cfg, field):
-            raise _Bad(
-                f"{column} is {_shown(row[column])} but its config says {getattr(cfg, field)!r}"
-            )
+    else:
+        try:
+            cfg = make_config(row["config"])
+        except ConfigError as exc:
+            detail = str(exc).replace("\n", "; ")
+            raise _Bad(f"config is not a valid run configuration: {_cut(detail, 300)}") from None
+        for column, field in RUN_CONFIG_COLUMNS.items():
+            if row[column] != getattr(cfg, field):
+                raise _Bad(
+                    f"{column} is {_shown(row[column])} but its config says {getattr(cfg, field)!r}"
+                )
     if not 0 <= row["epochs_done"] <= row["epochs_total"]:
         raise _Bad(f"epochs_done {row['epochs_done']} is outside 0..{row['epochs_total']}")
-    if row["group_index"] is not None and row["group_index"] < 0:
+    if row["arch"] != CUSTOM_ARCH and row["group_index"] is not None and row["group_index"] < 0:
         raise _Bad(f"group_index {row['group_index']} is negative")
     _check_ranges(row)
 
@@ -296,52 +253,74 @@ def _check_custom_run(row: dict[str, Any]) -> None:
     for column in ("depth", "width", "seed"):
         if row[column] < 0:
             raise _Bad(f"{column} {row[column]} is negative")
-    if not 0 <= row["epochs_done"] <= row["epochs_total"]:
-        raise _Bad(f"epochs_done {row['epochs_done']} is outside 0..{row['epochs_total']}")
 
 
-def _check_custom_layer(row: dict[str, Any]) -> None:
-    """A custom run's layer: any module type as its kind, an activation when one was seen,
-    the weight's shape as a JSON list of sizes."""
-    if has_unsafe_chars(row["kind"]) or has_unsafe_chars(row["name"]):
-        raise _Bad("name or kind contains control characters")
-    if row["activation"] not in CUSTOM_ACTIVATIONS:
-        raise _Bad(
-            f"activation {_shown(row['activation'])} is not one of {', '.join(CUSTOM_ACTIVATIONS)}"
-        )
-    if row["shape"] is not None:
-        try:
-            shape = json.loads(row["shape"], parse_constant=_no_nan)
-        except (ValueError, RecursionError):
-            raise _Bad(f"shape is not valid JSON: {_shown(row['shape'])}") from None
-        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-            raise _Bad(f"shape must be a list of sizes, got {_shown(shape)}")
+def _check_layer(row: dict[str, Any], custom: bool) -> None:
+    """A built-in network's layer: a known kind and activation. A custom run's: any module type
+    as its kind, an activation when one was seen, the weight's shape as a JSON list of sizes."""
+    if not custom:
+        if row["kind"] not in LAYER_KINDS:
+            raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(LAYER_KINDS)}")
+        if row["activation"] not in LAYER_ACTIVATIONS:
+            raise _Bad(f"activation {_shown(row['activation'])} is not sigmoid or relu")
+    else:
+        if has_unsafe_chars(row["kind"]) or has_unsafe_chars(row["name"]):
+            raise _Bad("name or kind contains control characters")
+        if row["activation"] not in CUSTOM_ACTIVATIONS:
+            shown, known = _shown(row["activation"]), ", ".join(CUSTOM_ACTIVATIONS)
+            raise _Bad(f"activation {shown} is not one of {known}")
+        if row["shape"] is not None:
+            try:
+                shape = json.loads(row["shape"], parse_constant=_no_nan)
+            except (ValueError, RecursionError):
+                raise _Bad(f"shape is not valid JSON: {_shown(row['shape'])}") from None
+            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+                raise _Bad(f"shape must be a list of sizes, got {_shown(shape)}")
     for key in ("fan_in", "fan_out", "n_params"):
-        if row[key] < 0:
+        if row[key] < (0 if custom or key == "n_params" else 1):
             raise _Bad(f"{key} {row[key]} is out of range")
+
+
+WARNING_KINDS = ("spike", "nonfinite")
+
+
+def _check_warning(row: dict[str, Any], epochs: int, depth: int) -> None:
+    """A live warning: a known kind, in an epoch the run reached (the one it was training when
+    it stopped included), a layer of the run, printable text."""
+    if row["kind"] not in WARNING_KINDS:
+        raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(WARNING_KINDS)}")
+    if row["epoch"] is not None and not 1 <= row["epoch"] <= epochs + 1:
+        raise _Bad(f"epoch {row['epoch']} is outside the run's 1..{epochs + 1}")
+    if row["layer"] is not None and not 0 <= row["layer"] <= depth:
+        raise _Bad(f"layer {row['layer']} is outside the run's 0..{depth}")
+    if row["step"] is not None and not 1 <= row["step"] <= MAX_STEP:
+        raise _Bad(f"step {row['step']} is out of range")
+    if row["message"] is not None and (
+        len(row["message"]) > 500 or has_unsafe_chars(row["message"])
+    ):
+        raise _Bad("message is longer than 500 characters or contains control characters")
 
 
 def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
     """A child row's meaning, against its run: epochs, layers, blob lengths."""
     epochs, depth = run["epochs_total"], run["depth"]
+    if table == "run_metrics":
+        _check_metric(row, epochs)
+        return
+    if table == "run_warnings":
+        _check_warning(row, epochs, depth)
+        return
     if "epoch" in row and not 1 <= row["epoch"] <= epochs:
         raise _Bad(f"epoch {row['epoch']} is outside the run's 1..{epochs}")
     if "layer" in row and not 0 <= row["layer"] <= depth:
         raise _Bad(f"layer {row['layer']} is outside the run's 0..{depth} (depth {depth})")
     _check_ranges(row)
-    if table == "run_layers" and run["arch"] == CUSTOM_ARCH:
-        _check_custom_layer(row)
-    elif table == "run_layers":
-        if row["kind"] not in LAYER_KINDS:
-            raise _Bad(f"kind {_shown(row['kind'])} is not one of {', '.join(LAYER_KINDS)}")
-        if row["activation"] not in LAYER_ACTIVATIONS:
-            raise _Bad(f"activation {_shown(row['activation'])} is not sigmoid or relu")
-        for key in ("fan_in", "fan_out", "n_params"):
-            if row[key] < (0 if key == "n_params" else 1):
-                raise _Bad(f"{key} {row[key]} is out of range")
+    if table == "run_layers":
+        _check_layer(row, custom=run["arch"] == CUSTOM_ARCH)
     elif table == "run_tags":
-        if not row["tag"].strip() or has_unsafe_chars(row["tag"]):
-            raise _Bad("tag is empty or contains control characters")
+        problem = tag_problem(row["tag"])
+        if problem:
+            raise _Bad(problem)
     elif table == "layer_stats":
         hist = row["grad_hist"]
         if hist is not None:
@@ -368,8 +347,23 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
             raise _Bad(f"points is {len(row['points'])} bytes; {n} points take {n * 12}")
 
 
-def _key_columns(table: Table) -> list[str]:
-    return [c.name for c in table.primary_key.columns]
+def _check_metric(row: dict[str, Any], epochs: int) -> None:
+    """A free metric (gradscope.vocab.metrics): a valid name; a step and/or an epoch, the epoch
+    within 1..epochs + 1 (steps after the last closed epoch are in the one in progress); any
+    value, infinities included (NaN is NULL)."""
+    problem = metric_name_problem(row["name"])
+    if problem:
+        raise _Bad(problem)
+    step, epoch = row["step"], row["epoch"]
+    if step is None and epoch is None:
+        raise _Bad("a metric needs a step or an epoch (both are NULL)")
+    if step is not None and not 0 <= step < MAX_STEP:
+        raise _Bad(f"step {step} is outside 0..{MAX_STEP - 1}")
+    if epoch is not None and not 1 <= epoch <= epochs + 1:
+        raise _Bad(f"epoch {epoch} is outside the run's 1..{epochs + 1}")
+
+
+# -- rows: every table in one streaming pass --------------------------------------------------
 
 
 def _label(table: str, row: dict[str, Any], index: int) -> str:
@@ -381,26 +375,25 @@ def _label(table: str, row: dict[str, Any], index: int) -> str:
 
 
 def _select(name: str, order: bool) -> str:
-    columns = ", ".join(quote(c.name) for c in TABLES[name].columns)
+    columns = ", ".join(quote(c.name) for c in content_columns(name))
     # Ordered by key, duplicates are neighbours: found with one previous key, not a set of
     # millions (SQLite sorts on disk when the file has no index: memory stays bounded).
-    by = f" ORDER BY {', '.join(quote(k) for k in _key_columns(TABLES[name]))}" if order else ""
+    by = f" ORDER BY {', '.join(quote(k) for k in sort_keys(name))}" if order else ""
     return f"SELECT {columns} FROM {quote(name)}{by}"
 
 
-def read_rows(conn: sqlite3.Connection, source: str) -> tuple[list[SourceRun], dict[str, int]]:
+def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
     """Every row of every table, checked, in one streaming pass: only the run rows are kept
     (children are read again, run by run, when copied: `stream_children`). Child rows must
-    belong to a run of the file. Returns the runs (file order) and each run's child rows."""
+    belong to a run of the file. Returns the runs in file order."""
     problems = Problems(source)
     runs: dict[str, SourceRun] = {}
-    counts: dict[str, int] = {}
     bad_runs: set[object] = set()  # their rows are not checked again: one message per run
+    tag_count: tuple[object, int] = (None, 0)  # (run id, its tags so far)
     try:
         for name in TABLE_ORDER:
-            table = TABLES[name]
-            columns = list(table.columns)
-            keys = _key_columns(table)
+            columns = content_columns(name)
+            keys = [] if name in SURROGATE_ID else sort_keys(name)  # no key: may repeat
             seen: set[tuple] = set()  # runs only (at most MAX_RUNS keys)
             previous: tuple | None = None
             for index, raw in enumerate(conn.execute(_select(name, order=name != "runs"))):
@@ -413,27 +406,32 @@ def read_rows(conn: sqlite3.Connection, source: str) -> tuple[list[SourceRun], d
                         bad_runs.add(raw_row["id"])  # until its row passes every check
                     row = {c.name: convert(c, v) for c, v in zip(columns, raw, strict=True)}
                     key = tuple(row[k] for k in keys)
-                    if key in seen or key == previous:
+                    if keys and (key in seen or key == previous):
                         raise _Bad("appears twice (duplicate key)")
                     if name == "runs":
                         seen.add(key)
                         _check_run(row)
                         bad_runs.discard(raw_row["id"])
-                        runs[row["id"]] = SourceRun(row, {t: [] for t in CHILD_TABLES})
-                        counts[row["id"]] = 0
+                        runs[row["id"]] = SourceRun.bare(row)
                         continue
                     previous = key
                     parent = runs.get(row["run_id"])
                     if parent is None:
                         raise _Bad(f"belongs to no run of the file ({_shown(row['run_id'])})")
+                    if name == "run_tags":
+                        # Ordered by (run_id, tag): a run's tags are neighbours.
+                        count = tag_count[1] + 1 if tag_count[0] == row["run_id"] else 1
+                        tag_count = (row["run_id"], count)
+                        if count > MAX_TAGS_PER_RUN:
+                            bad_runs.add(row["run_id"])
+                            raise _Bad(f"the run carries more than {MAX_TAGS_PER_RUN} tags")
                     _check_child(name, row, parent.run)
-                    counts[row["run_id"]] += 1
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")
     except SQLITE_ERRORS as exc:
         problems.refuse(f"SQLite failed while reading rows: {printable(str(exc))}")
     problems.raise_any()
-    return list(runs.values()), counts
+    return list(runs.values())
 
 
 def stream_children(
@@ -448,7 +446,7 @@ def stream_children(
         cursors[name] = (cursor, cursor.fetchone())
     for run_id in sorted(run_ids):
         for name in CHILD_TABLES:
-            columns = list(TABLES[name].columns)
+            columns = content_columns(name)
             cursor, raw = cursors[name]
             rows: list[dict[str, Any]] = []
             # Run ids are checked UUIDs (lowercase ASCII): SQLite's order is Python's.

@@ -1,0 +1,135 @@
+"""Diagnosis of models gradscope never saw, recorded through the public API: a fast subset of
+benchmarks/diagnosis_zoo.py (ground truth measured there in plain PyTorch), plus the live
+warning before the NaN, the moment of divergence of API runs, and the rules' own edges."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradscope.analysis.diagnosis import builtin_facts, diagnose, fit_cures
+from gradscope.analysis.spikes import SPIKE_FACTOR, SpikeChecker
+
+_ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnosis_zoo.py"
+
+
+@pytest.fixture(scope="module")
+def zoo():  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location("diagnosis_zoo", _ZOO)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["diagnosis_zoo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+FAST = (
+    "mlp-relu-binary",
+    "mlp-sigmoid-deep-headfirst",
+    "mlp-functional-dead",
+    "mlp-shuffled-labels",
+    "mlp-relu-lr-ramp",
+)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_zoo_case_is_diagnosed_as_its_ground_truth(zoo, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+    case = next(c for c in zoo.cases() if c.name == name)
+    result = zoo.run_case(case, str(tmp_path / "zoo.db"))
+    assert result.truth.kinds == result.found, (result.truth.kinds, result.found)
+    if result.truth.nan_step is not None:  # a spike warned before the first NaN
+        spikes = [w["step"] for w in result.warnings if w["kind"] == "spike"]
+        assert spikes and min(spikes) < result.truth.nan_step
+    elif not result.truth.kinds:
+        assert result.warnings == []
+
+
+def test_a_diverged_api_run_records_its_moment_and_warnings_reach_the_loop(
+    zoo, tmp_path: Path
+) -> None:  # noqa: ANN001
+    import torch
+
+    import gradscope
+    from gradscope.db.engine import make_engine
+    from gradscope.db.queries import run_document
+
+    torch.manual_seed(0)
+    x, y, _ = zoo.data("binary", 256, 16, 0)
+    model = zoo.MLP(16, 32, 3, 2, "relu", False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    run = gradscope.init(db=str(tmp_path / "d.db"))
+    run.watch(model, opt, probe=(x[:64], y[:64]), on_warning=seen.append)
+    for _ in range(12):
+        for i in range(0, 256, 32):
+            loss = torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            opt.param_groups[0]["lr"] *= 1.15
+        run.log_epoch(train_loss=loss)
+    assert run.finish() == "diverged"
+    assert run.warnings and seen == run.warnings
+    doc = run_document(make_engine(str(tmp_path / "d.db")), run.id)
+    steps = [e["first_nonfinite_step"] for e in doc["epochs"] if e["first_nonfinite_step"]]
+    assert steps, "the moment of divergence is recorded for an API run"
+    first = next(e for e in doc["epochs"] if e["first_nonfinite_step"])
+    rows = [s for s in doc["layer_stats"] if s["epoch"] == first["epoch"]]
+    assert any(s["finite_max_abs"] is not None for s in rows)
+    assert [w["step"] for w in doc["warnings"]] == [w.step for w in run.warnings]
+
+
+def test_spike_checker_flags_a_spike_against_the_layers_own_level_once_per_decade() -> None:
+    found = []
+    checker = SpikeChecker([3, 4], found.append)
+    rng = np.random.default_rng(0)
+    checker.block(np.exp(rng.normal(0, 0.3, (16, 2))) * [1e-6, 10.0], 0)  # tiny and large layers
+    assert found == []
+    block = np.exp(rng.normal(0, 0.3, (16, 2))) * [1e-6, 10.0]
+    block[5, 0] = 1e-6 * SPIKE_FACTOR * 5
+    block[6, 0] = 1e-6 * SPIKE_FACTOR * 6  # same decade: no second warning
+    checker.block(block, 16)
+    assert [(w.kind, w.layer, w.step) for w in found] == [("spike", 3, 23)]
+    assert found[0].factor == pytest.approx(SPIKE_FACTOR * 6, rel=0.5)
+    block = np.full((16, 2), 1.0)
+    block[2, 1] = np.nan
+    checker.block(block, 32)
+    assert ("nonfinite", 4, 35) in [(w.kind, w.layer, w.step) for w in found]
+
+
+def test_cures_never_suggest_what_the_run_already_does() -> None:
+    facts = {"adaptive_optimizer": True, "activations": ["gelu"], "residual": True}
+    facts["normalisation"] = True
+    layers = pd.DataFrame(
+        {"epoch": [1, 1, 1], "layer": [0, 1, 2], "grad_norm": [1e-9, 1e-5, 1.0]}
+    ).assign(grad_max_abs=1.0, act_std=0.3, saturated_frac=np.nan, dead_frac=np.nan)
+    epochs = pd.DataFrame({"epoch": [1], "train_loss": [0.5], "test_loss": [np.nan]}).assign(
+        train_acc=np.nan, test_acc=np.nan, pred_std=0.3
+    )
+    found = diagnose(epochs, layers, arch="custom", status="completed", depth=3, facts=facts)
+    cures = " ".join(c for f in found for c in f.cures)
+    assert "Train with Adam" not in cures and "Use ReLU" not in cures
+    assert "Add residual" not in cures and "normalisation layers" not in cures
+    plain = fit_cures(("x",), builtin_facts({"arch": "resnet", "optimizer": "adam"}))
+    assert plain == ("x",)
+
+
+def test_chance_is_the_labels_majority_rate_and_a_failed_run_is_never_healthy() -> None:
+    layers = pd.DataFrame({"epoch": [1, 1], "layer": [0, 1], "grad_norm": [0.2, 0.3]}).assign(
+        grad_max_abs=0.1, act_std=0.3, saturated_frac=np.nan, dead_frac=np.nan
+    )
+    epochs = pd.DataFrame({"epoch": [1], "train_loss": [0.5], "test_loss": [0.5]}).assign(
+        train_acc=0.63, test_acc=0.63, pred_std=0.2
+    )
+    facts = {"arch": "sigmoid", "status": "completed", "depth": 2}
+    assert [f.kind for f in diagnose(epochs, layers, **facts)] == ["healthy"]
+    on_bc = diagnose(epochs, layers, **facts, dataset="breast_cancer")
+    assert [f.kind for f in on_bc] == ["not_learning"]
+    failed = diagnose(epochs, layers, **{**facts, "status": "failed"}, error="boom")
+    assert [f.kind for f in failed] == ["failed"] and "boom" in failed[0].detail
+    empty = diagnose(epochs.iloc[:0], layers.iloc[:0], **{**facts, "status": "failed"})
+    assert [f.kind for f in empty] == ["failed"]
