@@ -6,6 +6,11 @@ and reports its peak resident set size (`ru_maxrss`). Two figures per round (the
 round run back to back, order alternating between rounds):
 - watch alone: (peak watched - peak of the same loop with gradscope.init/log_epoch but no watch)
   / parameters: what watching costs per parameter;
+- of which, at the end of the run (RSS then, not the peak), anonymous memory per parameter and
+  file-backed memory in MB: watching has a fixed cost that does not grow with the model, mostly
+  the code pages of the statistics' kernels that the bare loop never runs (libtorch mapped in);
+  the anonymous part is the per-parameter buffers (two float32 copies: 8 bytes) plus small
+  objects;
 - all of gradscope: (peak watched - peak bare) / parameters, which adds gradscope's fixed cost
   (its imports and database engine, spread over this model's parameters).
 wandb.watch (offline, log="all", log_freq=1) is measured beside it when installed (vs bare).
@@ -84,11 +89,16 @@ def child(mode: str, width: int, db: str) -> None:
     if run is not None:
         run.finish()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"mode": mode, "params": params, "peak": peak}))
+    now = {}
+    with open("/proc/self/status") as status:  # resident now, by kind (Linux)
+        for line in status:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                now[line[3:7].lower()] = int(line.split()[1]) * 1024
+    print(json.dumps({"mode": mode, "params": params, "peak": peak, **now}))
 
 
 def measure(mode: str, width: int, tmp: str, i: int) -> dict:
-    db = os.path.join(tmp, f"m{i}-{mode}.db")
+    db = os.path.join(tmp, f"m{i}-{mode}-{width}.db")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--width", str(width), "--db", db],
@@ -120,6 +130,8 @@ def main() -> None:
         pass
     extra: dict[str, list[float]] = {m: [] for m in modes}
     total: list[float] = []
+    anon: list[float] = []
+    files: list[float] = []
     params = 0
     with tempfile.TemporaryDirectory(prefix="gradscope-memory-") as tmp:
         for i in range(args.rounds):
@@ -132,6 +144,8 @@ def main() -> None:
                 extra[m].append((peaks[m]["peak"] - base) / params)
                 if m == "gradscope":
                     total.append((peaks[m]["peak"] - peaks["bare"]["peak"]) / params)
+                    anon.append((peaks[m]["anon"] - peaks["init"]["anon"]) / params)
+                    files.append((peaks[m]["file"] - peaks["init"]["file"]) / 2**20)
     print(
         f"model: {params / 1e6:.1f}M parameters, CPU, {args.rounds} paired rounds (fresh processes)"
     )
@@ -142,6 +156,9 @@ def main() -> None:
             "wandb": "wandb.watch(log='all', log_freq=1), all of wandb",
         }[m]
         print(f"{label}: extra peak RSS {_spread(values)} bytes/parameter")
+        if m == "gradscope":
+            print(f"  at the end: anonymous {_spread(anon)} bytes/parameter,")
+            print(f"  file-backed (code pages: a fixed cost) {_spread(files)} MB")
     print(f"all of gradscope (init + watch, vs bare): {_spread(total)} bytes/parameter")
 
 

@@ -19,6 +19,7 @@ badges)
    Targets: data under 2x, render under 3 s.
 
     python benchmarks/dashboard.py [--db PATH (reused if it exists)] [--rounds 5]
+    python benchmarks/dashboard.py --scale [--postgres]  (100,000 runs: dashboard_scale.py)
 """
 
 from __future__ import annotations
@@ -444,7 +445,21 @@ def main() -> None:
     parser.add_argument(
         "--only-fifty", action="store_true", help="only part 4 (Compare with 50 runs)"
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the 100,000-run pages (benchmarks/dashboard_scale.py; --db: the SQLite file)",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="with --scale: PostgreSQL too (tests/pg_server.py)"
+    )
     args = parser.parse_args()
+    if args.scale:
+        sys.path.insert(1, str(ROOT / "benchmarks"))
+        from dashboard_scale import run_scale
+
+        run_scale(args.rounds, args.db, args.postgres)
+        return
     fifty_runs(args.rounds)
     if args.only_fifty:
         return

@@ -600,12 +600,23 @@ def report(results: list[Result]) -> str:
     for r in results:
         if r.truth.nan_step is None:
             continue
-        spikes = [w["step"] for w in r.warnings if w["kind"] == "spike"]
-        leads.append((r.case.name, r.truth.nan_step - min(spikes) if spikes else None))
-    shown = ", ".join(f"{n}: {'none' if v is None else v}" for n, v in leads)
-    lines.append(f"lead time (steps from first spike warning to first NaN): {shown or '-'}")
-    warned = sum(any(w["kind"] == "spike" for w in r.warnings) for r in healthy)
-    lines.append(f"healthy runs with a spike warning: {warned}/{len(healthy)}")
+        # A spike or growth warning (not the "nonfinite" one, which is the NaN itself). The
+        # step is when it happened; the user's loop sees it when its block of steps (16 for
+        # these models) is reduced, so `seen` is the lead counted from the block's end.
+        steps = [w["step"] for w in r.warnings if w["kind"] in ("spike", "growth")]
+        kinds = {w["kind"] for w in r.warnings if steps and w["step"] == min(steps)}
+        first = min(steps) if steps else None
+        seen = None if first is None else r.truth.nan_step - (-(-first // 16) * 16)
+        lead = None if first is None else r.truth.nan_step - first
+        leads.append((r.case.name, lead, seen, "/".join(sorted(kinds))))
+    shown = ", ".join(
+        f"{n}: {'none' if v is None else f'{v} ({k}; seen {s})'}" for n, v, s, k in leads
+    )
+    lines.append(f"lead time (steps from first spike/growth warning to first NaN): {shown or '-'}")
+    met = sum(v is not None and v >= 10 for _, v, _, _ in leads)
+    lines.append(f"diverged runs warned >= 10 steps before the NaN: {met}/{len(leads)}")
+    warned = sum(any(w["kind"] != "nonfinite" for w in r.warnings) for r in healthy)
+    lines.append(f"healthy runs with a warning: {warned}/{len(healthy)}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,14 @@ nothing. Targets: bare / batched >= 5x; --no-batch / batched >= 2x.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py [--sqlite] [--quick]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py --end-to-end [--rounds 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py --peak [--sizes 1,4,16,64]
+
+With --peak (issue 25, item 1), the engine's distance to the machine's limit: per group size K,
+the floating-point rate of a group's training steps (the multiply-adds of forward and backward,
+counted from the shapes; the epoch's step loop timed as a whole, so the optimizer, the gradient
+probe and the loss count as time, not as work) as a fraction of this core's `torch.mm` peak on
+one square matrix product of the same total work per step (one thread, medians); then where a
+K = 16 group's epoch time goes (cProfile, top shares by function).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pathlib import Path
 # The repository root first: the benchmark runs from a checkout.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
+sys.path.insert(1, str(ROOT / "tests"))  # reference_loop: the plain loop lives with the tests
 
 import torch  # noqa: E402
 from reference_loop import train  # noqa: E402
@@ -139,11 +148,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 epochs, sizes 4,16")
     parser.add_argument("--end-to-end", action="store_true", help="whole processes, see above")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds (--end-to-end)")
+    parser.add_argument("--peak", action="store_true", help="fraction of the core's mm peak")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.sizes = 5, "4,16"
     if args.end_to_end:
         end_to_end(args)
+        return
+    if args.peak:
+        torch.set_num_threads(1)
+        distance_to_peak(args)
         return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,6 +275,94 @@ def run(args: argparse.Namespace, runner: Runner) -> None:
     print(
         f"(cells: batched time per model and ratio); load average after: {os.getloadavg()[0]:.2f}"
     )
+
+
+def step_flops(cfg: RunConfig, features: int = 2) -> float:
+    """Floating-point operations of one training step of one member (batch of cfg.batch_size):
+    2 per multiply-add; forward x @ W per layer, backward dW = dz^T @ x per layer and
+    dx = dz @ W for every layer but the first. Elementwise work is not counted."""
+    w, b = cfg.width, cfg.batch_size
+    shapes = [(features, w)] + [(w, w)] * (cfg.depth - 1) + [(w, 1)]
+    forward = sum(2 * b * i * o for i, o in shapes)
+    grad_w = forward
+    grad_x = forward - 2 * b * features * w
+    return float(forward + grad_w + grad_x)
+
+
+def mm_peak(flops: float, repeats: int = 200) -> tuple[float, int]:
+    """This core's torch.mm rate (FLOP/s, median of `repeats`) on one n x n product whose
+    2n^3 operations equal `flops`, and n."""
+    n = max(8, round((flops / 2) ** (1 / 3)))
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    for _ in range(10):
+        torch.mm(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times), n
+
+
+def distance_to_peak(args: argparse.Namespace) -> None:
+    """Per K: the step loop's achieved rate against the mm peak at the same work; profile."""
+    import cProfile
+    import pstats
+
+    from gradscope.runner import batched
+
+    spent: list[float] = []
+    plain_epoch = batched._GroupTraining._train_epoch
+
+    def timed_epoch(self: batched._GroupTraining, epoch: int) -> bool:
+        t = time.perf_counter()
+        try:
+            return plain_epoch(self, epoch)
+        finally:
+            spent.append(time.perf_counter() - t)
+
+    batched._GroupTraining._train_epoch = timed_epoch  # type: ignore[method-assign]
+    warm = sweep_configs(argparse.Namespace(**{**vars(args), "epochs": 1}), ARCHS[:1], range(2))
+    train_group(warm, [MemoryRecorder() for _ in warm])
+    cfg = sweep_configs(args, ARCHS[:1], range(1))[0]
+    steps = -(-round(cfg.samples * (1 - cfg.test_fraction)) // cfg.batch_size)
+    print(
+        f"depth {args.depth}, width {args.width}, batch {cfg.batch_size}, {steps} steps per "
+        f"epoch, {args.epochs} epochs, one thread; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'K':>4} {'arch':>8} {'step ms':>8} {'GFLOP/s':>8} {'mm peak':>8} {'n':>4} "
+        f"{'fraction':>8}"
+    )
+    for k in [int(s) for s in args.sizes.split(",")]:
+        for arch in ARCHS:
+            members = sweep_configs(args, (arch,), range(100, 100 + k))
+            spent.clear()
+            train_group(members, [MemoryRecorder() for _ in members])
+            per_step = statistics.median(spent) / steps
+            flops = step_flops(members[0]) * k
+            peak, n = mm_peak(flops)
+            rate = flops / per_step
+            print(
+                f"{k:>4} {arch:>8} {per_step * 1e3:8.3f} {rate / 1e9:8.2f} {peak / 1e9:8.2f} "
+                f"{n:>4} {rate / peak:8.1%}",
+                flush=True,
+            )
+    batched._GroupTraining._train_epoch = plain_epoch  # type: ignore[method-assign]
+    members = sweep_configs(args, ("relu",), range(100, 116))
+    profile = cProfile.Profile()
+    profile.enable()
+    train_group(members, [MemoryRecorder() for _ in members])
+    profile.disable()
+    stats = pstats.Stats(profile)
+    total = sum(v[2] for v in stats.stats.values())  # tottime of every function
+    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
+    print(f"\nwhere a K = 16 relu group's time goes (cProfile tottime shares, {total:.2f} s):")
+    for (file, line, name), v in top:
+        where = name if file == "~" else f"{Path(file).name}:{line} {name}"
+        print(f"  {v[2] / total:6.1%}  {v[2]:6.2f} s  {v[1]:>7} calls  {where}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

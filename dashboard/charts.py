@@ -17,6 +17,7 @@ exists to show: it draws them at a marked floor below every real value. Single-v
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Literal
 
 import altair as alt
@@ -164,6 +165,7 @@ def _curves(
     colors: Colors | None = None,
     log: bool = False,
     loss_title: str = BUILT_IN_LOSS,
+    unlogged: Collection[str] = (),
 ) -> alt.Chart | alt.LayerChart:
     ids = _ids(epochs, colors)
     fields = [f"train_{stem}", f"test_{stem}"]
@@ -173,6 +175,7 @@ def _curves(
     long["split"] = long["split"].str.split("_").str[0]  # "train_loss" -> "train"
     for end in ("lo", "hi") if f"train_{stem}_lo" in epochs else ():  # grouped seeds: the band
         long[f"value_{end}"] = np.concatenate([epochs[f"{f}_{end}"].to_numpy() for f in fields])
+    long = long[~never_logged(long, unlogged)].reset_index(drop=True)
     long, dropped = _finite(long, "value", positive=log)
     note = f"{dropped} non-finite value(s) (diverged) not drawn" if dropped else ""
     if stem == "loss" and log:
@@ -202,6 +205,24 @@ def _curves(
     )
 
 
+def never_logged(long: pd.DataFrame, unlogged: Collection[str]) -> pd.Series:
+    """Rows of a run in `unlogged` (runs recorded with the API, which log what they choose)
+    whose whole series (run, split) is empty: never logged, which is no divergence (a NaN
+    is stored as NULL too, but a diverged run has finite values before it)."""
+    empty = pd.to_numeric(long["value"], errors="coerce").isna()
+    whole = empty.groupby([long["run_id"], long["split"]]).transform("all")
+    return whole & long["run_id"].isin(list(unlogged))
+
+
+def logged_curve(epochs: pd.DataFrame, stem: str, unlogged: Collection[str]) -> bool:
+    """Whether any run has a value of train_/test_`stem` to draw: a run not in `unlogged`
+    (built-in: every empty value is a diverged one), or an API run that logged one."""
+    cols = [f"train_{stem}", f"test_{stem}"]
+    built_in = ~epochs["run_id"].isin(list(unlogged))
+    values = epochs[cols].apply(pd.to_numeric, errors="coerce")
+    return bool(built_in.any() or values.notna().any(axis=None))
+
+
 def loss_title(archs: pd.Series) -> str:
     """The loss axis's title for runs of these archs ("custom": recorded with the API)."""
     custom = archs.eq("custom")
@@ -214,15 +235,19 @@ def loss_curves(
     *,
     log: bool = False,
     loss_title: str = BUILT_IN_LOSS,
+    unlogged: Collection[str] = (),
 ) -> alt.Chart:
     """Train and test loss per epoch (log axis if `log`); colour = run, dash and marker = split.
-    `loss_title` names the loss (runs recorded with the API logged their own)."""
-    return _curves(epochs, "loss", colors, log, loss_title)
+    `loss_title` names the loss (runs recorded with the API logged their own); a split that a
+    run in `unlogged` never logged is left out, not counted as diverged."""
+    return _curves(epochs, "loss", colors, log, loss_title, unlogged)
 
 
-def accuracy_curves(epochs: pd.DataFrame, colors: Colors | None = None) -> alt.Chart:
+def accuracy_curves(
+    epochs: pd.DataFrame, colors: Colors | None = None, *, unlogged: Collection[str] = ()
+) -> alt.Chart:
     """Train and test accuracy per epoch on a fixed 0-1 axis; colour = run, dash = split."""
-    return _curves(epochs, "acc", colors)
+    return _curves(epochs, "acc", colors, unlogged=unlogged)
 
 
 def learning_curves(epochs: pd.DataFrame) -> alt.HConcatChart:

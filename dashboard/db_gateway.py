@@ -141,6 +141,7 @@ def reconnect() -> None:
     engine, _ = _connection(db)
     engine.dispose()
     _connected.clear()
+    clear_runs_frames()
     st.cache_data.clear()
 
 
@@ -173,9 +174,19 @@ def version() -> tuple[str, ...]:
 # -- the runs list ------------------------------------------------------------------------------
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _runs(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+# The frames of every run are kept once per data version as shared objects (cache_resource) and
+# handed out as shallow copies: st.cache_data would unpickle a fresh copy on every call, ~0.4 s
+# for 100,000 runs each time, several times per page (benchmarks/dashboard.py --scale). pandas
+# copy-on-write keeps a caller's edits to its copy away from the shared frame.
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _runs_shared(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
     return newest_first(frames.runs(_engine(db)))
+
+
+def _runs(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return _runs_shared(db, data_version).copy(deep=False)
 
 
 def newest_first(runs: pd.DataFrame) -> pd.DataFrame:
@@ -190,19 +201,24 @@ def newest_first(runs: pd.DataFrame) -> pd.DataFrame:
     return order.drop(columns="_batch").reset_index(drop=True)
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _runs_table(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _runs_table_shared(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
     runs = _runs(db, data_version)
     ends = frames.run_ends(_engine(db))
     found = tables.badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts)
     return tables.runs_table(runs, found, ends.warnings)
 
 
-def runs() -> pd.DataFrame:
+def _runs_table(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return _runs_table_shared(db, data_version).copy(deep=False)
+
+
+def runs(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Every run (gradscope.db.frames.runs), newest first, runs created together in creation
-    order (`newest_first`)."""
+    order (`newest_first`); at `data_version` when the caller has read one (`version()` scans
+    the runs table: ~60 ms at 100,000 runs)."""
     db = database()
-    return _runs(db, version())
+    return _runs(db, data_version or version())
 
 
 def runs_table(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -210,6 +226,40 @@ def runs_table(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
     `version()` the caller read, so it can say which state it drew)."""
     db = database()
     return _runs_table(db, data_version or version())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _runs_listing_shared(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    runs = _runs(db, data_version)
+    none = pd.Series("empty", index=runs["id"])  # badges come per page (`runs_page`)
+    return tables.runs_table(runs, none)
+
+
+def clear_runs_frames() -> None:
+    """Forget the shared frames of every run (st.cache_data.clear() does not reach them)."""
+    for shared in (_runs_shared, _runs_table_shared, _runs_listing_shared):
+        shared.clear()
+
+
+def runs_listing(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """`runs_table` without the diagnosis and warnings (empty): every run, for filtering,
+    sorting and paging, without reading any epoch. The page shown gets them from `runs_page`."""
+    return _runs_listing_shared(database(), data_version or version()).copy(deep=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _runs_page(db: str, run_ids: tuple[str, ...], data_version: tuple[str, ...]) -> pd.DataFrame:
+    runs = _runs(db, data_version).set_index("id", drop=False)
+    chosen = runs.loc[[i for i in run_ids if i in runs.index]].reset_index(drop=True)
+    ends = frames.run_ends(_engine(db), run_ids)
+    found = tables.badges(chosen, ends.layers, ends.epochs, ends.warnings, ends.facts)
+    return tables.runs_table(chosen, found, ends.warnings)
+
+
+def runs_page(run_ids: Sequence[str], data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """`runs_table` rows of these runs (one page), in this order, with their diagnosis and
+    warnings: only these runs' first and last epochs are read."""
+    return _runs_page(database(), tuple(run_ids), data_version or version())
 
 
 # The data version the Runs table was drawn with; set by the Runs page and cleared by the router
@@ -251,7 +301,9 @@ class Selection:
 def _known(run_ids: Sequence[str]) -> pd.DataFrame:
     """Rows of the runs frame for these ids, in order; unknown ids (deleted runs, a mistyped
     link) are dropped."""
-    known = runs().set_index("id")
+    every = runs()
+    # Cut first, then index: set_index over every run costs ~0.1 s at 100,000 runs.
+    known = every[every["id"].isin(list(run_ids))].set_index("id")
     ids = [i for i in dict.fromkeys(run_ids) if i in known.index]
     return known.loc[ids].reset_index()
 
@@ -403,8 +455,8 @@ def delete_runs(run_ids: Sequence[str]) -> int:
 def _annotated() -> None:
     """After an edit here: the runs list is read again at once (the fingerprint in
     `version()` sees most edits, not a rename to a name of the same length)."""
-    _runs.clear()
-    _runs_table.clear()
+    clear_runs_frames()
+    _runs_page.clear()
 
 
 def annotate_run(run_id: str, *, name: str | None, notes: str | None, tags: Sequence[str]) -> None:
@@ -480,3 +532,40 @@ def import_db_bytes(content: bytes, filename: str, dry_run: bool = False) -> Imp
 
     target = _writable()  # a dry run too: a read-only dashboard takes no uploads at all
     return import_bytes(target, content, filename, MAX_UPLOAD_MB * 2**20, dry_run)
+
+
+# -- cure trials (gradscope.analysis.cures, gradscope.db.trials) --------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cure_trial(db: str, patient_id: str, data_version: tuple[str, ...]) -> Any:
+    from gradscope.db.trials import trial_frames
+
+    return trial_frames(_engine(db), patient_id)
+
+
+def cure_trial(patient_id: str) -> Any:
+    """The patient's latest cure trial as gradscope.db.trials.TrialFrames, or None; read again
+    whenever runs change (its runs train)."""
+    return _cure_trial(database(), patient_id, version())
+
+
+def run_frames(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One run's row (with config and error), epochs, layer statistics and live warnings."""
+    sel = selection([run_id])
+    errors = runs().set_index("id")["error"]
+    row = sel.runs.assign(error=sel.runs["id"].map(errors))
+    return row, epochs(sel), layer_stats(sel), warnings(sel)
+
+
+def queue_cures(patient: Mapping[str, Any], findings: Sequence[Any]) -> list[str]:
+    """Queue the patient's cure trial (gradscope.analysis.cures.plan_cures) as one batched
+    sweep; returns its run ids. Raises CureRefused or ConfigError (nothing written)."""
+    from gradscope.analysis.cures import plan_cures
+    from gradscope.db.lifecycle import queue_sweep as queue_plan
+    from gradscope.vocab.sweep import check_plan_budget
+
+    target = _writable()
+    plan, _ = plan_cures(patient, findings)
+    check_plan_budget(plan)
+    return queue_plan(target, plan)

@@ -6,6 +6,7 @@
 - `colour`: what the Compare page colours lines by (`run`, `architecture` or a setting);
 - `group`: `seeds` when the Compare page groups seeds into one line each;
 - `sweep`: the Sweeps page's sweep id.
+- `page`: the Runs table's page (1-based).
 
 The chosen runs are also kept in session state, so moving between pages through the navigation
 menu (which starts each page with a clean URL) keeps them.
@@ -24,6 +25,7 @@ SCALE = "scale"
 COLOUR = "colour"
 GROUP = "group"
 SWEEP = "sweep"
+PAGE = "page"  # the Runs table's page (1-based)
 SCALES = ("linear", "log")
 GROUPINGS = ("none", "seeds")
 _SELECTED = "selected_runs"  # session-state copy of the chosen runs

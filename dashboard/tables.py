@@ -131,6 +131,45 @@ def filter_runs(
     return table[keep]
 
 
+# Rows per page of the Runs table: the browser holds one page, however many runs there are
+# (a 100,000-row table made the page's first render take seconds; benchmarks/dashboard.py --scale).
+PAGE_ROWS = 100
+# What the Runs table can be sorted by across pages ("newest first": the listing's own order).
+NEWEST_FIRST = "newest first"
+SORTS = (
+    NEWEST_FIRST,
+    "name",
+    "status",
+    "progress",
+    "test acc",
+    "arch",
+    "dataset",
+    "depth",
+    "width",
+    "seed",
+    "sweep",
+    "created",
+)
+
+
+def sort_runs(table: pd.DataFrame, by: str, descending: bool = False) -> pd.DataFrame:
+    """`table` (rows of `runs_table`) in the chosen order; stable, so ties keep the newest-first
+    order, and missing values (an unfinished run's accuracy) go last either way."""
+    if by == NEWEST_FIRST or by not in table.columns:
+        return table.iloc[::-1] if descending else table
+    return table.sort_values(by, ascending=not descending, kind="stable", na_position="last")
+
+
+def page_count(n_rows: int, size: int = PAGE_ROWS) -> int:
+    return max(1, -(-n_rows // size))
+
+
+def page_of(table: pd.DataFrame, page: int, size: int = PAGE_ROWS) -> pd.DataFrame:
+    """Page `page` (1-based, clamped to the pages there are) of `table`."""
+    page = max(1, min(page, page_count(len(table), size)))
+    return table.iloc[(page - 1) * size : page * size]
+
+
 def selection_text(table: pd.DataFrame, chosen: list[str], limit: int = 8) -> str:
     """The chosen runs named for people ("relu d6 · 1a2b3c4d, ... and 3 more"), so an action
     says what it will act on even when the ticked rows have scrolled out of view."""

@@ -110,6 +110,10 @@ class RunModel(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The machine that trained it (the node, on a cluster); `worker` names the process.
     hostname: Mapped[str | None] = mapped_column(String(200))
+    # Schema 0003. A cure trial's run (`gradscope cure`): the patient whose diagnosis it tests,
+    # and the cure it tries ("control": the patient's configuration unchanged).
+    cure_of: Mapped[str | None] = mapped_column(String(36), index=True)
+    cure: Mapped[str | None] = mapped_column(String(64))
 
 
 class RunLayerModel(Base):

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Engine, case, func, insert, select
 
 from gradscope.db.clock import now_expr
 from gradscope.db.floats import to_db
 from gradscope.db.models import RunWarningModel
 from gradscope.db.transactions import transaction
+
+# The readers import pandas when called: a training process only stores warnings
+# (gradscope.api.live) and never loads it (~90 MB of resident memory).
+if TYPE_CHECKING:
+    import pandas as pd
 
 _warnings = RunWarningModel.__table__
 WARNING_COLUMNS = ("kind", "epoch", "step", "layer", "value", "baseline", "factor", "message")
@@ -39,6 +43,8 @@ def add_warnings(engine: Engine, run_id: str, rows: Sequence[dict[str, Any]]) ->
 
 def run_warnings(engine: Engine, run_id: str) -> pd.DataFrame:
     """A run's warnings in the order they were found (empty frame with the columns if none)."""
+    import pandas as pd
+
     cols = [getattr(_warnings.c, k) for k in WARNING_COLUMNS]
     with transaction(engine, "read warnings") as conn:
         rows = conn.execute(
@@ -49,6 +55,8 @@ def run_warnings(engine: Engine, run_id: str) -> pd.DataFrame:
 
 def warnings_of(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
     """The warnings of these runs (run_id and WARNING_COLUMNS), each run's in the order found."""
+    import pandas as pd
+
     cols = [_warnings.c.run_id, *[getattr(_warnings.c, k) for k in WARNING_COLUMNS]]
     ids = list(dict.fromkeys(run_ids))
     rows = []
@@ -64,6 +72,8 @@ def warning_summary(engine: Engine) -> pd.DataFrame:
     """Per run with warnings: how many (`warnings`), the largest spike factor (`spike_max`,
     NaN without a spike) and the latest warning's kind, step, layer and factor (`last_*`).
     One grouped pass over run_warnings (at most spikes.MAX_WARNINGS rows per run)."""
+    import pandas as pd
+
     w = _warnings.c
     spike = case((w.kind == "spike", w.factor))
     per_run = (

@@ -107,6 +107,9 @@ BLOCK_BYTES = 16 << 20  # per block; large models get fewer steps per block
 # same statistics; the price is that a step's copy waits for the previous step's reduction.
 LEAN_ABOVE = BLOCK_BYTES // 4
 CHUNK = 1 << 16  # elements per chunk of the lean epoch-end passes (256 KiB of float32)
+# The chunks' intermediates go to scratch buffers made once per pass kind (1 MiB in all), not
+# to a new tensor per chunk: hundreds of 256-512 KiB allocations per epoch end otherwise land
+# in glibc's arenas (above its dynamic mmap threshold) and stay resident.
 
 
 @dataclass
@@ -213,6 +216,7 @@ class EpochGradStats:
         # no per-element index is kept: it would cost 4-8 bytes per weight).
         self._starts = np.cumsum([0, *weight_sizes]).tolist()
         self._hist_base = torch.empty(0, device=device)
+        self._scratch: dict[str, Tensor] = {}  # lean: per pass kind, see _buffer
         if self.lean:
             sizes = torch.tensor(weight_sizes, dtype=torch.float32, device=device)
             self._numels = sizes.view(-1, 1)
@@ -246,6 +250,15 @@ class EpochGradStats:
         """Steps taken in the epoch so far."""
         return self._steps
 
+    def _buffer(self, kind: str, dtype: torch.dtype) -> Tensor:
+        """A CHUNK-long scratch tensor for one kind of lean pass, made once. Each kind is used
+        by one thread only ("close": the training thread; "bins"/"index": the one that
+        finishes epochs, one epoch at a time)."""
+        buf = self._scratch.get(kind)
+        if buf is None or buf.numel() != CHUNK:
+            buf = self._scratch[kind] = torch.empty(CHUNK, dtype=dtype, device=self.device)
+        return buf
+
     def begin_params(self, weights: Sequence[Tensor]) -> None:
         """Lean: start an epoch from these weights (one per layer), copied into the start
         buffer in place (made once), so no flat copy of the model is made."""
@@ -267,10 +280,14 @@ class EpochGradStats:
             sq_w = torch.zeros((), device=self.device)
             sq_d = torch.zeros((), device=self.device)
             for i in range(0, b - a, CHUNK):
-                part = flat[i : i + CHUNK].float()
+                part, was = flat[i : i + CHUNK], start[i : i + CHUNK]
+                if part.dtype != torch.float32:  # fp16/bf16 weights: as float32, copied first
+                    part = self._buffer("close", torch.float32)[: part.numel()].copy_(part)
                 sq_w += torch.linalg.vector_norm(part).square()
-                sq_d += torch.linalg.vector_norm(part - start[i : i + CHUNK]).square()
-                start[i : i + CHUNK].copy_(part)
+                # The update is folded into the start buffer itself (w - start, in place),
+                # its norm taken, then the start buffer refilled with the weights now.
+                sq_d += torch.linalg.vector_norm(was.neg_().add_(part)).square()
+                was.copy_(part)
             norms.append(sq_w.sqrt())
             moved.append(sq_d.sqrt())
         return torch.stack(norms).view(-1, 1), torch.stack(moved).view(-1, 1)
@@ -485,14 +502,17 @@ class EpochGradStats:
         bins, a layer's chunk at a time, with the layer's slot added as one number."""
         slots = len(self.sizes) * self.members
         if self.lean:
-            wide = torch.zeros(slots * _HIST_SPAN, dtype=torch.long, device=self.device)
+            wide = torch.zeros(slots, _HIST_SPAN, dtype=torch.long, device=self.device)
             flat = grads.detach().reshape(-1)
+            bins = self._buffer("bins", torch.float32)
+            index = self._buffer("index", torch.long)
             for layer, (a, b) in enumerate(itertools.pairwise(self._starts)):
                 for i in range(a, b, CHUNK):
-                    index = self._bins(flat[i : min(b, i + CHUNK)]).long()
-                    index += layer * _HIST_SPAN
-                    wide += torch.bincount(index, minlength=slots * _HIST_SPAN)
-            return self._fold(wide.view(slots, _HIST_SPAN))
+                    part = flat[i : min(b, i + CHUNK)]
+                    n = part.numel()
+                    column = index[:n].copy_(self._bins(part, out=bins[:n]))  # exact integers
+                    wide[layer] += torch.bincount(column, minlength=_HIST_SPAN)
+            return self._fold(wide)
         x = self._bins(grads.detach())
         base = self._hist_base
         index = x.add_(base).long() if base.is_floating_point() else x.long().add_(base)
@@ -500,9 +520,10 @@ class EpochGradStats:
         return self._fold(wide.view(slots, _HIST_SPAN))
 
     @staticmethod
-    def _bins(grads: Tensor) -> Tensor:
-        """Each element's column among the _HIST_SPAN counts, as float (a new tensor)."""
-        x = grads.abs().log10_()  # 0 -> -inf; inf, NaN stay
+    def _bins(grads: Tensor, out: Tensor | None = None) -> Tensor:
+        """Each element's column among the _HIST_SPAN counts, as float (a new tensor, or
+        `out`, a float32 tensor of grads' size)."""
+        x = (grads.abs() if out is None else torch.abs(grads, out=out)).log10_()  # 0 -> -inf
         # floor(4 * (log10 + 12)) exactly as (log10 - MIN) / width: scaling by a power of two
         # commutes with rounding. Shifted so that every finite value lands in [1, SPAN - 2].
         x.mul_(_BINS_PER_DECADE).sub_(HIST_LOG10_MIN * _BINS_PER_DECADE).floor_()

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -158,20 +160,31 @@ class _Connection:
         self.owned = False
         self.temp_dir: str | None = None
         self.reaper: subprocess.Popen | None = None
+        self.env = _ScopedEnv(reload_ray_config=True)
         if ray.is_initialized():
             return
         if address == LOCAL:
             # Short path: Ray's unix sockets live under it (about 100 characters at most).
             self.temp_dir = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
             self.reaper = start_reaper(self.temp_dir)
-            ray.init(
-                num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
-                include_dashboard=False,
-                # The driver and actors pass only options and counts through Ray's object
-                # store; Ray's default reserves 30% of memory in /dev/shm.
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                _temp_dir=self.temp_dir,
-            )
+            # Inherited by the Ray processes ray.init starts (the actors among them), so set
+            # here, after the reaper started; restored on close.
+            self.env.set(local_instance_env())
+            try:
+                ray.init(
+                    num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
+                    include_dashboard=False,
+                    # The driver and actors pass only options and counts through Ray's object
+                    # store; Ray's default reserves 30% of memory in /dev/shm.
+                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                    _temp_dir=self.temp_dir,
+                    # Not "Started a local Ray instance.": the driver's own first line says
+                    # so. Ray's warnings and errors still show.
+                    logging_level=logging.WARNING,
+                )
+            except BaseException:
+                self.env.restore()
+                raise
         else:
             _check_reachable(address)
             try:
@@ -185,11 +198,78 @@ class _Connection:
     def close(self) -> None:
         if self.owned:
             self.ray.shutdown()
+        self.env.restore()
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.reaper is not None:  # a clean exit: nothing left for it to clean
             self.reaper.kill()
             self.reaper.wait()
+
+
+def local_instance_env() -> dict[str, str]:
+    """Environment for the private instance `--ray local` starts, for its processes only.
+
+    Ray 2.60 turns token authentication on for a new local instance and says so in a warning
+    (and writes a token to ~/.ray/auth_token) that a user of gradscope cannot act on. Turning
+    authentication off is no answer: the instance's GCS and raylets listen on every interface,
+    not only 127.0.0.1, and an unauthenticated Ray port runs anyone's code. So the instance
+    gets a fresh random token of its own, through the environment its processes inherit:
+    authenticated, silent, and nothing written to the user's home. A user's own RAY_AUTH_MODE
+    (and token) is kept."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def driver_output_env() -> dict[str, str]:
+    """How this driver prints the lines Ray relays from the actors (read by Ray as it prints).
+
+    Every worker line matters (which run went where), so no folding of similar lines
+    (RAY_DEDUP_LOGS); and Ray's coloured "(WorkerActor pid=...)" prefixes only on a terminal:
+    in a redirected stream they are raw escape codes (RAY_COLOR_PREFIX=0 turns them off; Ray
+    does not look at the stream itself). A user's own settings win."""
+    env = {"RAY_DEDUP_LOGS": "0"}
+    on_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    if not on_terminal or os.environ.get("NO_COLOR"):
+        env["RAY_COLOR_PREFIX"] = "0"
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+class _ScopedEnv:
+    """Environment variables set for the driver's time with Ray, then restored (they are for
+    Ray's processes and printing, not for the program that runs the driver)."""
+
+    def __init__(self, reload_ray_config: bool = False) -> None:
+        self.saved: dict[str, str | None] = {}
+        self.reload_ray_config = reload_ray_config
+
+    def set(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.saved.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+        if self.reload_ray_config and values:
+            _reload_ray_config()
+
+    def restore(self) -> None:
+        changed = bool(self.saved)
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.saved.clear()
+        if self.reload_ray_config and changed:
+            _reload_ray_config()
+
+
+def _reload_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into its config when it is imported; where that happened
+    before the variables were set (an embedding program, tests), the driver would talk to its
+    own authenticated instance without the token. Ray itself re-reads it the same way."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def _check_reachable(address: str) -> None:
@@ -229,8 +309,15 @@ def start_reaper(temp_dir: str) -> subprocess.Popen | None:
 
 def run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
     """The `gradscope worker --ray` driver: returns how many runs its actors handled."""
-    # Every worker line matters (which run went where); Ray would fold similar lines together.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    output_env = _ScopedEnv()
+    output_env.set(driver_output_env())  # before `import ray`: some of it is read then
+    try:
+        return _run_ray_workers(opts, ray_opts)
+    finally:
+        output_env.restore()
+
+
+def _run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
     import ray
 
     elastic = ray_opts.max_workers is not None

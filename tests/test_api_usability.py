@@ -5,6 +5,7 @@ models giving the very statistics of the usual one."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -197,3 +198,33 @@ def test_the_lean_layout_gives_the_same_statistics(
             assert a[:2] == b[:2]
             assert (a[2] is None and b[2] is None) or a[2] == pytest.approx(b[2], rel=1e-5)
     assert stats(db_path, ids[False], "grad_hist") == stats(db_path, ids[True], "grad_hist")
+
+
+TRAINING_PROCESS = """
+import sys, torch, gradscope
+run = gradscope.init(db=sys.argv[1], quiet=True)
+model = torch.nn.Linear(3, 2)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+run.watch(model, optimizer, probe=torch.randn(4, 3))
+for _ in range(2):
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    run.log({"lr": 0.1})
+    run.log_epoch(train_loss=1.0)
+run.finish()
+print("pandas" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_training_process_never_loads_pandas(db_path: Path) -> None:
+    """pandas is for readers (dashboard, CLI): a process that trains and records does not pay
+    its ~90 MB of resident memory."""
+    out = subprocess.run(
+        [sys.executable, "-c", TRAINING_PROCESS, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -113,6 +113,7 @@ def _writes(ids: dict[str, str], upload: bytes) -> dict[str, Callable[[], object
         "queue_run": lambda: db_gateway.queue_run({"depth": 2}),
         "queue_sweep": lambda: db_gateway.queue_sweep({"arch": "relu,sigmoid", "depth": "2"}),
         "queue_classic_comparison": db_gateway.queue_classic_comparison,
+        "queue_cures": lambda: db_gateway.queue_cures({"id": ids.get("deep", "")}, []),
         "cancel_runs": lambda: db_gateway.cancel_runs([ids["queued"]]),
         "delete_runs": lambda: db_gateway.delete_runs(list(ids.values())),
         "annotate_run": lambda: db_gateway.annotate_run(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from gradscope.analysis.diagnosis import builtin_facts, diagnose, fit_cures
-from gradscope.analysis.spikes import SPIKE_FACTOR, SpikeChecker
+from gradscope.analysis.spikes import SPIKE_FACTOR, TREND_STEPS, SpikeChecker
 
 _ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnosis_zoo.py"
 
@@ -93,7 +93,8 @@ def test_spike_checker_flags_a_spike_against_the_layers_own_level_once_per_decad
     block[5, 0] = 1e-6 * SPIKE_FACTOR * 5
     block[6, 0] = 1e-6 * SPIKE_FACTOR * 6  # same decade: no second warning
     checker.block(block, 16)
-    assert [(w.kind, w.layer, w.step) for w in found] == [("spike", 3, 23)]
+    # The step it first crossed the bar (a per-step check's moment), the block's peak factor.
+    assert [(w.kind, w.layer, w.step) for w in found] == [("spike", 3, 22)]
     assert found[0].factor == pytest.approx(SPIKE_FACTOR * 6, rel=0.5)
     block = np.full((16, 2), 1.0)
     block[2, 1] = np.nan
@@ -133,3 +134,23 @@ def test_chance_is_the_labels_majority_rate_and_a_failed_run_is_never_healthy() 
     assert [f.kind for f in failed] == ["failed"] and "boom" in failed[0].detail
     empty = diagnose(epochs.iloc[:0], layers.iloc[:0], **{**facts, "status": "failed"})
     assert [f.kind for f in empty] == ["failed"]
+
+
+def test_a_steady_growth_warns_with_the_steps_left_and_a_net_waking_up_does_not() -> None:
+    """Layer 0 grows 1.6x a step from step 21 (an overflow on its way); layer 1 grows 1.1x a
+    step all along (a net learning its way out of a vanished start): only layer 0 warns."""
+    found = []
+    checker = SpikeChecker([0, 1], found.append)
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 49)
+    grow = np.where(steps > 20, 1.6 ** (steps - 20), 1.0) * np.exp(rng.normal(0, 0.02, 48))
+    wake = 1e-4 * 1.1**steps
+    norms = np.stack([grow, wake], axis=1)
+    for start in range(0, 48, 16):
+        checker.block(norms[start : start + 16], start)
+    growth = [w for w in found if w.kind == "growth"]
+    assert growth and {w.layer for w in found} == {0}
+    first = growth[0]
+    assert first.step == 20 + TREND_STEPS + 1  # five steep rises above 3x its level
+    assert first.factor == pytest.approx(1.6**TREND_STEPS, rel=0.2)
+    assert "overflows float32 in about" in first.message

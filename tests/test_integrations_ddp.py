@@ -1,6 +1,6 @@
 """One run per training job: a 2-process DDP job (gloo, CPU) is recorded once, by rank 0, under
 the model's own layer names, with statistics equal to one process trained on the concatenated
-batches; other ranks record nothing; FSDP is refused with a clear error, not wrong numbers."""
+batches; other ranks record nothing (FSDP: tests/test_integrations_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from integration_helpers import assert_same_statistics, run_ids, run_row
 from torch import nn
 
 import gradscope
-from gradscope.api.distributed import FSDP_REFUSED, SilentRun, job_rank
+from gradscope.api.distributed import SilentRun, job_rank
 from gradscope.api.watch import find_layers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,23 +116,5 @@ def test_watch_sees_through_ddp_and_compile_wrappers(tmp_path: Path) -> None:
         for wrapped in (ddp, torch.compile(ddp)):
             assert [layer.info.name for layer in find_layers(wrapped)] == ["0", "2"]
         assert job_rank() == (0, 1, "gloo")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_fsdp_is_refused_with_a_clear_error(db_path: Path, tmp_path: Path) -> None:
-    import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-        fully_shard(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        run = gradscope.init(db=str(db_path), name="fsdp", quiet=True)
-        with pytest.raises(NotImplementedError, match="FSDP is not supported yet"):
-            run.watch(model, optimizer)
-        run.finish()
-        assert FSDP_REFUSED.startswith("FSDP is not supported yet")
     finally:
         dist.destroy_process_group()

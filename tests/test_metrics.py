@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 import gradscope
 import gradscope.api.logged as api_metrics
+import gradscope.vocab.metrics as metrics_vocab
 from gradscope.cli.main import app
 from gradscope.db.engine import make_engine
 from gradscope.db.lifecycle import delete_runs
@@ -213,6 +214,51 @@ def test_import_refuses_a_forged_metric_row(
     with pytest.raises(ImportRefused, match=reason) as refused:
         import_file(make_engine(str(tmp_path / "t.db")), tmp_path / "out.db")
     assert refused.value.problems[0].startswith("run_metrics")
+
+
+@pytest.mark.parametrize(("extra_names", "refused"), [(0, False), (1, True)])
+def test_import_rechecks_the_limit_on_metric_names_per_run(
+    db_path: Path, tmp_path: Path, extra_names: int, refused: bool
+) -> None:
+    """A file written by hand may hold what run.log never lets through: a run with more than
+    MAX_METRIC_NAMES distinct names is refused on import (one line for the run), one with
+    exactly that many is imported."""
+    with gradscope.init(db=str(db_path), quiet=True) as run:
+        _train(run)
+    export_runs(make_engine(str(db_path)), [run.id], tmp_path / "out.db")
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        have = conn.execute("SELECT COUNT(DISTINCT name) FROM run_metrics").fetchone()[0]
+        more = api_metrics.MAX_METRIC_NAMES - have + extra_names
+        conn.executemany(
+            "INSERT INTO run_metrics (run_id, name, step, epoch, value) VALUES (?, ?, 1, 1, 0.5)",
+            [(run.id, f"forged/{i}") for i in range(more)],
+        )
+    target = make_engine(str(tmp_path / "t.db"))
+    if not refused:
+        assert [r.id for r in import_file(target, tmp_path / "out.db").added] == [run.id]
+        assert len({r[0] for r in _metrics(str(tmp_path / "t.db"), run.id)}) == 500
+        return
+    with pytest.raises(ImportRefused, match="more than 500 distinct metric names") as err:
+        import_file(target, tmp_path / "out.db")
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith("run_metrics")
+
+
+def test_import_rechecks_the_limit_on_metric_values_per_run(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit on values per run, lowered here so the file stays small: one row over it is
+    refused on import."""
+    with gradscope.init(db=str(db_path), quiet=True) as run:
+        _train(run)
+    export_runs(make_engine(str(db_path)), [run.id], tmp_path / "out.db")
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM run_metrics").fetchone()[0]
+    monkeypatch.setattr(metrics_vocab, "MAX_METRIC_ROWS", rows)
+    target = make_engine(str(tmp_path / "t.db"))
+    assert [r.id for r in import_file(target, tmp_path / "out.db").added] == [run.id]
+    monkeypatch.setattr(metrics_vocab, "MAX_METRIC_ROWS", rows - 1)
+    with pytest.raises(ImportRefused, match=f"more than {rows - 1} metric values"):
+        import_file(make_engine(str(tmp_path / "u.db")), tmp_path / "out.db")
 
 
 def test_deleting_a_run_deletes_its_metrics(db_path: Path) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 from reference_loop import train
-from test_probes import ListRecorder
+from test_gradient_stats import ListRecorder
 
 from gradscope.db.engine import make_engine
 from gradscope.db.queries import run_document

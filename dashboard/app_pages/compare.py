@@ -8,7 +8,15 @@ import pandas as pd
 import streamlit as st
 
 from gradscope.analysis.diagnosis import Finding, diagnose, run_facts
-from gradscope.dashboard import annotations, charts, db_gateway, seeds, state, view
+from gradscope.dashboard import (
+    annotations,
+    charts,
+    cure_panel,
+    db_gateway,
+    seeds,
+    state,
+    view,
+)
 from gradscope.dashboard.colors import Colors, colors_for, group_colors, varying_field
 from gradscope.dashboard.metric_section import metrics_section
 from gradscope.dashboard.seeds import SeedGroups
@@ -136,7 +144,12 @@ def warning_lines(found: pd.DataFrame) -> list[str]:
     level), the latest first, at most WARNINGS_SHOWN and a count of the rest."""
     lines = []
     for w in found.iloc[::-1].head(WARNINGS_SHOWN).itertuples():
-        factor = f"{w.factor:.0f}x its level" if pd.notna(w.factor) else "non-finite"
+        if pd.isna(w.factor):
+            factor = "non-finite"
+        elif w.kind == "growth":  # a steady rise over the last steps: overflow on its way
+            factor = f"grew {w.factor:.0f}x in a few steps"
+        else:
+            factor = f"{w.factor:.0f}x its level"
         lines.append(f"step {w.step} (epoch {w.epoch}) · layer {w.layer} · {w.kind} · {factor}")
     if len(found) > WARNINGS_SHOWN:
         lines.append(f"and {len(found) - WARNINGS_SHOWN} earlier")
@@ -184,6 +197,10 @@ def diagnosis_section(
         for col, run in zip(st.columns(PER_ROW), sel.runs.itertuples(), strict=False):
             with col:
                 findings_card(run.run_label, found[run.id], by_run_w.get(run.id))
+                # Test the cures: the button, the trial's progress, then its verdict.
+                cure_panel.cure_section(
+                    cure_panel.patient_of(run), found[run.id], key=f"cure_{run.id}"
+                )
         return
     # Many runs: one row per run, so 36 runs stay one screen; details below, once per finding.
     st.dataframe(
@@ -281,14 +298,28 @@ def curves_section(view_: CompareView, archs: pd.Series | None = None) -> None:
     state.bound_widget_value("compare_scale", scale)
     scale = st.segmented_control("Loss axis", state.SCALES, key="compare_scale") or "linear"
     state.set_param(state.SCALE, scale)
+    # API runs log what fits their task (a regression logs no accuracy): what they never
+    # logged is left out, and a chart no run has a value for is not drawn.
+    api = list(archs.index[archs.eq("custom")]) if archs is not None else []
     left, right = st.columns(2)
     with left:
         title = charts.loss_title(archs) if archs is not None else charts.BUILT_IN_LOSS
-        view.chart(
-            charts.loss_curves(view_.epochs, view_.colors, log=scale == "log", loss_title=title)
-        )
+        if charts.logged_curve(view_.epochs, "loss", api):
+            view.chart(
+                charts.loss_curves(
+                    view_.epochs, view_.colors, log=scale == "log", loss_title=title, unlogged=api
+                )
+            )
+        else:
+            st.caption("No run here logged a loss per epoch (`run.log_epoch(train_loss=...)`).")
     with right:
-        view.chart(charts.accuracy_curves(view_.epochs, view_.colors))
+        if charts.logged_curve(view_.epochs, "acc", api):
+            view.chart(charts.accuracy_curves(view_.epochs, view_.colors, unlogged=api))
+        else:
+            st.caption(
+                "No run here logged an accuracy (`run.log_epoch(train_acc=..., test_acc=...)`); "
+                "what they logged with `run.log` is under Logged metrics."
+            )
     spread, what = spread_of(view_.epochs, archs)
     if not spread.empty:  # only runs that measured one: API runs without a probe did not
         view.chart(charts.prediction_spread(spread, view_.colors, what=what))

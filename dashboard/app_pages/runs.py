@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from gradscope.dashboard import annotations, db_gateway, state, tables, view
+from gradscope.dashboard import annotations, cure_panel, db_gateway, state, tables, view
 from gradscope.db.errors import StorageError
 from gradscope.vocab.fields import ACTIVE_STATUSES
 
@@ -74,8 +74,11 @@ def empty_state() -> None:
     )
 
 
-def filters(table: pd.DataFrame) -> pd.DataFrame:
-    """Filter widgets (UI choices, kept in session state) and the rows that pass them."""
+def filters(table: pd.DataFrame, data_version: tuple[str, ...]) -> pd.DataFrame:
+    """Filter widgets (UI choices, kept in session state) and the rows that pass them.
+
+    `table` is the listing without badges (db_gateway.runs_listing); a diagnosis filter reads
+    every run's badges (db_gateway.runs_table) only when one is chosen."""
 
     def pills(where: DeltaGenerator, label: str, options: list[str], key: str) -> list[str]:
         # Pill labels are Markdown; dataset values are typed paths (csv:PATH): show them as is.
@@ -88,8 +91,9 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
     archs = pills(top[1], "Architecture", sorted(table["arch"].unique()), "runs_arch")
     statuses = pills(top[2], "Status", sorted(table["status"].unique()), "runs_status")
     more = st.columns([3, 2, 2, 2])
-    found = {b for badges in table["diagnosis"] for b in badges}
-    diagnoses = pills(more[0], "Diagnosis", [b for b in tables.BADGES if b in found], "runs_diag")
+    diagnoses = pills(more[0], "Diagnosis", list(tables.BADGES), "runs_diag")
+    if diagnoses:
+        table = db_gateway.runs_table(data_version)
     datasets = pills(more[1], "Dataset", sorted(table["dataset"].unique()), "runs_dataset")
     sweeps = sorted(s for s in table["sweep"].unique() if s)
     sweep = None
@@ -118,11 +122,12 @@ def filters(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def actions(chosen: list[str], table: pd.DataFrame, hidden: int = 0) -> None:
+def actions(chosen: list[str], table: pd.DataFrame, hidden: int = 0, elsewhere: int = 0) -> None:
     n = len(chosen)
     if n:
         # Name what the buttons act on: ticked rows may have scrolled out of view.
         outside = f", {hidden} of them outside the current filters" if hidden else ""
+        outside += f", {elsewhere} on other pages" if elsewhere else ""
         st.caption(
             f"**Selected ({n}{outside}):** "
             + tables.escape_markdown(tables.selection_text(table, chosen))
@@ -193,44 +198,128 @@ def confirm_delete(pending: list[str], table: pd.DataFrame) -> None:
         st.rerun(scope="fragment")
 
 
+# The widgets whose change starts the table again at page 1.
+VIEW_KEYS = (
+    "runs_search",
+    "runs_arch",
+    "runs_status",
+    "runs_diag",
+    "runs_dataset",
+    "runs_sweep",
+    "runs_depth",
+    "runs_tags",
+    "runs_sort",
+    "runs_desc",
+)
+
+
+def ordered(view: pd.DataFrame) -> pd.DataFrame:
+    """The sort widgets and `view` in that order: the order holds across pages (a column
+    header click sorts only the page shown)."""
+    left, right = st.columns([2, 5], vertical_alignment="bottom")
+    by = left.selectbox("Sort by", tables.SORTS, key="runs_sort")
+    descending = right.toggle("Descending", key="runs_desc")
+    return tables.sort_runs(view, by, descending)
+
+
+def _turn_page(to: int) -> None:
+    state.set_param(state.PAGE, max(1, to))
+
+
+def current_page(n_pages: int) -> int:
+    """The page in the URL (`?page=`), clamped; page 1 again whenever a filter or the sort
+    changed (the first render keeps the URL's page, so a shared link opens where it points)."""
+    signature = tuple(str(st.session_state.get(k)) for k in VIEW_KEYS)
+    before = st.session_state.get("runs_view_signature")
+    st.session_state["runs_view_signature"] = signature
+    page = state.int_param(state.PAGE, 1, 1, n_pages)
+    if before is not None and before != signature:
+        page = 1
+    if page != 1 or state.PAGE in st.query_params:
+        state.set_param(state.PAGE, page)
+    return page
+
+
+def page_controls(page: int, n_pages: int, n_rows: int) -> None:
+    if n_pages == 1:
+        return
+    first = (page - 1) * tables.PAGE_ROWS + 1
+    last = min(page * tables.PAGE_ROWS, n_rows)
+    prev, where, nxt = st.columns([1, 3, 1], vertical_alignment="center")
+    prev.button(
+        "Previous",
+        key="runs_prev",
+        icon=":material/chevron_left:",
+        disabled=page <= 1,
+        on_click=_turn_page,
+        args=(page - 1,),
+    )
+    where.caption(f"Page {page} of {n_pages:,}: rows {first:,}–{last:,} of {n_rows:,}")
+    nxt.button(
+        "Next",
+        key="runs_next",
+        icon=":material/chevron_right:",
+        disabled=page >= n_pages,
+        on_click=_turn_page,
+        args=(page + 1,),
+    )
+
+
 def runs_view() -> None:
     data_version = db_gateway.version()
-    table = db_gateway.runs_table(data_version)
+    table = db_gateway.runs_listing(data_version)
     st.session_state[db_gateway.TABLE_VERSION_KEY] = data_version  # see sidebar._live_queue
-    view = filters(table)
+    view = filters(table, data_version)
     if view.empty:
         st.info("No runs match these filters.")
         return
+    view = ordered(view)
+    # One page at a time: the browser holds PAGE_ROWS rows, and only their badges are read.
+    n_pages = tables.page_count(len(view))
+    page = current_page(n_pages)
+    rows = db_gateway.runs_page(list(tables.page_of(view, page).index), data_version)
     # The error and warnings columns only where some run has one.
-    shown = [c for c in view.columns if c not in ("error", "warnings") or view[c].any()]
+    shown = [c for c in rows.columns if c not in ("error", "warnings") or rows[c].any()]
     selected = set(state.selected_runs())
-    default = [pos for pos, run_id in enumerate(view.index) if run_id in selected]
+    default = [pos for pos, run_id in enumerate(rows.index) if run_id in selected]
     event = st.dataframe(
-        view[shown],
+        rows[shown],
         # A new key whenever the rows change: the selection is kept by run id (state), so it
         # follows its runs when rows are added, deleted or filtered, instead of positions.
-        key=f"runs_table_{hash(tuple(view.index))}",
+        key=f"runs_table_{hash(tuple(rows.index))}",
         on_select="rerun",
         selection_mode="multi-row",
         selection_default={"selection": {"rows": default}},
         hide_index=True,
         column_config=COLUMNS,
         placeholder=tables.MISSING,  # an unfinished run's accuracy: a dash, not "None"
-        height=min(38 + 35 * len(view), 560),
+        height=min(38 + 35 * len(rows), 560),
     )
-    # Runs ticked earlier and now hidden by the filters stay selected, and the actions say so
-    # (they are named under the table), rather than vanishing from the selection unseen.
+    page_controls(page, n_pages, len(view))
+    # Runs ticked earlier and now hidden by the filters (or on another page) stay selected, and
+    # the actions say so (they are named under the table), rather than vanishing unseen.
     hidden = [i for i in state.selected_runs() if i in table.index and i not in view.index]
-    chosen = [view.index[pos] for pos in event.selection.rows] + hidden
+    elsewhere = [i for i in state.selected_runs() if i in view.index and i not in rows.index]
+    chosen = [rows.index[pos] for pos in event.selection.rows] + elsewhere + hidden
     if set(chosen) != selected:
         state.select_runs(chosen)
     st.caption(
         f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
-        "click a column header to sort."
+        "Sort by orders every page, a column header sorts the page shown."
     )
-    actions(chosen, table, hidden=len(hidden))
+    actions(chosen, table, hidden=len(hidden), elsewhere=len(elsewhere))
     if len(chosen) == 1:
-        annotate_form(chosen[0], db_gateway.runs().set_index("id"))
+        cure_action(chosen[0])
+        annotate_form(chosen[0], db_gateway.runs(data_version).set_index("id"))
+    cure_panel.classic_followup(db_gateway.runs(data_version))
+
+
+def cure_action(run_id: str) -> None:
+    """The selected run's cure trial: its verdict, or the button that starts one."""
+    found = cure_panel.diagnose_one(run_id)
+    if found is not None:
+        patient, findings = found
+        cure_panel.cure_section(patient, findings, key="runs_cure")
 
 
 def annotate_form(run_id: str, runs: pd.DataFrame) -> None:

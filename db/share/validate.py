@@ -48,7 +48,7 @@ from gradscope.vocab.fields import (
     RUN_CONFIG_COLUMNS,
     RUN_STATUSES,
 )
-from gradscope.vocab.metrics import MAX_STEP, metric_name_problem
+from gradscope.vocab.metrics import MAX_STEP, metric_count_problem, metric_name_problem
 from gradscope.vocab.stored_values import (
     MAX_TAGS_PER_RUN,
     metric_problem,
@@ -390,6 +390,9 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
     runs: dict[str, SourceRun] = {}
     bad_runs: set[object] = set()  # their rows are not checked again: one message per run
     tag_count: tuple[object, int] = (None, 0)  # (run id, its tags so far)
+    # (run id, its metric names, its metric rows so far): ordered by (run_id, id), a run's
+    # metrics are neighbours; the set stops growing once it passes the limit.
+    metrics: tuple[object, set[str], int] = (None, set(), 0)
     try:
         for name in TABLE_ORDER:
             columns = content_columns(name)
@@ -425,6 +428,15 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
                         if count > MAX_TAGS_PER_RUN:
                             bad_runs.add(row["run_id"])
                             raise _Bad(f"the run carries more than {MAX_TAGS_PER_RUN} tags")
+                    if name == "run_metrics":
+                        same = metrics[0] == row["run_id"]
+                        names = metrics[1] if same else set()
+                        names.add(row["name"])
+                        metrics = (row["run_id"], names, metrics[2] + 1 if same else 1)
+                        problem = metric_count_problem(len(names), metrics[2])
+                        if problem:
+                            bad_runs.add(row["run_id"])
+                            raise _Bad(problem)
                     _check_child(name, row, parent.run)
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")

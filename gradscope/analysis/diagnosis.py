@@ -916,8 +916,8 @@ def _healthy(
             evidence["r2"] = outcome.r2
         elif arch == CUSTOM_ARCH:
             parts.append(
-                "accuracy cannot be judged: no labels were handed in (watch(..., "
-                "probe=(x, y)) gives the chance level)"
+                "the fit cannot be judged: no probe labels were handed in (watch(..., "
+                "probe=(x, y)) gives accuracy against chance for classes, R^2 for targets)"
             )
     detail = "No problems found: " + "; ".join(parts) + "." if parts else "No problems found."
     return Finding("healthy", "ok", "Healthy", detail, (), evidence)

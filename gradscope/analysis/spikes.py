@@ -7,10 +7,20 @@ numpy ops per block of 16 steps, no extra pass over the gradients. Torch-free.
 
 The level of a layer is the larger of its early level (the median of its first WARMUP_STEPS
 steps) and a running level (an average of log10 norms, block by block, that follows slow drift);
-a step whose norm is more than SPIKE_FACTOR times the level is a spike. The block being checked
-is compared with the level before it, so a spike never raises its own bar. A layer warns again
-only when its factor grows another REWARN_FACTOR times (an explosion is one warning per decade,
-not one per step), and a non-finite norm is warned once per run.
+a step whose norm is more than SPIKE_FACTOR times the level is a `spike`, reported at the step it
+first crossed the bar. The block being checked is compared with the level before it, so a spike
+never raises its own bar; the run's first block is split where the warm-up ends. A layer warns
+again only when its factor grows another REWARN_FACTOR times (an explosion is one warning per
+decade, not one per step), and a non-finite norm is warned once per run.
+
+A `growth` warning is the trend before the spike: a layer's norm rising on each of TREND_STEPS
+consecutive steps by at least 1.4x, 10x in all, to at least TREND_ABOVE times its level; its
+message projects the steps left until the norm overflows float32 at that rate. The thresholds
+were chosen on the zoo (benchmarks/diagnosis_zoo.py) and a few built-in runs: docs/diagnosis.md
+gives the lead times and false warnings measured.
+
+One checker serves a batched group (`members`): every column is judged on its own numbers, so
+a member's warnings are its solo run's.
 """
 
 from __future__ import annotations

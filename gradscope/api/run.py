@@ -36,14 +36,18 @@ from gradscope.runner.heartbeat import Heartbeat
 from gradscope.vocab.custom import model_summary, user_config
 from gradscope.vocab.fields import EPOCH_FIELDS
 from gradscope.vocab.metrics import check_step
-from gradscope.vocab.protocol import HEARTBEAT_S, heartbeat_problem, worker_identity
+from gradscope.vocab.protocol import (
+    DB_ENV,
+    HEARTBEAT_S,
+    QUIET_ENV,
+    heartbeat_problem,
+    worker_identity,
+)
 from gradscope.vocab.records import EpochRecord, FinalMetrics
 from gradscope.vocab.stored_values import clean_name, metric_problem
 
 if TYPE_CHECKING:
     from gradscope.api.watch import EpochPart, Watcher
-
-QUIET_ENV = "GRADSCOPE_QUIET"  # set to 1 to silence init()'s line on stderr
 
 _active: set[Run] = set()
 _uncaught: list[BaseException] = []
@@ -102,7 +106,7 @@ def init(
 def _announcement(run: Run, db: str | None) -> str:
     """One line: the run, where it is stored, and the commands that show it."""
     where = resolve_db(db)
-    shown = "" if db is None and not os.environ.get("GRADSCOPE_DB") else f" --db {where}"
+    shown = "" if db is None and not os.environ.get(DB_ENV) else f" --db {where}"
     label = f" ({run.name})" if run.name else ""
     return (
         f"run {run.id}{label} recording to {where}; see it with: "

@@ -237,6 +237,7 @@ def show(
     ] = None,
 ) -> None:
     """Show one run: config, status, diagnosis, per-epoch metrics and per-layer gradients."""
+    from gradscope.cli.cure_commands import load_trial, trial_view
     from gradscope.cli.run_view import (
         diagnosis_view,
         epochs_view,
@@ -257,8 +258,15 @@ def show(
         span = f"1..{recorded[-1]}" if recorded else "none yet"
         fail(f"--epoch {epoch}: this run has no layer statistics for it (recorded: {span})")
     findings = run_diagnosis(doc)
+    try:
+        trial = load_trial(engine, doc, findings)  # its latest `gradscope cure`, if any
+    except StorageError as exc:
+        fail(str(exc))
     if json_out:
         out = {**doc, "diagnosis": [f.to_json() for f in findings]}
+        for f, shown in zip(findings, out["diagnosis"], strict=True):
+            if trial is not None and trial.treats(f):  # its cures, tried and measured
+                shown["trial"] = trial.to_json(f)
         if epoch is not None:  # the layers at that epoch, as the table shows them
             out["layer_stats"] = [s for s in doc["layer_stats"] if s["epoch"] == epoch]
             out["layers_epoch"] = epoch
@@ -284,6 +292,8 @@ def show(
     console.print(printable(config), highlight=False)
     console.print()
     console.print(diagnosis_view(findings), highlight=False)
+    if trial is not None:
+        console.print(trial_view(trial, findings), highlight=False)
     if (warned := warnings_view(doc)) is not None:
         console.print(warned, highlight=False)
     console.print()

@@ -15,6 +15,7 @@ import typer
 from gradscope.cli import (
     annotate_commands,
     browse_commands,
+    cure_commands,
     dashboard_commands,
     queue_commands,
     schema_commands,
@@ -32,6 +33,7 @@ app = typer.Typer(
 for _module in (
     train_commands,
     browse_commands,
+    cure_commands,
     queue_commands,
     share_commands,
     dashboard_commands,

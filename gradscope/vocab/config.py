@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gradscope.vocab.stored_values import clean_name
+from gradscope.vocab.stored_values import StoredValueError, clean_name
 from gradscope.vocab.text import has_unsafe_chars
 
 SYNTHETIC_DATASETS = ("moons", "circles", "xor", "spirals")
@@ -84,7 +84,11 @@ class RunConfig(BaseModel):
     @classmethod
     def _name_printable(cls, value: str | None) -> str | None:
         # The rule every stored name follows (import checks the same): NFC, trimmed, visible.
-        return clean_name(value)
+        # pydantic names the field already ("name: ..."), so the rule's own prefix goes.
+        try:
+            return clean_name(value)
+        except StoredValueError as exc:
+            raise ValueError(str(exc).removeprefix("name: ")) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -48,6 +48,17 @@ def metric_name_problem(name: object) -> str | None:
     return None
 
 
+def metric_count_problem(names: int, rows: int) -> str | None:
+    """Why a run with `names` distinct metric names and `rows` values is over the per-run
+    limits run.log keeps (checked again on import: a file may be written by anyone), or None.
+    The per-call limit is not a stored fact (several calls may log at one step)."""
+    if names > MAX_METRIC_NAMES:
+        return f"the run logs more than {MAX_METRIC_NAMES} distinct metric names"
+    if rows > MAX_METRIC_ROWS:
+        return f"the run logs more than {MAX_METRIC_ROWS:,} metric values"
+    return None
+
+
 def check_step(step: object) -> int:
     """A step as stored: a non-negative integer (not a bool) below MAX_STEP."""
     if isinstance(step, bool) or not isinstance(step, int):

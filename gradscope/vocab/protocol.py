@@ -10,6 +10,7 @@ from pathlib import Path
 
 # -- environment variables ------------------------------------------------------------------
 DB_ENV = "GRADSCOPE_DB"  # the database when no --db is given
+QUIET_ENV = "GRADSCOPE_QUIET"  # "1": gradscope.init() prints no line on stderr
 WORKER_PID_ENV = "GRADSCOPE_WORKER_PID"  # the worker `gradscope dashboard` started
 THREADS_ENV = "GRADSCOPE_THREADS"  # torch threads per training process (default 1)
 EXPOSED_ENV = "GRADSCOPE_DASHBOARD_EXPOSED"  # "1" when bound beyond loopback

@@ -67,7 +67,7 @@ def shown(text: str) -> str:
 def _line_problem(what: str, text: str) -> str | None:
     """Why a one-line text (a name, a tag) cannot be stored, or None."""
     if has_unsafe_chars(text):
-        return f'{what} "{shown(text)}" holds control characters'
+        return f'{what}: must not contain control characters (C0, DEL, C1 or bidi): "{shown(text)}"'
     bad = next((c for c in text if _invisible(c)), None)
     if bad is not None:
         return f'{what} "{shown(text)}" holds an invisible character (U+{ord(bad):04X})'
@@ -136,7 +136,10 @@ def _multiline_problem(what: str, text: str) -> str | None:
     checked = text.translate({ord(c): None for c in LINE_BREAKS})
     if has_unsafe_chars(checked):
         bad = next(c for c in checked if has_unsafe_chars(c))
-        return f"{what} hold a control character ({printable(bad)}); only line breaks and tabs"
+        return (
+            f"{what}: must not contain control characters ({printable(bad)}); only line breaks "
+            "and tabs are allowed"
+        )
     return None
 
 

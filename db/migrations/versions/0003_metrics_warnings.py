@@ -57,9 +57,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_run_warnings")),
     )
     op.create_index("ix_run_warnings_run_id", "run_warnings", ["run_id", "step"])
+    # Cure trials (`gradscope cure`): each run of a cure sweep names its patient (the run whose
+    # diagnosis it tests) and the cure it tries ("control" for the unchanged configuration).
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("cure_of", sa.String(length=36), nullable=True))
+        batch_op.add_column(sa.Column("cure", sa.String(length=64), nullable=True))
+        batch_op.create_index("ix_runs_cure_of", ["cure_of"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_runs_cure_of")
+        batch_op.drop_column("cure")
+        batch_op.drop_column("cure_of")
     op.drop_index("ix_run_warnings_run_id", table_name="run_warnings")
     op.drop_table("run_warnings")
     op.drop_index("ix_run_metrics_run_name_step", table_name="run_metrics")

@@ -97,9 +97,11 @@ TEXT_COLUMNS = [
 def test_import_refuses_control_characters_in_every_text_column(
     export_file: Path, tmp_path_factory: pytest.TempPathFactory, column, control, prefix
 ) -> None:
+    table, name = column
+    if control == "\r" and column in {("runs", "error"), ("runs", "notes")}:
+        return  # line breaks (\r too) are text in notes and errors: stored and imported
     folder = tmp_path_factory.mktemp("fuzz")
     engine = make_engine(str(folder / "target.db"))
-    table, name = column
     value = f"{prefix}{control}x"
     if table == "config":
         # Both the config string and its denormalised column, so only the character is wrong.
