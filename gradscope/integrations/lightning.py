@@ -33,6 +33,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 import gradscope
+from gradscope.integrations import CallbackSettings
 
 # Which logged names become the epoch's train/test loss and accuracy (first found wins);
 # validation is the held-out set, as "test" is in built-in runs.
@@ -65,7 +66,7 @@ def epoch_values(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return known, free
 
 
-class GradscopeCallback(Callback):
+class GradscopeCallback(CallbackSettings, Callback):
     """Records a Lightning fit as one gradscope run: per-layer gradient statistics of every
     `every`-th optimizer step (before clipping, after accumulation), one epoch per training
     epoch, the logged metrics, and the fit's outcome. `db`, `name`, `config` and `quiet` are
@@ -81,11 +82,7 @@ class GradscopeCallback(Callback):
         probe: Any = None,
         quiet: bool | None = None,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
-        self.db, self.name, self.every = db, name, every
-        self.config, self.probe, self.quiet = config, probe, quiet
-        self.run: Any = None  # gradscope.Run (rank 0) or SilentRun, from on_fit_start
+        super().__init__(db, name, every, config=config, probe=probe, quiet=quiet)
         self._measure: dict[int, Callable[[], None]] = {}  # id(optimizer) -> measure its step
 
     # -- start ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 import gradscope
+from gradscope.integrations import CallbackSettings
 
 # Logged keys that are the x-axis or bookkeeping, not metrics of the training.
 SKIPPED = {"epoch", "total_flos", "step"}
@@ -59,7 +60,7 @@ def logged_numbers(logs: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-class GradscopeCallback(TrainerCallback):
+class GradscopeCallback(CallbackSettings, TrainerCallback):
     """Records a `Trainer.train()` as one gradscope run: per-layer statistics of every `every`-th
     optimizer step (after accumulation and clipping), one epoch per training epoch, the
     Trainer's logs, and the outcome. `db`, `name`, `config` and `quiet` are gradscope.init's;
@@ -75,11 +76,7 @@ class GradscopeCallback(TrainerCallback):
         probe: Any = None,
         quiet: bool | None = None,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
-        self.db, self.name, self.every = db, name, every
-        self.config, self.probe, self.quiet = config, probe, quiet
-        self.run: Any = None  # gradscope.Run (rank 0) or SilentRun, from on_train_begin
+        super().__init__(db, name, every, config=config, probe=probe, quiet=quiet)
         self._measure: Callable[[], None] | None = None
         self._epoch_done = False  # on_epoch_end seen, the epoch not closed yet
         self._epoch_logs: dict[str, float] = {}
