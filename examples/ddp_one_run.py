@@ -69,6 +69,9 @@ def worker(rank: int, db: str, port: int, epochs: int, out: str) -> None:
         print(
             f"rank 0 recorded run {run.id}; largest gradient difference between ranks {spread:.2e}"
         )
+    # Every rank reaches the end before any tears the group down: a rank that destroys its
+    # group (and exits) while another is still tearing down can abort that one (gloo).
+    dist.barrier()
     dist.destroy_process_group()
 
 

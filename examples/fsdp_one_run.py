@@ -113,6 +113,8 @@ def worker(rank: int, db: str, port: int, epochs: int, out: str, watch: bool) ->
                 f,
             )
         print(f"rank 0 recorded run {run.id}; gradscope's collectives: {len(ours)}")
+    # Every rank reaches the end before any tears the group down (see ddp_one_run.py).
+    dist.barrier()
     dist.destroy_process_group()
 
 
