@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,31 +75,34 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
-    """`gradscope dashboard` with its worker on a new database; stopped with SIGTERM after."""
-    db = tmp_path / "e2e.db"
+@contextmanager
+def serving(db: Path, folder: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`gradscope dashboard --db DB OPTIONS` on a free port, healthy before it is handed out;
+    stopped with SIGTERM after. Its output goes to FOLDER/dashboard.log."""
     port = free_port()
     gradscope = Path(sys.executable).with_name("gradscope")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = (tmp_path / "dashboard.log").open("wb")
-    process = subprocess.Popen(
-        [str(gradscope), "dashboard", "--db", str(db), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    args = [str(gradscope), "dashboard", "--db", str(db), "--port", str(port), *options]
+    log = (folder / "dashboard.log").open("wb")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
-        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
-        yield url, db, process
+        assert process.poll() is None, (folder / "dashboard.log").read_text()
+        yield url, process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
         log.close()
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+    """`gradscope dashboard` with its worker on a new database."""
+    db = tmp_path / "e2e.db"
+    with serving(db, tmp_path) as (url, process):
+        yield url, db, process
 
 
 def save(page, name: str) -> Path:  # noqa: ANN001 - a Playwright page
@@ -201,21 +205,8 @@ def many_runs_dashboard(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
                     add_run(engine, arch=arch, depth=depth, seed=seed, grad_norms=norms, epochs=3)
                 )
     engine.dispose()
-    port = free_port()
-    gradscope = Path(sys.executable).with_name("gradscope")
-    log = (tmp_path / "dashboard.log").open("wb")
-    args = [str(gradscope), "dashboard", "--db", str(db), "--port", str(port), "--no-worker"]
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
-        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+    with serving(db, tmp_path, "--no-worker") as (url, _process):
         yield url, ids
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-        log.close()
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

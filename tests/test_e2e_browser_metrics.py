@@ -5,16 +5,12 @@ chart, and no binary-classifier words anywhere on the page's charts."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from task_runs import record_multiclass
-from test_e2e_browser import CHART, healthy, save, wait_until
+from test_e2e_browser import CHART, save, serving, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -32,21 +28,8 @@ def metrics_dashboard(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """`gradscope dashboard --no-worker` on a database holding the 4-class API run."""
     db = tmp_path / "metrics.db"
     run_id = record_multiclass(db)
-    port = free_port()
-    gradscope = Path(sys.executable).with_name("gradscope")
-    log = (tmp_path / "dashboard.log").open("wb")
-    args = [str(gradscope), "dashboard", "--db", str(db), "--port", str(port), "--no-worker"]
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url) or process.poll() is not None, 60, "the dashboard")
-        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+    with serving(db, tmp_path, "--no-worker") as (url, _process):
         yield url, run_id
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-        log.close()
 
 
 def axis_title(axes: list[str], axis: str) -> str | None:
