@@ -13,9 +13,13 @@ round run back to back, order alternating between rounds):
   objects;
 - all of gradscope: (peak watched - peak bare) / parameters, which adds gradscope's fixed cost
   (its imports and database engine, spread over this model's parameters).
+--compare adds the rowless layout asked for on the CPU (watch(low_memory=True): no ring row, each
+step reduced and binned in line, as on an accelerator; 4 bytes per weight fewer) and the layout
+before the lean mode. Each process also times its training loop: the ratio to the init'd loop's
+time of the same round says what each layout costs in time (a few steps: a rough figure).
 wandb.watch (offline, log="all", log_freq=1) is measured beside it when installed (vs bare).
 
-    .venv/bin/python benchmarks/api_memory.py [--rounds 5] [--width 4096]
+    .venv/bin/python benchmarks/api_memory.py [--rounds 5] [--width 4096] [--compare]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 EPOCHS, STEPS, BATCH = 3, 4, 16
@@ -69,13 +74,14 @@ def child(mode: str, width: int, db: str) -> None:
         import gradscope
 
         run = gradscope.init(db=db, name="memory", quiet=True)
-        if mode != "init":
-            run.watch(model, opt)
+        if mode != "init":  # rowless: the accelerators' layout, asked for on the CPU
+            run.watch(model, opt, low_memory=True if mode == "gradscope-rowless" else None)
     elif mode == "wandb":
         import wandb
 
         run = wandb.init(mode="offline", dir=str(Path(db).parent), project="memory")
         wandb.watch(model, log="all", log_freq=1)
+    began = time.perf_counter()
     for _ in range(EPOCHS):
         for _ in range(STEPS):
             opt.zero_grad()
@@ -88,13 +94,14 @@ def child(mode: str, width: int, db: str) -> None:
             run.log_epoch(train_loss=loss)
     if run is not None:
         run.finish()
+    seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     now = {}
     with open("/proc/self/status") as status:  # resident now, by kind (Linux)
         for line in status:
             if line.startswith(("RssAnon:", "RssFile:")):
                 now[line[3:7].lower()] = int(line.split()[1]) * 1024
-    print(json.dumps({"mode": mode, "params": params, "peak": peak, **now}))
+    print(json.dumps({"mode": mode, "params": params, "peak": peak, "seconds": seconds, **now}))
 
 
 def measure(mode: str, width: int, tmp: str, i: int) -> dict:
@@ -121,7 +128,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.width, args.db)
         return
-    modes = ["gradscope", *(["gradscope-two-blocks"] if args.compare else [])]
+    modes = ["gradscope", *(["gradscope-rowless", "gradscope-two-blocks"] if args.compare else [])]
     try:
         import wandb  # noqa: F401
 
@@ -129,6 +136,7 @@ def main() -> None:
     except ImportError:
         pass
     extra: dict[str, list[float]] = {m: [] for m in modes}
+    slower: dict[str, list[float]] = {m: [] for m in modes}
     total: list[float] = []
     anon: list[float] = []
     files: list[float] = []
@@ -140,8 +148,9 @@ def main() -> None:
             peaks = {m: measure(m, args.width, tmp, i) for m in order}
             params = peaks["bare"]["params"]
             for m in modes:
-                base = peaks["bare" if m == "wandb" else "init"]["peak"]
-                extra[m].append((peaks[m]["peak"] - base) / params)
+                against = peaks["bare" if m == "wandb" else "init"]
+                extra[m].append((peaks[m]["peak"] - against["peak"]) / params)
+                slower[m].append(peaks[m]["seconds"] / against["seconds"])
                 if m == "gradscope":
                     total.append((peaks[m]["peak"] - peaks["bare"]["peak"]) / params)
                     anon.append((peaks[m]["anon"] - peaks["init"]["anon"]) / params)
@@ -152,10 +161,12 @@ def main() -> None:
     for m, values in extra.items():
         label = {
             "gradscope": "gradscope run.watch alone",
+            "gradscope-rowless": "gradscope run.watch alone, rowless layout forced on the CPU",
             "gradscope-two-blocks": "gradscope run.watch alone, lean layout off (before)",
             "wandb": "wandb.watch(log='all', log_freq=1), all of wandb",
         }[m]
         print(f"{label}: extra peak RSS {_spread(values)} bytes/parameter")
+        print(f"  training loop time / the unwatched loop's: {_spread(slower[m])}x")
         if m == "gradscope":
             print(f"  at the end: anonymous {_spread(anon)} bytes/parameter,")
             print(f"  file-backed (code pages: a fixed cost) {_spread(files)} MB")

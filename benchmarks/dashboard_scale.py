@@ -50,6 +50,7 @@ from gradscope.vocab.config import make_config  # noqa: E402
 from gradscope.vocab.fields import (  # noqa: E402
     DIVERGENCE_LAYER_FIELDS,
     EPOCH_FIELDS,
+    FINISHED_STATUSES,
     HIST_BINS,
     LAYER_STAT_FIELDS,
 )
@@ -252,6 +253,14 @@ def raw_ends(raw: Raw, ids: list[str]) -> None:
 
 
 def raw_sweep(raw: Raw, sweep_id: str) -> None:
+    """The page's picker (every sweep with its counts), then the chosen sweep's runs: epoch-1
+    gradient norms and configs (text in SQLite, parsed by psycopg from PostgreSQL's JSON)."""
+    raw.rows(
+        "SELECT sweep_id, min(sweep_name), count(*), "
+        f"sum(CASE WHEN status IN ({', '.join(repr(s) for s in FINISHED_STATUSES)}) "
+        "THEN 1 ELSE 0 END), min(created_at) FROM runs "
+        "WHERE sweep_id IS NOT NULL GROUP BY sweep_id ORDER BY min(created_at) DESC, sweep_id"
+    )
     raw.rows(
         "SELECT r.id, r.arch, r.depth, r.seed, r.final_test_acc, l.layer, l.grad_norm FROM runs r "
         "LEFT JOIN layer_stats l ON l.run_id = r.id AND l.epoch = 1 WHERE r.sweep_id = ?",
@@ -401,9 +410,10 @@ def measure(target: str, info: dict[str, Any], rounds: int, label: str) -> None:
         "<= 2",
     )
 
-    def ours_sweep() -> None:
-        summary = frames.sweep_summary(engine, info["sweep_id"])
-        frames.selected_runs(engine, list(summary["run_id"]))
+    def ours_sweep() -> None:  # what the page reads (dashboard/app_pages/sweeps.py)
+        frames.sweeps(engine)
+        frames.sweep_summary(engine, info["sweep_id"])
+        frames.sweep_configs(engine, info["sweep_id"])
 
     show(
         f"[{label}] Sweeps data (1,000-run sweep)",

@@ -8,9 +8,15 @@ Prints per kind TP/FN/FP, precision and recall; the live warnings' lead time (st
 first warning to the first non-finite gradient) on diverging runs; and the false-warning rate on
 healthy ones. Ground truth, per run:
 - diverged: a loss or gradient became non-finite (the step is kept);
-- exploding: a layer's per-step gradient norm reached 100x the median of its first 8 steps;
+- exploding: a layer's per-step gradient norm reached 100x the median of its first 8 steps,
+  and training was unstable with it (`unstable`): the loss became non-finite, or the run ended
+  no better than it began (the mean loss of its last epoch at least the median of its first 8
+  steps), or the updates broke the net (it ended dead, collapsed or not learning, below).
+  Norms that grow while the loss falls are a net waking up from a vanished start;
 - vanishing: at the first epoch, the layer farthest from the loss (by construction) has a mean
-  gradient norm at most 1e-3 times the layer nearest it;
+  gradient norm at most 1e-3 times the layer nearest it; or, for a recurrent model (recorded
+  with `watch(..., time_dim=1, loss_fn=...)`), after training, the gradient of the probe's loss
+  reaching the input's first time step is at most 1e-3 times the one reaching its last;
 - dead / saturated: at the end, more than half the units of a hidden ReLU-like layer are <= 0
   for every probe input / of a sigmoid or tanh layer are within 0.01 of their bounds;
 - collapsed: one class predicted for >= 99% of the probe inputs;
@@ -32,6 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gradscope.vocab.warning_kinds import NONFINITE, TREND_WARNINGS
 
 KINDS = ("diverged", "exploding", "vanishing", "collapsed", "not_learning", "saturated", "dead")
 
@@ -122,7 +130,8 @@ class ResNet(nn.Module):
 class RNNNet(nn.Module):
     def __init__(self, kind: str, hidden: int, out: int):
         super().__init__()
-        self.rnn = (nn.LSTM if kind == "lstm" else nn.RNN)(1, hidden, batch_first=True)
+        cell = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+        self.rnn = cell(1, hidden, batch_first=True)
         self.head = nn.Linear(hidden, out)
         self.depth_order = [self.rnn.weight_ih_l0, self.rnn.weight_hh_l0, self.head.weight]
 
@@ -186,6 +195,11 @@ class Case:
     d: int = 16
     expect: str = ""  # what the case was built to show (a note; truth is measured)
     lr_growth: float = 1.0  # the learning rate is multiplied by this after every step
+    warmup: int = 0  # a linear warm-up over this many steps, from lr / warmup to lr
+    momentum: float = 0.0  # SGD's
+    # Decoupled weight decay, applied after each step: w *= 1 - lr * weight_decay (negative:
+    # weights that grow every step, as with a sign error in a regulariser)
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -199,6 +213,19 @@ def _big_init(scale: float) -> Callable[[nn.Module], None]:
         with torch.no_grad():
             for p in model.parameters():
                 if p.ndim >= 2:
+                    p.mul_(scale)
+
+    return init
+
+
+def _big_recurrent(scale: float) -> Callable[[nn.Module], None]:
+    """The recurrent weights times `scale` (a spectral radius above 1: gradients through time
+    that grow)."""
+
+    def init(model: nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "weight_hh" in name:
                     p.mul_(scale)
 
     return init
@@ -395,6 +422,136 @@ def cases() -> list[Case]:
             epochs=12,
             expect="diverged",
         ),
+        # Diverging as real runs do, after tens of steps: a warm-up that climbs past the stable
+        # learning rate, momentum at a too-high rate, a deep net without normalisation (which
+        # learns late instead), a recurrent net, a Transformer without warm-up, and weights
+        # that grow without bound.
+        C(
+            "cnn-tanh-warmup-too-high",
+            "cnn",
+            lambda d, o: CNN(3, o, "tanh"),
+            "regression",
+            d=64,
+            opt="sgd",
+            lr=0.3,
+            momentum=0.9,
+            warmup=64,
+            epochs=8,
+            expect="diverged",
+        ),
+        C(
+            "transformer-warmup-too-high",
+            "transformer",
+            lambda d, o: Transformer(d, 16, 2, o, True),
+            d=8,
+            opt="sgd",
+            lr=3.0,
+            momentum=0.9,
+            warmup=128,
+            epochs=8,
+            expect="diverged",
+        ),
+        C(
+            "mlp-deep-plain-momentum",
+            "mlp",
+            lambda d, o: MLP(d, 32, 10, o, "relu", False),
+            "regression",
+            opt="sgd",
+            lr=0.02,
+            momentum=0.9,
+            init=_big_init(1.5),
+            epochs=8,
+            expect="healthy (written to diverge, it learns late instead: norms grow 166x as the "
+            "loss halves and its dead units revive)",
+        ),
+        C(
+            "rnn-recurrent-lr-ramp",
+            "rnn",
+            lambda d, o: RNNNet("rnn", 16, o),
+            "regression",
+            d=20,
+            opt="sgd",
+            lr=0.01,
+            lr_growth=1.05,
+            init=_big_recurrent(2.0),
+            epochs=12,
+            expect="diverged",
+        ),
+        C(
+            "lstm-momentum-lr-ramp",
+            "rnn",
+            lambda d, o: RNNNet("lstm", 16, o),
+            "regression",
+            d=20,
+            opt="sgd",
+            lr=0.01,
+            momentum=0.9,
+            lr_growth=1.04,
+            epochs=12,
+            expect="diverged",
+        ),
+        C(
+            "transformer-postln-no-warmup",
+            "transformer",
+            lambda d, o: Transformer(d, 16, 2, o, False),
+            "regression",
+            d=8,
+            opt="sgd",
+            lr=0.12,
+            momentum=0.9,
+            epochs=10,
+            expect="diverged",
+        ),
+        C(
+            "mlp-growing-weights",
+            "mlp",
+            lambda d, o: MLP(d, 32, 3, o, "relu", False),
+            "regression",
+            opt="sgd",
+            lr=0.05,
+            weight_decay=-1.0,
+            epochs=12,
+            expect="diverged",
+        ),
+        # healthy controls with the transients of early training: a warm-up, momentum, a deep
+        # net waking up under Adam, a loss that drops by orders of magnitude
+        C(
+            "transformer-adam-warmup",
+            "transformer",
+            lambda d, o: Transformer(d, 16, 2, o, True),
+            d=8,
+            lr=3e-3,
+            warmup=32,
+        ),
+        C(
+            "cnn-sgd-momentum-warmup",
+            "cnn",
+            lambda d, o: CNN(3, o, "relu"),
+            "multi",
+            d=64,
+            opt="sgd",
+            lr=0.05,
+            momentum=0.9,
+            warmup=32,
+        ),
+        C(
+            "mlp-relu-deep-adam",
+            "mlp",
+            lambda d, o: MLP(d, 32, 8, o, "relu", False),
+            epochs=8,
+            expect="healthy (its gradients grow 100x from a vanished start as it learns)",
+        ),
+        C(
+            "mlp-regression-loss-drop",
+            "mlp",
+            lambda d, o: MLP(d, 32, 3, o, "relu", False),
+            "regression",
+            opt="sgd",
+            lr=0.01,
+            momentum=0.9,
+            init=_big_init(2.0),
+        ),
+        C("gru-adam-binary", "rnn", lambda d, o: RNNNet("gru", 16, o), d=12, lr=3e-3, epochs=8),
         # not learning / collapsed
         C(
             "mlp-shuffled-labels",
@@ -445,7 +602,61 @@ def cases() -> list[Case]:
 
 
 # -- ground truth (plain PyTorch) ---------------------------------------------------------------
+BROKEN_AT_END = {"dead", "collapsed", "not_learning"}  # what updates that wreck a net leave
+
+
+def unstable(losses: list[float], last_epoch_steps: int, ended: set[str]) -> bool:
+    """Whether training went wrong rather than learnt: a non-finite loss, a last epoch's mean
+    loss no lower than the median of the first 8 steps' losses, or a net that ended broken
+    (`ended`: the other kinds measured)."""
+    if not all(map(math.isfinite, losses)) or ended & BROKEN_AT_END:
+        return True
+    if len(losses) < 8:
+        return False
+    return statistics.fmean(losses[-last_epoch_steps:]) >= statistics.median(losses[:8])
+
+
+def first_over_last_in_time(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable
+) -> float:
+    """The norm of d(loss)/d(x at the first time step) over the one at the last (x: batch by
+    time, as RNNNet takes it), in eval mode."""
+    x = x.detach().clone().requires_grad_(True)
+    model.eval()
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(loss_fn(model(x), y), x)
+    model.train()
+    per_step = grad.norm(dim=0)
+    return float(per_step[0] / per_step[-1])
+
+
 def measure_truth(
+    model: nn.Module,
+    norms: list[list[float]],
+    losses: list[float],
+    first_epoch_steps: int,
+    nan_step: int | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    time_loss: Callable | None = None,
+) -> Truth:
+    """`time_loss`: the loss to measure through time with (recurrent models only)."""
+    truth = _truth_but_exploding(model, norms, first_epoch_steps, nan_step, x, y, task)
+    measured_in_time = time_loss is not None and nan_step is None
+    if measured_in_time and first_over_last_in_time(model, x, y, time_loss) <= 1e-3:
+        truth.kinds.add("vanishing")
+    grew = False
+    for series in zip(*norms, strict=True) if norms else []:
+        early = statistics.median(series[:8]) if len(series) >= 8 else None
+        finite = [v for v in series if math.isfinite(v)]
+        grew = grew or bool(early and finite and max(finite) >= 100 * early)
+    if grew and unstable(losses, first_epoch_steps, truth.kinds):
+        truth.kinds.add("exploding")
+    return truth
+
+
+def _truth_but_exploding(
     model: nn.Module,
     norms: list[list[float]],
     first_epoch_steps: int,
@@ -458,11 +669,6 @@ def measure_truth(
     if nan_step is not None:
         truth.kinds.add("diverged")
     by_layer = list(zip(*norms, strict=True)) if norms else []
-    for series in by_layer:
-        early = statistics.median(series[:8]) if len(series) >= 8 else None
-        finite = [v for v in series if math.isfinite(v)]
-        if early and finite and max(finite) >= 100 * early:
-            truth.kinds.add("exploding")
     if by_layer and first_epoch_steps:
         first = statistics.fmean(by_layer[0][:first_epoch_steps])
         last = statistics.fmean(by_layer[-1][:first_epoch_steps])
@@ -543,36 +749,59 @@ def run_case(case: Case, db: str, seed: int = 0) -> Result:
     opt = (
         torch.optim.Adam(model.parameters(), lr=case.lr)
         if case.opt == "adam"
-        else torch.optim.SGD(model.parameters(), lr=case.lr)
+        else torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.momentum)
     )
     xtr, ytr, xpr, ypr = x[:512], y[:512], x[512:], y[512:]
     loss_fn = F.mse_loss if case.task == "regression" else F.cross_entropy
     started = time.perf_counter()
     run = gradscope.init(db=db, name=case.name)
-    run.watch(model, opt, probe=(xpr, ypr))
+    # A recurrent model over its input sequence is also measured through time (its weights'
+    # gradients cannot show a gradient that vanishes across time steps).
+    recurrent = case.family == "rnn"
+    through_time = {"time_dim": 1, "loss_fn": loss_fn} if recurrent else {}
+    run.watch(model, opt, probe=(xpr, ypr), **through_time)
     norms: list[list[float]] = []
+    losses: list[float] = []
     nan_step = None
     step = 0
     steps_per_epoch = 512 // 32
     for _ in range(case.epochs):
         for i in range(0, 512, 32):
             step += 1
+            for group in opt.param_groups:
+                if case.warmup:
+                    group["lr"] = case.lr * min(1.0, step / case.warmup)
+                else:
+                    group["lr"] = case.lr * case.lr_growth ** (step - 1)
             loss = loss_fn(model(xtr[i : i + 32]), ytr[i : i + 32])
             opt.zero_grad()
             loss.backward()
             row = [float(p.grad.norm()) if p.grad is not None else 0.0 for p in model.depth_order]
             norms.append(row)
+            losses.append(float(loss.detach()))
             if nan_step is None and not (
                 math.isfinite(float(loss.detach())) and all(map(math.isfinite, row))
             ):
                 nan_step = step
             opt.step()
-            for group in opt.param_groups:
-                group["lr"] *= case.lr_growth
+            if case.weight_decay:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.mul_(1 - opt.param_groups[0]["lr"] * case.weight_decay)
         run.log_epoch(train_loss=loss)
     run.finish()
     seconds = time.perf_counter() - started
-    truth = measure_truth(model, norms, steps_per_epoch, nan_step, xpr, ypr, case.task)
+    truth = measure_truth(
+        model,
+        norms,
+        losses,
+        steps_per_epoch,
+        nan_step,
+        xpr,
+        ypr,
+        case.task,
+        loss_fn if recurrent else None,
+    )
     engine = make_engine(db)
     doc = run_document(engine, run.id)
     engine.dispose()
@@ -596,28 +825,45 @@ def report(results: list[Result]) -> str:
     lines.append("")
     lines.append(f"runs {len(results)}: {len(healthy)} healthy controls, {len(broken)} broken")
     lines.append(f"alarms on healthy controls: {alarms}; broken runs called healthy: {missed}")
-    leads = []
+    lines += ["", *warning_report(results)]
+    return "\n".join(lines)
+
+
+def warning_report(results: list[Result], block: int = 16) -> list[str]:
+    """Per diverging run: its first NaN, its first spike or growth warning, the lead in steps
+    and the lead counted from the end of the warning's block of `block` steps (when the loop
+    can read it); then the false warnings on healthy runs (truth: no kind at all)."""
+    lines = ["| run | NaN at step | first warning | lead | seen |", "|---|---|---|---|---|"]
+    met = diverged = 0
     for r in results:
         if r.truth.nan_step is None:
             continue
-        # A spike or growth warning (not the "nonfinite" one, which is the NaN itself). The
-        # step is when it happened; the user's loop sees it when its block of steps (16 for
-        # these models) is reduced, so `seen` is the lead counted from the block's end.
-        steps = [w["step"] for w in r.warnings if w["kind"] in ("spike", "growth")]
-        kinds = {w["kind"] for w in r.warnings if steps and w["step"] == min(steps)}
-        first = min(steps) if steps else None
-        seen = None if first is None else r.truth.nan_step - (-(-first // 16) * 16)
-        lead = None if first is None else r.truth.nan_step - first
-        leads.append((r.case.name, lead, seen, "/".join(sorted(kinds))))
-    shown = ", ".join(
-        f"{n}: {'none' if v is None else f'{v} ({k}; seen {s})'}" for n, v, s, k in leads
-    )
-    lines.append(f"lead time (steps from first spike/growth warning to first NaN): {shown or '-'}")
-    met = sum(v is not None and v >= 10 for _, v, _, _ in leads)
-    lines.append(f"diverged runs warned >= 10 steps before the NaN: {met}/{len(leads)}")
-    warned = sum(any(w["kind"] != "nonfinite" for w in r.warnings) for r in healthy)
-    lines.append(f"healthy runs with a warning: {warned}/{len(healthy)}")
-    return "\n".join(lines)
+        diverged += 1
+        # A spike or growth warning (not "nonfinite", which is the NaN itself).
+        early = [w for w in r.warnings if w["kind"] in TREND_WARNINGS]
+        early = [w for w in early if w["step"] < r.truth.nan_step]
+        if not early:
+            lines.append(f"| {r.case.name} | {r.truth.nan_step} | none | - | - |")
+            continue
+        first = min(w["step"] for w in early)
+        kinds = "/".join(sorted({w["kind"] for w in early if w["step"] == first}))
+        lead = r.truth.nan_step - first
+        seen = r.truth.nan_step - (-(-first // block) * block)
+        met += lead >= 10
+        shown = str(seen) if seen > 0 else "none"
+        lines.append(
+            f"| {r.case.name} | {r.truth.nan_step} | {kinds}, step {first} | {lead} | {shown} |"
+        )
+    healthy = [r for r in results if not r.truth.kinds]
+    false = [{w["step"] for w in r.warnings if w["kind"] != NONFINITE} for r in healthy]
+    steps = sum(r.case.epochs * 16 for r in healthy)
+    lines += [
+        "",
+        f"diverged runs warned >= 10 steps before the NaN: {met}/{diverged}",
+        f"healthy runs with a warning: {sum(bool(f) for f in false)}/{len(healthy)}; "
+        f"steps warned on healthy runs: {sum(len(f) for f in false)}/{steps}",
+    ]
+    return lines
 
 
 def main() -> None:

@@ -13,20 +13,25 @@ from gradscope.db.errors import StorageError
 from gradscope.vocab.fields import MAX_NAME_CHARS
 
 
-def annotate_form(run_id: str, runs: pd.DataFrame, *, key: str) -> None:
-    """A form that renames `run_id` and replaces its notes and tags. `runs` is
-    db_gateway.runs() indexed by id (its tags offer the known tags as choices)."""
+def annotate_form(
+    run_id: str, runs: pd.DataFrame, *, key: str, known_tags: list[str] | None = None
+) -> None:
+    """A form that renames `run_id` and replaces its notes and tags. `runs` is rows of
+    db_gateway.runs() indexed by id; the tag choices are `known_tags`, by default the tags
+    `runs` carries (every run's when it is every run)."""
     if run_id not in runs.index:
         return
     run = runs.loc[run_id]
     if not db_gateway.writes_allowed():
         shown(run)
         return
+    known = known_tags if known_tags is not None else [t for have in runs["tags"] for t in have]
+    choices = sorted({*known, *run["tags"]})  # its own tags, even if tagged since `known` was read
     with st.form(f"{key}_{run_id}", border=False):
         name = st.text_input("Name", value=run["name"] or "", max_chars=MAX_NAME_CHARS)
         tags = st.multiselect(
             "Tags",
-            sorted({t for have in runs["tags"] for t in have}),
+            choices,
             default=list(run["tags"]),
             accept_new_options=True,  # type a new tag and press Enter
             max_selections=MAX_TAGS_PER_RUN,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import altair.utils.schemapi
 import streamlit as st
 
 from gradscope.dashboard import db_gateway, sidebar, view
@@ -22,6 +23,10 @@ from gradscope.db.errors import StorageError
 # and a local tool makes no outbound requests.
 FAVICON = Path(__file__).resolve().parent / "favicon.png"
 st.set_page_config(page_title="gradscope", page_icon=str(FAVICON), layout="wide")
+# Altair validates every chart object as it is built ("debug mode": readable tracebacks while
+# writing a chart) and the whole spec again when Streamlit serialises it. Once is enough: the
+# first pass was ~15% of a cold Compare render of 100 runs (benchmarks/dashboard.py --scale).
+altair.utils.schemapi.disable_debug_mode()
 
 PAGES = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/table_rows:", default=True),
@@ -34,6 +39,8 @@ PAGES = [
 page = st.navigation(PAGES)
 # Set again by the Runs page when it is the one drawn (see db_gateway.TABLE_VERSION_KEY).
 st.session_state.pop(db_gateway.TABLE_VERSION_KEY, None)
+# The sidebar's queue reads the Runs table's frame only beside that table (db_gateway.queue).
+st.session_state[db_gateway.RUNS_PAGE_SHOWN_KEY] = page.url_path == PAGES[0].url_path
 try:
     view.database_changed_notice()
     sidebar.render()

@@ -172,7 +172,8 @@ def _curves(
     long = epochs.melt(
         id_vars=[*ids, "epoch"], value_vars=fields, var_name="split", value_name="value"
     )
-    long["split"] = long["split"].str.split("_").str[0]  # "train_loss" -> "train"
+    # "train_loss" -> "train": a map over the two names, not a string split per row.
+    long["split"] = long["split"].map({f: f.split("_")[0] for f in fields})
     for end in ("lo", "hi") if f"train_{stem}_lo" in epochs else ():  # grouped seeds: the band
         long[f"value_{end}"] = np.concatenate([epochs[f"{f}_{end}"].to_numpy() for f in fields])
     long = long[~never_logged(long, unlogged)].reset_index(drop=True)

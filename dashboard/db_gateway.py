@@ -8,7 +8,7 @@ opens the database read-only, so a write that somehow slipped past the guard sti
 driver; and its pages draw no control that writes (`writes_allowed()`).
 
 Caching: the engine is a `st.cache_resource`; reads are `st.cache_data` keyed by the database
-and a cheap fingerprint of the runs table (`version()`, read uncached on every script run), so
+and a cheap fingerprint of the runs table (`version()`, read once per script run), so
 they are recomputed exactly when runs change: a run is queued, starts, records an epoch,
 finishes, is cancelled or deleted. Compare-page reads are keyed by the chosen runs' own progress,
 so an epoch landing in another run does not throw them away.
@@ -17,6 +17,7 @@ so an epoch landing in another run does not throw them away.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from gradscope.dashboard import access, tables
 from gradscope.db import frames
@@ -143,6 +145,7 @@ def reconnect() -> None:
     _connected.clear()
     clear_runs_frames()
     st.cache_data.clear()
+    _forget_version()
 
 
 READ_ONLY_REFUSAL = (
@@ -157,6 +160,7 @@ def _writable() -> Engine:
     function below calls it first, before checking or reading anything."""
     if not access.writes_allowed():
         raise WriteRefused(READ_ONLY_REFUSAL)
+    _forget_version()  # what this write changes shows in this script run's later reads
     changed = file_changed()
     if changed:
         raise WriteRefused(
@@ -166,9 +170,37 @@ def _writable() -> Engine:
     return engine()
 
 
+# version() read once per script run: a page asks for it up to 8 times (the sidebar's queue, the
+# runs list, the selection, the warnings), and each read scans the runs table (~65 ms at 100,000
+# runs). Keyed by an object Streamlit makes anew for every script run, a fragment's rerun
+# included (ScriptRunContext.reset() creates the run's ParallelFragmentCoordinator), held weakly
+# so finished runs drop out. Where there is no such object (outside a script run, or a
+# Streamlit without it) nothing is kept and every call reads: slower, never stale.
+_VERSION_THIS_RUN: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _this_script_run() -> object | None:
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return getattr(ctx, "parallel_coordinator", None) if ctx is not None else None
+
+
+def _forget_version() -> None:
+    """After a write in this script run: the next `version()` reads the database again."""
+    run = _this_script_run()
+    if run is not None:
+        _VERSION_THIS_RUN.pop(run, None)
+
+
 def version() -> tuple[str, ...]:
-    """Uncached: changes whenever any run changes (see `gradscope.db.frames.data_version`)."""
-    return frames.data_version(engine())
+    """Changes whenever any run changes (see `gradscope.db.frames.data_version`): read once per
+    script run (full or fragment) and again after this dashboard writes."""
+    run = _this_script_run()
+    if run is not None and run in _VERSION_THIS_RUN:
+        return _VERSION_THIS_RUN[run]
+    found = frames.data_version(engine())
+    if run is not None:
+        _VERSION_THIS_RUN[run] = found
+    return found
 
 
 # -- the runs list ------------------------------------------------------------------------------
@@ -205,7 +237,7 @@ def newest_first(runs: pd.DataFrame) -> pd.DataFrame:
 def _runs_table_shared(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
     runs = _runs(db, data_version)
     ends = frames.run_ends(_engine(db))
-    found = tables.badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts)
+    found = tables.badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts, ends.peaks)
     return tables.runs_table(runs, found, ends.warnings)
 
 
@@ -252,7 +284,7 @@ def _runs_page(db: str, run_ids: tuple[str, ...], data_version: tuple[str, ...])
     runs = _runs(db, data_version).set_index("id", drop=False)
     chosen = runs.loc[[i for i in run_ids if i in runs.index]].reset_index(drop=True)
     ends = frames.run_ends(_engine(db), run_ids)
-    found = tables.badges(chosen, ends.layers, ends.epochs, ends.warnings, ends.facts)
+    found = tables.badges(chosen, ends.layers, ends.epochs, ends.warnings, ends.facts, ends.peaks)
     return tables.runs_table(chosen, found, ends.warnings)
 
 
@@ -269,11 +301,28 @@ def runs_page(run_ids: Sequence[str], data_version: tuple[str, ...] | None = Non
 TABLE_VERSION_KEY = "runs_table_version"
 
 
+# Whether the page this script run draws is the Runs page; set by the router at every full run,
+# before the sidebar draws the queue (a fragment's rerun keeps the page of its full run).
+RUNS_PAGE_SHOWN_KEY = "runs_page_shown"
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _active_runs(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return frames.queue(_engine(db))
+
+
 def queue(data_version: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Queued and running runs (running first, then in creation order), cut from the same cached
-    runs frame the Runs table is made of, so the two never disagree about a run's status or
-    progress. (Re-reading every run when an epoch lands costs what the Runs table already pays.)"""
-    frame = _runs(database(), data_version or version())
+    """Queued and running runs (running first, then in creation order).
+
+    Beside the Runs table (`RUNS_PAGE_SHOWN_KEY`), cut from the same cached runs frame the table
+    is made of, so the two never disagree about a run's status or progress (re-reading every
+    run when an epoch lands costs what the table already pays). On the other pages, read by
+    itself over the status index: reading all 100,000 runs for a queue of a few would be most
+    of a Sweeps or Compare page's first render."""
+    data_version = data_version or version()
+    if not st.session_state.get(RUNS_PAGE_SHOWN_KEY, True):
+        return _active_runs(database(), data_version)
+    frame = _runs(database(), data_version)
     active = frame[frame["status"].isin(ACTIVE_STATUSES)]
     running_first = (active["status"] != "running").astype(int).rename("_order")
     ordered = pd.concat([active, running_first], axis=1).sort_values(
@@ -298,19 +347,53 @@ class Selection:
         return dict(self.labels)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def _runs_of(db: str, run_ids: tuple[str, ...], data_version: tuple[str, ...]) -> pd.DataFrame:
+    return frames.runs(_engine(db), run_ids)
+
+
 def _known(run_ids: Sequence[str]) -> pd.DataFrame:
     """Rows of the runs frame for these ids, in order; unknown ids (deleted runs, a mistyped
-    link) are dropped."""
-    every = runs()
-    # Cut first, then index: set_index over every run costs ~0.1 s at 100,000 runs.
-    known = every[every["id"].isin(list(run_ids))].set_index("id")
-    ids = [i for i in dict.fromkeys(run_ids) if i in known.index]
-    return known.loc[ids].reset_index()
+    link) are dropped. Read by id: the Compare page never needs the list of every run (a
+    second or more to read at 100,000 runs) to show a hundred of them."""
+    ids = tuple(dict.fromkeys(run_ids))
+    known = _runs_of(database(), ids, version()).set_index("id")
+    return known.loc[[i for i in ids if i in known.index]].reset_index()
 
 
-def labels(run_ids: Sequence[str]) -> dict[str, str]:
-    """Legend labels of these runs (unknown ids dropped), from the cached runs list."""
-    return frames.run_labels(_known(run_ids))
+def runs_of(run_ids: Sequence[str]) -> pd.DataFrame:
+    """Rows of `runs()` for these runs (those that exist), in the order given."""
+    return _known(run_ids)
+
+
+def has_runs() -> bool:
+    """Whether the database holds any run (the count inside `version()`: no read of its own)."""
+    return version()[0] != "0"
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _newest_runs(db: str, n: int, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return newest_first(frames.runs(_engine(db), newest=n))
+
+
+def newest_runs(n: int) -> pd.DataFrame:
+    """The newest `n` runs as `runs()` lists them (a run picker's options), read alone."""
+    return _newest_runs(database(), n, version())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _known_tags(db: str, data_version: tuple[str, ...]) -> list[str]:
+    return frames.known_tags(_engine(db))
+
+
+def known_tags() -> list[str]:
+    """Every tag some run carries, sorted (the tag editor's choices)."""
+    return _known_tags(database(), version())
+
+
+def labels_of(rows: pd.DataFrame) -> dict[str, str]:
+    """Legend labels of these rows of `runs()`, in their order (no read)."""
+    return frames.run_labels(rows)
 
 
 def selection(run_ids: Sequence[str]) -> Selection:
@@ -398,6 +481,27 @@ def sweep_summary(sweep_id: str) -> pd.DataFrame:
     return _sweep_summary(database(), sweep_id, version())
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sweeps(db: str, data_version: tuple[str, ...]) -> pd.DataFrame:
+    return frames.sweeps(_engine(db))
+
+
+def sweeps() -> pd.DataFrame:
+    """Every sweep, newest first, with its run counts (gradscope.db.frames.sweeps): the Sweeps
+    page's picker, without reading every run."""
+    return _sweeps(database(), version())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sweep_configs(db: str, sweep_id: str, data_version: tuple[str, ...]) -> dict[str, dict]:
+    return frames.sweep_configs(_engine(db), sweep_id)
+
+
+def sweep_configs(sweep_id: str) -> dict[str, dict]:
+    """run id -> config of a sweep's runs."""
+    return _sweep_configs(database(), sweep_id, version())
+
+
 # -- writes -------------------------------------------------------------------------------------
 
 
@@ -456,7 +560,9 @@ def _annotated() -> None:
     """After an edit here: the runs list is read again at once (the fingerprint in
     `version()` sees most edits, not a rename to a name of the same length)."""
     clear_runs_frames()
-    _runs_page.clear()
+    for read in (_runs_page, _runs_of, _newest_runs, _known_tags):
+        read.clear()
+    _forget_version()
 
 
 def annotate_run(run_id: str, *, name: str | None, notes: str | None, tags: Sequence[str]) -> None:
@@ -553,7 +659,7 @@ def cure_trial(patient_id: str) -> Any:
 def run_frames(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One run's row (with config and error), epochs, layer statistics and live warnings."""
     sel = selection([run_id])
-    errors = runs().set_index("id")["error"]
+    errors = _known([run_id]).set_index("id")["error"]
     row = sel.runs.assign(error=sel.runs["id"].map(errors))
     return row, epochs(sel), layer_stats(sel), warnings(sel)
 

@@ -18,6 +18,7 @@ from gradscope.vocab.config import (
     make_config,
 )
 from gradscope.vocab.csv_files import precheck
+from gradscope.vocab.custom import run_progress
 
 QUEUE_REFRESH_S = 2.0
 QUEUE_SHOWN = 8
@@ -88,9 +89,11 @@ def _live_queue() -> None:
     for run in queue.head(QUEUE_SHOWN).itertuples():
         title = run.name or f"{run.arch} d{run.depth} {run.dataset}"
         st.text(f"{title} ({run.id[:8]})")  # st.text: a user's run name stays plain text
-        done = min(1.0, run.epochs_done / max(run.epochs_total, 1))
+        # A custom run's loop has no known length: an empty bar and "3/? epochs".
+        share, epochs = run_progress(run.arch, run.status, run.epochs_done, run.epochs_total)
+        done = 0.0 if share is None else share
         note = "cancelling" if run.cancel_requested else run.status
-        text = f"{run.epochs_done}/{run.epochs_total} epochs, {note}"
+        text = f"{epochs} epochs, {note}"
         if not writes:
             st.progress(done, text=text)
             continue

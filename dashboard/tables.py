@@ -18,7 +18,7 @@ import pandas as pd
 from gradscope.analysis.badges import badges as badges
 from gradscope.analysis.diagnosis import BADGE_COLORS as BADGE_COLORS
 from gradscope.analysis.diagnosis import BADGES as BADGES
-from gradscope.vocab.custom import CUSTOM_ARCH
+from gradscope.vocab.custom import run_progress
 
 # What a table cell or caption shows for a value not recorded yet (an unfinished run's accuracy):
 # st.dataframe's own default is the word "None", and Python's formatting gives "nan".
@@ -33,14 +33,14 @@ def number_text(value: object) -> str:
 
 
 def progress(runs: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """Each run's share of its epochs done, and the epochs as text. A custom run (a user's own
-    loop) has no known total until it completes: a dash and the epochs done ("3/?"), never a
-    full bar for a run that failed or is still going."""
-    done, total = runs["epochs_done"], runs["epochs_total"]
-    share = (done / total.where(total > 0, 1)).clip(0, 1)
-    unknown = runs["arch"].eq(CUSTOM_ARCH) & runs["status"].ne("completed")
-    texts = [f"{d}/?" if u else f"{d}/{t}" for d, t, u in zip(done, total, unknown, strict=True)]
-    return share.where(~unknown).to_numpy(dtype=float), texts
+    """Each run's share of its epochs done (NaN where not known: no bar) and the epochs as text,
+    as `gradscope.vocab.custom.run_progress` says: a custom run (a user's own loop) has no known
+    total until it ends ("3/?"), and a run that did not complete never shows a full bar."""
+    # Over Python lists: iterating the (Arrow) text columns themselves costs ~5x more.
+    columns = [runs[c].tolist() for c in ("arch", "status", "epochs_done", "epochs_total")]
+    found = [run_progress(a, s, int(d), int(t)) for a, s, d, t in zip(*columns, strict=True)]
+    share = np.array([np.nan if f is None else f for f, _ in found], dtype=float)
+    return share, [text for _, text in found]
 
 
 def warnings_text(summary: pd.DataFrame | None, run_ids: pd.Series) -> list[str]:
@@ -56,7 +56,7 @@ def warnings_text(summary: pd.DataFrame | None, run_ids: pd.Series) -> list[str]
         elif np.isfinite(row.last_factor):
             what += f", {row.last_factor:.0f}x"
         texts[row.run_id] = f"{row.warnings} · {what}"
-    return [texts.get(i, "") for i in run_ids]
+    return [texts.get(i, "") for i in run_ids.tolist()]
 
 
 def runs_table(
@@ -68,7 +68,7 @@ def runs_table(
     (queued, or just started) get an empty one. `warnings`: gradscope.db.warnings.
     warning_summary, shown as each run's count and latest live warning.
     """
-    diagnosis = [[] if b == "empty" else [b] for b in run_badges.reindex(runs["id"])]
+    diagnosis = [[] if b == "empty" else [b] for b in run_badges.reindex(runs["id"]).tolist()]
     share, epochs = progress(runs)
     table = pd.DataFrame(
         {
@@ -213,3 +213,18 @@ def escape_markdown(text: str) -> str:
     """User text made inert inside Streamlit Markdown: captions, alerts, and the labels and
     options of widgets that render Markdown (radio, pills, expanders)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def numbers_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """A per-run frame without its run_id and run_label (text) columns."""
+    return frame.drop(columns=[c for c in ("run_id", "run_label") if c in frame])
+
+
+def per_run_numbers(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each run's rows of a per-run frame (gradscope.db.frames.epochs, layer_stats), by run id,
+    without the id and label columns, which diagnose() does not read: its many small filters
+    then move numbers only, about twice as fast for 100 runs as the frames groupby hands out
+    (the same findings: tests compare them)."""
+    numbers = numbers_only(frame)
+    rows = frame.groupby(frame["run_id"].to_numpy(), sort=False).indices
+    return {run_id: numbers.take(at) for run_id, at in rows.items()}

@@ -31,9 +31,14 @@ from gradscope.vocab.protocol import DB_ENV
 DEFAULT_DB = "gradscope.db"
 ENV_VAR = DB_ENV
 # The Alembic revision the models describe; tests check it equals Alembic's head.
-SCHEMA_REVISION = "0003_metrics_warnings"
+SCHEMA_REVISION = "0004_seed_optional_peak_grad"
 # Every revision this version knows, oldest first.
-KNOWN_REVISIONS = ("0001_initial", "0002_notes_tags_retries", "0003_metrics_warnings")
+KNOWN_REVISIONS = (
+    "0001_initial",
+    "0002_notes_tags_retries",
+    "0003_metrics_warnings",
+    "0004_seed_optional_peak_grad",
+)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 

@@ -9,7 +9,21 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from gradscope.db import lifecycle
 from gradscope.db.clock import now_expr
@@ -130,6 +144,9 @@ class EpochWriter:
         progress: dict = {"epochs_done": record.epoch, "heartbeat_at": self._now}
         if epochs_total is not None:
             progress["epochs_total"] = epochs_total
+        peak = record.peak_grad
+        if peak is not None:  # the run's peak gradient, raised in the same update
+            progress["peak_grad"] = _PEAK_RAISED
         epoch_row, stats, grid_row = _epoch_rows(run_id, record)
         with transaction(self.engine) as s:
             # The run's row first: when it is gone (or no longer ours) nothing is written.
@@ -137,7 +154,8 @@ class EpochWriter:
                 update(_runs)
                 .where(self._ours(_runs.c.id == run_id, _runs.c.status, _runs.c.worker))
                 .values(**progress)
-                .returning(_runs.c.cancel_requested)
+                .returning(_runs.c.cancel_requested),
+                {"epoch_peak": peak} if peak is not None else {},
             ).scalar_one_or_none()
             if cancel is None:
                 raise NotFoundError(self._gone(run_id))
@@ -160,8 +178,11 @@ class EpochWriter:
         if not items:
             return []
         by_epoch: dict[int, list[str]] = {}
+        peaks: dict[int, dict[str, float]] = {}
         for run_id, record in items:
             by_epoch.setdefault(record.epoch, []).append(run_id)
+            if (peak := record.peak_grad) is not None:
+                peaks.setdefault(record.epoch, {})[run_id] = peak
         with transaction(self.engine) as s:
             cancels: dict[tuple[str, int], bool] = {}
             for epoch, run_ids in by_epoch.items():
@@ -187,6 +208,14 @@ class EpochWriter:
                 stat_rows += stats
                 if grid_row is not None:
                     grid_rows.append(grid_row)
+            raised = [
+                {"peak_id": run_id, "epoch_peak": peak}
+                for epoch, by_run in peaks.items()
+                for run_id, peak in by_run.items()
+                if (run_id, epoch) in cancels  # written for this run
+            ]
+            if raised:  # one executemany of one cached statement for the whole group
+                s.execute(_PEAK_UPDATE, raised)
             if epoch_rows:
                 _insert_rows(s, _epochs, _EPOCH_INSERT, epoch_rows)
             if stat_rows:
@@ -231,6 +260,18 @@ class EpochWriter:
                     )
                 )
             )
+
+
+# runs.peak_grad raised to the epoch's peak (bound as epoch_peak) where that is larger; made
+# once: building the expression per write cost ~0.3 ms of CPU (with the GIL held) per epoch.
+_EPOCH_PEAK = bindparam("epoch_peak", type_=Float)
+_PEAK_RAISED = case(
+    (func.coalesce(_runs.c.peak_grad, -1.0) < _EPOCH_PEAK, _EPOCH_PEAK),
+    else_=_runs.c.peak_grad,
+)
+_PEAK_UPDATE = (
+    update(_runs).where(_runs.c.id == bindparam("peak_id")).values(peak_grad=_PEAK_RAISED)
+)
 
 
 # The recording inserts' columns, in the order _epoch_rows gives their values.

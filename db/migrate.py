@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from gradscope.db.engine import (
     KNOWN_REVISIONS,
@@ -50,14 +50,20 @@ def upgrade(
     where = engine.url.render_as_string(hide_password=True)
     try:
         # Lock-first: two upgraders (or an upgrader and a creator) take turns.
-        with transaction(engine, f"cannot upgrade {where}", lock=SCHEMA_LOCK) as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-            missing = missing_tables(conn) if revision == "head" else []
-            if missing:
-                Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in missing])
-                if recreated is not None:
-                    recreated += missing
+        with transaction(
+            engine, f"cannot upgrade {where}", lock=SCHEMA_LOCK, copies_tables=True
+        ) as conn:
+            _upgrade_on(conn, cfg, revision, recreated)
     except CommandError as exc:  # Alembic's own refusal (e.g. an unknown revision)
         raise StorageError(f"cannot upgrade {where}: {exc}") from exc
     return before, current_revision(engine) or ""
+
+
+def _upgrade_on(conn: Connection, cfg: Config, revision: str, recreated: list[str] | None) -> None:
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+    missing = missing_tables(conn) if revision == "head" else []
+    if missing:
+        Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in missing])
+        if recreated is not None:
+            recreated += missing

@@ -74,7 +74,8 @@ class RunModel(Base):
     dataset: Mapped[str] = mapped_column(String(300))
     depth: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
-    seed: Mapped[int] = mapped_column(Integer)
+    # NULL (schema 0004): a run recorded with the API whose config gave no integer seed.
+    seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sweep_id: Mapped[str | None] = mapped_column(String(36), index=True)
     sweep_name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS))
     group_id: Mapped[str | None] = mapped_column(String(36), index=True)
@@ -114,6 +115,9 @@ class RunModel(Base):
     # and the cure it tries ("control": the patient's configuration unchanged).
     cure_of: Mapped[str | None] = mapped_column(String(36), index=True)
     cure: Mapped[str | None] = mapped_column(String(64))
+    # Schema 0004. The largest gradient statistic recorded in any epoch (PEAK_GRAD_FIELDS,
+    # inf counts), kept as epochs are written: the runs table's badge reads it.
+    peak_grad: Mapped[float | None] = mapped_column(Float)
 
 
 class RunLayerModel(Base):

@@ -22,6 +22,7 @@ from gradscope.db.models import (
     RunWarningModel,
 )
 from gradscope.db.transactions import orm, transaction
+from gradscope.vocab.custom import run_progress
 from gradscope.vocab.fields import EPOCH_FIELDS, STAT_COLUMNS
 from gradscope.vocab.metrics import metric_series
 
@@ -35,7 +36,7 @@ class RunSummary:
     dataset: str
     depth: int
     width: int
-    seed: int
+    seed: int | None  # None: an API run given no seed
     config: dict[str, Any]
     epochs_done: int
     epochs_total: int
@@ -64,6 +65,10 @@ class RunSummary:
             out[key] = out[key].isoformat() if out[key] else None
         out["test_acc"] = json_number(self.test_acc)
         out["tags"] = list(self.tags)
+        # Share of its epochs done, null where not known (a custom run before its loop ended,
+        # a run that did not complete): gradscope.vocab.custom.run_progress.
+        share, _ = run_progress(self.arch, self.status, self.epochs_done, self.epochs_total)
+        out["progress"] = share
         return out
 
 

@@ -60,15 +60,40 @@ def storage_errors(what: str = "database error") -> Iterator[None]:
 
 @contextmanager
 def transaction(
-    engine: Engine, what: str = "database error", *, lock: int | None = None
+    engine: Engine,
+    what: str = "database error",
+    *,
+    lock: int | None = None,
+    copies_tables: bool = False,
 ) -> Iterator[Connection]:
     """A connection whose statements commit as one transaction, or roll back on any error.
     `lock`: take the write lock first (SQLite) or the advisory lock with this key
-    (PostgreSQL)."""
-    with storage_errors(what), engine.begin() as conn:
-        if lock is not None:
-            take_write_lock(conn, lock)
-        yield conn
+    (PostgreSQL). `copies_tables` (a schema migration): on SQLite, foreign keys are off for
+    the transaction and every reference is checked before it commits."""
+    if not (copies_tables and engine.dialect.name == "sqlite"):
+        with storage_errors(what), engine.begin() as conn:
+            if lock is not None:
+                take_write_lock(conn, lock)
+            yield conn
+        return
+    # Alembic's batch mode changes a column by copying the table and dropping the old one;
+    # with foreign keys on, that DROP deletes every child row (ON DELETE CASCADE): all the
+    # runs' statistics. The pragma is a no-op inside a transaction: off before it begins, on
+    # again after it ends (SQLite's own procedure, lang_altertable.html section 7).
+    with storage_errors(what), engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            with conn.begin():
+                if lock is not None:
+                    take_write_lock(conn, lock)
+                yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StorageError(f"{what}: it would break references: {broken[:3]}")
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
 
 
 def take_write_lock(conn: Connection, key: int) -> None:

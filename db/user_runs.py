@@ -30,7 +30,7 @@ def create_custom_run(
     *,
     name: str | None,
     config: dict[str, Any],
-    seed: int,
+    seed: int | None,
     worker: str,
     torch_version: str,
 ) -> str:

@@ -12,6 +12,7 @@ from gradscope.db.clock import now_expr
 from gradscope.db.floats import to_db
 from gradscope.db.models import RunWarningModel
 from gradscope.db.transactions import transaction
+from gradscope.vocab.warning_kinds import NONFINITE, SPIKE, TREND_WARNINGS
 
 # The readers import pandas when called: a training process only stores warnings
 # (gradscope.api.live) and never loads it (~90 MB of resident memory).
@@ -70,17 +71,23 @@ def warnings_of(engine: Engine, run_ids: Sequence[str]) -> pd.DataFrame:
 
 def warning_summary(engine: Engine) -> pd.DataFrame:
     """Per run with warnings: how many (`warnings`), the largest spike factor (`spike_max`,
-    NaN without a spike) and the latest warning's kind, step, layer and factor (`last_*`).
+    NaN without a spike), the first spike or growth warning's step (`first_warned_step`) and
+    the first non-finite one's (`nonfinite_step`; NaN without one), and the latest warning's
+    kind, step, layer and factor (`last_*`).
     One grouped pass over run_warnings (at most spikes.MAX_WARNINGS rows per run)."""
     import pandas as pd
 
     w = _warnings.c
-    spike = case((w.kind == "spike", w.factor))
+    spike = case((w.kind == SPIKE, w.factor))
+    trend = case((w.kind.in_(TREND_WARNINGS), w.step))
+    nonfinite = case((w.kind == NONFINITE, w.step))
     per_run = (
         select(
             w.run_id,
             func.count().label("n"),
             func.max(spike).label("spike_max"),
+            func.min(trend).label("first_warned_step"),
+            func.min(nonfinite).label("nonfinite_step"),
             func.max(w.id).label("last"),
         )
         .group_by(w.run_id)
@@ -91,6 +98,8 @@ def warning_summary(engine: Engine) -> pd.DataFrame:
         per_run.c.run_id,
         per_run.c.n,
         per_run.c.spike_max,
+        per_run.c.first_warned_step,
+        per_run.c.nonfinite_step,
         latest.c.kind,
         latest.c.step,
         latest.c.layer,
@@ -98,6 +107,8 @@ def warning_summary(engine: Engine) -> pd.DataFrame:
     ).join(latest, latest.c.id == per_run.c.last)
     with transaction(engine, "read warnings") as conn:
         rows = conn.execute(stmt).all()
-    columns = ["run_id", "warnings", "spike_max", "last_kind", "last_step", "last_layer"]
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=[*columns, "last_factor"])
-    return frame.astype({"spike_max": "float64", "last_factor": "float64"})
+    columns = ["run_id", "warnings", "spike_max", "first_warned_step", "nonfinite_step"]
+    columns += ["last_kind", "last_step", "last_layer", "last_factor"]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    floats = ("spike_max", "first_warned_step", "nonfinite_step", "last_factor")
+    return frame.astype(dict.fromkeys(floats, "float64"))

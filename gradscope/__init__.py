@@ -26,11 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gradscope.api.run import Run, init
+    from gradscope.api.through_time import time_gradients
 
-__all__ = ["Run", "init"]
+__all__ = ["Run", "init", "time_gradients"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "time_gradients":  # the gradient reaching each time step (loads torch)
+        from gradscope.api.through_time import time_gradients
+
+        return time_gradients
     if name in __all__:
         from gradscope.api import run
 

@@ -4,7 +4,8 @@ The cost model (measured on this 2-core CPU, depth 20 x width 64, a ~1.6 ms step
 Python loops of small ops cost ~25% per step, and even a handful of whole-buffer ops per step
 cost ~7%. So all of a model's weights live in one flat tensor (`FlatParameters`), a step only
 copies its gradient into a ring of blocks, and each block of steps is reduced at once, off the
-training thread when there is one to use. Nothing here calls `.item()` per step.
+training thread when there is one to use (a large model on an accelerator keeps no ring: see
+ROWLESS_ON_CPU). Nothing here calls `.item()` per step.
 
 Every statistic has a leading member dimension K (1 for a solo run) so that a batched ensemble
 of K same-shape models records each member exactly as a solo run would. The flat weight layout is
@@ -53,6 +54,16 @@ class LayerGroup:
 def _cat(parts: list[Tensor]) -> Tensor:
     """Per-group [n, count, K] results as one [n, L, K] tensor (no copy for a single group)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _memory_order(t: Tensor) -> Tensor:
+    """A tensor's elements as one flat view, in memory order (a channels_last gradient too:
+    sums, maxima and counts do not depend on the order); a copy only when it has gaps."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    dense = t.permute(order)
+    return dense.view(-1) if dense.is_contiguous() else dense.reshape(-1)
 
 
 def group_layers(sizes: list[int], members: int) -> list[LayerGroup]:
@@ -107,6 +118,19 @@ BLOCK_BYTES = 16 << 20  # per block; large models get fewer steps per block
 # same statistics; the price is that a step's copy waits for the previous step's reduction.
 LEAN_ABOVE = BLOCK_BYTES // 4
 CHUNK = 1 << 16  # elements per chunk of the lean epoch-end passes (256 KiB of float32)
+# Rowless (lean, and on a device where binning a step is cheap, i.e. not a CPU): no ring row
+# at all. Each step is reduced in line, chunk by chunk, straight from the gradients, and its
+# histogram counts are taken then and kept ([L, 352] integers) in case it is the epoch's last
+# step: 4 bytes per weight (the start copy) instead of 8, the same statistics. On this 2-core
+# CPU binning every step costs more than the step it measures (a 27.3M-parameter MLP, batch
+# 16: ~180 ms per step, ~300 ms to bin one step's gradient; its loop 2.9x the unwatched one's
+# time rowless, 1.9x with the row), so CPUs keep the ring row unless ROWLESS_ON_CPU is set
+# (benchmarks/api_memory.py --compare measures both: 4.3 and 8.6 bytes per parameter).
+ROWLESS_ON_CPU = False
+ROWLESS_CHUNK = {"cpu": 1 << 16}  # per device type; elsewhere 1 << 22: few kernel launches
+# Device types whose step counts use bincount: it sizes its result from the data's max, a host
+# sync elsewhere, where the counts are added by index_add_ of ones (a stride-0 view of one).
+ROWLESS_BINCOUNT = {"cpu"}
 # The chunks' intermediates go to scratch buffers made once per pass kind (1 MiB in all), not
 # to a new tensor per chunk: hundreds of 256-512 KiB allocations per epoch end otherwise land
 # in glibc's arenas (above its dynamic mmap threshold) and stay resident.
@@ -158,7 +182,10 @@ class EpochGradStats:
     `step()` only copies the gradient into a ring block; full blocks are reduced on `executor`
     (the measuring thread, so the training thread goes on at once) or in line without one.
     With an executor, blocks and the epoch's closing function run on it in submission order.
+    Rowless (see ROWLESS_ON_CPU), `step()` reduces in line and there is no ring.
     """
+
+    ROWLESS = True  # a subclass whose blocks take collectives keeps them off the training thread
 
     def __init__(
         self,
@@ -168,6 +195,7 @@ class EpochGradStats:
         executor: Executor | None = None,
         shapes: Sequence[Sequence[int]] | None = None,
         lean: bool | None = None,
+        low_memory: bool | None = None,
     ) -> None:
         self.sizes = weight_sizes
         self.members = members
@@ -175,10 +203,17 @@ class EpochGradStats:
         self.device = device
         total = sum(weight_sizes) * members
         # Lean (see LEAN_ABOVE): a user's model only (members == 1, shapes given).
-        self.lean = (total >= LEAN_ABOVE) if lean is None else lean
+        # low_memory: True asks for the rowless layout at any size and on any device, False
+        # keeps a ring row, None (the default) decides as described at ROWLESS_ON_CPU.
+        self.lean = (total >= LEAN_ABOVE or bool(low_memory)) if lean is None else lean
         self.lean = self.lean and shapes is not None and members == 1
+        on_cpu = torch.device(device).type == "cpu"
+        auto = ROWLESS_ON_CPU or not on_cpu
+        wanted = auto if low_memory is None else low_memory
+        self.rowless = self.lean and self.ROWLESS and wanted
+        self._last_counts: Tensor | None = None  # rowless: the last step's [L, 352] counts
         self.block = 1 if self.lean else max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
-        self._n_blocks = 1 if self.lean else 2
+        self._n_blocks = 0 if self.rowless else 1 if self.lean else 2
         # Zeros, not empty: the pages are touched here, at set-up, not by the first epoch's
         # steps (filling a new 2 x 5 MB ring took 3.8 ms on this VM, a touched one 1.0-1.6 ms).
         self._ring = [torch.zeros(self.block, total, device=device) for _ in range(self._n_blocks)]
@@ -316,6 +351,10 @@ class EpochGradStats:
         tensors (a user's model, whose gradients are separate tensors) is concatenated
         straight into the ring: still one op, and fp16/bf16 are upcast to float32 on the way.
         Given `shapes`, the sequence holds each weight's gradient in its own shape instead."""
+        if self.rowless:
+            assert not isinstance(grads, Tensor), "rowless: a user's model's gradients"
+            self._step_rowless(grads)
+            return
         if self._fill == 0:
             self._claim(self._half)
         if isinstance(grads, Tensor):
@@ -348,6 +387,16 @@ class EpochGradStats:
         assert self._sums is not None and self._start_weights is not None, "begin() not called"
         assert self._steps, "an epoch without steps has no gradient statistics"
         sums, steps, start = self._sums, self._steps, self._start_weights
+        if self.rowless:  # every step is reduced already; the last one's counts are kept
+            counts, checks = self._last_counts, self._reducing
+            assert counts is not None
+
+            def finish_rowless(weights: Tensor) -> dict[str, Tensor]:
+                for job in checks:  # the steps' on_block calls: done on the executor's thread
+                    job.result()
+                return self._statistics(sums, steps, counts, weights, start)
+
+            return finish_rowless
         reducing = self._reducing
         half, fill = self._half, self._fill
         rest = self._ring[half][:fill] if fill else None
@@ -415,6 +464,71 @@ class EpochGradStats:
             self.on_block(norms, done)
         sums.table += torch.stack((norms, norms.square(), signed, magnitudes)).sum(dim=1)
         torch.maximum(sums.max, maxes.amax(dim=0), out=sums.max)
+
+    @torch.no_grad()
+    def _step_rowless(self, grads: Sequence[Tensor | None]) -> None:
+        """One step reduced in line from the gradients themselves (before the optimizer step
+        reads them), a chunk at a time through two scratch buffers: per layer the norm, the sums
+        of g and of |g|, the max |g| and the histogram's counts, the same per-step results a
+        ring row gives _reduce (sums within float32 rounding: chunk by chunk; counts and
+        maxes exactly). Costs ~20 op calls per chunk, no allocation the size of a weight."""
+        device = self.device
+        chunk = ROWLESS_CHUNK.get(torch.device(device).type, 1 << 22)
+        n_layers = len(self.sizes)
+        parts = torch.zeros(4, n_layers, device=device)  # norm, sum, sum |g|, max |g|
+        counts = torch.zeros(n_layers, _HIST_SPAN, dtype=torch.long, device=device)
+        by_bincount = torch.device(device).type in ROWLESS_BINCOUNT
+        one = torch.ones(1, dtype=torch.long, device=device)
+        magnitude = self._rowless_buffer("step", torch.float32, chunk)
+        column = self._rowless_buffer("column", torch.long, chunk)
+        for layer, g in enumerate(grads):
+            if g is None:  # no gradient this step: zeros (their own histogram slot)
+                counts[layer, 0] = self.sizes[layer]
+                continue
+            flat = _memory_order(g.detach())
+            norm, total, absolute, top = parts[:, layer].unbind(0)
+            # The layer's norm is the norm of its chunks' norms (one vector_norm of the whole
+            # layer in the ring layouts; float32 squares overflow to inf alike in both).
+            chunk_norms = torch.empty(-(-flat.numel() // chunk), device=device)
+            for j, i in enumerate(range(0, flat.numel(), chunk)):
+                part = flat[i : i + chunk]
+                n = part.numel()
+                if part.dtype != torch.float32:  # fp16/bf16: as float32, as the ring holds it
+                    part = magnitude[:n].copy_(part)
+                torch.linalg.vector_norm(part, out=chunk_norms[j])
+                total += part.sum()
+                mag = torch.abs(part, out=magnitude[:n])
+                absolute += mag.sum()
+                torch.maximum(top, mag.amax(), out=top)  # NaN propagates
+                col = column[:n].copy_(self._bins(mag, out=mag))  # exact integers
+                if by_bincount:
+                    counts[layer] += torch.bincount(col, minlength=_HIST_SPAN)
+                else:
+                    counts[layer].index_add_(0, col, one.expand(n))
+            norm.copy_(torch.linalg.vector_norm(chunk_norms))
+        # The ring's per-step [n, L, K] shape (n = K = 1), then what _reduce does with a block.
+        norms, signed, magnitudes, maxes = (t.view(1, n_layers, 1) for t in parts.unbind(0))
+        norms, signed, magnitudes, maxes = self._combine(norms, signed, magnitudes, maxes)
+        sums = self._sums
+        assert sums is not None, "begin() not called"
+        done = sums.done
+        self._track_divergence(sums, norms, maxes)
+        on_block = self.on_block
+        if on_block is not None:  # it copies the norms to the host: off the training thread
+            job = self._run(lambda: on_block(norms, done))
+            if job is not None:
+                self._reducing.append(job)
+        sums.table += torch.stack((norms, norms.square(), signed, magnitudes)).sum(dim=1)
+        torch.maximum(sums.max, maxes.amax(dim=0), out=sums.max)
+        self._last_counts = counts
+        self._steps += 1
+
+    def _rowless_buffer(self, kind: str, dtype: torch.dtype, size: int) -> Tensor:
+        """A `size`-long scratch tensor for the rowless step (training thread only)."""
+        buf = self._scratch.get(kind)
+        if buf is None or buf.numel() != size:
+            buf = self._scratch[kind] = torch.empty(size, dtype=dtype, device=self.device)
+        return buf
 
     def _combine(
         self, norms: Tensor, signed: Tensor, magnitudes: Tensor, maxes: Tensor
@@ -501,6 +615,8 @@ class EpochGradStats:
         than the rest together: 0.96 -> 0.44 ms for 78k weights on this CPU). Lean: the same
         bins, a layer's chunk at a time, with the layer's slot added as one number."""
         slots = len(self.sizes) * self.members
+        if self.rowless:  # the last step's counts, taken by _step_rowless
+            return self._fold(grads)
         if self.lean:
             wide = torch.zeros(slots, _HIST_SPAN, dtype=torch.long, device=self.device)
             flat = grads.detach().reshape(-1)
@@ -568,17 +684,20 @@ def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:
         # resolved and a constant unit gives exactly 0 (torch's Welford a.std() gives 3e-8 for
         # 128 equal values); ~10x faster on a CPU than torch's reduction over the middle dim,
         # which cost ~20% of a batched ensemble's epoch at K=16.
+        # d is the one scratch tensor of the layer: centred and squared in place, then reused
+        # for the saturation test. A new [K, N, units] tensor per op cost more than the ops
+        # (sigmoid at K=16, 512 inputs: 2.0 ms a layer against 0.45 ms, the same numbers).
         d = a - a[:, :1]
-        spread = (d - d.mean(dim=1, keepdim=True)).square_().mean(dim=1).sqrt_()
-        out["act_std"].append(spread.mean(dim=1))
+        d.sub_(d.mean(dim=1, keepdim=True))
+        out["act_std"].append(d.square_().mean(dim=1).sqrt_().mean(dim=1))
         if kind == "sigmoid":
-            # |a - 0.5| > 0.49 is "below 0.01 or above 0.99" in two passes instead of four.
-            sat = ((a - 0.5).abs_() > SATURATED_HIGH - 0.5).float().mean(dim=(1, 2))
+            # |a - 0.5| > 0.49 is "below 0.01 or above 0.99"; gt_ leaves 1.0 or 0.0 in d.
+            sat = torch.sub(a, 0.5, out=d).abs_().gt_(SATURATED_HIGH - 0.5).mean(dim=(1, 2))
             out["saturated_frac"].append(sat)
             out["dead_frac"].append(nan.expand(a.shape[0]))
         elif kind == "tanh":
             # The same slope as a sigmoid at 0.01/0.99 (tanh' = 4 sigmoid'): |a| > 0.98.
-            sat = (a.abs() > 2 * SATURATED_HIGH - 1).float().mean(dim=(1, 2))
+            sat = torch.abs(a, out=d).gt_(2 * SATURATED_HIGH - 1).mean(dim=(1, 2))
             out["saturated_frac"].append(sat)
             out["dead_frac"].append(nan.expand(a.shape[0]))
         elif kind == "none":

@@ -1,9 +1,9 @@
 """`gradscope worker --ray ADDRESS`: the same workers, as Ray actors placed by a Ray cluster.
 
-The driver (this process) connects to a cluster (or starts a private local one), and keeps
-`--concurrency` actors running, or, with `--max-workers`, as many as there is queued work. Each
-actor wraps one `gradscope.runner.worker.Slot`, the loop a plain worker process runs: it claims
-from the
+The driver (this process) connects to a cluster (`--ray local`: the Ray instance running on
+this machine, else a private one it starts and stops), and keeps `--concurrency` actors
+running, or, with `--max-workers`, as many as there is queued work. Each actor wraps one
+`gradscope.runner.worker.Slot`, the loop a plain worker process runs: it claims from the
 database, trains, heartbeats and recovers lost runs exactly as `gradscope worker` does, so the
 database stays the one source of truth and Ray and plain workers can share a queue. Ray only
 places the actors (by their CPU/GPU resources) and relays their log lines here.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import multiprocessing
 import os
 import secrets
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gradscope.db.engine import make_engine, to_url
@@ -152,8 +154,11 @@ def _unlimited() -> RunBudget:
 
 
 class _Connection:
-    """ray.init for `address`; for "local" a private instance in a private temp dir, shut
-    down (and the dir removed) on close. An already initialised Ray (tests) is reused."""
+    """ray.init for `address`. For "local": a Ray instance already running on this machine
+    when there is one (`running_local_instance`), connected to and left running; else a
+    private instance in a private temp dir, shut down (and the dir removed) on close. An
+    already initialised Ray (tests) is reused. `description` says which, for the driver's
+    first line."""
 
     def __init__(self, ray: Any, address: str, cpus_needed: float) -> None:
         self.ray = ray
@@ -161,49 +166,154 @@ class _Connection:
         self.temp_dir: str | None = None
         self.reaper: subprocess.Popen | None = None
         self.env = _ScopedEnv(reload_ray_config=True)
+        self.description = address
         if ray.is_initialized():
+            self.description = f"{address} (the Ray this process already runs)"
             return
         if address == LOCAL:
-            # Short path: Ray's unix sockets live under it (about 100 characters at most).
-            self.temp_dir = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
-            self.reaper = start_reaper(self.temp_dir)
-            # Inherited by the Ray processes ray.init starts (the actors among them), so set
-            # here, after the reaper started; restored on close.
-            self.env.set(local_instance_env())
-            try:
-                ray.init(
-                    num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)),
-                    include_dashboard=False,
-                    # The driver and actors pass only options and counts through Ray's object
-                    # store; Ray's default reserves 30% of memory in /dev/shm.
-                    object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                    _temp_dir=self.temp_dir,
-                    # Not "Started a local Ray instance.": the driver's own first line says
-                    # so. Ray's warnings and errors still show.
-                    logging_level=logging.WARNING,
-                )
-            except BaseException:
-                self.env.restore()
-                raise
+            running = running_local_instance()
+            if running is not None and self._join(running):
+                self.description = f"local: the Ray instance running at {running}, reused"
+            else:
+                self._start_private(cpus_needed)
+                self.description = "local: a private Ray instance, started for this worker"
         else:
             _check_reachable(address)
             try:
                 ray.init(address=address)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 # Shown as one line by the CLI (e.g. no cluster at that address).
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                raise RuntimeError(f"cannot connect to Ray at {address}: {first}") from exc
+                raise RuntimeError(
+                    f"cannot connect to Ray at {address}: {_first_line(exc)}"
+                ) from exc
         self.owned = True
+
+    def _join(self, address: str) -> bool:
+        """Connect to a running local instance; False (said why) when it refuses us."""
+        try:
+            self.ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            log(f"ray driver: cannot use the Ray instance at {address} ({_first_line(exc)}); "
+                "starting a private one")  # fmt: skip
+            with contextlib.suppress(Exception):
+                self.ray.shutdown()
+            return False
+        return True
+
+    def _start_private(self, cpus_needed: float) -> None:
+        ray = self.ray
+        # Short path: Ray's unix sockets live under it (about 100 characters at most).
+        self.temp_dir = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
+        self.reaper = start_reaper(self.temp_dir)
+        # Inherited by the Ray processes ray.init starts (the actors among them), so set
+        # here, after the reaper started; restored on close.
+        self.env.set(local_instance_env(), unset=("RAY_ADDRESS",))
+        try:
+            ray.init(
+                # What the actors reserve, not every core: Ray starts one worker process per
+                # CPU with the driver (~0.4 s of CPU each), before any actor asks for one.
+                num_cpus=max(1, math.ceil(cpus_needed)),
+                include_dashboard=False,
+                # The driver and actors pass only options and counts through Ray's object
+                # store; Ray's default reserves 30% of memory in /dev/shm.
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                _temp_dir=self.temp_dir,
+                # Not "Started a local Ray instance.": the driver's own first line says
+                # so. Ray's warnings and errors still show.
+                logging_level=logging.WARNING,
+            )
+        except BaseException:
+            self.env.restore()
+            raise
+        _stop_autoscaler_monitor(self.temp_dir)
 
     def close(self) -> None:
         if self.owned:
-            self.ray.shutdown()
+            self.ray.shutdown()  # for a reused instance: disconnects, the instance runs on
         self.env.restore()
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.reaper is not None:  # a clean exit: nothing left for it to clean
             self.reaper.kill()
             self.reaper.wait()
+
+
+def _stop_autoscaler_monitor(temp_dir: str) -> None:
+    """End the private instance's autoscaler monitor, a child of this process: one machine has
+    nothing to autoscale, it takes CPU while the actors start, and on ray.shutdown it holds
+    up the exit a full second (its SIGTERM handler reports to the GCS, stopped before it).
+    Killed, it reports nothing; ray.shutdown then skips it. Linux (/proc) only."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != me:
+                continue
+            cmdline = (stat.parent / "cmdline").read_bytes().decode("utf-8", "replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if "autoscaler/_private/monitor.py" in cmdline and temp_dir in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def running_local_instance() -> str | None:
+    """The address of a Ray instance running on this machine that `--ray local` reuses, or
+    None: RAY_ADDRESS when it names this machine, else the instance the last `ray start
+    --head` here recorded in Ray's address file (where `ray.init()` looks too), when this
+    user wrote that file. Either only if its GCS port answers: a stopped instance leaves its
+    file behind. Another user's instance is never joined: the actors would run as that user,
+    with this worker's database URL."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address in ("", "auto"):
+        address = _recorded_ray_address() or ""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not _names_this_machine(address):
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return address
+    except OSError:
+        return None
+
+
+def _recorded_ray_address() -> str | None:
+    # Ray's default temp dir, as ray._common.utils.get_default_ray_temp_dir finds it.
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    path = os.path.join(base, "ray", "ray_current_cluster")
+    try:
+        if os.stat(path).st_uid != os.getuid():
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _names_this_machine(address: str) -> bool:
+    """Whether "host:port" is on this machine: its host is one this machine can bind to
+    (loopback or one of its own interfaces). Not "auto" or "ray://": those mean clusters."""
+    if "://" in address:
+        return False
+    host = address.rpartition(":")[0].strip("[]")
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
 
 
 def local_instance_env() -> dict[str, str]:
@@ -243,11 +353,14 @@ class _ScopedEnv:
         self.saved: dict[str, str | None] = {}
         self.reload_ray_config = reload_ray_config
 
-    def set(self, values: dict[str, str]) -> None:
+    def set(self, values: dict[str, str], unset: tuple[str, ...] = ()) -> None:
         for key, value in values.items():
             self.saved.setdefault(key, os.environ.get(key))
             os.environ[key] = value
-        if self.reload_ray_config and values:
+        for key in unset:
+            if key in os.environ:
+                self.saved.setdefault(key, os.environ.pop(key))
+        if self.reload_ray_config and (values or unset):
             _reload_ray_config()
 
     def restore(self) -> None:
@@ -330,7 +443,7 @@ def _run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
         # After ray.init: it installs a SIGTERM handler of its own in the driver.
         previous = {sig: signal.signal(sig, lambda _s, _f: stopping.set()) for sig in STOP_SIGNALS}
     try:
-        return _Driver(ray, opts, ray_opts, stopping).run()
+        return _Driver(ray, opts, ray_opts, stopping, connection.description).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -339,18 +452,33 @@ def _run_ray_workers(opts: WorkerOptions, ray_opts: RayOptions) -> int:
 
 class _Driver:
     def __init__(
-        self, ray: Any, opts: WorkerOptions, ray_opts: RayOptions, stopping: threading.Event
+        self,
+        ray: Any,
+        opts: WorkerOptions,
+        ray_opts: RayOptions,
+        stopping: threading.Event,
+        where: str | None = None,
     ) -> None:
         self.ray = ray
+        self.where = where or ray_opts.address
         self.opts = opts
         self.ray_opts = ray_opts
         self.stopping = stopping
         self.elastic = ray_opts.max_workers is not None
         self.slots = ray_opts.max_workers if self.elastic else opts.concurrency
+        placement: dict[str, Any] = {}
+        if ray_opts.address == LOCAL:
+            # "local" means this machine, also when a reused instance has other nodes (they
+            # could not reach a SQLite file here).
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = ray.get_runtime_context().get_node_id()
+            placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         self.actor_class = ray.remote(WorkerActor).options(
             num_cpus=ray_opts.cpus_per_worker,
             num_gpus=ray_opts.gpus_per_worker,
             max_concurrency=2,
+            **placement,
         )
         self.budget = (
             ray.remote(BudgetActor).options(num_cpus=0).remote(opts.max_runs)
@@ -378,10 +506,9 @@ class _Driver:
             self.names[ref] = actor.identity.remote()
 
     def run(self) -> int:
-        where = self.ray_opts.address
         size = f"up to {self.slots}" if self.elastic else f"{self.slots}"
-        log(f"ray driver: {size} worker actors on {where} ({self.ray_opts.cpus_per_worker:g} CPU,"
-            f" {self.ray_opts.gpus_per_worker:g} GPU each)")  # fmt: skip
+        each = f"{self.ray_opts.cpus_per_worker:g} CPU, {self.ray_opts.gpus_per_worker:g} GPU"
+        log(f"ray driver: {size} worker actors on {self.where} ({each} each)")
         self._check_fits()
         if not self.elastic:
             self._start(self.slots)

@@ -170,11 +170,14 @@ def test_the_lean_layout_gives_the_same_statistics(
     """Large models keep one ring row and refill the start weights in place, with the epoch's
     weight norms and histogram taken in chunks: forced on a small model (chunks that cross
     layer boundaries too), every statistic equals the usual layout's and the histograms are
-    identical."""
+    identical; so do the rowless layout's (no ring row: each step reduced in line, as on an
+    accelerator), asked for on the CPU through watch(low_memory=True) at any size."""
     monkeypatch.setattr(gradient_stats, "CHUNK", chunk)
+    monkeypatch.setitem(gradient_stats.ROWLESS_CHUNK, "cpu", chunk)
     ids = {}
-    for lean in (False, True):
-        monkeypatch.setattr(gradient_stats, "LEAN_ABOVE", 0 if lean else 1 << 62)
+    for layout in ("usual", "lean", "rowless"):
+        lean = layout != "usual"
+        monkeypatch.setattr(gradient_stats, "LEAN_ABOVE", 0 if layout == "lean" else 1 << 62)
         torch.manual_seed(3)
         model = nn.Sequential(
             nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 9), nn.ReLU(), nn.Linear(9, 2)
@@ -183,21 +186,23 @@ def test_the_lean_layout_gives_the_same_statistics(
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         x, y = torch.randn(20, 6), torch.randint(0, 2, (20,))
         with gradscope.init(db=str(db_path), quiet=True) as run:
-            run.watch(model, optimizer)
+            run.watch(model, optimizer, low_memory=True if layout == "rowless" else None)
             assert all(g.stats.lean == lean for g in run._watcher.groups)
+            assert all(g.stats.rowless == (layout == "rowless") for g in run._watcher.groups)
             for _epoch in range(2):
                 for _ in range(5):
                     optimizer.zero_grad()
                     nn.functional.cross_entropy(model(x), y).backward()
                     optimizer.step()
                 run.log_epoch()
-        ids[lean] = run.id
-    for field in LAYER_STAT_FIELDS:
-        usual, lean_ = stats(db_path, ids[False], field), stats(db_path, ids[True], field)
-        for a, b in zip(usual, lean_, strict=True):
-            assert a[:2] == b[:2]
-            assert (a[2] is None and b[2] is None) or a[2] == pytest.approx(b[2], rel=1e-5)
-    assert stats(db_path, ids[False], "grad_hist") == stats(db_path, ids[True], "grad_hist")
+        ids[layout] = run.id
+    for layout in ("lean", "rowless"):
+        for field in LAYER_STAT_FIELDS:
+            usual, other = stats(db_path, ids["usual"], field), stats(db_path, ids[layout], field)
+            for a, b in zip(usual, other, strict=True):
+                assert a[:2] == b[:2]
+                assert (a[2] is None and b[2] is None) or a[2] == pytest.approx(b[2], rel=1e-5)
+        assert stats(db_path, ids["usual"], "grad_hist") == stats(db_path, ids[layout], "grad_hist")
 
 
 TRAINING_PROCESS = """
@@ -228,3 +233,13 @@ def test_a_training_process_never_loads_pandas(db_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_low_memory_takes_a_bool_or_none(db_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.init(db=str(db_path), quiet=True) as run:
+        with pytest.raises(ValueError, match="low_memory must be True, False or None"):
+            run.watch(model, optimizer, low_memory="yes")
+        run.watch(model, optimizer, low_memory=False)
+        assert not any(g.stats.rowless for g in run._watcher.groups)

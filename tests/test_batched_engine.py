@@ -501,3 +501,32 @@ def test_activation_spread_matches_float64_and_is_zero_for_a_constant_unit() -> 
     assert activation_stats([constant], ["sigmoid"])["act_std"].tolist() == [[0.0, 0.0]]
     relu = torch.tensor([[[0.0, 1.0, float("nan")], [0.0, 0.0, 0.0]]])
     assert activation_stats([relu], ["relu"])["dead_frac"].tolist() == [[pytest.approx(1 / 3)]]
+
+
+def test_activation_health_matches_the_obvious_computation() -> None:
+    """The in-place passes of activation_stats against each statistic written out plainly."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(3, 64, 5, generator=gen)
+    a[0, :10, 0] = 0.995  # saturated high
+    a[1, :7, 1] = 0.004  # saturated low
+    a[2, 3, 2] = float("nan")  # neither saturated nor dead
+    a[2, :, 3] = 0.0  # a dead ReLU unit
+    signed = a * 2 - 1  # for tanh: |a| > 0.98 near +-1
+    for kind, acts in (("sigmoid", a), ("relu", a - 0.5), ("tanh", signed)):
+        got = activation_stats([acts], [kind])
+        x = acts.double()
+        want_std = x.std(dim=1, unbiased=False).mean(dim=1)
+        assert torch.allclose(got["act_mean"][0].double(), x.mean(dim=(1, 2)), equal_nan=True)
+        assert torch.allclose(got["act_std"][0].double(), want_std, rtol=1e-5, equal_nan=True)
+        if kind == "sigmoid":
+            want = ((x < 0.01) | (x > 0.99)).double().mean(dim=(1, 2))
+        elif kind == "tanh":
+            want = (x.abs() > 0.98).double().mean(dim=(1, 2))
+        else:
+            want = (x.amax(dim=1) <= 0).double().mean(dim=1)
+        field = "dead_frac" if kind == "relu" else "saturated_frac"
+        other = "saturated_frac" if kind == "relu" else "dead_frac"
+        assert torch.allclose(got[field][0].double(), want), kind
+        assert got[other][0].isnan().all(), kind
+    # The inputs are left as they were (the passes work in a scratch tensor).
+    assert a[0, 0, 0] == pytest.approx(0.995) and a[2, 3, 2].isnan()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -254,3 +256,118 @@ def test_histogram_places_every_float32_magnitude() -> None:
             assert got[layer, k, HIST_BINS] == int((part == 0).sum())
             assert got[layer, k, HIST_BINS + 1] == int((~finite).sum())
         offset += n * members
+
+
+def _layout_stats(
+    layout: str,
+    epochs: list[list[list[torch.Tensor | None]]],
+    shapes: list,
+    executor: ThreadPoolExecutor | None = None,
+) -> tuple[list, list]:
+    """Each epoch's statistics from one layout of EpochGradStats fed the same gradients:
+    "usual" (two ring blocks), "lean" (one ring row) or "rowless" (no ring: reduced in line),
+    and each epoch's per-step norms as on_block (the live spike check) was handed them."""
+    sizes = [math.prod(s) for s in shapes]
+    lean = layout != "usual"
+    probe = EpochGradStats(sizes, 1, torch.device("cpu"), executor, shapes=shapes, lean=lean)
+    assert (probe.lean, probe.rowless) == (lean, layout == "rowless")
+    blocks: list[tuple[int, torch.Tensor]] = []
+    caller = threading.get_ident()
+
+    def on_block(norms: torch.Tensor, done: int) -> None:
+        # With an executor, off the training thread (it copies the norms to the host).
+        assert (threading.get_ident() != caller) == (executor is not None)
+        blocks.append((done, norms.clone()))
+
+    probe.on_block = on_block
+    norms_seen = []
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    out = []
+    for steps in epochs:
+        if lean:
+            probe.begin_params(weights)
+        else:
+            probe.begin(torch.cat([w.reshape(-1) for w in weights]))
+        for grads in steps:
+            probe.step(grads)
+        weights = [w + 0.01 * torch.randn(w.shape, generator=gen) for w in weights]
+        if lean:
+            moved = probe.close_params(weights)
+            finish = probe.finish_later()
+            probe.begin(None)
+            got = finish(moved) if executor is None else executor.submit(finish, moved).result()
+        else:
+            got = probe.finish(torch.cat([w.reshape(-1) for w in weights]))
+        out.append({k: v.clone() for k, v in got.items()})
+        # Blocks come in order, each after `done` steps of its epoch.
+        assert [done for done, _ in blocks] == list(
+            itertools.accumulate([0] + [len(n) for _, n in blocks[:-1]])
+        )
+        norms_seen.append(torch.cat([n for _, n in blocks]))
+        blocks.clear()
+    return out, norms_seen
+
+
+@pytest.mark.parametrize(("chunk", "counting"), [(5, "bincount"), (1 << 16, "index_add")])
+def test_rowless_steps_give_the_ring_layouts_statistics(
+    monkeypatch: pytest.MonkeyPatch, chunk: int, counting: str
+) -> None:
+    """The rowless layout (each step reduced in line, chunk by chunk, no ring row) against the
+    usual and the lean layouts, fed the same hostile gradients: zeros, a missing gradient,
+    values whose squares overflow float32, a subnormal, bf16, a channels_last
+    gradient, then an epoch that diverges (inf, then NaN) part-way. Sums agree to float32
+    rounding; maxima, histograms and the moment of divergence exactly. Counted by bincount
+    (CPUs) and by index_add_ (accelerators: no host sync)."""
+    if counting == "index_add":
+        monkeypatch.setattr(probes, "ROWLESS_BINCOUNT", set())
+    monkeypatch.setitem(probes.ROWLESS_CHUNK, "cpu", chunk)
+    monkeypatch.setattr(probes, "CHUNK", chunk)
+    shapes = [[6, 3, 2, 2], [9, 11], [4, 9]]
+    gen = torch.Generator().manual_seed(0)
+
+    def step(scale: float, kind: str = "") -> list[torch.Tensor | None]:
+        grads: list[torch.Tensor | None] = [torch.randn(s, generator=gen) * scale for s in shapes]
+        conv = grads[0]
+        assert conv is not None
+        grads[0] = conv.contiguous(memory_format=torch.channels_last)  # strided, dense
+        if kind == "huge":
+            grads[1][0, :4] = torch.tensor([3e37, -1e20, 1e-40, 0.0])  # type: ignore[index]
+        if kind == "missing":
+            grads[2] = None
+        if kind == "bf16":
+            grads[1] = grads[1].to(torch.bfloat16)  # type: ignore[union-attr]
+        if kind in ("inf", "nan"):
+            grads[1][2, 3] = math.inf if kind == "inf" else math.nan  # type: ignore[index]
+        return grads
+
+    epochs = [
+        [step(1.0), step(1e-3, "huge"), step(1e-6, "missing")],
+        [step(10.0, "bf16"), step(1.0)],
+        [step(1.0), step(1.0, "inf"), step(1.0), step(1.0, "nan")],
+    ]
+    usual, usual_norms = _layout_stats("usual", epochs, shapes)
+    executor = ThreadPoolExecutor(max_workers=1)  # the rowless on_block calls go to it
+    try:
+        results = {}
+        for layout in ("lean", "rowless"):
+            monkeypatch.setattr(probes, "ROWLESS_ON_CPU", layout == "rowless")
+            results[layout] = _layout_stats(layout, epochs, shapes, executor)
+    finally:
+        executor.shutdown()
+    for layout, (got, norms) in results.items():
+        for want_norms, have_norms in zip(usual_norms, norms, strict=True):
+            assert torch.allclose(want_norms, have_norms, rtol=1e-5, atol=0.0, equal_nan=True)
+        for epoch, (want, have) in enumerate(zip(usual, got, strict=True)):
+            assert want.keys() == have.keys()
+            for key in want:
+                a, b = want[key].double(), have[key].double()
+                where = f"{layout}, epoch {epoch + 1}, {key}"
+                if key in ("grad_hist", "grad_max_abs", "first_nonfinite_step"):
+                    assert torch.equal(a.nan_to_num(-1.0), b.nan_to_num(-1.0)), where
+                else:
+                    assert torch.equal(a.isnan(), b.isnan()), where
+                    assert torch.allclose(a, b, rtol=1e-5, atol=0.0, equal_nan=True), where
+    # The hostile values reached the statistics.
+    assert float(usual[0]["grad_max_abs"][1, 0]) == float(torch.tensor(3e37))
+    assert float(usual[2]["first_nonfinite_step"][0, 0]) == 2.0

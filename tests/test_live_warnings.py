@@ -23,6 +23,7 @@ from gradscope.db import frames
 from gradscope.db.engine import make_engine
 from gradscope.db.queries import run_document
 from gradscope.db.warnings import add_warnings, warning_summary
+from gradscope.vocab.warning_kinds import WARNING_KINDS
 
 
 def spike(step: int, layer: int, factor: float, kind: str = "spike") -> dict[str, object]:
@@ -132,7 +133,32 @@ PROBES = {
 }
 
 
-def custom_case(profile: str, probe: str, pred_std: float, spike_max: float, dead: float):  # noqa: ANN201
+# Live warnings a custom run may hold: spikes below and above SPIKE_EXPLODE (the small one
+# foretells a divergence when the run diverged), and a growth warning after the first
+# non-finite gradient (it foretold nothing). A growth warning before it: the real-database test
+# below.
+WARNED = {
+    "none": [],
+    "small spike": [spike(20, 1, 50.0)],
+    "big spike": [spike(20, 1, SPIKE_EXPLODE * 3)],
+    "NaN, then growth": [spike(20, 1, math.nan, "nonfinite"), spike(25, 1, 12.0, "growth")],
+}
+
+
+def summary_of(run_id: str, rows: list[dict]) -> dict[str, object]:
+    """gradscope.db.warnings.warning_summary's columns the badge reads, computed directly."""
+    trend = [r["step"] for r in rows if r["kind"] in ("spike", "growth")]
+    nonfinite = [r["step"] for r in rows if r["kind"] == "nonfinite"]
+    spikes = [r["factor"] for r in rows if r["kind"] == "spike"]
+    return {
+        "run_id": run_id,
+        "spike_max": max(spikes, default=math.nan),
+        "first_warned_step": min(trend, default=math.nan),
+        "nonfinite_step": min(nonfinite, default=math.nan),
+    }
+
+
+def custom_case(profile: str, probe: str, pred_std: float, warned: str, dead: float):  # noqa: ANN201
     norms = PROFILES[profile]
     last = (0.3, 0.3, 0.5) if profile == "recovering" else norms
     layers = pd.DataFrame(
@@ -149,23 +175,21 @@ def custom_case(profile: str, probe: str, pred_std: float, spike_max: float, dea
     facts["backward_order"] = [1, 2, 0] if profile == "hidden" else [2, 1, 0]
     if PROBES[probe] is not None:
         facts["probe"] = PROBES[probe]
-    warned = pd.DataFrame(
-        [spike(20, 1, spike_max)] if spike_max else [],
+    rows = pd.DataFrame(
+        WARNED[warned],
         columns=["kind", "epoch", "step", "layer", "value", "baseline", "factor", "message"],
     )
-    return layers, epochs, facts, warned
+    return layers, epochs, facts, rows
 
 
 @pytest.mark.slow
 def test_badges_agree_with_diagnose_on_custom_runs_with_facts_and_warnings() -> None:
-    grid = itertools.product(
-        PROFILES, PROBES, (0.2, 1e-5), (0.0, 50.0, SPIKE_EXPLODE * 3), (0.0, 0.8)
-    )
+    grid = itertools.product(PROFILES, PROBES, (0.2, 1e-5), WARNED, (0.0, 0.8))
     runs, all_layers, last_epochs, all_facts, summaries, expected = [], [], [], {}, [], {}
-    for n, (profile, probe, pred_std, spike_max, dead) in enumerate(grid):
+    for n, (profile, probe, pred_std, warned_set, dead) in enumerate(grid):
         for status in ("completed", "running", "diverged" if n % 3 == 0 else "failed"):
             run_id = f"r{n}-{status}"
-            layers, epochs, facts, warned = custom_case(profile, probe, pred_std, spike_max, dead)
+            layers, epochs, facts, warned = custom_case(profile, probe, pred_std, warned_set, dead)
             found = diagnose(
                 epochs,
                 layers,
@@ -180,8 +204,8 @@ def test_badges_agree_with_diagnose_on_custom_runs_with_facts_and_warnings() -> 
             all_layers.append(layers.assign(run_id=run_id))
             last_epochs.append(epochs.assign(run_id=run_id))
             all_facts[run_id] = facts
-            if spike_max:
-                summaries.append({"run_id": run_id, "spike_max": spike_max})
+            if WARNED[warned_set]:
+                summaries.append(summary_of(run_id, WARNED[warned_set]))
     fast = badges(
         pd.DataFrame(runs),
         pd.concat(all_layers, ignore_index=True),
@@ -228,12 +252,16 @@ def test_runs_table_badges_equal_show_on_a_real_database(tmp_path: Path) -> None
                 run.log_epoch(train_loss=loss.detach())
         ids.append(run.id)
     add_warnings(engine, ids[0], [spike(5, 1, SPIKE_EXPLODE * 2)])
+    # A growth warning before the first non-finite gradient foretold it: exploding too.
+    add_warnings(engine, ids[2], [spike(3, 0, 12.0, "growth"), spike(7, 0, math.nan, "nonfinite")])
     ends = frames.run_ends(engine)
-    assert list(warning_summary(engine)["run_id"]) == [ids[0]]
+    summary = warning_summary(engine).set_index("run_id")
+    assert sorted(summary.index) == sorted([ids[0], ids[2]])
+    assert summary.loc[ids[2], ["first_warned_step", "nonfinite_step"]].tolist() == [3.0, 7.0]
     fast = badges(frames.runs(engine), ends.layers, ends.epochs, ends.warnings, ends.facts)
     for run_id in fast.index:
         assert fast[run_id] == badge(run_diagnosis(run_document(engine, run_id))), run_id
-    assert fast[ids[0]] == "exploding"
+    assert fast[ids[0]] == "exploding" and fast[ids[2]] == "exploding"
     engine.dispose()
 
 
@@ -322,3 +350,14 @@ def test_batched_members_warn_exactly_as_their_solo_runs_do() -> None:
         for col in ("value", "baseline", "factor"):
             assert np.allclose(got[col], want[col], rtol=1e-4, equal_nan=True), col
     assert together[0].warned and together[1].warned == []
+
+
+@pytest.mark.parametrize("kind", WARNING_KINDS)
+def test_a_shared_run_may_carry_every_kind_of_warning(kind: str) -> None:
+    """The share validator takes each kind the live checks write (it once refused "growth")."""
+    from gradscope.db.share.validate import _check_warning
+
+    row = {"kind": kind, "epoch": 1, "step": 3, "layer": 0, "message": "m"}
+    _check_warning(row, epochs=2, depth=1)
+    with pytest.raises(ValueError, match="is not one of"):
+        _check_warning(row | {"kind": "shrink"}, epochs=2, depth=1)

@@ -29,6 +29,7 @@ from gradscope.db.share.export import export_runs
 from gradscope.db.share.importing import import_file
 from gradscope.db.share.table_files import export_tables
 from gradscope.db.transactions import orm, transaction
+from gradscope.vocab.fields import MAX_METRIC_NAME_CHARS
 from gradscope.vocab.metrics import MetricError, metric_panels, split_of
 
 
@@ -214,6 +215,30 @@ def test_import_refuses_a_forged_metric_row(
     with pytest.raises(ImportRefused, match=reason) as refused:
         import_file(make_engine(str(tmp_path / "t.db")), tmp_path / "out.db")
     assert refused.value.problems[0].startswith("run_metrics")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x" * (MAX_METRIC_NAME_CHARS + 1), "a\u202eb", "bell\x07", " lr", "lr "],
+    ids=["too-long", "bidi", "control", "leading-space", "trailing-space"],
+)
+def test_a_name_run_log_refuses_is_refused_on_import(
+    db_path: Path, tmp_path: Path, name: str
+) -> None:
+    """One definition of a valid name (gradscope.vocab.metrics): what run.log refuses, forged
+    into a shared file by hand, is refused on import as well, naming the table and the run."""
+    with gradscope.init(db=str(db_path), quiet=True) as run:
+        with pytest.raises(MetricError):
+            run.log({name: 1.0})
+        _train(run)
+    export_runs(make_engine(str(db_path)), [run.id], tmp_path / "out.db")
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        conn.execute("UPDATE run_metrics SET name = ? WHERE name = 'lr'", (name,))
+    with pytest.raises(ImportRefused) as refused:
+        import_file(make_engine(str(tmp_path / "t.db")), tmp_path / "out.db")
+    assert refused.value.problems[0].startswith(f"run_metrics (run {run.id[:8]}")
+    assert "name" in refused.value.problems[0]
+    assert _metrics(str(tmp_path / "t.db"), run.id) == []  # nothing of the run was imported
 
 
 @pytest.mark.parametrize(("extra_names", "refused"), [(0, False), (1, True)])

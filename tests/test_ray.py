@@ -29,7 +29,11 @@ from gradscope.vocab.sweep import plan_sweep
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e .[ray]")
 
-from gradscope.runner.ray_workers import RayOptions, run_ray_workers  # noqa: E402
+from gradscope.runner.ray_workers import (  # noqa: E402
+    RayOptions,
+    run_ray_workers,
+    running_local_instance,
+)
 from gradscope.runner.worker import WorkerOptions  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -243,7 +247,9 @@ def test_plain_worker_and_ray_driver_share_a_postgres_queue(ray_local: None, pg_
 
 
 @pytest.mark.postgres
-def test_driver_against_a_ray_start_head_and_sigterm(pg_url: str) -> None:
+def test_driver_against_a_ray_start_head_and_sigterm(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="gs-rh-", dir="/tmp")
     ray_bin = Path(sys.executable).with_name("ray")
@@ -278,6 +284,15 @@ def test_driver_against_a_ray_start_head_and_sigterm(pg_url: str) -> None:
             driver.kill()
         assert get_run(engine, endless).status == "interrupted"
         assert "worker finished after 4 runs" in driver.output
+        # `--ray local` reuses the instance running on this machine (issue 25, item 2): no
+        # private one to start and stop; the head runs on after the driver leaves.
+        [again] = queue_runs(engine, 1, seed=9)
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        local = WorkerProcess(pg_url, "--ray", "local", "--exit-when-idle", "--poll", "0.1")
+        assert local.wait(timeout=180) == 0, local.output
+        assert get_run(engine, again).status == "completed"
+        assert f"on local: the Ray instance running at 127.0.0.1:{port}, reused" in local.output
+        assert running_local_instance() == f"127.0.0.1:{port}"  # still answering
         engine.dispose()
     finally:
         _stop_group(head.pid)

@@ -20,7 +20,14 @@ from gradscope.dashboard import (
 from gradscope.dashboard.colors import Colors, colors_for, group_colors, varying_field
 from gradscope.dashboard.metric_section import metrics_section
 from gradscope.dashboard.seeds import SeedGroups
-from gradscope.dashboard.tables import MISSING, config_diff, escape_markdown, number_text
+from gradscope.dashboard.tables import (
+    MISSING,
+    config_diff,
+    escape_markdown,
+    number_text,
+    numbers_only,
+    per_run_numbers,
+)
 from gradscope.vocab.custom import display_config
 from gradscope.vocab.fields import (
     ACTIVE_STATUSES,
@@ -42,10 +49,13 @@ SEVERITY_COLOR = {"bad": "red", "warn": "orange", "ok": "green"}
 
 
 def pick_runs() -> list[str]:
-    runs = db_gateway.runs()
-    known = set(runs["id"])
-    chosen = [i for i in state.selected_runs() if i in known]
-    names = db_gateway.labels(runs["id"].head(MAX_OPTIONS).tolist() + chosen)
+    # The newest runs and the chosen ones, read by themselves: never the list of every run.
+    newest = db_gateway.newest_runs(MAX_OPTIONS)
+    chosen_runs = db_gateway.runs_of(state.selected_runs())
+    chosen = list(chosen_runs["id"])
+    extra = chosen_runs[~chosen_runs["id"].isin(newest["id"])]
+    runs = pd.concat([newest, extra]) if not extra.empty else newest
+    names = db_gateway.labels_of(runs)
     state.bound_widget_value("compare_runs", chosen)
     # A run deleted meanwhile must leave the widget's state before the widget is drawn.
     st.session_state["compare_runs"] = [i for i in st.session_state["compare_runs"] if i in names]
@@ -64,7 +74,12 @@ def pick_runs() -> list[str]:
     if picked:
         with st.expander("Names, notes and tags", icon=":material/edit_note:"):
             run_id = st.selectbox("Run", picked, key="compare_annotate_run", format_func=names.get)
-            annotations.annotate_form(run_id, runs.set_index("id"), key="compare_annotate")
+            annotations.annotate_form(
+                run_id,
+                runs.set_index("id"),
+                key="compare_annotate",
+                known_tags=db_gateway.known_tags(),
+            )
     return picked
 
 
@@ -164,12 +179,11 @@ def diagnose_all(
 ) -> dict[str, list[Finding]]:
     """Each chosen run's findings, most serious first: the same diagnosis as `gradscope show`
     (its dataset's chance level, its model facts, its live warnings, a failed run's error)."""
-    by_run_e = dict(tuple(epochs.groupby("run_id", sort=False)))
-    by_run_l = dict(tuple(layers.groupby("run_id", sort=False)))
+    by_run_e, by_run_l = per_run_numbers(epochs), per_run_numbers(layers)
     warned = warnings if warnings is not None else db_gateway.warnings(sel)
     by_run_w = dict(tuple(warned.groupby("run_id", sort=False)))
-    errors = db_gateway.runs().set_index("id")["error"]
-    empty_e, empty_l = epochs.iloc[:0], layers.iloc[:0]
+    errors = db_gateway.runs_of(list(sel.label_map)).set_index("id")["error"]
+    empty_e, empty_l = (numbers_only(f).iloc[:0] for f in (epochs, layers))
     return {
         run.id: diagnose(
             by_run_e.get(run.id, empty_e),
@@ -249,7 +263,10 @@ def diagnosis_table(
                 "finding": [top.severity],
                 "summary": top.title,
                 "also": ", ".join(f.title for f in findings[1:]),
-                "warnings": "; ".join(warning_lines(by_run_w.get(run.id, warned.iloc[:0]))[:1]),
+                # Runs without warnings skip warning_lines (a few ms each on an empty frame).
+                "warnings": "; ".join(warning_lines(by_run_w[run.id])[:1])
+                if run.id in by_run_w
+                else "",
                 "test acc": run.final_test_acc,
             }
         )
@@ -589,7 +606,7 @@ def compare(run_ids: list[str]) -> None:
 
 
 st.title("Compare")
-if db_gateway.runs().empty:
+if not db_gateway.has_runs():
     st.info("No runs yet: start some on the Runs page.")
     st.page_link("app_pages/runs.py", label="Go to Runs", icon=":material/table_rows:")
     st.stop()

@@ -304,7 +304,7 @@ def runs_view() -> None:
     if set(chosen) != selected:
         state.select_runs(chosen)
     st.caption(
-        f"{len(view)} of {len(table)} runs. Tick rows to compare, cancel or delete them; "
+        f"{len(view):,} of {len(table):,} runs. Tick rows to compare, cancel or delete them; "
         "Sort by orders every page, a column header sorts the page shown."
     )
     actions(chosen, table, hidden=len(hidden), elsewhere=len(elsewhere))

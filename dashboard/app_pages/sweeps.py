@@ -9,12 +9,11 @@ import streamlit as st
 
 from gradscope.dashboard import charts, db_gateway, state, view
 from gradscope.dashboard.tables import MISSING, escape_markdown
-from gradscope.vocab.fields import FINISHED_STATUSES
 
 st.title("Sweeps")
-runs = db_gateway.runs()
-in_sweeps = runs[runs["sweep_id"].notna()]
-if in_sweeps.empty:
+# The sweeps and the chosen one's runs only: never the list of every run (100,000 at scale).
+sweeps = db_gateway.sweeps().set_index("sweep_id")
+if sweeps.empty:
     st.info(
         "No sweeps yet. Queue one with the sidebar's **New sweep** form, or in a terminal: "
         "`gradscope sweep --arch sigmoid,relu,resnet --depth 2,5,10,20 --seed 0,1,2`.",
@@ -22,17 +21,6 @@ if in_sweeps.empty:
     )
     st.stop()
 
-sweeps = (
-    in_sweeps.assign(finished=in_sweeps["status"].isin(FINISHED_STATUSES))
-    .groupby("sweep_id", sort=False)
-    .agg(
-        name=("sweep_name", "first"),
-        runs=("id", "size"),
-        finished=("finished", "sum"),
-        created=("created_at", "min"),
-    )
-    .sort_values("created", ascending=False)
-)
 ids = list(sweeps.index)
 state.bound_widget_value("sweep_pick", state.choice_param(state.SWEEP, ids, ids[0]))
 sweep_id = st.selectbox(
@@ -49,8 +37,8 @@ info = sweeps.loc[sweep_id]
 st.caption(f"{info['finished']} of {info['runs']} runs finished.")
 
 summary = db_gateway.sweep_summary(sweep_id)
-configs = db_gateway.selection(list(summary["run_id"])).runs.set_index("id")["config"]
-settings = pd.DataFrame(list(configs.reindex(summary["run_id"])), index=summary.index)
+configs = db_gateway.sweep_configs(sweep_id)
+settings = pd.DataFrame([configs.get(i, {}) for i in summary["run_id"]], index=summary.index)
 settings = settings.drop(columns=[c for c in ("name",) if c in settings])
 distinct = {c: settings[c].astype(str).nunique() for c in settings.columns}
 swept = [c for c in settings.columns if distinct[c] > 1 and c != "seed"]

@@ -88,6 +88,7 @@ def run_tables(engine: Engine, run_ids: Sequence[str]) -> dict[str, pd.DataFrame
             [as_utc(v) for v in run_frame[column]], utc=True, errors="coerce"
         )
     run_frame = _floats(run_frame, FINAL_COLUMNS).sort_values(["created_at", "id"])
+    run_frame["seed"] = run_frame["seed"].astype("Int64")  # NULL: an API run given no seed
     names = dict(zip(run_frame["id"], run_frame["name"], strict=True))
     epoch_frame = pd.DataFrame(epochs, columns=["run_id", "epoch", *EPOCH_COLUMNS])
     # first_nonfinite_step goes through float too: an integer column cannot hold the NaNs.

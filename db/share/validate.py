@@ -45,6 +45,7 @@ from gradscope.vocab.config import ConfigError, make_config
 from gradscope.vocab.custom import CUSTOM_ACTIVATIONS, CUSTOM_ARCH, custom_config_problem
 from gradscope.vocab.fields import (
     HIST_SLOTS,
+    PEAK_GRAD_FIELDS,
     RUN_CONFIG_COLUMNS,
     RUN_STATUSES,
 )
@@ -57,6 +58,7 @@ from gradscope.vocab.stored_values import (
     text_problem,
 )
 from gradscope.vocab.text import has_unsafe_chars
+from gradscope.vocab.warning_kinds import WARNING_KINDS
 
 MAX_TEXT_CHARS = 10_000  # unbounded Text columns (a run's error); finish_run keeps 10,000
 MAX_CONFIG_CHARS = 20_000
@@ -251,7 +253,7 @@ def _check_custom_run(row: dict[str, Any]) -> None:
     if problem:
         raise _Bad(f"config is not a valid custom run's configuration: {_cut(problem, 300)}")
     for column in ("depth", "width", "seed"):
-        if row[column] < 0:
+        if row[column] is not None and row[column] < 0:  # seed None: given no seed
             raise _Bad(f"{column} {row[column]} is negative")
 
 
@@ -279,9 +281,6 @@ def _check_layer(row: dict[str, Any], custom: bool) -> None:
     for key in ("fan_in", "fan_out", "n_params"):
         if row[key] < (0 if custom or key == "n_params" else 1):
             raise _Bad(f"{key} {row[key]} is out of range")
-
-
-WARNING_KINDS = ("spike", "nonfinite")
 
 
 def _check_warning(row: dict[str, Any], epochs: int, depth: int) -> None:
@@ -345,6 +344,13 @@ def _check_child(table: str, row: dict[str, Any], run: dict[str, Any]) -> None:
             raise _Bad(f"n {n} is outside 0..{MAX_POINTS:,}")
         if len(row["points"]) != n * 12:
             raise _Bad(f"points is {len(row['points'])} bytes; {n} points take {n * 12}")
+
+
+def _raise_peak(run: dict[str, Any], row: dict[str, Any]) -> None:
+    """The run's peak_grad as the writer keeps it (EpochRecord.peak_grad), one row at a time."""
+    values = [abs(v) for k in PEAK_GRAD_FIELDS if (v := row.get(k)) is not None and v == v]
+    if values and (run["peak_grad"] is None or max(values) > run["peak_grad"]):
+        run["peak_grad"] = max(values)
 
 
 def _check_metric(row: dict[str, Any], epochs: int) -> None:
@@ -413,6 +419,8 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
                         raise _Bad("appears twice (duplicate key)")
                     if name == "runs":
                         seen.add(key)
+                        # Never the file's word: recomputed from its layer_stats rows below.
+                        row["peak_grad"] = None
                         _check_run(row)
                         bad_runs.discard(raw_row["id"])
                         runs[row["id"]] = SourceRun.bare(row)
@@ -438,6 +446,8 @@ def read_rows(conn: sqlite3.Connection, source: str) -> list[SourceRun]:
                             bad_runs.add(row["run_id"])
                             raise _Bad(problem)
                     _check_child(name, row, parent.run)
+                    if name == "layer_stats":
+                        _raise_peak(parent.run, row)
                 except _Bad as exc:
                     problems.add(f"{label}: {exc}")
     except SQLITE_ERRORS as exc:

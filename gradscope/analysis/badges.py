@@ -6,8 +6,9 @@ warnings (the largest spike factor) and, for custom runs, the model facts diagno
 backward order, the probe's outcome), with the thresholds and the severity order of
 `gradscope.analysis.diagnosis`: calling `diagnose()` once per run costs milliseconds each, too
 slow for tables of thousands of runs. Tests check that both agree on built-in and custom runs.
-One difference is left: a gradient statistic over 1e4 in a middle epoch only (not the first or
-the last, and with no live spike warning) shows in the full diagnosis, not in the badge.
+A gradient statistic over the limit in a middle epoch (not the first or the last) reaches the
+badge through the run's peak gradient (runs.peak_grad, kept as epochs are written), the same
+number diagnose() reads from all of the run's layers.
 Pandas and numpy only: the CLI and the dashboard share it.
 """
 
@@ -32,6 +33,7 @@ from gradscope.analysis.diagnosis import (
     SPIKE_EXPLODE,
     VANISH_FACTOR,
     dataset_chance,
+    time_vanishing,
 )
 from gradscope.vocab.custom import CUSTOM_ARCH
 
@@ -136,6 +138,7 @@ def badges(
     epochs: pd.DataFrame,
     warnings: pd.DataFrame | None = None,
     facts: dict[str, dict] | None = None,
+    peaks: pd.Series | None = None,
 ) -> pd.Series:
     """The badge of every run in `runs` (columns id, status; arch and dataset when known),
     indexed by run id: `diagnosis.badge(diagnose(...))` of each run, from the same facts.
@@ -143,9 +146,13 @@ def badges(
     `layers`: run_id, epoch, layer, grad_norm, grad_max_abs, act_std, saturated_frac,
     dead_frac (and finite_max_abs, when recorded) rows of each run's first and last epochs;
     `epochs`: each run's last-epoch row (run_id, train_loss, test_loss, test_acc, pred_std);
-    `warnings`: per run, the largest live spike factor (`spike_max`, gradscope.db.warnings.
-    warning_summary); `facts`: custom runs' model facts by run id (backward order, the probe's
-    accuracy, chance level, top class share, R^2). Runs with no rows at all are "empty".
+    `warnings`: per run, the largest live spike factor (`spike_max`), the first spike or growth
+    warning's step (`first_warned_step`) and the first non-finite one's (`nonfinite_step`)
+    (gradscope.db.warnings.warning_summary); `facts`: custom runs' model facts by run id
+    (backward order, the probe's accuracy, chance level, top class share, R^2); `peaks`:
+    runs.peak_grad by run id (the largest gradient statistic of any epoch, middle ones too:
+    gradscope.db.frames.RunEnds.peaks), the number diagnose() reads from all of a run's layers
+    (`diagnosis.peak_gradient`). Runs with no rows at all are "empty".
     """
     index = pd.Index(runs["id"], name="run_id")
     facts = facts or {}
@@ -190,8 +197,12 @@ def badges(
         limit = 1 / VANISH_FACTOR
         first_low, last_low = r_first.le(limit), r_last.le(limit)  # NaN compares False
         recovered = first_low & r_last.notna() & ~last_low & ~stuck
-        flags["vanishing"] = (first_low | last_low) & ~recovered
-        flags[RECOVERED_BADGE] = recovered
+        # Vanishing through time (a custom run's probe measured per time step) is "bad"
+        # whatever the layers say, as diagnosis._through_time tells it.
+        in_time = pd.Series([time_vanishing(facts.get(i)) is not None for i in index], index=index)
+        in_time &= _any_by_run(pd.Series(True, index=layers.index), layers["run_id"], index)
+        flags["vanishing"] = ((first_low | last_low) & ~recovered) | in_time
+        flags[RECOVERED_BADGE] = recovered & ~in_time
         huge = layers[["grad_norm", "grad_max_abs"]].abs().gt(HUGE_GRAD).any(axis=1)
         if "finite_max_abs" in layers.columns:  # grew past the limit before turning NaN
             huge |= layers["finite_max_abs"].gt(HUGE_GRAD)
@@ -202,11 +213,28 @@ def badges(
             huge, layers["run_id"], index
         )
         flags["exploding"] |= _grew(layers, index)
+        if peaks is not None and not peaks.empty:
+            # A value over the limit in any epoch (inf counts; NaN is never kept as a peak).
+            huge_peak = peaks.astype(float).gt(HUGE_GRAD).reindex(index, fill_value=False)
+            flags["exploding"] |= huge_peak.astype(bool) & _any_by_run(
+                pd.Series(True, index=layers.index), layers["run_id"], index
+            )
         if warnings is not None and not warnings.empty:
             # A live spike far above the layer's own level (diagnosis._own_level_parts), for
             # runs with recorded layers, as diagnose() reads warnings beside its layers.
             peak = warnings.set_index("run_id")["spike_max"].astype(float)
             spiked = peak.ge(SPIKE_EXPLODE).reindex(index, fill_value=False).astype(bool)
+            # ... or a spike/growth warning before the divergence (warned_before_divergence).
+            if "first_warned_step" in warnings.columns:
+                by_run = warnings.set_index("run_id")
+                first = by_run["first_warned_step"].astype(float).reindex(index)
+                nan_at = by_run["nonfinite_step"].astype(float).reindex(index)
+                run_status = runs.set_index("id")["status"].reindex(index)
+                foretold = first.notna() & (
+                    (nan_at.notna() & first.lt(nan_at))
+                    | (nan_at.isna() & run_status.eq("diverged"))
+                )
+                spiked |= foretold.astype(bool)
             flags["exploding"] |= spiked & _any_by_run(
                 pd.Series(True, index=layers.index), layers["run_id"], index
             )

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from gradscope.vocab.custom import CUSTOM_ARCH, is_custom
+from gradscope.vocab.fields import PEAK_GRAD_FIELDS
+from gradscope.vocab.warning_kinds import NONFINITE, SPIKE, TREND_WARNINGS
 
 # --- Thresholds (one place, so the rules, the runs table's badges and the captions agree) -------
 VANISH_FACTOR = 1e3  # first layer's grad norm at least this many times below the output's
@@ -45,6 +47,9 @@ ACT_STD_FLOOR = 1e-6
 _EDGE = 1e-9  # keeps the chance edge inclusive despite rounding (0.55 - 0.5 > 0.05)
 # Judged against the run's own baseline (any model, any scale of gradient):
 SPIKE_EXPLODE = 100.0  # a live spike this many times the layer's running level is exploding
+# Live warnings that foretell an explosion (TREND_WARNINGS): any of them before the first
+# non-finite gradient (or in a run that diverged without one) counts as exploding, whatever its
+# factor.
 GROWTH_EXPLODE = 100.0  # a layer's grad norm (or max |g| before a NaN) this many times its early
 COLLAPSE_TOP_FRAC = 0.99  # one predicted class for at least this share of the probe inputs
 R2_LEARNT = 0.05  # regression: R^2 on the probe at most this is no better than the mean
@@ -199,6 +204,8 @@ def fit_cures(cures: tuple[str, ...], facts: dict[str, Any] | None) -> tuple[str
             continue
         if cure == _HE and init == "he":
             continue
+        if cure == _GATED and facts.get("gated_recurrent"):
+            continue
         if cure == _INIT and init in ("he", "xavier"):
             continue
         if cure == _CUSTOM_SKIP:
@@ -210,6 +217,69 @@ def fit_cures(cures: tuple[str, ...], facts: dict[str, Any] | None) -> tuple[str
                 cure = _ADD_RESIDUAL
         kept.append(cure)
     return tuple(kept)
+
+
+_GATED = (
+    "Use gated recurrent layers (LSTM or GRU): their cell state carries the gradient across "
+    "time steps."
+)
+_SHORTER = (
+    "Shorten the sequences the gradient must cross (truncated backpropagation, chunks), or "
+    "add attention or skip connections over time."
+)
+_ORTHOGONAL = (
+    "Initialise the recurrent weights orthogonally (nn.init.orthogonal_ on weight_hh), so a "
+    "step through time keeps the gradient's size at first."
+)
+
+
+def time_vanishing(facts: dict[str, Any] | None) -> float | None:
+    """A custom run measured through time (`watch(..., time_dim=...)`, facts "time_gradients"):
+    log10 of the gradient reaching the probe's first time step over the one reaching its last,
+    at the latest measured epoch, when that is at most -log10(VANISH_FACTOR) (-inf where the
+    first step's gradient is exactly 0); else None. diagnose() and the badges both read it."""
+    kept = (facts or {}).get("time_gradients")
+    if not isinstance(kept, dict):
+        return None
+    if kept.get("first_zero") is True:
+        return -math.inf
+    ratio = kept.get("log10_first_over_last")
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio):
+        return None
+    return float(ratio) if ratio <= -math.log10(VANISH_FACTOR) else None
+
+
+def _through_time(van: Finding | None, facts: dict[str, Any]) -> Finding | None:
+    """`van` (the layers' vanishing finding, if any) with the vanishing through time told too:
+    always "bad", since the recurrent layers cannot learn from early inputs."""
+    log10 = time_vanishing(facts)
+    if log10 is None:
+        return van
+    kept = facts["time_gradients"]
+    steps, epoch = kept.get("steps"), kept.get("epoch")
+    size = "exactly 0 (it underflowed float32)" if log10 == -math.inf else _pow10(log10)
+    detail = (
+        f"At epoch {epoch} the gradient of the loss reaching the first of the probe's {steps} "
+        f"time steps is {size} times the one reaching the last (limit "
+        f"{_pow10(-math.log10(VANISH_FACTOR))}): the model cannot learn from early inputs. "
+        "Weight gradients cannot show this: a recurrent weight's gradient is a sum over the "
+        "time steps, dominated by the late ones."
+    )
+    evidence = {"time_ratio_log10": log10, "time_steps": steps, "time_epoch": epoch}
+    cures = (_GATED, _SHORTER, _ORTHOGONAL)
+    if van is None:
+        evidence["vanish_factor"] = VANISH_FACTOR
+        title = "Vanishing gradients through time"
+        return Finding("vanishing", "bad", title, detail, cures, evidence)
+    title = van.title if van.severity == "bad" else "Vanishing gradients"
+    return Finding(
+        "vanishing",
+        "bad",
+        title,
+        f"{van.detail} Through time: {detail[0].lower()}{detail[1:]}",
+        tuple(dict.fromkeys((*cures, *van.cures))),
+        {**van.evidence, **evidence},
+    )
 
 
 def collapsed_output(pred_std: float) -> bool:
@@ -462,6 +532,7 @@ def _exploding_finding(
     e_first: int,
     e_last: int,
     warnings: pd.DataFrame | None = None,
+    status: str = "",
 ) -> Finding | None:
     parts: list[str] = []
     evidence: dict[str, Any] = {"huge_grad": HUGE_GRAD}
@@ -501,7 +572,11 @@ def _exploding_finding(
             max_abs_grad_first_step=moment["finite_first_max_abs"],
             max_abs_grad=max(evidence.get("max_abs_grad", 0.0), moment["finite_max_abs"]),
         )
-    parts += _own_level_parts(layers, warnings, e_first, e_last, evidence)
+    peak = peak_gradient(layers)
+    if peak > HUGE_GRAD and not parts:  # e.g. the finite steps of a later, diverging epoch
+        parts.append(f"Gradient values reach {_sci(peak)} (limit {_sci(HUGE_GRAD)}).")
+        evidence["max_abs_grad"] = peak
+    parts += _own_level_parts(layers, warnings, e_first, e_last, evidence, status)
     if not parts:
         return None
     return Finding(
@@ -514,19 +589,54 @@ def _exploding_finding(
     )
 
 
+def peak_gradient(layers: pd.DataFrame) -> float:
+    """The largest |value| of PEAK_GRAD_FIELDS over all of a run's layers and epochs (inf
+    counts, NaN does not; NaN when there is none): the number runs.peak_grad keeps as epochs
+    are written, so the runs table's badge judges a spike in any epoch as diagnose() does."""
+    columns = [c for c in PEAK_GRAD_FIELDS if c in layers.columns]
+    values = np.abs(layers[columns].to_numpy(dtype=float)).ravel()
+    values = values[~np.isnan(values)]
+    return float(values.max()) if values.size else math.nan
+
+
 def _own_level_parts(
     layers: pd.DataFrame,
     warnings: pd.DataFrame | None,
     e_first: int,
     e_last: int,
     evidence: dict[str, Any],
+    status: str = "",
 ) -> list[str]:
     """Each layer against its own early level: a live spike (per step, from the block
-    reductions) at least SPIKE_EXPLODE times the layer's running level, or a last-epoch grad
+    reductions) at least SPIKE_EXPLODE times the layer's running level, a spike or growth
+    warning that came before the divergence (warned_before_divergence), or a last-epoch grad
     norm at least GROWTH_EXPLODE times the first epoch's."""
     parts: list[str] = []
     if warnings is not None and not warnings.empty:
-        spikes = warnings[warnings["kind"].eq("spike")]
+        steps = warnings["step"].astype(float)
+        trend = warnings[warnings["kind"].isin(TREND_WARNINGS)]
+        nonfinite = steps[warnings["kind"].eq(NONFINITE)]
+        first = float(trend["step"].astype(float).min()) if not trend.empty else math.nan
+        nan_at = float(nonfinite.min()) if not nonfinite.empty else math.nan
+        if warned_before_divergence(first, nan_at, status):
+            w = trend.loc[trend["step"].astype(float).idxmin()]
+            until = (
+                f", {nan_at - first:.0f} step(s) before its first non-finite gradient (step "
+                f"{nan_at:.0f})"
+                if math.isfinite(nan_at)
+                else ", before the run diverged"
+            )
+            parts.append(
+                f"A live {w['kind']} warning at step {int(w['step'])} (layer {int(w['layer'])}, "
+                f"{float(w['factor']):.0f}x){until}."
+            )
+            evidence.update(
+                warned_step=int(w["step"]),
+                warned_kind=str(w["kind"]),
+                warned_layer=int(w["layer"]),
+                **({"nonfinite_step": int(nan_at)} if math.isfinite(nan_at) else {}),
+            )
+        spikes = warnings[warnings["kind"].eq(SPIKE)]
         spikes = spikes[spikes["factor"].astype(float) >= SPIKE_EXPLODE]
         if not spikes.empty:
             w = spikes.iloc[0]  # the first one: the moment it began
@@ -565,6 +675,17 @@ def _own_level_parts(
             )
             evidence.update(growth_layer=layer, growth_factor=float(growth.max()))
     return parts
+
+
+def warned_before_divergence(first_warned: float, nonfinite: float, status: str) -> bool:
+    """Whether a spike or growth warning (first at step `first_warned`, NaN: none) foretold a
+    divergence: it came before the first non-finite gradient (step `nonfinite`), or, with no
+    non-finite gradient warned, the run's status is "diverged" (a loss that went NaN)."""
+    if not math.isfinite(first_warned):
+        return False
+    if math.isfinite(nonfinite):
+        return first_warned < nonfinite
+    return status == "diverged"
 
 
 def _divergence_moment(epochs: pd.DataFrame, layers: pd.DataFrame) -> dict[str, Any] | None:
@@ -807,7 +928,7 @@ def diagnose(
     if not layers.empty:
         e_first, e_last = int(layers["epoch"].min()), int(layers["epoch"].max())
         layers_last = layers[layers["epoch"] == e_last]
-        boom = _exploding_finding(epochs, layers, arch, depth, e_first, e_last, warnings)
+        boom = _exploding_finding(epochs, layers, arch, depth, e_first, e_last, warnings, status)
         van = _vanishing_finding(layers, arch, depth, e_first, e_last, outcome)
         # An explosion near the output makes the ratio small: with one, a vanishing is told
         # only when it was there at the first epoch already.
@@ -818,6 +939,7 @@ def diagnose(
             van = None
         if van is not None and order_note:
             van = dataclasses.replace(van, detail=van.detail + order_note)
+        van = _through_time(van, facts)  # what the weights cannot show (a recurrent model)
         findings += [van] if van is not None else []
         findings += [boom] if boom is not None else []
         findings += _unit_findings(layers_last, e_last, arch)

@@ -107,6 +107,8 @@ class SilentRun:
         on_warning: Any = None,
         *,
         every: int = 1,
+        time_dim: int | None = None,  # rank 0 measures through time; the others do not
+        loss_fn: Any = None,
     ) -> SilentRun:
         """Checks the model as rank 0's watch() does (FSDP1 is refused on every rank); a
         FSDP2 model is measured here too: its statistics need every rank's shard."""

@@ -98,6 +98,7 @@ def model_contents(model: nn.Module, optimizer: Any) -> dict[str, Any]:
         "recurrent": any(
             n in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell") for n in names
         ),
+        "gated_recurrent": any(n in ("LSTM", "GRU", "LSTMCell", "GRUCell") for n in names),
         # Built-in transformer layers add their input back (a residual) by construction.
         "residual": any(n in ("TransformerEncoderLayer", "TransformerDecoderLayer") for n in names),
     }
@@ -325,15 +326,18 @@ class Lookout:
         params: list[nn.Parameter],
         groups: list[tuple[list[int], Any]],
         on_warning: Callable[[Any], None] | None,
+        steps_of: list[Callable[[int], int]] | None = None,
     ) -> None:
+        """`steps_of`, per group: its measured steps (1-based) -> the optimizer steps that
+        warnings name (with watch(every=N) they differ)."""
         from gradscope.analysis.spikes import SpikeChecker
 
         self.contents = model_contents(model, optimizer)
         self.first: FirstBackward | None = FirstBackward(model, params)
         self.backward_order: list[int] = []
         self.on_warning = on_warning
-        for indices, stats in groups:
-            checker = SpikeChecker(indices, self._warn)
+        for g, (indices, stats) in enumerate(groups):
+            checker = SpikeChecker(indices, self._warn, step_of=steps_of[g] if steps_of else None)
             # One host copy per block of steps, on the thread that reduces it.
             stats.on_block = lambda norms, done, c=checker: c.block(
                 norms[:, :, 0].detach().cpu().numpy(), done

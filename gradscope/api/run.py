@@ -88,7 +88,7 @@ def init(
         engine,
         name=name,
         config={"user": user, "model": {}},
-        seed=seed if type(seed) is int and abs(seed) < 2**31 else 0,
+        seed=seed if type(seed) is int and abs(seed) < 2**31 else None,  # no seed: NULL
         worker=worker,
         torch_version=_torch_version(),
     )
@@ -165,6 +165,9 @@ class Run:
         on_warning: Callable[[Any], Any] | None = None,
         *,
         every: int = 1,
+        time_dim: int | None = None,
+        loss_fn: Callable[[Any, Any], Any] | None = None,
+        low_memory: bool | None = None,
     ) -> Run:
         """Measure the optimizer steps of `model`'s trainable weights (any module with a
         weight: Linear, Conv, Embedding, norms, RNN...). `optimizer` is one optimizer or a
@@ -178,8 +181,20 @@ class Run:
         for a model that takes one input hands labels too, so accuracy is judged against
         the labels' chance level (their majority rate) and collapse by predicted classes.
         `on_warning(w)` is called with each live warning (a gradient spike: w.kind, w.step,
-        w.layer, w.factor) on the thread that found it; `run.warnings` lists them."""
+        w.layer, w.factor) on the thread that found it; `run.warnings` lists them.
+        `time_dim` (a recurrent model's probe of sequences: its time axis, e.g. 1 for
+        batch_first): at each log_epoch, the norm of the gradient of `loss_fn(model(x), y)`
+        (default: the sum of the outputs) reaching each time step of the probe, which weight
+        gradients cannot show (gradscope.api.through_time; costs one forward and backward
+        pass of the probe per epoch); kept as the metric "time_grad/log10_first_over_last"
+        and read by the diagnosis. `low_memory=True` keeps 4 bytes per weight instead of 8
+        (no copy of the last step's gradient: each step is reduced and binned on the training
+        thread, the same statistics; on a CPU that makes a watched step slower, ~1.5x on a
+        27M-parameter MLP); None, the default, does so on accelerators for models of 4M
+        weights and more, False never (docs/python-api.md, Memory)."""
         self._check_open()
+        if low_memory is not None and not isinstance(low_memory, bool):
+            raise ValueError(f"low_memory must be True, False or None, got {low_memory!r}")
         import torch
 
         from gradscope.api.watch import Watcher, unwrap
@@ -203,7 +218,17 @@ class Run:
             ]
             steps_before = self._watcher.total_steps
             self._watcher.remove()
-        watcher = Watcher(model, optimizers, self._pool, probe, self._live.add, every=every)
+        watcher = Watcher(
+            model,
+            optimizers,
+            self._pool,
+            probe,
+            self._live.add,
+            every=every,
+            time_dim=_time_dim(time_dim),
+            loss_fn=loss_fn,
+            low_memory=low_memory,
+        )
         watcher.total_steps = watcher._base = steps_before  # run.step goes on counting
         self._live.callback = on_warning
         if not watcher.layers:
@@ -287,6 +312,11 @@ class Run:
         epoch = self._epochs
         part = self._watcher.end_epoch() if self._watcher is not None else None
         layers = self._watcher.layers if self._watcher is not None else []
+        if part is not None and part.time_norms is not None:  # read later, as any metric
+            from gradscope.api.through_time import TIME_METRIC, log10_first_over_last
+
+            ratio = log10_first_over_last(part.time_norms)
+            self._metrics.add({TIME_METRIC: ratio}, self.step, epoch)
         logged = self._metrics.take()
         job = self._pool.submit(self._record, epoch, given, seconds, part, layers, logged)
         self._pending.append(job)
@@ -300,8 +330,9 @@ class Run:
 
     @property
     def warnings(self) -> list[Any]:
-        """The live warnings found so far (gradscope.analysis.spikes.Warning_: kind "spike" or
-        "nonfinite", epoch, step over the run, layer, value, baseline, factor, message), without
+        """The live warnings found so far (gradscope.analysis.spikes.Warning_: kind "spike",
+        "growth" or "nonfinite", epoch, step (the optimizer step over the run, as run.step
+        counted it, also with every=N), layer, value, baseline, factor, message), without
         waiting for the measuring thread: a loop may stop, skip or roll back on them."""
         return self._live.snapshot()
 
@@ -383,7 +414,13 @@ class Run:
         record = EpochRecord(epoch, {**{k: metrics.get(k) for k in EPOCH_FIELDS}, **moment}, stats)
         if self._watcher is not None:  # contents, backward order, the probe's outcome
             probe = {k[6:]: v for k, v in extra.items() if k.startswith("probe_")}
-            self._live.facts({**self._watcher.lookout.facts(), "probe": probe})
+            facts = {**self._watcher.lookout.facts(), "probe": probe}
+            if part is not None and part.time_norms is not None:
+                from gradscope.api.through_time import TIME_FACTS, time_summary
+
+                norms = part.time_norms.cpu().tolist()  # one copy per epoch
+                facts[TIME_FACTS] = time_summary(norms, self._watcher.time_dim or 0, epoch)
+            self._live.facts(facts)
         try:
             self._store.record_epoch(self.id, record, epochs_total=epoch)  # type: ignore[arg-type]
         except NotFoundError:
@@ -531,3 +568,11 @@ def _install_exit_hooks() -> None:
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _time_dim(time_dim: object) -> int | None:
+    if time_dim is None:
+        return None
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+        raise ValueError(f"time_dim must be an integer (the probe's time axis), got {time_dim!r}")
+    return time_dim

@@ -74,6 +74,8 @@ class ShardedGradStats(EpochGradStats):
     (one all_gather) and once per epoch's close (one all_reduce): the statistics of the
     whole weights, on every rank."""
 
+    ROWLESS = False  # a step's combine is a collective: it stays on the measuring thread
+
     def __init__(
         self,
         padded: list[int],

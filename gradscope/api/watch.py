@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -111,7 +112,13 @@ def find_layers(model: nn.Module) -> list[Layer]:
 class _DeviceGroup:
     """The layers whose weights live on one device, with their statistics on that device."""
 
-    def __init__(self, indices: list[int], params: list[nn.Parameter], executor: Executor):
+    def __init__(
+        self,
+        indices: list[int],
+        params: list[nn.Parameter],
+        executor: Executor,
+        low_memory: bool | None = None,
+    ):
         self.indices = indices
         self.params = params
         self.device = params[0].device
@@ -119,7 +126,12 @@ class _DeviceGroup:
         self.inline = sum(sizes) < INLINE_BELOW
         shapes = [p.shape for p in params]
         self.stats = EpochGradStats(
-            sizes, 1, self.device, None if self.inline else executor, shapes=shapes
+            sizes,
+            1,
+            self.device,
+            None if self.inline else executor,
+            shapes=shapes,
+            low_memory=low_memory,
         )
 
     def step(self) -> None:
@@ -173,6 +185,8 @@ class EpochPart:
     output: Tensor | None  # the model's output on the probe batch
     labels: Tensor | None = None  # the probe's labels (probe=(x, y))
     kinds: dict[int, str] = field(default_factory=dict)  # functional activations found
+    # watch(..., time_dim=...): the probe's gradient norm per time step (through_time).
+    time_norms: Tensor | None = None
 
 
 def _owners(optimizers: list[torch.optim.Optimizer], layers: list[Layer]) -> list[int]:
@@ -199,6 +213,9 @@ class Watcher:
         on_warning: Callable[[object], None] | None = None,
         *,
         every: int = 1,
+        time_dim: int | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        low_memory: bool | None = None,
     ) -> None:
         self.model = model
         self.optimizers = list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
@@ -206,12 +223,24 @@ class Watcher:
         self.total_steps = 0  # optimizer steps so far, measured or not (run.step)
         self.layers = find_layers(model)
         self.probe, self.labels = insight.split_labels(unwrap(model), probe)
+        if time_dim is not None and not isinstance(self.probe, Tensor):
+            raise ValueError(
+                "time_dim needs a probe batch of sequences: probe=x or probe=(x, y), x a tensor"
+            )
+        if loss_fn is not None and self.labels is None:
+            raise ValueError("loss_fn needs the probe's targets: probe=(x, y)")
+        self.time_dim, self.loss_fn = time_dim, loss_fn
         owners = _owners(self.optimizers, self.layers)
         by_key: dict[tuple[int, torch.device], list[int]] = {}
         for i, layer in enumerate(self.layers):
             by_key.setdefault((owners[i], layer.param.device), []).append(i)
-        make: Callable[..., _DeviceGroup] = _DeviceGroup
+        make: Callable[..., _DeviceGroup] = partial(_DeviceGroup, low_memory=low_memory)
         if sharded_weights([layer.param for layer in self.layers]):
+            if low_memory:
+                raise ValueError(
+                    "low_memory=True is not available for FSDP shards: each step's combine is "
+                    "a collective, kept off the training thread"
+                )
             # FSDP2: each rank holds a shard of every weight (gradscope.api.sharded).
             from gradscope.api.sharded import group_maker
 
@@ -228,19 +257,26 @@ class Watcher:
         self.steps = 0
         for group in self.groups:
             group.start_epoch()
+        self._base = 0  # optimizer steps before this watcher (run.py sets it on a re-watch)
         # Backward order, residual adds, contents, and the live spike check (gradscope.api.insight).
+        # A group's m-th measured step is its optimizer's call (m - 1) * every: warnings name
+        # that optimizer step (run.step then), not the measured count.
         self.lookout = insight.Lookout(
             unwrap(model),
             self.optimizers[0],
             [layer.param for layer in self.layers],
             [(g.indices, g.stats) for g in self.groups],
             on_warning,
+            [self._optimizer_step for _ in self.groups],
         )
-        self._base = 0
         self._handles = [
             opt.register_step_pre_hook(self._pre_step_of(k))
             for k, opt in enumerate(self.optimizers)
         ]
+
+    def _optimizer_step(self, measured: int) -> int:
+        """The optimizer step (run.step at the time) of a group's `measured`-th measured step."""
+        return self._base + (measured - 1) * self.every + 1
 
     def _pre_step_of(self, k: int) -> Callable[[object, object, object], None]:
         groups = self._groups_of[k]
@@ -290,7 +326,18 @@ class Watcher:
                 group.start_epoch()
         steps, self.steps = self.steps, 0
         acts, output, kinds = self._run_probe() if self.probe is not None else ({}, None, {})
-        return EpochPart(steps, finishers, acts, output, self.labels, kinds)
+        time_norms = None
+        if self.time_dim is not None:  # one more forward and backward pass of the probe
+            from gradscope.api.through_time import time_gradients
+
+            time_norms = time_gradients(
+                unwrap(self.model),
+                self.probe,  # type: ignore[arg-type]
+                self.labels,
+                self.loss_fn,
+                time_dim=self.time_dim,
+            )
+        return EpochPart(steps, finishers, acts, output, self.labels, kinds, time_norms)
 
     @torch.no_grad()
     def _run_probe(self) -> tuple[dict[int, Tensor], Tensor | None, dict[int, str]]:

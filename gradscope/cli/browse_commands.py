@@ -27,7 +27,7 @@ from gradscope.cli.options import config_metavar
 from gradscope.db.engine import display_url, resolve_db
 from gradscope.db.errors import StorageError
 from gradscope.db.queries import RunSummary
-from gradscope.vocab.custom import CUSTOM_ARCH, display_config
+from gradscope.vocab.custom import CUSTOM_ARCH, display_config, run_progress
 from gradscope.vocab.labels import differing_settings, generated_name, settings_text
 from gradscope.vocab.text import printable
 
@@ -166,7 +166,7 @@ def _print_runs_table(found: list[RunSummary], labels: dict[str, str], where: st
             printable(f"{r.arch} d{r.depth}"),
             printable(r.dataset),
             printable(r.status),
-            f"{r.epochs_done}/{r.epochs_total}",
+            run_progress(r.arch, r.status, r.epochs_done, r.epochs_total)[1],
             fmt(r.test_acc),
             labels.get(r.id, ""),
         )
@@ -220,7 +220,7 @@ def _badges(engine: Engine, found: list[RunSummary]) -> dict[str, str]:
         }
     )
     ends = run_ends(engine)
-    labels = badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts)
+    labels = badges(runs, ends.layers, ends.epochs, ends.warnings, ends.facts, ends.peaks)
     return {run_id: ("" if b == "empty" else b) for run_id, b in labels.items()}
 
 

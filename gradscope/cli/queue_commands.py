@@ -144,7 +144,8 @@ def worker(
             "--ray",
             metavar="ADDRESS",
             help="Run the workers as actors on a Ray cluster: auto, ray://host:10001, "
-            "host:6379, or 'local' (a private Ray instance on this machine).",
+            "host:6379, or 'local' (this machine: the Ray instance running here, if any, else "
+            "a private one started and stopped with the worker).",
             show_default=False,
         ),
     ] = None,

@@ -131,3 +131,24 @@ def display_config(config: dict[str, Any]) -> dict[str, Any]:
         flat["model parameters"] = model.get("parameters")
         flat["model device"] = model.get("device")
     return flat
+
+
+def run_progress(
+    arch: str, status: str, epochs_done: int, epochs_total: int
+) -> tuple[float | None, str]:
+    """A run's share of its epochs done (None where it is not known) and its epochs as text
+    ("3/10", "3/?"): the one place the Runs table, the sidebar's queue and `gradscope runs`
+    read progress from.
+
+    A custom run (a user's own loop) declares no length: its stored total is the epochs it
+    logged, known only once its loop ended (completed, or diverged at its end); before that,
+    or if it failed, it reads "3/?" with no share. A run that stopped without completing
+    never reads as 100%: a failed run that had written its every epoch has no share either
+    (a running one that has, finishing, does)."""
+    ended = status in ("completed", "diverged")  # a custom run is marked diverged at its end
+    if arch == CUSTOM_ARCH and not ended:
+        return None, f"{epochs_done}/?"
+    text = f"{epochs_done}/{epochs_total}"
+    share = min(1.0, max(0.0, epochs_done / epochs_total)) if epochs_total > 0 else 0.0
+    stopped = status in ("failed", "interrupted", "cancelled")  # stopped before it completed
+    return (None if share >= 1.0 and stopped else share), text

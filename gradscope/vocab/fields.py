@@ -42,6 +42,10 @@ MAX_METRIC_NAME_CHARS = 100  # a free metric's name (run.log)
 # the epoch's first_nonfinite_step (1-based, within the epoch): max |g| at the epoch's first
 # step, max |g| over the finite steps before it, and the last of those steps' gradient norm.
 DIVERGENCE_LAYER_FIELDS = ("finite_first_max_abs", "finite_max_abs", "finite_last_norm")
+# A run's peak gradient (runs.peak_grad, schema 0004): the largest |value| of these statistics
+# over every layer and epoch recorded (inf counts, NaN does not), kept as epochs are written, so
+# the runs table's badge sees a spike in any epoch, as the full diagnosis does.
+PEAK_GRAD_FIELDS = ("grad_norm", "grad_max_abs", "finite_max_abs")
 
 # The numbers stored per epoch, and per layer and epoch: the columns of epoch_metrics and of
 # layer_stats after their keys (run_id, epoch, layer), the histogram apart.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from gradscope.vocab.fields import FINAL_FIELDS
+from gradscope.vocab.fields import FINAL_FIELDS, PEAK_GRAD_FIELDS
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,18 @@ class EpochRecord:
     # One dict per layer: LAYER_STAT_FIELDS values plus "grad_hist" (bytes).
     layer_stats: list[dict[str, float | bytes | None]]
     grid: DecisionGrid | None = None
+
+    @property
+    def peak_grad(self) -> float | None:
+        """The largest |value| of PEAK_GRAD_FIELDS over this epoch's layers (inf counts, NaN
+        and missing values do not); None when there is none."""
+        values = [
+            abs(float(v))  # type: ignore[arg-type]
+            for stats in self.layer_stats
+            for k in PEAK_GRAD_FIELDS
+            if (v := stats.get(k)) is not None and not math.isnan(float(v))  # type: ignore[arg-type]
+        ]
+        return max(values) if values else None
 
 
 @dataclass(frozen=True)
