@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from gradscope.analysis.diagnosis import builtin_facts, diagnose, fit_cures
-from gradscope.analysis.spikes import SPIKE_FACTOR, TREND_STEPS, SpikeChecker
+from gradscope.analysis.spikes import SPIKE_FACTOR, TREND_STEPS, SpikeChecker, _median
 from gradscope.vocab.warning_kinds import TREND_WARNINGS
 
 _ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnosis_zoo.py"
@@ -229,3 +229,16 @@ def test_a_steady_growth_warns_with_the_steps_left_and_a_net_waking_up_does_not(
     left = float(first.message.split("overflows float32 in about ")[1].split()[0])
     # The steps left at the rate seen (1.2-1.6x a step) from the norm now (log10 ~1).
     assert 38.5 / math.log10(1.6) - 10 < left < 38.5 / math.log10(1.2)
+
+
+def test_warmup_median_is_numpys() -> None:
+    """The warm-up's median (a sorted list, no numpy call) is np.median's value exactly, for
+    odd and even counts, ties and tiny norms: the early levels, and so every warning, keep
+    their values."""
+    rng = np.random.default_rng(7)
+    for n in range(1, 9):
+        for _ in range(50):
+            values = (10.0 ** rng.uniform(-30, 3, n)).tolist()
+            if n > 2:
+                values[1] = values[0]  # a tie
+            assert _median(values) == float(np.median(values))

@@ -67,6 +67,14 @@ FLOAT32_MAX_LOG10 = 38.5  # log10 of float32's largest value: where a growing no
 _TAIL = max(TREND_STEPS, FIT_STEPS - 1)  # earlier steps' log10 norms carried between blocks
 
 
+def _median(values: list[float]) -> float:
+    """np.median of a few finite floats (the middle one, or the mean of the two middle ones),
+    without its ~40 us of overhead per call: the warm-up takes one per layer and step."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 @dataclass(frozen=True)
 class Warning_:
     """One live warning: what was flagged, where, and against what level."""
@@ -207,6 +215,12 @@ class SpikeChecker:
         ext = np.concatenate([self._tail, logs])  # [_TAIL + n, layers]
         self._tail = ext[-_TAIL:]
         now = ext[_TAIL:]  # this block's steps
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # A NaN level (the first steps): never high.
+            high = now >= np.log10(level) + math.log10(TREND_ABOVE)
+        new = now >= self._trend_at + math.log10(REWARN_FACTOR)
+        if not (high & new).any():
+            return  # nothing could fire (a healthy run, nearly every block): skip the fits
         # Steep: every one of the last k rises is steep, 10x in all.
         k = TREND_STEPS
         rises = ext[1:] - ext[:-1]  # NaN (a zero or non-finite norm) breaks a streak
@@ -232,10 +246,6 @@ class SpikeChecker:
             spread = s_yy - s_y * s_y / w
             r2 = slope * slope * t_var / spread
         steady = (s_nan == 0) & (slope >= FIT_SLOPE) & (r2 >= FIT_R2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # A NaN level (the first steps): never high.
-            high = now >= np.log10(level) + math.log10(TREND_ABOVE)
-        new = now >= self._trend_at + math.log10(REWARN_FACTOR)
         fired = (steep | steady) & high & new
         for j in np.flatnonzero(fired.any(axis=0)):
             s = int(np.argmax(fired[:, j]))
@@ -259,16 +269,16 @@ class SpikeChecker:
 
     def _learn(self, norms: np.ndarray, logs: np.ndarray) -> None:
         fixed = ~np.isnan(self._early_level)  # layers whose early level was fixed before
+        # Per layer, its column as Python floats (one tolist, not a numpy op per layer).
+        columns = norms.T.tolist() if not fixed.all() else []
         for j, early in enumerate(self._early if not fixed.all() else ()):
             if len(early) < WARMUP_STEPS:
-                column = norms[:, j]
-                early.extend(
-                    float(v) for v in column[np.isfinite(column)][: WARMUP_STEPS - len(early)]
-                )
+                finite = [v for v in columns[j] if math.isfinite(v)]
+                early.extend(finite[: WARMUP_STEPS - len(early)])
                 if len(early) >= EARLY_STEPS:
-                    self._provisional[j] = float(np.median(early))
+                    self._provisional[j] = _median(early)
                 if len(early) >= WARMUP_STEPS:
-                    self._early_level[j] = float(np.median(early))
+                    self._early_level[j] = _median(early)
                     positive = [v for v in early if v > 0]
                     # The running level starts from the early steps' mean log norm.
                     self._running[j] = np.log10(positive).mean() if positive else np.nan
