@@ -19,6 +19,7 @@ from gradscope.analysis.badges import badges as badges
 from gradscope.analysis.diagnosis import BADGE_COLORS as BADGE_COLORS
 from gradscope.analysis.diagnosis import BADGES as BADGES
 from gradscope.vocab.custom import run_progress
+from gradscope.vocab.warning_kinds import NONFINITE
 
 # What a table cell or caption shows for a value not recorded yet (an unfinished run's accuracy):
 # st.dataframe's own default is the word "None", and Python's formatting gives "nan".
@@ -51,7 +52,7 @@ def warnings_text(summary: pd.DataFrame | None, run_ids: pd.Series) -> list[str]
     texts = {}
     for row in summary.itertuples(index=False):
         what = f"step {row.last_step}, layer {row.last_layer}"
-        if row.last_kind == "nonfinite":
+        if row.last_kind == NONFINITE:
             what += ", non-finite"
         elif np.isfinite(row.last_factor):
             what += f", {row.last_factor:.0f}x"

@@ -36,6 +36,7 @@ from gradscope.vocab.fields import (
     HIST_LOG10_MIN,
     LAYER_STAT_FIELDS,
 )
+from gradscope.vocab.warning_kinds import GROWTH
 
 REFRESH_S = 2.0
 PER_ROW = 3  # per-run charts (heatmaps, decision maps) side by side
@@ -161,7 +162,7 @@ def warning_lines(found: pd.DataFrame) -> list[str]:
     for w in found.iloc[::-1].head(WARNINGS_SHOWN).itertuples():
         if pd.isna(w.factor):
             factor = "non-finite"
-        elif w.kind == "growth":  # a steady rise over the last steps: overflow on its way
+        elif w.kind == GROWTH:  # a steady rise over the last steps: overflow on its way
             factor = f"grew {w.factor:.0f}x in a few steps"
         else:
             factor = f"{w.factor:.0f}x its level"
