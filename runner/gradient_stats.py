@@ -5,7 +5,7 @@ Python loops of small ops cost ~25% per step, and even a handful of whole-buffer
 cost ~7%. So all of a model's weights live in one flat tensor (`FlatParameters`), a step only
 copies its gradient into a ring of blocks, and each block of steps is reduced at once, off the
 training thread when there is one to use (a large model on an accelerator keeps no ring: see
-ROWLESS_ON_CPU). Nothing here calls `.item()` per step.
+the rowless layout below). Nothing here calls `.item()` per step.
 
 Every statistic has a leading member dimension K (1 for a solo run) so that a batched ensemble
 of K same-shape models records each member exactly as a solo run would. The flat weight layout is
@@ -124,9 +124,9 @@ CHUNK = 1 << 16  # elements per chunk of the lean epoch-end passes (256 KiB of f
 # step: 4 bytes per weight (the start copy) instead of 8, the same statistics. On this 2-core
 # CPU binning every step costs more than the step it measures (a 27.3M-parameter MLP, batch
 # 16: ~180 ms per step, ~300 ms to bin one step's gradient; its loop 2.9x the unwatched one's
-# time rowless, 1.9x with the row), so CPUs keep the ring row unless ROWLESS_ON_CPU is set
-# (benchmarks/api_memory.py --compare measures both: 4.3 and 8.6 bytes per parameter).
-ROWLESS_ON_CPU = False
+# time rowless, 1.9x with the row), so CPUs keep the ring row unless the user asks otherwise
+# (watch(low_memory=True); benchmarks/api_memory.py --compare measures both: 4.3 and 8.6
+# bytes per parameter).
 ROWLESS_CHUNK = {"cpu": 1 << 16}  # per device type; elsewhere 1 << 22: few kernel launches
 # Device types whose step counts use bincount: it sizes its result from the data's max, a host
 # sync elsewhere, where the counts are added by index_add_ of ones (a stride-0 view of one).
@@ -182,7 +182,7 @@ class EpochGradStats:
     `step()` only copies the gradient into a ring block; full blocks are reduced on `executor`
     (the measuring thread, so the training thread goes on at once) or in line without one.
     With an executor, blocks and the epoch's closing function run on it in submission order.
-    Rowless (see ROWLESS_ON_CPU), `step()` reduces in line and there is no ring.
+    Rowless (see ROWLESS_CHUNK), `step()` reduces in line and there is no ring.
     """
 
     ROWLESS = True  # a subclass whose blocks take collectives keeps them off the training thread
@@ -204,12 +204,11 @@ class EpochGradStats:
         total = sum(weight_sizes) * members
         # Lean (see LEAN_ABOVE): a user's model only (members == 1, shapes given).
         # low_memory: True asks for the rowless layout at any size and on any device, False
-        # keeps a ring row, None (the default) decides as described at ROWLESS_ON_CPU.
+        # keeps a ring row, None (the default) goes rowless off the CPU (see ROWLESS_CHUNK).
         self.lean = (total >= LEAN_ABOVE or bool(low_memory)) if lean is None else lean
         self.lean = self.lean and shapes is not None and members == 1
         on_cpu = torch.device(device).type == "cpu"
-        auto = ROWLESS_ON_CPU or not on_cpu
-        wanted = auto if low_memory is None else low_memory
+        wanted = (not on_cpu) if low_memory is None else low_memory
         self.rowless = self.lean and self.ROWLESS and wanted
         self._last_counts: Tensor | None = None  # rowless: the last step's [L, 352] counts
         self.block = 1 if self.lean else max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))

@@ -269,7 +269,15 @@ def _layout_stats(
     and each epoch's per-step norms as on_block (the live spike check) was handed them."""
     sizes = [math.prod(s) for s in shapes]
     lean = layout != "usual"
-    probe = EpochGradStats(sizes, 1, torch.device("cpu"), executor, shapes=shapes, lean=lean)
+    probe = EpochGradStats(
+        sizes,
+        1,
+        torch.device("cpu"),
+        executor,
+        shapes=shapes,
+        lean=lean,
+        low_memory=layout == "rowless",
+    )
     assert (probe.lean, probe.rowless) == (lean, layout == "rowless")
     blocks: list[tuple[int, torch.Tensor]] = []
     caller = threading.get_ident()
@@ -351,7 +359,6 @@ def test_rowless_steps_give_the_ring_layouts_statistics(
     try:
         results = {}
         for layout in ("lean", "rowless"):
-            monkeypatch.setattr(probes, "ROWLESS_ON_CPU", layout == "rowless")
             results[layout] = _layout_stats(layout, epochs, shapes, executor)
     finally:
         executor.shutdown()
