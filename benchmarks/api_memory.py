@@ -9,14 +9,15 @@ round run back to back, order alternating between rounds):
 - of which, at the end of the run (RSS then, not the peak), anonymous memory per parameter and
   file-backed memory in MB: watching has a fixed cost that does not grow with the model, mostly
   the code pages of the statistics' kernels that the bare loop never runs (libtorch mapped in);
-  the anonymous part is the per-parameter buffers (two float32 copies: 8 bytes) plus small
-  objects;
+  the anonymous part is the per-parameter buffers (at this size, by default, the rowless
+  layout's one float32 copy, the epoch's start weights: 4 bytes) plus small objects;
 - all of gradscope: (peak watched - peak bare) / parameters, which adds gradscope's fixed cost
   (its imports and database engine, spread over this model's parameters).
---compare adds the rowless layout asked for on the CPU (watch(low_memory=True): no ring row, each
-step reduced and binned in line, as on an accelerator; 4 bytes per weight fewer) and the layout
-before the lean mode. Each process also times its training loop: the ratio to the init'd loop's
-time of the same round says what each layout costs in time (a few steps: a rough figure).
+--compare adds the ring row asked for (watch(low_memory=False): the last step's gradient copied
+for the measuring thread to reduce, 4 bytes per weight more, less work on the training thread)
+and the layout before the lean mode. Each process also times its training loop: the ratio to
+the init'd loop's time of the same round says what each layout costs in time (a few steps: a
+rough figure).
 wandb.watch (offline, log="all", log_freq=1) is measured beside it when installed (vs bare).
 
     .venv/bin/python benchmarks/api_memory.py [--rounds 5] [--width 4096] [--compare]
@@ -74,8 +75,8 @@ def child(mode: str, width: int, db: str) -> None:
         import gradscope
 
         run = gradscope.init(db=db, name="memory", quiet=True)
-        if mode != "init":  # rowless: the accelerators' layout, asked for on the CPU
-            run.watch(model, opt, low_memory=True if mode == "gradscope-rowless" else None)
+        if mode != "init":  # row: the ring row, asked for
+            run.watch(model, opt, low_memory=False if mode == "gradscope-row" else None)
     elif mode == "wandb":
         import wandb
 
@@ -122,13 +123,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--child")
-    parser.add_argument("--compare", action="store_true", help="also the two-block layout")
+    parser.add_argument(
+        "--compare", action="store_true", help="also the ring row and the two-block layout"
+    )
     parser.add_argument("--db")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.width, args.db)
         return
-    modes = ["gradscope", *(["gradscope-rowless", "gradscope-two-blocks"] if args.compare else [])]
+    modes = ["gradscope", *(["gradscope-row", "gradscope-two-blocks"] if args.compare else [])]
     try:
         import wandb  # noqa: F401
 
@@ -161,7 +164,7 @@ def main() -> None:
     for m, values in extra.items():
         label = {
             "gradscope": "gradscope run.watch alone",
-            "gradscope-rowless": "gradscope run.watch alone, rowless layout forced on the CPU",
+            "gradscope-row": "gradscope run.watch alone, ring row asked for (low_memory=False)",
             "gradscope-two-blocks": "gradscope run.watch alone, lean layout off (before)",
             "wandb": "wandb.watch(log='all', log_freq=1), all of wandb",
         }[m]

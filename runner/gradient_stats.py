@@ -33,12 +33,72 @@ from gradscope.vocab.fields import (
 )
 
 SATURATED_LOW, SATURATED_HIGH = 0.01, 0.99
-_BINS_PER_DECADE = HIST_BINS / (HIST_LOG10_MAX - HIST_LOG10_MIN)  # 4: exact in binary
-# floor(bins per decade * (log10|g| - MIN)) lies in [-132, 202] for any finite float32 |g| > 0
-# (1.4e-45 to 3.4e38): shifted by _HIST_SHIFT into [1, _HIST_SPAN - 2]; 0 holds exact zeros and
-# _HIST_SPAN - 1 non-finite values.
-_HIST_SHIFT = 140
-_HIST_SPAN = 352
+_BINS_PER_DECADE = HIST_BINS / (HIST_LOG10_MAX - HIST_LOG10_MIN)  # 4
+# The histogram's count columns: 0 exact zeros, 1..HIST_BINS the bins (magnitudes beyond the
+# range in the edge bins), HIST_BINS + 1 non-finite values; _fold puts them in HIST_SLOTS order.
+_HIST_SPAN = HIST_BINS + 2
+_HIST_ORDER = [*range(1, HIST_BINS + 1), 0, HIST_BINS + 1]
+# A magnitude's column comes from its float32 bits, not from log10: log10 ran at ~9 ns an
+# element on this CPU (241 ms for a 27.3M-weight step's gradient, three quarters of binning
+# it), integer ops at under 1 ns. The bits of |g| (sign cleared) order as |g| does. Their top
+# 11 (the exponent and 3 mantissa bits) name a cell an eighth of an octave wide, narrower than
+# a bin (a factor 10^0.25), so a cell holds at most one bin edge: a magnitude's column is its
+# cell's column above the edge, less one if its bits fall short of it (the sign of their
+# difference: a compare and a bool add cost three times as much). Each edge is the first float32 at
+# or above 10^(MIN + k / 4), so the bins are exact, as float64 log10 would place every float32
+# (float32 log10 could misplace a magnitude within a rounding of an edge).
+_CELL_SHIFT = 20
+_EDGE_TABLES: dict[str, tuple[Tensor, Tensor]] = {}
+
+
+def _edge_tables(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per cell of magnitude bits, int32: the column at and above its edge and the edge's bits
+    (the cell's first bits when it holds no edge: every magnitude in it is at its column)."""
+    key = str(device)
+    if key not in _EDGE_TABLES:
+        inf_bits = int(np.array(np.inf, dtype=np.float32).view(np.int32))
+        edges = []
+        for k in range(1, HIST_BINS):
+            exact = 10.0 ** (HIST_LOG10_MIN + k / _BINS_PER_DECADE)
+            edge = np.float32(exact)
+            if float(edge) < exact:
+                edge = np.nextafter(edge, np.float32(np.inf))
+            edges.append(int(np.array(edge, dtype=np.float32).view(np.int32)))
+        starts = np.arange(1 << (31 - _CELL_SHIFT), dtype=np.int64) << _CELL_SHIFT
+        column = 1 + np.searchsorted(edges, starts, side="right")  # a cell's first magnitude
+        column[starts >= inf_bits] = HIST_BINS + 1  # inf and NaN
+        upper, first = column.copy(), starts.copy()
+        for bits in edges:
+            cell = bits >> _CELL_SHIFT
+            if bits != starts[cell]:  # an edge inside the cell: one column more from it on
+                upper[cell], first[cell] = column[cell] + 1, bits
+        upper[0], first[0] = 1, 1  # exact zeros below 1, then subnormals (below range: bin 0)
+        _EDGE_TABLES[key] = (
+            torch.from_numpy(upper.astype(np.int32)).to(device),
+            torch.from_numpy(first.astype(np.int32)).to(device),
+        )
+    return _EDGE_TABLES[key]
+
+
+def _columns(bits: Tensor, cell: Tensor, edge: Tensor) -> Tensor:
+    """Each magnitude's column (int32, written over `bits`) from its float32 bits with the
+    sign cleared (int32); `cell` and `edge` are int32 scratch of its size."""
+    upper, first = _edge_tables(bits.device)
+    torch.bitwise_right_shift(bits, _CELL_SHIFT, out=cell)
+    torch.index_select(first, 0, cell, out=edge)
+    torch.sub(bits, edge, out=edge).bitwise_right_shift_(31)  # -1 short of the edge, else 0
+    return torch.index_select(upper, 0, cell, out=bits).add_(edge)
+
+
+def _magnitude_bits(values: Tensor, out: Tensor | None = None) -> Tensor:
+    """The float32 bits of |values| (contiguous float32) as int32: |g| viewed as int32."""
+    return torch.bitwise_and(values.view(torch.int32), 0x7FFFFFFF, out=out)
+
+
+def _bin_columns(values: Tensor) -> Tensor:
+    """Each element's column among the _HIST_SPAN counts (contiguous float32; new tensors)."""
+    bits = _magnitude_bits(values)
+    return _columns(bits, torch.empty_like(bits), torch.empty_like(bits))
 
 
 @dataclass(frozen=True)
@@ -118,20 +178,21 @@ BLOCK_BYTES = 16 << 20  # per block; large models get fewer steps per block
 # same statistics; the price is that a step's copy waits for the previous step's reduction.
 LEAN_ABOVE = BLOCK_BYTES // 4
 CHUNK = 1 << 16  # elements per chunk of the lean epoch-end passes (256 KiB of float32)
-# Rowless (lean, and on a device where binning a step is cheap, i.e. not a CPU): no ring row
-# at all. Each step is reduced in line, chunk by chunk, straight from the gradients, and its
-# histogram counts are taken then and kept ([L, 352] integers) in case it is the epoch's last
-# step: 4 bytes per weight (the start copy) instead of 8, the same statistics. On this 2-core
-# CPU binning every step costs more than the step it measures (a 27.3M-parameter MLP, batch
-# 16: ~180 ms per step, ~300 ms to bin one step's gradient; its loop 2.9x the unwatched one's
-# time rowless, 1.9x with the row), so CPUs keep the ring row unless the user asks otherwise
-# (watch(low_memory=True); benchmarks/api_memory.py --compare measures both: 4.3 and 8.6
-# bytes per parameter).
-ROWLESS_CHUNK = {"cpu": 1 << 16}  # per device type; elsewhere 1 << 22: few kernel launches
+# Rowless (lean, off the CPU or from ROWLESS_CPU_ABOVE weights on it): no ring row at all.
+# Each step is reduced in line, chunk by chunk, straight from the gradients, and its histogram
+# counts are taken then and kept ([L, _HIST_SPAN] integers) in case it is the epoch's last
+# step: 4 bytes per weight (the start copy) instead of 8, the same statistics. On a CPU that is
+# work on the training thread the ring row hands to the measuring thread: ~85 ms a step for a
+# 27.3M-parameter MLP on one thread of this 2-core CPU, against its bare 110 ms step at batch
+# 16 (the ring row's copy: ~20 ms). So the CPU keeps the row for models whose row is small in
+# bytes, and goes rowless where it would cost 64 MiB or more; watch(low_memory=...) decides
+# otherwise (benchmarks/api_memory.py --compare measures both layouts).
+ROWLESS_CPU_ABOVE = 16 << 20  # weights
+ROWLESS_CHUNK = {"cpu": 1 << 18}  # per device type; elsewhere 1 << 22: few kernel launches
 # Device types whose step counts use bincount: it sizes its result from the data's max, a host
 # sync elsewhere, where the counts are added by index_add_ of ones (a stride-0 view of one).
 ROWLESS_BINCOUNT = {"cpu"}
-# The chunks' intermediates go to scratch buffers made once per pass kind (1 MiB in all), not
+# The chunks' intermediates go to scratch buffers made once per pass kind (a few MiB), not
 # to a new tensor per chunk: hundreds of 256-512 KiB allocations per epoch end otherwise land
 # in glibc's arenas (above its dynamic mmap threshold) and stay resident.
 
@@ -204,13 +265,14 @@ class EpochGradStats:
         total = sum(weight_sizes) * members
         # Lean (see LEAN_ABOVE): a user's model only (members == 1, shapes given).
         # low_memory: True asks for the rowless layout at any size and on any device, False
-        # keeps a ring row, None (the default) goes rowless off the CPU (see ROWLESS_CHUNK).
+        # keeps a ring row, None (the default) goes rowless off the CPU, and on it from
+        # ROWLESS_CPU_ABOVE weights (see there).
         self.lean = (total >= LEAN_ABOVE or bool(low_memory)) if lean is None else lean
         self.lean = self.lean and shapes is not None and members == 1
         on_cpu = torch.device(device).type == "cpu"
-        wanted = (not on_cpu) if low_memory is None else low_memory
+        wanted = (not on_cpu or total >= ROWLESS_CPU_ABOVE) if low_memory is None else low_memory
         self.rowless = self.lean and self.ROWLESS and wanted
-        self._last_counts: Tensor | None = None  # rowless: the last step's [L, 352] counts
+        self._last_counts: Tensor | None = None  # rowless: the last step's [L, _HIST_SPAN] counts
         self.block = 1 if self.lean else max(1, min(BLOCK_STEPS, BLOCK_BYTES // (4 * total)))
         self._n_blocks = 0 if self.rowless else 1 if self.lean else 2
         # Zeros, not empty: the pages are touched here, at set-up, not by the first epoch's
@@ -243,8 +305,7 @@ class EpochGradStats:
         self._start_weights: Tensor | None = None
         self._reducing: list[Future[object]] = []  # this epoch's block reductions
         # For the once-per-epoch histogram: each element's (layer, member) slot, as the first of
-        # its _HIST_SPAN counts; float where every index is exact in float32, so the bin is added
-        # before one conversion to integers.
+        # its _HIST_SPAN counts (int32, as the columns are).
         n_layers = len(weight_sizes)
         # Each layer's first element (lean: the histogram adds its layer's slot per chunk, so
         # no per-element index is kept: it would cost 4-8 bytes per weight).
@@ -263,9 +324,7 @@ class EpochGradStats:
                 for i, n in enumerate(weight_sizes)
             ]
         )
-        self._hist_base = slot * _HIST_SPAN
-        if n_layers * members * _HIST_SPAN < 2**24:
-            self._hist_base = self._hist_base.float()
+        self._hist_base = (slot * _HIST_SPAN).int()
         # Each layer's weight count, [L, 1], for the per-entry means.
         self._numels = torch.tensor(weight_sizes, dtype=torch.float32, device=device).view(-1, 1)
 
@@ -286,7 +345,7 @@ class EpochGradStats:
 
     def _buffer(self, kind: str, dtype: torch.dtype) -> Tensor:
         """A CHUNK-long scratch tensor for one kind of lean pass, made once. Each kind is used
-        by one thread only ("close": the training thread; "bins"/"index": the one that
+        by one thread only ("close": the training thread; the histogram's: the one that
         finishes epochs, one epoch at a time)."""
         buf = self._scratch.get(kind)
         if buf is None or buf.numel() != CHUNK:
@@ -479,7 +538,8 @@ class EpochGradStats:
         by_bincount = torch.device(device).type in ROWLESS_BINCOUNT
         one = torch.ones(1, dtype=torch.long, device=device)
         magnitude = self._rowless_buffer("step", torch.float32, chunk)
-        column = self._rowless_buffer("column", torch.long, chunk)
+        bits_buffer = self._rowless_buffer("bits", torch.int32, chunk)
+        cell, edge = (self._rowless_buffer(k, torch.int32, chunk) for k in ("cell", "edge"))
         for layer, g in enumerate(grads):
             if g is None:  # no gradient this step: zeros (their own histogram slot)
                 counts[layer, 0] = self.sizes[layer]
@@ -496,10 +556,11 @@ class EpochGradStats:
                     part = magnitude[:n].copy_(part)
                 torch.linalg.vector_norm(part, out=chunk_norms[j])
                 total += part.sum()
-                mag = torch.abs(part, out=magnitude[:n])
+                bits = _magnitude_bits(part, out=bits_buffer[:n])
+                mag = bits.view(torch.float32)  # |g|
                 absolute += mag.sum()
                 torch.maximum(top, mag.amax(), out=top)  # NaN propagates
-                col = column[:n].copy_(self._bins(mag, out=mag))  # exact integers
+                col = _columns(bits, cell[:n], edge[:n])
                 if by_bincount:
                     counts[layer] += torch.bincount(col, minlength=_HIST_SPAN)
                 else:
@@ -609,9 +670,8 @@ class EpochGradStats:
     def _histogram(self, grads: Tensor) -> Tensor:
         """Counts per (layer, member) of log10|g| in HIST_BINS bins, then exact zeros, then
         non-finite values; out-of-range magnitudes go in the edge bins. Every float32 magnitude
-        has a place among _HIST_SPAN counts, so the bins are one bincount and a fold of the
-        small count table, with no per-element branch (where() on every element cost more
-        than the rest together: 0.96 -> 0.44 ms for 78k weights on this CPU). Lean: the same
+        has a column among _HIST_SPAN counts (see _edge_tables), so the bins are one bincount
+        and a reorder of the small count table, with no per-element branch. Lean: the same
         bins, a layer's chunk at a time, with the layer's slot added as one number."""
         slots = len(self.sizes) * self.members
         if self.rowless:  # the last step's counts, taken by _step_rowless
@@ -619,46 +679,23 @@ class EpochGradStats:
         if self.lean:
             wide = torch.zeros(slots, _HIST_SPAN, dtype=torch.long, device=self.device)
             flat = grads.detach().reshape(-1)
-            bins = self._buffer("bins", torch.float32)
-            index = self._buffer("index", torch.long)
+            bits, cell, edge = (self._buffer(k, torch.int32) for k in ("bits", "cells", "edges"))
             for layer, (a, b) in enumerate(itertools.pairwise(self._starts)):
                 for i in range(a, b, CHUNK):
                     part = flat[i : min(b, i + CHUNK)]
                     n = part.numel()
-                    column = index[:n].copy_(self._bins(part, out=bins[:n]))  # exact integers
+                    _magnitude_bits(part, out=bits[:n])
+                    column = _columns(bits[:n], cell[:n], edge[:n])
                     wide[layer] += torch.bincount(column, minlength=_HIST_SPAN)
             return self._fold(wide)
-        x = self._bins(grads.detach())
-        base = self._hist_base
-        index = x.add_(base).long() if base.is_floating_point() else x.long().add_(base)
+        index = _bin_columns(grads.detach().contiguous()).add_(self._hist_base)
         wide = torch.bincount(index, minlength=slots * _HIST_SPAN)
         return self._fold(wide.view(slots, _HIST_SPAN))
 
-    @staticmethod
-    def _bins(grads: Tensor, out: Tensor | None = None) -> Tensor:
-        """Each element's column among the _HIST_SPAN counts, as float (a new tensor, or
-        `out`, a float32 tensor of grads' size)."""
-        x = (grads.abs() if out is None else torch.abs(grads, out=out)).log10_()  # 0 -> -inf
-        # floor(4 * (log10 + 12)) exactly as (log10 - MIN) / width: scaling by a power of two
-        # commutes with rounding. Shifted so that every finite value lands in [1, SPAN - 2].
-        x.mul_(_BINS_PER_DECADE).sub_(HIST_LOG10_MIN * _BINS_PER_DECADE).floor_()
-        return x.add_(_HIST_SHIFT).nan_to_num_(nan=_HIST_SPAN - 1, posinf=_HIST_SPAN - 1, neginf=0)
-
     def _fold(self, wide: Tensor) -> Tensor:
-        """[slots, _HIST_SPAN] counts folded into [L, K, HIST_SLOTS]: out-of-range bins into
-        the edge bins, then exact zeros, then non-finite values."""
-        first, last = _HIST_SHIFT, _HIST_SHIFT + HIST_BINS - 1  # columns of bins 0 and BINS-1
-        counts = torch.cat(
-            (
-                wide[:, 1 : first + 1].sum(dim=1, keepdim=True),  # below the range: bin 0
-                wide[:, first + 1 : last],
-                wide[:, last : _HIST_SPAN - 1].sum(dim=1, keepdim=True),  # above: the last bin
-                wide[:, :1],  # exact zeros
-                wide[:, _HIST_SPAN - 1 :],  # NaN and inf
-            ),
-            dim=1,
-        )
-        return counts.view(len(self.sizes), self.members, HIST_SLOTS)
+        """[slots, _HIST_SPAN] counts as [L, K, HIST_SLOTS]: the bins, then exact zeros, then
+        non-finite values."""
+        return wide[:, _HIST_ORDER].view(len(self.sizes), self.members, HIST_SLOTS)
 
 
 def activation_stats(acts: list[Tensor], kinds: list[str]) -> dict[str, Tensor]:

@@ -243,3 +243,26 @@ def test_low_memory_takes_a_bool_or_none(db_path: Path) -> None:
             run.watch(model, optimizer, low_memory="yes")
         run.watch(model, optimizer, low_memory=False)
         assert not any(g.stats.rowless for g in run._watcher.groups)
+
+
+@pytest.mark.parametrize(
+    ("weights_above", "low_memory", "rowless"),
+    [(0, None, True), (1 << 62, None, False), (0, False, False), (1 << 62, True, True)],
+)
+def test_the_cpu_default_goes_rowless_from_a_size(
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    weights_above: int,
+    low_memory: bool | None,
+    rowless: bool,
+) -> None:
+    """By default a CPU model whose ring row would reach ROWLESS_CPU_ABOVE weights keeps no
+    row (4 bytes per weight, not 8); below that, the row; low_memory says otherwise."""
+    monkeypatch.setattr(gradient_stats, "LEAN_ABOVE", 0)
+    monkeypatch.setattr(gradient_stats, "ROWLESS_CPU_ABOVE", weights_above)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.init(db=str(db_path), quiet=True) as run:
+        run.watch(model, optimizer, low_memory=low_memory)
+        assert all(g.stats.lean for g in run._watcher.groups)
+        assert all(g.stats.rowless == rowless for g in run._watcher.groups)

@@ -258,6 +258,33 @@ def test_histogram_places_every_float32_magnitude() -> None:
         offset += n * members
 
 
+def test_histogram_bins_are_exact_at_every_edge() -> None:
+    # Each bin edge's float32 neighbours (4 either side, both signs) and a stride through all
+    # float32 bit patterns, against log10 in float64 (float32 log10 misplaced hundreds of
+    # these by a rounding): the bins come from the bits, so none may be off.
+    edges = np.array(
+        [np.float32(10.0 ** (HIST_LOG10_MIN + k / 4)).view(np.uint32) for k in range(1, HIST_BINS)],
+        dtype=np.int64,
+    )
+    near = (edges[:, None] + np.arange(-4, 5)).ravel()
+    stride = np.arange(0, 1 << 32, 7919, dtype=np.int64)
+    bits = np.concatenate([near, near | (1 << 31), stride]).astype(np.uint32)
+    values = bits.view(np.float32)
+    probe = EpochGradStats([len(values)], 1, torch.device("cpu"))
+    got = probe._histogram(torch.from_numpy(values.copy()))[0, 0].numpy()
+    with np.errstate(invalid="ignore"):  # NaN bit patterns
+        magnitude = np.abs(values.astype(np.float64))
+    finite = np.isfinite(magnitude)
+    positive = magnitude[finite & (magnitude > 0)]
+    bins = np.floor(
+        (np.log10(positive) - HIST_LOG10_MIN) * HIST_BINS / (HIST_LOG10_MAX - HIST_LOG10_MIN)
+    )
+    want = np.bincount(np.clip(bins, 0, HIST_BINS - 1).astype(int), minlength=HIST_BINS)
+    assert got[:HIST_BINS].tolist() == want.tolist()
+    assert got[HIST_BINS] == int((magnitude == 0).sum())
+    assert got[HIST_BINS + 1] == int((~finite).sum())
+
+
 def _layout_stats(
     layout: str,
     epochs: list[list[list[torch.Tensor | None]]],
