@@ -29,9 +29,19 @@ if TYPE_CHECKING:
     from gradscope.api.through_time import time_gradients
 
 __all__ = ["Run", "init", "time_gradients"]
+_SUBPACKAGES = ["analysis", "api", "cli", "dashboard", "db", "runner", "vocab"]
+
+
+def __dir__() -> list[str]:
+    """The API, the version and the subpackages (for tab completion), not typing's names."""
+    return sorted([*__all__, "__version__", *_SUBPACKAGES])
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, as pip shows it
+        from importlib.metadata import version
+
+        return version("gradscope")
     if name == "time_gradients":  # the gradient reaching each time step (loads torch)
         from gradscope.api.through_time import time_gradients
 

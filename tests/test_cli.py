@@ -270,3 +270,19 @@ def test_ctrl_c_stops_a_foreground_run_cleanly(db_path) -> None:  # noqa: ANN001
     assert run.status == "interrupted" and run.epochs_done >= 1
     assert out == f"{run.id}\n"  # stdout: the id only; the status goes to stderr
     assert f"{run.id[:8]} interrupted" in err
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """`gradscope --version` and `gradscope.__version__` say what pip installed; dir(gradscope)
+    lists the API and the subpackages, not typing's names."""
+    from importlib.metadata import version
+
+    import gradscope
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"gradscope {version('gradscope')}"
+    assert gradscope.__version__ == version("gradscope")
+    names = dir(gradscope)
+    assert {"init", "Run", "time_gradients", "__version__", "db", "runner"} <= set(names)
+    assert not {"Any", "TYPE_CHECKING", "annotations"} & set(names)
