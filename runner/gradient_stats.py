@@ -44,9 +44,9 @@ _HIST_ORDER = [*range(1, HIST_BINS + 1), 0, HIST_BINS + 1]
 # 11 (the exponent and 3 mantissa bits) name a cell an eighth of an octave wide, narrower than
 # a bin (a factor 10^0.25), so a cell holds at most one bin edge: a magnitude's column is its
 # cell's column above the edge, less one if its bits fall short of it (the sign of their
-# difference: a compare and a bool add cost three times as much). Each edge is the first float32 at
-# or above 10^(MIN + k / 4), so the bins are exact, as float64 log10 would place every float32
-# (float32 log10 could misplace a magnitude within a rounding of an edge).
+# difference; a compare and a bool add cost three times as much). Each edge is the first
+# float32 at or above 10^(MIN + k / 4), so the bins are exact, as float64 log10 would place
+# every float32 (float32 log10 misplaced some within a rounding of an edge).
 _CELL_SHIFT = 20
 _EDGE_TABLES: dict[str, tuple[Tensor, Tensor]] = {}
 
