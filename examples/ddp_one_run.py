@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 
 import torch
@@ -42,8 +41,9 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def worker(rank: int, db: str, port: int, epochs: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # The rendezvous store is served by the launching process (see __main__), not by rank 0.
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     model = make_model()
     ddp = DistributedDataParallel(model)
@@ -75,10 +75,12 @@ def worker(rank: int, db: str, port: int, epochs: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous() -> dist.TCPStore:
+    """The ranks' rendezvous store, served from the launching process on a free port: it
+    outlives every rank. Served by rank 0 (MASTER_ADDR/MASTER_PORT), it went away when rank 0
+    exited while rank 1 was still tearing its group down, which could abort rank 1 (gloo:
+    "terminate called without an active exception")."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 if __name__ == "__main__":  # spawn re-imports this file in each rank
@@ -88,5 +90,6 @@ if __name__ == "__main__":  # spawn re-imports this file in each rank
     parser.add_argument("--out", default=os.devnull, help="write the run id and spread as JSON")
     a = parser.parse_args()
     out = a.out if a.out != os.devnull else os.path.join(os.path.dirname(a.db) or ".", "ddp.json")
-    mp.spawn(worker, args=(a.db, free_port(), a.epochs, out), nprocs=WORLD, join=True)
+    store = rendezvous()
+    mp.spawn(worker, args=(a.db, store.port, a.epochs, out), nprocs=WORLD, join=True)
     sys.exit(0)

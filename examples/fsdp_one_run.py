@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -72,8 +71,9 @@ def count_collectives(calls: list[tuple[str, str, float]]) -> None:
 
 
 def worker(rank: int, db: str, port: int, epochs: int, out: str, watch: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # The rendezvous store is served by the launching process (see __main__), not by rank 0.
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     calls: list[tuple[str, str, float]] = []
     count_collectives(calls)
@@ -118,10 +118,12 @@ def worker(rank: int, db: str, port: int, epochs: int, out: str, watch: bool) ->
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous() -> dist.TCPStore:
+    """The ranks' rendezvous store, served from the launching process on a free port: it
+    outlives every rank. Served by rank 0 (MASTER_ADDR/MASTER_PORT), it went away when rank 0
+    exited while rank 1 was still tearing its group down, which could abort rank 1 (gloo:
+    "terminate called without an active exception")."""
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 
 
 if __name__ == "__main__":  # spawn re-imports this file in each rank
@@ -132,6 +134,7 @@ if __name__ == "__main__":  # spawn re-imports this file in each rank
     parser.add_argument("--no-watch", action="store_true", help="train without gradscope")
     a = parser.parse_args()
     out = a.out or os.path.join(os.path.dirname(a.db) or ".", "fsdp.json")
-    args = (a.db, free_port(), a.epochs, out, not a.no_watch)
+    store = rendezvous()
+    args = (a.db, store.port, a.epochs, out, not a.no_watch)
     mp.spawn(worker, args=args, nprocs=WORLD, join=True)
     sys.exit(0)
