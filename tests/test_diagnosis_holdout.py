@@ -4,12 +4,11 @@ process), each compared with its ground truth measured there in plain PyTorch.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 from typer.testing import CliRunner
 
 from gradscope.cli import app
@@ -22,11 +21,7 @@ FAST = ("leaky-five-imbalanced", "relu6-dead", "five-stuck-on-majority")
 
 @pytest.fixture(scope="module")
 def holdout():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("diagnosis_holdout", _HOLDOUT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["diagnosis_holdout"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(_HOLDOUT)
 
 
 def show_json(db: str, run_id: str) -> dict:

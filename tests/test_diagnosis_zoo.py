@@ -4,14 +4,13 @@ warning before the NaN, the moment of divergence of API runs, and the rules' own
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from script_loader import load_script
 
 from gradscope.analysis.diagnosis import builtin_facts, diagnose, fit_cures
 from gradscope.analysis.spikes import SPIKE_FACTOR, TREND_STEPS, SpikeChecker, _median
@@ -22,11 +21,7 @@ _ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnosis_zoo.py"
 
 @pytest.fixture(scope="module")
 def zoo():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("diagnosis_zoo", _ZOO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["diagnosis_zoo"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(_ZOO)
 
 
 FAST = (

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import typer
 from markdown_it import MarkdownIt
+from script_loader import load_script
 
 from gradscope.cli.main import app
 
@@ -45,11 +46,7 @@ def page_id(path: Path) -> str:
 
 
 def gen_cli() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_cli", DOCS / "gen_cli.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DOCS / "gen_cli.py")
 
 
 def tokens_of(path: Path) -> Iterator[Any]:

@@ -4,7 +4,6 @@ batches; other ranks record nothing (FSDP: tests/test_integrations_fsdp.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sqlite3
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from integration_helpers import assert_same_statistics, run_ids, run_row
+from script_loader import load_script
 from torch import nn
 
 import gradscope
@@ -25,12 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def example_module():  # noqa: ANN201 - the example script, imported for its model and data
-    spec = importlib.util.spec_from_file_location(
-        "ddp_one_run", ROOT / "examples" / "ddp_one_run.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "ddp_one_run.py")
 
 
 @pytest.mark.slow

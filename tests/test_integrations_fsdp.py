@@ -5,7 +5,6 @@ each epoch's close); FSDP1 stays refused with a clear error."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sqlite3
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from integration_helpers import hist_counts, run_ids, run_row
+from script_loader import load_script
 from torch import nn
 
 import gradscope
@@ -30,12 +30,7 @@ COMPARED = (*GRAD_STAT_FIELDS, "act_mean", "act_std")
 
 
 def example_module():  # noqa: ANN201 - the example script, imported for its model and data
-    spec = importlib.util.spec_from_file_location(
-        "fsdp_one_run", ROOT / "examples" / "fsdp_one_run.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "fsdp_one_run.py")
 
 
 def recorded(db: Path, run_id: str) -> dict[tuple[int, str], dict[str, object]]:
